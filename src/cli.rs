@@ -1,0 +1,65 @@
+//! Command-line interface: parses arguments and dispatches to the
+//! subsystems. Each subcommand's arguments are defined next to the code that
+//! implements it.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// rafs: a lazy-loading image filesystem.
+#[derive(Debug, Parser)]
+#[command(name = "rafs", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RAFS_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image (bootstrap + blobs) from a directory or tar stream.
+    Create(crate::builder::CreateArgs),
+    /// Describe an image: summary, tree, a file's chunks.
+    Inspect(crate::inspect::InspectArgs),
+    /// Validate an image, and with --blobs every chunk of data.
+    Check(crate::check::CheckArgs),
+    /// Restore an image's tree into a directory or a tar stream.
+    Unpack(crate::unpack::UnpackArgs),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Entry point of the `rafs` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match &cli.command {
+        Command::Create(a) => crate::builder::run(a),
+        Command::Inspect(a) => crate::inspect::run(a),
+        Command::Check(a) => crate::check::run(a),
+        Command::Unpack(a) => crate::unpack::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rafs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

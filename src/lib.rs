@@ -1,0 +1,21 @@
+//! rafs: a lazy-loading image filesystem.
+//!
+//! The library behind the `rafs` binary, split by concern:
+//! - [`builder`]: a directory or tar stream to a bootstrap plus blobs;
+//! - [`image`]: opening and validating a bootstrap file;
+//! - [`backend`]: where blobs live (one trait, one file per backend);
+//! - [`chunk`]: stored bytes back to verified data;
+//! - [`inspect`], [`check`], [`unpack`]: the verification and restore tools;
+//! - [`cli`]: argument parsing and dispatch.
+//!
+//! The on-disk format itself is the `rafs-format` crate.
+
+pub mod backend;
+pub mod builder;
+pub mod check;
+pub mod chunk;
+pub mod cli;
+pub mod image;
+pub mod inspect;
+pub mod unpack;
+pub mod util;

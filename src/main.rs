@@ -1,0 +1,5 @@
+//! The `rafs` command.
+
+fn main() -> std::process::ExitCode {
+    rafs::cli::main()
+}
