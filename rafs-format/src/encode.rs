@@ -128,6 +128,9 @@ fn u32_len(n: usize, what: &str) -> Result<u32, FormatError> {
     u32::try_from(n).map_err(|_| too_big(what))
 }
 
+/// An xattr `(name, value)`.
+type Xattr = (Vec<u8>, Vec<u8>);
+
 #[derive(Default)]
 struct Tables {
     inodes: Vec<Inode>,
@@ -137,7 +140,7 @@ struct Tables {
     strings: Vec<u8>,
     string_ids: HashMap<Vec<u8>, u32>,
     runs: HashMap<Vec<ChunkSpec>, (u32, u64)>,
-    xattr_sets: HashMap<Vec<(Vec<u8>, Vec<u8>)>, u32>,
+    xattr_sets: HashMap<Vec<Xattr>, u32>,
 }
 
 impl Tables {
