@@ -1,13 +1,407 @@
-//! PLACEHOLDER: being written.
+//! `rafs create`: a directory or tar stream to a bootstrap plus blobs.
+//!
+//! The build has three phases. The source is read into a [`tree::Tree`]
+//! (metadata only) while its file data streams through the
+//! [`pipeline`]: chunked ([`chunker`]), hashed, deduplicated (within the
+//! build and against an optional [`dict`]), compressed and appended to blobs
+//! in a deterministic order. Then the tree is numbered and encoded with
+//! `rafs_format::encode`, which validates its own output. Finally
+//! [`output::Staging`] moves blobs and bootstrap into the output directory
+//! by rename; any error before that leaves the directory as it was.
+//!
+//! Sources: [`source_dir`] (walk first, then read files in inode order,
+//! sparse-aware) and [`source_tar`] (one pass in archive order; plain, gzip
+//! or zstd; OCI layer rules). Output is a pure function of the source and
+//! the options: independent of thread count and scheduling.
+
+pub mod chunker;
+pub mod dict;
+pub mod error;
+pub mod output;
+pub mod pipeline;
+pub mod source_dir;
+pub mod source_tar;
+pub mod tree;
+
+use crate::util::{human_bytes, parse_size};
+use chunker::ChunkerConfig;
+use dict::Dict;
+use error::{BuildError, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use pipeline::{PipelineConfig, PipelineOutput};
+use rafs_format::{ImageSpec, NodeKind};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tree::{NodeId, Tree};
+
+pub use error::BuildError as Error;
+
+/// Default chunker (see docs/chunking.md for the measurements).
+pub const DEFAULT_CHUNKER: ChunkerKind = ChunkerKind::Fixed;
+/// Default fixed chunk size.
+pub const DEFAULT_CHUNK_SIZE: &str = "1M";
+/// Default zstd level.
+pub const DEFAULT_LEVEL: i32 = 3;
+
+/// Chunking algorithm names on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChunkerKind {
+    /// Fixed-size chunks (`--chunk-size`).
+    Fixed,
+    /// FastCDC content-defined chunks (`--cdc-min/avg/max`).
+    Cdc,
+}
+
+fn size_arg(s: &str) -> std::result::Result<u64, String> {
+    parse_size(s)
+}
 
 /// Arguments of `rafs create`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CreateArgs {
-    /// The source.
-    pub source: std::path::PathBuf,
+    /// A directory, a tar file (plain, gzip or zstd), or `-` for a tar
+    /// stream on stdin.
+    pub source: PathBuf,
+    /// Output directory: receives `bootstrap` and `blobs/<sha256>`.
+    #[arg(short = 'o', long = "output", value_name = "OUTDIR")]
+    pub output: PathBuf,
+    /// Chunking algorithm.
+    #[arg(long, value_enum, default_value_t = DEFAULT_CHUNKER)]
+    pub chunker: ChunkerKind,
+    /// Fixed chunk size: a power of two, 4K..16M [default: 1M].
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    pub chunk_size: Option<u64>,
+    /// FastCDC minimum chunk size [default: avg/4].
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    pub cdc_min: Option<u64>,
+    /// FastCDC average chunk size [default: 1M].
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    pub cdc_avg: Option<u64>,
+    /// FastCDC maximum chunk size, at most 16M [default: avg*4].
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    pub cdc_max: Option<u64>,
+    /// zstd compression level.
+    #[arg(long, default_value_t = DEFAULT_LEVEL, value_name = "N", allow_hyphen_values = true)]
+    pub compression_level: i32,
+    /// Reuse chunks of this bootstrap instead of storing them again.
+    #[arg(long, value_name = "BOOTSTRAP")]
+    pub chunk_dict: Option<PathBuf>,
+    /// Start a new blob before one would grow past SIZE.
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    pub blob_size_limit: Option<u64>,
+    /// Paths to prefetch, one per line, in priority order.
+    #[arg(long, value_name = "FILE")]
+    pub prefetch_list: Option<PathBuf>,
+    /// Show a progress bar [default: if stderr is a terminal].
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// Never show a progress bar.
+    #[arg(long, overrides_with = "progress")]
+    pub no_progress: bool,
+    /// Compression threads [default: available parallelism].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Validated build options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Source directory, tar file, or `-`.
+    pub source: PathBuf,
+    /// Output directory.
+    pub output: PathBuf,
+    /// Chunking.
+    pub chunker: ChunkerConfig,
+    /// zstd level.
+    pub level: i32,
+    /// Worker threads.
+    pub threads: usize,
+    /// Blob size limit.
+    pub blob_size_limit: Option<u64>,
+    /// Chunk dictionary bootstrap.
+    pub chunk_dict: Option<PathBuf>,
+    /// Prefetch list file.
+    pub prefetch_list: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+fn to_u32(v: u64, flag: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| BuildError::BadOptions(format!("{flag} {v} too large")))
+}
+
+fn chunker_from_args(a: &CreateArgs) -> Result<ChunkerConfig> {
+    let cdc_given = a.cdc_min.is_some() || a.cdc_avg.is_some() || a.cdc_max.is_some();
+    let cfg = match a.chunker {
+        ChunkerKind::Fixed => {
+            if cdc_given {
+                return Err(BuildError::BadOptions(
+                    "--cdc-min/--cdc-avg/--cdc-max need --chunker cdc".into(),
+                ));
+            }
+            let default = parse_size(DEFAULT_CHUNK_SIZE).map_err(BuildError::BadOptions)?;
+            ChunkerConfig::Fixed {
+                size: to_u32(a.chunk_size.unwrap_or(default), "--chunk-size")?,
+            }
+        }
+        ChunkerKind::Cdc => {
+            if a.chunk_size.is_some() {
+                return Err(BuildError::BadOptions(
+                    "--chunk-size applies to --chunker fixed only".into(),
+                ));
+            }
+            let avg = a.cdc_avg.unwrap_or(1 << 20);
+            ChunkerConfig::Cdc {
+                min: to_u32(a.cdc_min.unwrap_or(avg / 4), "--cdc-min")?,
+                avg: to_u32(avg, "--cdc-avg")?,
+                max: to_u32(a.cdc_max.unwrap_or(avg.saturating_mul(4)), "--cdc-max")?,
+            }
+        }
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+impl Options {
+    /// Validates command-line arguments.
+    pub fn from_args(a: &CreateArgs) -> Result<Options> {
+        let chunker = chunker_from_args(a)?;
+        let levels = zstd::compression_level_range();
+        if !levels.contains(&a.compression_level) || a.compression_level == 0 {
+            return Err(BuildError::BadOptions(format!(
+                "--compression-level {} outside 1..={}",
+                a.compression_level,
+                levels.end()
+            )));
+        }
+        if a.blob_size_limit == Some(0) {
+            return Err(BuildError::BadOptions(
+                "--blob-size-limit must be positive".into(),
+            ));
+        }
+        let threads = match a.threads {
+            Some(0) => return Err(BuildError::BadOptions("--threads must be positive".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let progress = if a.no_progress {
+            false
+        } else {
+            a.progress || std::io::stderr().is_terminal()
+        };
+        Ok(Options {
+            source: a.source.clone(),
+            output: a.output.clone(),
+            chunker,
+            level: a.compression_level,
+            threads,
+            blob_size_limit: a.blob_size_limit,
+            chunk_dict: a.chunk_dict.clone(),
+            prefetch_list: a.prefetch_list.clone(),
+            progress,
+        })
+    }
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Inodes in the image.
+    pub inodes: usize,
+    /// Regular files.
+    pub files: usize,
+    /// Data bytes read (holes and all-zero chunks excluded).
+    pub bytes_in: u64,
+    /// Bytes written to new blobs.
+    pub stored_bytes: u64,
+    /// Blobs in the blob table (new and dictionary).
+    pub blobs: usize,
+    /// New blobs written.
+    pub new_blobs: usize,
+    /// Logical data bytes / distinct chunk bytes.
+    pub dedup_ratio: f64,
+    /// Mean stored bytes fetched per random 4 KiB read, over file chunks.
+    pub read_amplification: f64,
+    /// Bootstrap size.
+    pub bootstrap_bytes: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "created image: {} files ({} inodes), {} in, {} stored in {} blob(s), dedup ratio {:.2}",
+            self.files,
+            self.inodes,
+            human_bytes(self.bytes_in),
+            human_bytes(self.stored_bytes),
+            self.blobs,
+            self.dedup_ratio,
+        )
+    }
 }
 
 /// Runs `rafs create`.
-pub fn run(_args: &CreateArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("rafs create is being written")
+pub fn run(args: &CreateArgs) -> anyhow::Result<ExitCode> {
+    let opts = Options::from_args(args)?;
+    let summary = build(&opts)?;
+    tracing::info!(?summary, "build finished");
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
 }
+
+fn progress_bar(opts: &Options) -> ProgressBar {
+    if !opts.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}) {wide_bar}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// A prefetch list: `(line number, path)` pairs.
+type PrefetchLines = Vec<(usize, Vec<u8>)>;
+
+/// Reads a prefetch list: one path per line, `#` comments and blank lines
+/// ignored, anything after a tab ignored (reserved for ranges).
+pub fn read_prefetch_list(path: &Path) -> Result<PrefetchLines> {
+    let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.split(|&b| b == b'\t').next().unwrap_or(&[]);
+        let line = line.trim_ascii();
+        if line.is_empty() || line.starts_with(b"#") {
+            continue;
+        }
+        out.push((i + 1, line.to_vec()));
+    }
+    Ok(out)
+}
+
+fn resolve_prefetch(
+    tree: &Tree,
+    order: &[NodeId],
+    list: Option<(&Path, PrefetchLines)>,
+) -> Result<Vec<u32>> {
+    let Some((list_path, lines)) = list else {
+        return Ok(Vec::new());
+    };
+    let ino_of: std::collections::HashMap<NodeId, u32> = order
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i as u32))
+        .collect();
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (line, path) in lines {
+        let ino = tree.resolve(&path).and_then(|id| ino_of.get(&id).copied());
+        let ino = ino.ok_or_else(|| BuildError::PrefetchMissing {
+            list: list_path.to_owned(),
+            line,
+            path: String::from_utf8_lossy(&path).into_owned(),
+        })?;
+        if seen.insert(ino) {
+            out.push(ino);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the source through the pipeline into `staging`'s temporary dir.
+fn read_source(
+    opts: &Options,
+    dict: Option<&Dict>,
+    tmp: &Path,
+    bar: &ProgressBar,
+) -> Result<(Tree, PipelineOutput)> {
+    let cfg = PipelineConfig {
+        level: opts.level,
+        threads: opts.threads,
+        blob_size_limit: opts.blob_size_limit,
+        max_chunk: opts.chunker.max_chunk(),
+    };
+    let src = &opts.source;
+    if src.as_os_str() != "-" && src.is_dir() {
+        let mut tree = source_dir::scan(src)?;
+        let order = tree.order();
+        bar.set_length(source_dir::total_size(&tree, &order));
+        let ((), out) = pipeline::run(&cfg, dict, tmp, bar, |emit| {
+            source_dir::read_data(&mut tree, &order, &opts.chunker, emit)
+        })?;
+        return Ok((tree, out));
+    }
+    let stream = source_tar::open_stream(src)?;
+    let name = src.display().to_string();
+    pipeline::run(&cfg, dict, tmp, bar, |emit| {
+        source_tar::read_tar(stream, &name, &opts.chunker, emit)
+    })
+}
+
+/// Mean stored bytes fetched to serve a random 4 KiB read of file data:
+/// Σ(u·c) / Σu / 4096 over the data chunks of every file (each file once).
+pub fn read_amplification(spec: &ImageSpec) -> f64 {
+    let (mut uc, mut u) = (0f64, 0f64);
+    for node in &spec.nodes {
+        if let NodeKind::File { chunks } = &node.kind {
+            for c in chunks.iter().filter(|c| c.compressed_size > 0) {
+                uc += f64::from(c.uncompressed_size) * f64::from(c.compressed_size);
+                u += f64::from(c.uncompressed_size);
+            }
+        }
+    }
+    if u == 0.0 {
+        0.0
+    } else {
+        uc / u / 4096.0
+    }
+}
+
+/// Builds an image as `opts` says; returns the summary.
+pub fn build(opts: &Options) -> Result<Summary> {
+    let dict = opts.chunk_dict.as_deref().map(Dict::open).transpose()?;
+    let prefetch_lines = match &opts.prefetch_list {
+        Some(p) => Some((p.as_path(), read_prefetch_list(p)?)),
+        None => None,
+    };
+    if opts.source.as_os_str() != "-" {
+        std::fs::metadata(&opts.source).map_err(|e| BuildError::io(&opts.source, e))?;
+    }
+    let staging = output::Staging::new(&opts.output)?;
+    let bar = progress_bar(opts);
+    let read = read_source(opts, dict.as_ref(), staging.tmp(), &bar);
+    bar.finish_and_clear();
+    let (tree, out) = read?;
+    let order = tree.order();
+    let nodes = tree.to_nodes(&order, &out.specs)?;
+    let prefetch = resolve_prefetch(&tree, &order, prefetch_lines)?;
+    let spec = tree::image_spec(nodes, out.blobs, prefetch, opts.chunker.chunking());
+    let bootstrap = rafs_format::encode(&spec)?;
+    let st = out.stats;
+    let summary = Summary {
+        inodes: order.len(),
+        files: tree.count_files(&order),
+        bytes_in: st.data_bytes,
+        stored_bytes: st.stored_bytes,
+        blobs: spec.blobs.len(),
+        new_blobs: out.blob_files.len(),
+        dedup_ratio: if st.distinct_bytes == 0 {
+            1.0
+        } else {
+            st.data_bytes as f64 / st.distinct_bytes as f64
+        },
+        read_amplification: read_amplification(&spec),
+        bootstrap_bytes: bootstrap.len(),
+    };
+    staging.commit(&out.blob_files, &bootstrap)?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests;
