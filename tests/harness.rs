@@ -40,12 +40,19 @@ fn comparator_reports_each_kind_of_difference() {
     assert!(compare_trees(&a, &b, &exclude_sockets).is_empty());
     // Without the exclusion, the socket tar dropped is reported.
     let d = compare_trees(&a, &b, &exclude_none);
-    assert!(d.iter().any(|l| l.contains("socket") && l.contains("only in")), "{d:?}");
+    assert!(
+        d.iter()
+            .any(|l| l.contains("socket") && l.contains("only in")),
+        "{d:?}"
+    );
 
     tree::chmod(&b.join("modes/m0777"), 0o775);
     tree::lchown(&b.join("modes/uid1234"), 1235, 5678);
     tree::setxattr(&b.join("xattrs/file"), "user.binary", &[0, 1, 2]);
-    let f = fs::OpenOptions::new().write(true).open(b.join("files/sparse")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(b.join("files/sparse"))
+        .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"!", 10 << 20).unwrap();
     drop(f);
     let t = filetime::FileTime::from_unix_time(1_600_000_000, 1);

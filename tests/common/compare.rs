@@ -172,7 +172,10 @@ pub fn snapshot(root: &Path, exclude: Exclude<'_>) -> BTreeMap<Vec<u8>, Entry> {
                 stack.push(child);
             }
         } else if m.nlink() > 1 {
-            inodes.entry((m.dev(), m.ino())).or_default().push(rel.clone());
+            inodes
+                .entry((m.dev(), m.ino()))
+                .or_default()
+                .push(rel.clone());
         }
         out.insert(rel, entry(&p, &m));
     }

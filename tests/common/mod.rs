@@ -44,7 +44,10 @@ impl Run {
 
     /// Panics with the whole output unless the command failed.
     pub fn failed(self) -> Self {
-        assert!(!self.status.success(), "command unexpectedly succeeded:\n{self}");
+        assert!(
+            !self.status.success(),
+            "command unexpectedly succeeded:\n{self}"
+        );
         self
     }
 }
@@ -78,7 +81,9 @@ where
         .collect::<Vec<_>>()
         .join(" ");
     let mut cmd = Command::new(program);
-    cmd.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     match stdin {
         Input::Null => cmd.stdin(Stdio::null()),
         Input::Bytes(_) => cmd.stdin(Stdio::piped()),

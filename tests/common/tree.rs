@@ -295,8 +295,7 @@ pub fn set_times(root: &Path) {
         };
         let nsec = ((i * 7_919 + 1) % 1_000_000_000) as u32;
         let t = filetime::FileTime::from_unix_time(sec, nsec);
-        filetime::set_symlink_file_times(p, t, t)
-            .unwrap_or_else(|e| panic!("utimes {p:?}: {e}"));
+        filetime::set_symlink_file_times(p, t, t).unwrap_or_else(|e| panic!("utimes {p:?}: {e}"));
     }
 }
 
@@ -311,7 +310,11 @@ pub fn make_big_sparse(root: &Path) -> std::path::PathBuf {
     make_sparse(
         &p,
         (5 << 30) + 12_345,
-        &[(0, &a[..]), (four_g - 100_000, &b[..]), ((4 << 30) + (700 << 20), &c[..])],
+        &[
+            (0, &a[..]),
+            (four_g - 100_000, &b[..]),
+            ((4 << 30) + (700 << 20), &c[..]),
+        ],
     );
     p
 }
