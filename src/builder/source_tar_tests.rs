@@ -1,1 +1,308 @@
+//! Tar source tests: archives built in memory with the `tar` crate (and by
+//! hand where the crate refuses, e.g. `..` paths), then whole builds.
+
 use super::*;
+use crate::builder::build;
+use crate::builder::tests::{noise, opts, Built};
+use std::fs;
+use std::io::Write;
+
+fn header(path: &str, etype: EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(etype);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(1_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let name = &mut h.as_old_mut().name;
+    name.fill(0);
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    h.set_cksum();
+    h
+}
+
+/// A tar archive under construction.
+struct Tar(tar::Builder<Vec<u8>>);
+
+impl Tar {
+    fn new() -> Tar {
+        Tar(tar::Builder::new(Vec::new()))
+    }
+    fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
+        let h = header(path, EntryType::Regular, data.len() as u64, 0o644);
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    fn entry(&mut self, path: &str, etype: EntryType, mode: u32) -> &mut Self {
+        self.0
+            .append(&header(path, etype, 0, mode), &[][..])
+            .unwrap();
+        self
+    }
+    fn link(&mut self, path: &str, etype: EntryType, target: &str) -> &mut Self {
+        let mut h = header(path, etype, 0, 0o777);
+        h.set_link_name(target).unwrap();
+        h.set_cksum();
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+    fn pax(&mut self, exts: &[(&str, &[u8])]) -> &mut Self {
+        self.0.append_pax_extensions(exts.iter().copied()).unwrap();
+        self
+    }
+    fn bytes(&mut self) -> Vec<u8> {
+        self.0
+            .get_ref()
+            .clone()
+            .into_iter()
+            .chain([0u8; 1024])
+            .collect()
+    }
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+    fn build(&self, bytes: &[u8]) -> Built {
+        Built::new(&opts(&self.write("layer", bytes), &self.out()))
+    }
+    fn fail(&self, bytes: &[u8]) -> BuildError {
+        let err = build(&opts(&self.write("layer", bytes), &self.out())).unwrap_err();
+        assert!(!self.out().exists(), "failed build left OUTDIR behind");
+        err
+    }
+}
+
+use std::path::PathBuf;
+
+#[test]
+fn implicit_parents_replacement_and_root_entry() {
+    let mut t = Tar::new();
+    t.file("./a/b/c", b"first")
+        .entry("./", EntryType::Directory, 0o700)
+        .file("a/b/c", b"second")
+        .entry("x/", EntryType::Directory, 0o750)
+        .file("x/y", b"y")
+        .entry("x", EntryType::Directory, 0o711)
+        .file(".wh.gone", b"")
+        .entry("dir/../fifo", EntryType::Fifo, 0o600);
+    let c = Case::new();
+    let built = c.build(&t.bytes());
+    assert_eq!(built.read("a/b/c"), b"second");
+    let a = built.inode("a");
+    assert_eq!(
+        (a.mode.get(), a.uid.get(), a.mtime_sec.get()),
+        (S_IFDIR | 0o755, 0, 0)
+    );
+    assert_eq!(built.inode("").mode.get(), S_IFDIR | 0o700);
+    // A directory entry for an existing directory keeps its entries.
+    assert_eq!(built.inode("x").mode.get(), S_IFDIR | 0o711);
+    assert_eq!(built.read("x/y"), b"y");
+    assert_eq!(built.inode(".wh.gone").mode.get(), S_IFREG | 0o644);
+    assert_eq!(built.inode("fifo").mode.get(), S_IFIFO | 0o600);
+    // `..` is resolved lexically: "dir" was never created.
+    assert!(built.b().resolve(b"dir").unwrap().is_none());
+    assert_eq!(built.summary.files, 3);
+}
+
+#[test]
+fn dotdot_escape_is_an_error() {
+    for path in ["../evil", "a/../../evil", "/../evil", "./a/./../.."] {
+        let mut t = Tar::new();
+        t.file("ok", b"fine").file(path, b"evil");
+        let err = Case::new().fail(&t.bytes());
+        assert!(
+            matches!(&err, BuildError::TarEscape { path: p } if p == path),
+            "{err}"
+        );
+        assert!(err.to_string().contains(path));
+    }
+    let mut t = Tar::new();
+    t.file("a", b"x").link("b", EntryType::Link, "../a");
+    assert!(matches!(
+        Case::new().fail(&t.bytes()),
+        BuildError::TarEscape { .. }
+    ));
+    // Absolute paths without `..` are taken relative to the root.
+    let mut t = Tar::new();
+    t.file("/abs/file", b"z");
+    assert_eq!(Case::new().build(&t.bytes()).read("abs/file"), b"z");
+}
+
+#[test]
+fn pax_mtime_ids_and_xattrs() {
+    let mut t = Tar::new();
+    t.pax(&[
+        ("mtime", b"1700000000.123456789"),
+        ("uid", b"4000000000"),
+        ("gid", b"70000"),
+        ("SCHILY.xattr.user.plain", b"raw\0value"),
+        ("SCHILY.xattr.security.capability", b"\x01\x02"),
+        ("LIBARCHIVE.xattr.trusted.a%3Db", b"aGVsbG8="),
+    ])
+    .file("f", b"data")
+    .pax(&[("mtime", b"-1.25")])
+    .entry("old", EntryType::Directory, 0o755);
+    let built = Case::new().build(&t.bytes());
+    let f = built.inode("f");
+    assert_eq!(
+        (f.mtime_sec.get(), f.mtime_nsec.get()),
+        (1_700_000_000, 123_456_789)
+    );
+    assert_eq!((f.uid.get(), f.gid.get()), (4_000_000_000, 70000));
+    assert_eq!(
+        built.xattr("f", "user.plain").as_deref(),
+        Some(&b"raw\0value"[..])
+    );
+    assert_eq!(
+        built.xattr("f", "security.capability").as_deref(),
+        Some(&b"\x01\x02"[..])
+    );
+    assert_eq!(
+        built.xattr("f", "trusted.a=b").as_deref(),
+        Some(&b"hello"[..])
+    );
+    let old = built.inode("old");
+    assert_eq!(
+        (old.mtime_sec.get(), old.mtime_nsec.get()),
+        (-2, 750_000_000)
+    );
+}
+
+#[test]
+fn pax_time_and_base64_parsing() {
+    assert_eq!(parse_pax_time("12"), Some((12, 0)));
+    assert_eq!(parse_pax_time("12.5"), Some((12, 500_000_000)));
+    assert_eq!(parse_pax_time("12.0000000019"), Some((12, 1)));
+    assert_eq!(parse_pax_time("-3"), Some((-3, 0)));
+    assert_eq!(parse_pax_time("-0.5"), Some((-1, 500_000_000)));
+    assert_eq!(parse_pax_time("x"), None);
+    assert_eq!(parse_pax_time("1.2.3"), None);
+    assert_eq!(base64_decode(b"aGVsbG8="), Some(b"hello".to_vec()));
+    assert_eq!(base64_decode(b"aGVsbG8"), Some(b"hello".to_vec()));
+    assert_eq!(base64_decode(b""), Some(vec![]));
+    assert_eq!(base64_decode(b"a"), None);
+    assert_eq!(base64_decode(b"a!bc"), None);
+}
+
+#[test]
+fn hardlinks_symlinks_and_devices() {
+    let mut t = Tar::new();
+    t.file("dir/a", &noise(9000, 1))
+        .link("b", EntryType::Link, "./dir/a")
+        .link("sym", EntryType::Symlink, "/no/such/target")
+        .entry("dir/a2", EntryType::Fifo, 0o644);
+    let mut h = header("dev", EntryType::Char, 0, 0o620);
+    h.set_device_major(4).unwrap();
+    h.set_device_minor(65).unwrap();
+    h.set_cksum();
+    t.0.append(&h, &[][..]).unwrap();
+    let c = Case::new();
+    let built = c.build(&t.bytes());
+    assert_eq!(built.ino("b"), built.ino("dir/a"));
+    assert_eq!(built.inode("b").nlink.get(), 2);
+    assert_eq!(built.read("b"), noise(9000, 1));
+    assert_eq!(
+        built.b().symlink_target(built.ino("sym")).unwrap(),
+        b"/no/such/target"
+    );
+    assert_eq!(
+        built.inode("dev").rdev.get(),
+        nix::sys::stat::makedev(4, 65)
+    );
+    assert_eq!(built.inode("dev").mode.get(), S_IFCHR | 0o620);
+
+    let mut t = Tar::new();
+    t.link("b", EntryType::Link, "missing");
+    assert!(matches!(
+        Case::new().fail(&t.bytes()),
+        BuildError::CorruptArchive { .. }
+    ));
+}
+
+#[test]
+fn long_names_via_gnu_and_pax() {
+    let long = format!("{}/{}", "d".repeat(200), "f".repeat(200));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, &long, &b"gnu"[..]).unwrap();
+    let c = Case::new();
+    let built = c.build(&b.into_inner().unwrap());
+    assert_eq!(built.read(&long), b"gnu");
+
+    let mut t = Tar::new();
+    t.pax(&[("path", long.as_bytes())]).file("short", b"pax");
+    assert_eq!(Case::new().build(&t.bytes()).read(&long), b"pax");
+}
+
+#[test]
+fn gzip_and_zstd_detected_by_magic() {
+    let mut t = Tar::new();
+    t.file("f", &noise(50_000, 2));
+    let plain = t.bytes();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&plain[..], 3).unwrap();
+    let mut images = Vec::new();
+    for bytes in [&plain, &gz, &zst] {
+        let c = Case::new();
+        let built = c.build(bytes);
+        assert_eq!(built.read("f"), noise(50_000, 2));
+        images.push(built.boot.clone());
+    }
+    assert!(images.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn truncated_and_garbage_archives_fail_cleanly() {
+    let mut t = Tar::new();
+    t.file("first", b"ok").file("big", &noise(100_000, 3));
+    let bytes = t.bytes();
+    let err = Case::new().fail(&bytes[..3000]);
+    assert!(
+        matches!(&err, BuildError::CorruptArchive { path, .. } if path == "big"),
+        "{err}"
+    );
+    let err = Case::new().fail(&bytes[..700]);
+    assert!(matches!(err, BuildError::CorruptArchive { .. }), "{err}");
+    let err = Case::new().fail(&noise(5000, 4));
+    assert!(matches!(err, BuildError::CorruptArchive { .. }), "{err}");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    let err = Case::new().fail(&gz[..gz.len() / 2]);
+    assert!(matches!(err, BuildError::CorruptArchive { .. }), "{err}");
+}
+
+#[test]
+fn empty_and_zero_data_files() {
+    let mut t = Tar::new();
+    t.file("empty", b"").file("zeros", &vec![0u8; 20_000]);
+    let built = Case::new().build(&t.bytes());
+    assert_eq!(built.inode("empty").size.get(), 0);
+    assert!(built.chunks("zeros").iter().all(|c| c.is_hole()));
+    assert_eq!(built.read("zeros"), vec![0u8; 20_000]);
+    assert_eq!(built.b().blobs().len(), 0);
+}
