@@ -1,0 +1,306 @@
+//! Test fixture: builds small images (bootstrap + one blob) directly with
+//! `rafs_format::encode`, independent of the builder, for the tests of
+//! `inspect`, `check` and `unpack`.
+
+use rafs_format::layout::*;
+use rafs_format::{encode, ChunkSpec, Chunking, ImageSpec, Name, NodeKind, NodeSpec};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// A piece of a file's contents.
+pub(crate) enum Part {
+    /// Data bytes, stored as one chunk (zstd if that helps).
+    Data(Vec<u8>),
+    /// A hole of this many bytes.
+    Hole(u32),
+}
+
+/// An image on disk.
+pub(crate) struct TestImage {
+    /// Keeps the files alive.
+    pub dir: tempfile::TempDir,
+    /// The bootstrap file.
+    pub bootstrap: PathBuf,
+    /// The blob directory.
+    pub blobs: PathBuf,
+    /// The blob's id (hex), if any data was stored.
+    pub blob_id: Option<String>,
+}
+
+/// Builds an [`ImageSpec`] and its blob.
+pub(crate) struct Builder {
+    pub nodes: Vec<NodeSpec>,
+    blob: Vec<u8>,
+    uncompressed: u64,
+    stored: HashMap<[u8; 32], ChunkSpec>,
+    pub prefetch: Vec<u32>,
+}
+
+fn node(mode: u32, kind: NodeKind) -> NodeSpec {
+    NodeSpec {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 123_456_789,
+        rdev: 0,
+        xattrs: Vec::new(),
+        kind,
+    }
+}
+
+impl Builder {
+    /// An image with an empty root directory (mode 0755).
+    pub fn new() -> Self {
+        let root = node(
+            S_IFDIR | 0o755,
+            NodeKind::Dir {
+                entries: Vec::new(),
+                size: 4096,
+            },
+        );
+        Builder {
+            nodes: vec![root],
+            blob: Vec::new(),
+            uncompressed: 0,
+            stored: HashMap::new(),
+            prefetch: Vec::new(),
+        }
+    }
+
+    /// Adds an entry `name` in directory `parent` naming inode `ino`.
+    pub fn link(&mut self, parent: u32, name: &str, ino: u32) {
+        match &mut self.nodes[parent as usize].kind {
+            NodeKind::Dir { entries, .. } => entries.push((Name::try_from(name).unwrap(), ino)),
+            _ => panic!("parent {parent} is not a directory"),
+        }
+    }
+
+    fn add(&mut self, parent: u32, name: &str, n: NodeSpec) -> u32 {
+        let ino = self.nodes.len() as u32;
+        self.nodes.push(n);
+        self.link(parent, name, ino);
+        ino
+    }
+
+    /// Adds a directory.
+    pub fn dir(&mut self, parent: u32, name: &str, perm: u32) -> u32 {
+        let kind = NodeKind::Dir {
+            entries: Vec::new(),
+            size: 4096,
+        };
+        self.add(parent, name, node(S_IFDIR | perm, kind))
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> ChunkSpec {
+        let digest = *blake3::hash(data).as_bytes();
+        if let Some(c) = self.stored.get(&digest) {
+            return *c;
+        }
+        let compressed = zstd::bulk::compress(data, 3).unwrap();
+        let (stored, flags) = if compressed.len() < data.len() {
+            (compressed, CHUNK_ZSTD)
+        } else {
+            (data.to_vec(), 0)
+        };
+        let c = ChunkSpec {
+            digest,
+            blob_index: 0,
+            compressed_offset: self.blob.len() as u64,
+            uncompressed_offset: self.uncompressed,
+            compressed_size: stored.len() as u32,
+            uncompressed_size: data.len() as u32,
+            flags,
+        };
+        self.blob.extend_from_slice(&stored);
+        self.uncompressed += data.len() as u64;
+        self.stored.insert(digest, c);
+        c
+    }
+
+    /// Adds a regular file made of `parts`.
+    pub fn file(&mut self, parent: u32, name: &str, perm: u32, parts: Vec<Part>) -> u32 {
+        let chunks = parts
+            .into_iter()
+            .map(|p| match p {
+                Part::Data(d) => self.chunk(&d),
+                Part::Hole(n) => ChunkSpec::hole(n),
+            })
+            .collect();
+        self.add(
+            parent,
+            name,
+            node(S_IFREG | perm, NodeKind::File { chunks }),
+        )
+    }
+
+    /// Adds a symlink.
+    pub fn symlink(&mut self, parent: u32, name: &str, target: &[u8]) -> u32 {
+        let kind = NodeKind::Symlink {
+            target: target.to_vec(),
+        };
+        self.add(parent, name, node(S_IFLNK | 0o777, kind))
+    }
+
+    /// Adds a device, FIFO or socket (`mode` includes the type).
+    pub fn special(&mut self, parent: u32, name: &str, mode: u32, rdev: u64) -> u32 {
+        let mut n = node(mode, NodeKind::Special);
+        n.rdev = rdev;
+        self.add(parent, name, n)
+    }
+
+    /// The node of inode `ino`, to adjust its metadata.
+    pub fn node(&mut self, ino: u32) -> &mut NodeSpec {
+        &mut self.nodes[ino as usize]
+    }
+
+    /// Encodes the image and writes `image.boot` and `blobs/<id>`.
+    pub fn finish(self) -> TestImage {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        let mut blob_table = Vec::new();
+        let mut blob_id = None;
+        if !self.blob.is_empty() {
+            let id: [u8; 32] = Sha256::digest(&self.blob).into();
+            std::fs::write(blobs.join(hex::encode(id)), &self.blob).unwrap();
+            blob_id = Some(hex::encode(id));
+            blob_table.push(BlobInfo {
+                id,
+                compressed_size: (self.blob.len() as u64).into(),
+                uncompressed_size: self.uncompressed.into(),
+                chunk_count: (self.stored.len() as u32).into(),
+                compressor: COMPRESSOR_ZSTD.into(),
+                reserved: [0; 8],
+            });
+        }
+        let spec = ImageSpec {
+            nodes: self.nodes,
+            blobs: blob_table,
+            prefetch: self.prefetch,
+            chunking: Chunking {
+                mode: CHUNKING_FIXED,
+                min: 65536,
+                avg: 65536,
+                max: 65536,
+            },
+            compat_features: 0,
+        };
+        let bytes = encode(&spec).unwrap();
+        let bootstrap = dir.path().join("image.boot");
+        std::fs::write(&bootstrap, bytes).unwrap();
+        TestImage {
+            dir,
+            bootstrap,
+            blobs,
+            blob_id,
+        }
+    }
+}
+
+/// Pseudo-random, poorly compressible bytes.
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Inode numbers of [`sample`].
+pub(crate) mod ino {
+    pub const ETC: u32 = 1;
+    pub const HELLO: u32 = 2;
+    pub const SPARSE: u32 = 3;
+    pub const SUID: u32 = 4;
+    pub const LINK: u32 = 5;
+    pub const CHR: u32 = 6;
+    pub const BLK: u32 = 7;
+    pub const FIFO: u32 = 8;
+    pub const SOCK: u32 = 9;
+    pub const EMPTY: u32 = 10;
+    pub const COPY: u32 = 11;
+}
+
+/// Contents of `/etc/hello` in [`sample`] (compressible: stored as zstd).
+pub(crate) fn hello_data() -> Vec<u8> {
+    b"hello, rafs!\n".repeat(1000)
+}
+
+/// Every file type and interesting metadata:
+///
+/// ```text
+/// /                     dir 0755, uid 0
+/// /etc                  dir 0750, uid 1000 gid 100, xattr user.dir
+/// /etc/hello            13000 bytes zstd, hardlinked as /hello2 (nlink 2),
+///                       xattrs user.comment, trusted.t (binary)
+/// /etc/passwd2          = /etc/hello's twin: same chunks (COPY)
+/// /sparse               1 MiB hole, 4 KiB noise (raw), 3 MiB hole
+/// /suid                 04755 uid 0, 8 KiB noise in two chunks
+/// /link -> etc/hello
+/// /chr  c 1,3  /blk  b 8,1  /fifo  /sock  /empty (0 bytes, mode 0600)
+/// ```
+pub(crate) fn sample() -> TestImage {
+    let mut b = Builder::new();
+    let etc = b.dir(0, "etc", 0o750);
+    let hello = b.file(etc, "hello", 0o644, vec![Part::Data(hello_data())]);
+    let sparse = b.file(
+        0,
+        "sparse",
+        0o644,
+        vec![
+            Part::Hole(1 << 20),
+            Part::Data(noise(4096, 1)),
+            Part::Hole(3 << 20),
+        ],
+    );
+    let suid = b.file(
+        0,
+        "suid",
+        0o4755,
+        vec![Part::Data(noise(4096, 2)), Part::Data(noise(4096, 3))],
+    );
+    let link = b.symlink(0, "link", b"etc/hello");
+    let chr = b.special(0, "chr", S_IFCHR | 0o666, 0x0103);
+    let blk = b.special(0, "blk", S_IFBLK | 0o660, 0x0801);
+    let fifo = b.special(0, "fifo", S_IFIFO | 0o644, 0);
+    let sock = b.special(0, "sock", S_IFSOCK | 0o755, 0);
+    let empty = b.file(0, "empty", 0o600, Vec::new());
+    let copy = b.file(etc, "passwd2", 0o644, vec![Part::Data(hello_data())]);
+    b.link(0, "hello2", hello);
+    assert_eq!(
+        [etc, hello, sparse, suid, link, chr, blk, fifo, sock, empty, copy],
+        [
+            ino::ETC,
+            ino::HELLO,
+            ino::SPARSE,
+            ino::SUID,
+            ino::LINK,
+            ino::CHR,
+            ino::BLK,
+            ino::FIFO,
+            ino::SOCK,
+            ino::EMPTY,
+            ino::COPY
+        ]
+    );
+    let n = b.node(etc);
+    (n.uid, n.gid) = (1000, 100);
+    n.xattrs = vec![(b"user.dir".to_vec(), b"d".to_vec())];
+    let n = b.node(hello);
+    (n.uid, n.gid, n.mtime_sec, n.mtime_nsec) = (1, 2, 1_600_000_000, 5);
+    n.xattrs = vec![
+        (b"user.comment".to_vec(), b"greeting".to_vec()),
+        (b"trusted.t".to_vec(), vec![0, 1, 2, 0xff]),
+    ];
+    b.node(link).xattrs = vec![(b"trusted.l".to_vec(), b"on a symlink".to_vec())];
+    b.node(link).uid = 7;
+    b.node(suid).mtime_nsec = 999_999_999;
+    b.prefetch = vec![hello, suid];
+    b.finish()
+}

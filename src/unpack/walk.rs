@@ -1,0 +1,138 @@
+//! Depth-first walk of an image's tree in name order, rebuilding paths.
+//!
+//! The format stores no per-inode path: a path exists only as the chain of
+//! directory entries leading to an inode, and a hardlinked inode has several.
+//! [`walk`] visits the root (`/`), then every directory entry in pre-order,
+//! children in the (sorted) order of the directory, so a hardlinked inode is
+//! visited once per name and its first visit is its first path in that
+//! order. `inspect`, `check` and `unpack` all see the tree through it.
+//!
+//! The walk uses an explicit stack, not recursion: a hostile but valid
+//! bootstrap may nest directories a million deep. A validated bootstrap is a
+//! tree (every directory linked once), so the walk terminates.
+
+use rafs_format::layout::{DirEntry, Inode};
+use rafs_format::{Bootstrap, FormatError};
+
+/// One visited entry.
+pub(crate) struct Visit<'p, 'b> {
+    /// Absolute image path: `/` for the root, else `/a/b`.
+    pub path: &'p [u8],
+    /// Inode number.
+    pub ino: u32,
+    /// The inode.
+    pub inode: &'b Inode,
+}
+
+impl Visit<'_, '_> {
+    /// The path relative to the root (empty for the root itself).
+    pub fn rel(&self) -> &[u8] {
+        &self.path[1..]
+    }
+}
+
+struct Frame<'b> {
+    entries: &'b [DirEntry],
+    next: usize,
+    /// Length of this directory's path in the path buffer.
+    path_len: usize,
+}
+
+/// Calls `visit` for the root and then every directory entry, depth-first,
+/// in name order. Stops at the first error.
+pub(crate) fn walk<'b, E: From<FormatError>>(
+    b: &Bootstrap<'b>,
+    mut visit: impl FnMut(&Visit<'_, 'b>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut path = b"/".to_vec();
+    visit(&Visit {
+        path: &path,
+        ino: 0,
+        inode: b.inode(0)?,
+    })?;
+    let mut stack = vec![Frame {
+        entries: b.dir_entries(0)?,
+        next: 0,
+        path_len: 1,
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some(e) = top.entries.get(top.next) else {
+            stack.pop();
+            continue;
+        };
+        top.next += 1;
+        path.truncate(top.path_len);
+        if top.path_len > 1 {
+            path.push(b'/');
+        }
+        path.extend_from_slice(b.entry_name(e)?);
+        let ino = e.ino.get();
+        let inode = b.inode(ino)?;
+        visit(&Visit {
+            path: &path,
+            ino,
+            inode,
+        })?;
+        if inode.is_dir() {
+            stack.push(Frame {
+                entries: b.dir_entries(ino)?,
+                next: 0,
+                path_len: path.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every path of every inode, indexed by inode number, in walk order.
+pub(crate) fn all_paths(b: &Bootstrap<'_>) -> Result<Vec<Vec<Vec<u8>>>, FormatError> {
+    let mut paths = vec![Vec::new(); b.inode_count() as usize];
+    walk(b, |v| {
+        if let Some(p) = paths.get_mut(v.ino as usize) {
+            p.push(v.path.to_vec());
+        }
+        Ok::<_, FormatError>(())
+    })?;
+    Ok(paths)
+}
+
+/// Renders path (or name, or symlink target) bytes for display.
+///
+/// Valid UTF-8 passes through except control characters and `\`; those and
+/// every byte of an invalid UTF-8 sequence become `\xNN` (`\` becomes `\\`).
+/// The output is therefore unambiguous and reversible, and a plain UTF-8 path
+/// prints unchanged.
+pub(crate) fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for byte in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{byte:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_is_plain_for_utf8_and_escapes_the_rest() {
+        assert_eq!(escape(b"/usr/bin/caf\xc3\xa9"), "/usr/bin/café");
+        assert_eq!(escape(b"/a\\b"), "/a\\\\b");
+        assert_eq!(escape(b"/a\nb"), "/a\\x0ab");
+        assert_eq!(escape(b"/\xff\xfe"), "/\\xff\\xfe");
+    }
+}
