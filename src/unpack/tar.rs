@@ -16,7 +16,7 @@
 //! depend on file sizes.
 
 use super::data::FileReader;
-use super::walk::{escape, walk, Visit};
+use super::walk::{dev_split, escape, walk, Visit};
 use super::{Stats, UnpackError};
 use crate::backend::Backend;
 use rafs_format::layout::*;
@@ -146,13 +146,6 @@ fn set_name(h: &mut Header, pax: &mut Records, name: &[u8], link: bool) {
         pax.push((b"path".to_vec(), name.to_vec()));
         h.as_old_mut().name.copy_from_slice(&name[..USTAR_NAME_LEN]);
     }
-}
-
-/// Linux `dev_t` to (major, minor).
-pub(crate) fn dev_split(rdev: u64) -> (u32, u32) {
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-    (major as u32, minor as u32)
 }
 
 impl<W: Write> TarWriter<'_, '_, W> {

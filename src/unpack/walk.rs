@@ -7,6 +7,9 @@
 //! visited once per name and its first visit is its first path in that
 //! order. `inspect`, `check` and `unpack` all see the tree through it.
 //!
+//! Also here: [`escape`] and [`dev_split`], display helpers the three
+//! tools share.
+//!
 //! The walk uses an explicit stack, not recursion: a hostile but valid
 //! bootstrap may nest directories a million deep. A validated bootstrap is a
 //! tree (every directory linked once), so the walk terminates.
@@ -122,6 +125,13 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Linux `dev_t` to (major, minor).
+pub(crate) fn dev_split(rdev: u64) -> (u32, u32) {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major as u32, minor as u32)
 }
 
 #[cfg(test)]
