@@ -70,14 +70,14 @@ impl Builder {
     }
 
     /// Adds an entry `name` in directory `parent` naming inode `ino`.
-    pub fn link(&mut self, parent: u32, name: &str, ino: u32) {
+    pub fn link(&mut self, parent: u32, name: impl AsRef<[u8]>, ino: u32) {
         match &mut self.nodes[parent as usize].kind {
-            NodeKind::Dir { entries, .. } => entries.push((Name::try_from(name).unwrap(), ino)),
+            NodeKind::Dir { entries, .. } => entries.push((Name::new(name.as_ref()).unwrap(), ino)),
             _ => panic!("parent {parent} is not a directory"),
         }
     }
 
-    fn add(&mut self, parent: u32, name: &str, n: NodeSpec) -> u32 {
+    fn add(&mut self, parent: u32, name: impl AsRef<[u8]>, n: NodeSpec) -> u32 {
         let ino = self.nodes.len() as u32;
         self.nodes.push(n);
         self.link(parent, name, ino);
@@ -85,7 +85,7 @@ impl Builder {
     }
 
     /// Adds a directory.
-    pub fn dir(&mut self, parent: u32, name: &str, perm: u32) -> u32 {
+    pub fn dir(&mut self, parent: u32, name: impl AsRef<[u8]>, perm: u32) -> u32 {
         let kind = NodeKind::Dir {
             entries: Vec::new(),
             size: 4096,
@@ -120,7 +120,13 @@ impl Builder {
     }
 
     /// Adds a regular file made of `parts`.
-    pub fn file(&mut self, parent: u32, name: &str, perm: u32, parts: Vec<Part>) -> u32 {
+    pub fn file(
+        &mut self,
+        parent: u32,
+        name: impl AsRef<[u8]>,
+        perm: u32,
+        parts: Vec<Part>,
+    ) -> u32 {
         let chunks = parts
             .into_iter()
             .map(|p| match p {
@@ -136,7 +142,7 @@ impl Builder {
     }
 
     /// Adds a symlink.
-    pub fn symlink(&mut self, parent: u32, name: &str, target: &[u8]) -> u32 {
+    pub fn symlink(&mut self, parent: u32, name: impl AsRef<[u8]>, target: &[u8]) -> u32 {
         let kind = NodeKind::Symlink {
             target: target.to_vec(),
         };
@@ -144,7 +150,7 @@ impl Builder {
     }
 
     /// Adds a device, FIFO or socket (`mode` includes the type).
-    pub fn special(&mut self, parent: u32, name: &str, mode: u32, rdev: u64) -> u32 {
+    pub fn special(&mut self, parent: u32, name: impl AsRef<[u8]>, mode: u32, rdev: u64) -> u32 {
         let mut n = node(mode, NodeKind::Special);
         n.rdev = rdev;
         self.add(parent, name, n)

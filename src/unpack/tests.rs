@@ -273,3 +273,40 @@ fn tar_long_names_and_links_use_pax() {
         Path::new(&target)
     );
 }
+
+/// Names are bytes: a non-UTF-8 name, a backslash and a newline survive
+/// both outputs; so do a pre-epoch mtime and ids beyond ustar's range.
+#[test]
+fn odd_names_times_and_ids_survive_dir_and_tar() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut b = Builder::new();
+    let odd: &[u8] = b"caf\xe9\\new\nline";
+    let f = b.file(0, odd, 0o640, vec![Part::Data(b"bytes".to_vec())]);
+    let n = b.node(f);
+    (n.uid, n.gid) = (3_000_000, 4_000_000);
+    (n.mtime_sec, n.mtime_nsec) = (-86_400, 250_000_000);
+    b.symlink(0, "s", odd);
+    let img = b.finish();
+    let reference = img.dir.path().join("ref");
+    unpack_dir(&img, &reference).unwrap();
+    let m = meta(&reference.join(OsStr::from_bytes(odd)));
+    assert_eq!(
+        (m.uid, m.gid, m.mtime),
+        (3_000_000, 4_000_000, (-86_400, 250_000_000))
+    );
+    let archive = img.dir.path().join("out.tar");
+    unpack_tar(&img, &archive).unwrap();
+    let extracted = img.dir.path().join("x");
+    fs::create_dir(&extracted).unwrap();
+    let ok = Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&extracted)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert_eq!(snapshot(&reference), snapshot(&extracted));
+}
