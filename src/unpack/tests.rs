@@ -244,7 +244,7 @@ fn tar_long_names_and_links_use_pax() {
     let d = b.dir(0, &long, 0o755);
     let name = "f".repeat(150);
     let f = b.file(d, &name, 0o644, vec![Part::Data(b"x".to_vec())]);
-    b.link(0, &"h".repeat(120), f);
+    b.link(0, "h".repeat(120), f);
     let target = format!("{long}/{name}");
     b.symlink(0, "s", target.as_bytes());
     let img = b.finish();
