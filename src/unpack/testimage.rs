@@ -247,7 +247,8 @@ pub(crate) fn hello_data() -> Vec<u8> {
 ///                       xattrs user.comment, trusted.t (binary)
 /// /etc/passwd2          = /etc/hello's twin: same chunks (COPY)
 /// /sparse               1 MiB hole, 4 KiB noise (raw), 3 MiB hole
-/// /suid                 04755 uid 0, 8 KiB noise in two chunks
+/// /suid                 04755 uid 0, 8 KiB noise in two chunks,
+///                       security.capability cap_net_raw+ep
 /// /link -> etc/hello
 /// /chr  c 1,3  /blk  b 8,1  /fifo  /sock  /empty (0 bytes, mode 0600)
 /// ```
@@ -307,6 +308,12 @@ pub(crate) fn sample() -> TestImage {
     b.node(link).xattrs = vec![(b"trusted.l".to_vec(), b"on a symlink".to_vec())];
     b.node(link).uid = 7;
     b.node(suid).mtime_nsec = 999_999_999;
+    // VFS_CAP_REVISION_2 | effective, permitted = CAP_NET_RAW: chown would
+    // clear it, so it must be set after ownership.
+    let mut cap = 0x0200_0001u32.to_le_bytes().to_vec();
+    cap.extend_from_slice(&[0, 0x20, 0, 0]);
+    cap.extend_from_slice(&[0; 12]);
+    b.node(suid).xattrs = vec![(b"security.capability".to_vec(), cap)];
     b.prefetch = vec![hello, suid];
     b.finish()
 }

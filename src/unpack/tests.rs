@@ -112,6 +112,9 @@ fn unpack_dir_restores_every_type_and_metadata() {
     assert_eq!(suid.mode, 0o104755);
     assert_eq!(suid.mtime.1, 999_999_999);
     assert_eq!(suid.size, 8192);
+    let cap = &suid.xattrs["security.capability"];
+    assert_eq!(cap.len(), 20);
+    assert_eq!(cap[5], 0x20, "capability lost (chown after setxattr?)");
 
     let link = meta(&dest.join("link"));
     assert_eq!(link.target.as_deref(), Some(Path::new("etc/hello")));
