@@ -236,7 +236,7 @@ fn prefetch_list_is_recorded_in_order() {
     let list = work.path().join("prefetch.txt");
     let paths = [
         "/files/text-2m",
-        "/hl/b/c/two",
+        "/xattrs/file",
         "/names/with space",
         "/files/small",
     ];
@@ -254,6 +254,29 @@ fn prefetch_list_is_recorded_in_order() {
         .map(|p| format!("/{}", p.as_str().unwrap().trim_start_matches('/')))
         .collect();
     assert_eq!(got, paths);
+}
+
+#[test]
+fn prefetch_of_a_hardlink_name_records_its_inode() {
+    let work = common::tempdir();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let list = work.path().join("prefetch.txt");
+    fs::write(&list, "/hl/b/c/two\n").unwrap();
+    let lp = list.to_str().unwrap().to_owned();
+    let s = inspect_json(&create(
+        &src,
+        &work.path().join("out"),
+        &["--prefetch-list", &lp],
+    ));
+    let got = s["prefetch"].as_array().expect("prefetch array");
+    assert_eq!(got.len(), 1, "{s:#}");
+    let name = format!("/{}", got[0].as_str().unwrap().trim_start_matches('/'));
+    // The table holds inodes: any of the inode's names identifies it.
+    assert!(
+        ["/hl/a/one", "/hl/b/c/two", "/hl/three"].contains(&name.as_str()),
+        "{name}"
+    );
 }
 
 #[test]

@@ -210,3 +210,18 @@ fn sparse_file_over_4gib_stays_sparse() {
         "{stored} bytes of blobs for ~214 KiB of data"
     );
 }
+
+/// GNU tar stores xattrs as pax records `LEN SCHILY.xattr.NAME=VALUE\n`;
+/// a value may itself contain newlines and NULs (records are delimited by
+/// their length, not by newlines).
+#[test]
+fn tar_xattr_value_with_newline() {
+    let work = common::tempdir();
+    let src = work.path().join("src");
+    let f = src.join("f");
+    common::tree::write(&f, b"data");
+    common::tree::setxattr(&f, "user.multiline", b"line one\nline two\n\0end");
+    common::tree::set_times(&src);
+    let tar = tarball(work.path(), &src, None);
+    round_trip(&tar, &src, &[], &exclude_sockets);
+}
