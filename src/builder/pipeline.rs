@@ -48,10 +48,10 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
-    /// Chunks allowed in flight: about 64 MiB of chunk data, at least
+    /// Chunks allowed in flight: about 32 MiB of chunk data, at least
     /// enough to keep every worker busy, at most 256.
     fn window(&self) -> usize {
-        let by_bytes = (64usize << 20) / self.max_chunk.max(1) as usize;
+        let by_bytes = (32usize << 20) / self.max_chunk.max(1) as usize;
         by_bytes.clamp(1, 256).max(2 * self.threads + 2)
     }
 }
