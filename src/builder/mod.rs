@@ -18,6 +18,7 @@ pub mod chunker;
 pub mod dict;
 pub mod error;
 pub mod output;
+pub mod pax;
 pub mod pipeline;
 pub mod source_dir;
 pub mod source_tar;

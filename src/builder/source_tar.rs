@@ -100,6 +100,8 @@ pub fn normalise(raw: &[u8], display: &str) -> Result<Vec<Name>> {
 /// PAX overrides for one entry.
 #[derive(Debug, Default)]
 struct Pax {
+    path: Option<Vec<u8>>,
+    linkpath: Option<Vec<u8>>,
     mtime: Option<(i64, u32)>,
     uid: Option<u64>,
     gid: Option<u64>,
@@ -171,20 +173,38 @@ pub fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn parse_pax<R: Read>(entry: &mut tar::Entry<'_, R>, display: &str) -> Result<Pax> {
-    let mut pax = Pax::default();
+/// The entry's PAX records: parsed from `raw` (the recorded `x` header
+/// data) when available, else through the `tar` crate's own parser.
+fn pax_records<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    raw: Option<&[u8]>,
+    display: &str,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    if let Some(records) = raw.and_then(super::pax::parse_records) {
+        return Ok(records);
+    }
     let Some(exts) = entry.pax_extensions().map_err(|e| corrupt(display, e))? else {
-        return Ok(pax);
+        return Ok(Vec::new());
     };
-    let bad = |what: &str| corrupt(display, format!("bad PAX {what}"));
-    for ext in exts {
+    exts.map(|ext| {
         let ext = ext.map_err(|e| corrupt(display, e))?;
-        let (key, value) = (ext.key_bytes(), ext.value_bytes());
+        Ok((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()))
+    })
+    .collect()
+}
+
+fn parse_pax(records: Vec<(Vec<u8>, Vec<u8>)>, display: &str) -> Result<Pax> {
+    let mut pax = Pax::default();
+    let bad = |what: &str| corrupt(display, format!("bad PAX {what}"));
+    for (key, value) in records {
+        let (key, value) = (key.as_slice(), value.as_slice());
         let text = || std::str::from_utf8(value).map_err(|_| bad("value"));
         match key {
             b"mtime" => pax.mtime = Some(parse_pax_time(text()?).ok_or_else(|| bad("mtime"))?),
             b"uid" => pax.uid = Some(text()?.parse().map_err(|_| bad("uid"))?),
             b"gid" => pax.gid = Some(text()?.parse().map_err(|_| bad("gid"))?),
+            b"path" => pax.path = Some(value.to_vec()),
+            b"linkpath" => pax.linkpath = Some(value.to_vec()),
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     pax.xattrs.insert(name.to_vec(), value.to_vec());
@@ -324,10 +344,10 @@ fn place(tree: &mut Tree, comps: &[Name], node: Node, display: &str) -> Result<N
     Ok(id)
 }
 
-fn link_target<R: Read>(entry: &tar::Entry<'_, R>, display: &str) -> Result<Vec<u8>> {
-    entry
-        .link_name_bytes()
-        .map(|t| t.into_owned())
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, pax: &Pax, display: &str) -> Result<Vec<u8>> {
+    pax.linkpath
+        .clone()
+        .or_else(|| entry.link_name_bytes().map(|t| t.into_owned()))
         .filter(|t| !t.is_empty())
         .ok_or_else(|| corrupt(display, "link entry without a target"))
 }
@@ -372,8 +392,15 @@ fn add_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     chunker: &ChunkerConfig,
     emit: &mut Emitter<'_>,
+    raw_pax: Option<&[u8]>,
 ) -> Result<()> {
-    let raw = entry.path_bytes().into_owned();
+    let pre_display = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    let records = pax_records(entry, raw_pax, &pre_display)?;
+    let pax = parse_pax(records, &pre_display)?;
+    let raw = pax
+        .path
+        .clone()
+        .unwrap_or_else(|| entry.path_bytes().into_owned());
     let display = String::from_utf8_lossy(&raw).into_owned();
     let etype = entry.header().entry_type();
     let file_type = match etype {
@@ -394,10 +421,10 @@ fn add_entry<R: Read>(
     };
     let comps = normalise(&raw, &display)?;
     if etype == EntryType::Link {
-        let target = link_target(entry, &display)?;
+        let target = link_target(entry, &pax, &display)?;
         return hardlink(tree, &comps, &target, &display);
     }
-    let pax = parse_pax(entry, &display)?;
+    let symlink = link_target(entry, &pax, &display);
     let meta = entry_meta(entry.header(), pax, file_type, &display)?;
     let content = match file_type {
         S_IFREG => {
@@ -419,7 +446,7 @@ fn add_entry<R: Read>(
             size: 0,
         },
         S_IFLNK => {
-            let target = link_target(entry, &display)?;
+            let target = symlink?;
             if target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
                 return Err(BuildError::BadEntry {
                     path: display,
@@ -443,11 +470,24 @@ pub fn read_tar(
     emit: &mut Emitter<'_>,
 ) -> Result<Tree> {
     let mut tree = Tree::new(Meta::implicit_dir(), 0);
+    let (stream, recorder) = super::pax::Recorder::new(stream);
     let mut archive = tar::Archive::new(stream);
     let entries = archive.entries().map_err(|e| corrupt(name, e))?;
+    // Offset of the first header after the previous entry's data.
+    let mut next_header = 0u64;
     for entry in entries {
         let mut entry = entry.map_err(|e| corrupt(name, e))?;
-        add_entry(&mut tree, &mut entry, chunker, emit)?;
+        let raw_pax = recorder.pax_before(next_header, entry.raw_header_position());
+        recorder.pause();
+        add_entry(&mut tree, &mut entry, chunker, emit, raw_pax.as_deref())?;
+        let header = entry.header();
+        let stored = if header.entry_type().is_gnu_sparse() {
+            header.entry_size().unwrap_or(0)
+        } else {
+            entry.size()
+        };
+        next_header = entry.raw_file_position() + stored.div_ceil(512) * 512;
+        recorder.restart();
     }
     Ok(tree)
 }

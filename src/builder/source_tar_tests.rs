@@ -306,3 +306,20 @@ fn empty_and_zero_data_files() {
     assert_eq!(built.read("zeros"), vec![0u8; 20_000]);
     assert_eq!(built.b().blobs().len(), 0);
 }
+
+#[test]
+fn pax_xattr_value_with_newlines_and_nul() {
+    // Records are framed by length; the tar crate's newline split cannot
+    // parse this, the recorded raw header can.
+    let value = b"line one\nline two\n\0end";
+    let mut t = Tar::new();
+    t.pax(&[("SCHILY.xattr.user.multi", value), ("mtime", b"5.5")])
+        .file("f", b"data")
+        .file("g", b"more");
+    let c = Case::new();
+    let built = c.build(&t.bytes());
+    assert_eq!(built.xattr("f", "user.multi").as_deref(), Some(&value[..]));
+    assert_eq!(built.inode("f").mtime_nsec.get(), 500_000_000);
+    assert_eq!(built.read("g"), b"more");
+    assert_eq!(built.inode("g").xattr_count.get(), 0);
+}
