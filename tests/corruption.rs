@@ -12,20 +12,49 @@ mod common;
 
 use common::tree::{random_bytes, write};
 use common::{create, rafs};
+use rafs_format::layout::{
+    BlobInfo, ChunkInfo, DirEntry, Inode, PrefetchEntry, SuperBlock, XattrEntry,
+};
 use rafs_format::{seal, Bootstrap, FormatError, NameError, Table};
 use std::fs;
+use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 
 /// Superblock offset of each table reference, its table and entry size.
 const TABLES: [(usize, Table, u64); 7] = [
-    (96, Table::Inodes, 64),
-    (112, Table::Dirents, 12),
-    (128, Table::Chunks, 72),
-    (144, Table::Blobs, 64),
-    (160, Table::Xattrs, 16),
-    (176, Table::Prefetch, 4),
-    (192, Table::Strings, 1),
+    (
+        offset_of!(SuperBlock, inodes),
+        Table::Inodes,
+        size_of::<Inode>() as u64,
+    ),
+    (
+        offset_of!(SuperBlock, dirents),
+        Table::Dirents,
+        DIRENT as u64,
+    ),
+    (
+        offset_of!(SuperBlock, chunks),
+        Table::Chunks,
+        size_of::<ChunkInfo>() as u64,
+    ),
+    (
+        offset_of!(SuperBlock, blobs),
+        Table::Blobs,
+        size_of::<BlobInfo>() as u64,
+    ),
+    (
+        offset_of!(SuperBlock, xattrs),
+        Table::Xattrs,
+        size_of::<XattrEntry>() as u64,
+    ),
+    (
+        offset_of!(SuperBlock, prefetch),
+        Table::Prefetch,
+        size_of::<PrefetchEntry>() as u64,
+    ),
+    (offset_of!(SuperBlock, strings), Table::Strings, 1),
 ];
+const DIRENT: usize = size_of::<DirEntry>();
 
 fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
@@ -154,7 +183,7 @@ fn flipped_byte_in_each_table_fails_the_checksum() {
 fn flipped_superblock_byte_fails_the_checksum() {
     let f = fixture();
     let mut b = f.bytes.clone();
-    b[80] ^= 1; // chunk_avg: informative, only the checksum covers it
+    b[offset_of!(SuperBlock, chunk_avg)] ^= 1; // informative: only the checksum covers it
     assert_eq!(
         Bootstrap::open(&b).unwrap_err(),
         FormatError::ChecksumMismatch
@@ -175,12 +204,12 @@ fn expect_structural(f: &Fixture, name: &str, damage: impl Fn(&mut Vec<u8>), wan
 
 /// (dirent table offset, root's first entry index, root's entry count).
 fn root_entries(b: &[u8]) -> (usize, usize, usize) {
-    let inodes = le64(b, 96) as usize;
-    let dirents = le64(b, 112) as usize;
+    let inodes = le64(b, offset_of!(SuperBlock, inodes)) as usize;
+    let dirents = le64(b, offset_of!(SuperBlock, dirents)) as usize;
     (
         dirents,
-        le32(b, inodes + 48) as usize,
-        le32(b, inodes + 52) as usize,
+        le32(b, inodes + offset_of!(Inode, payload_start)) as usize,
+        le32(b, inodes + offset_of!(Inode, payload_count)) as usize,
     )
 }
 
@@ -191,14 +220,17 @@ fn header_damage_gives_typed_errors() {
     expect_structural(
         &f,
         "incompat",
-        |b| b[29] |= 0x01, // bit 40 of incompat_features
+        |b| b[offset_of!(SuperBlock, incompat_features) + 5] |= 0x01, // bit 40
         FormatError::UnknownIncompatFeatures(1 << 40),
     );
     let len = f.bytes.len() as u64;
     expect_structural(
         &f,
         "strings-offset",
-        |b| b[192..200].copy_from_slice(&(len + 4096).to_le_bytes()),
+        |b| {
+            let at = offset_of!(SuperBlock, strings);
+            b[at..at + 8].copy_from_slice(&(len + 4096).to_le_bytes())
+        },
         FormatError::TableOutOfBounds(Table::Strings),
     );
 }
@@ -208,8 +240,8 @@ fn dirent_damage_gives_typed_errors() {
     let f = fixture();
     let (dirents, start, count) = root_entries(&f.bytes);
     assert!(count >= 2, "root has {count} entries");
-    let ninodes = le64(&f.bytes, 104) as u32;
-    let first = dirents + start * 12;
+    let ninodes = le64(&f.bytes, offset_of!(SuperBlock, inodes) + 8) as u32;
+    let first = dirents + start * DIRENT;
     expect_structural(
         &f,
         "dirent-ino",
@@ -223,17 +255,18 @@ fn dirent_damage_gives_typed_errors() {
         &f,
         "unsorted",
         |b| {
-            let (x, y) = (first, first + 12);
-            let tmp: Vec<u8> = b[x..x + 12].to_vec();
-            b.copy_within(y..y + 12, x);
-            b[y..y + 12].copy_from_slice(&tmp);
+            let (x, y) = (first, first + DIRENT);
+            let tmp: Vec<u8> = b[x..x + DIRENT].to_vec();
+            b.copy_within(y..y + DIRENT, x);
+            b[y..y + DIRENT].copy_from_slice(&tmp);
         },
         FormatError::UnsortedEntries {
             dir: 0,
             index: start as u64 + 1,
         },
     );
-    let name_at = le64(&f.bytes, 192) as usize + le32(&f.bytes, first + 4) as usize;
+    let name_at = le64(&f.bytes, offset_of!(SuperBlock, strings)) as usize
+        + le32(&f.bytes, first + offset_of!(DirEntry, name_offset)) as usize;
     expect_structural(
         &f,
         "slash-name",
@@ -250,7 +283,7 @@ fn dirent_damage_gives_typed_errors() {
 fn dirent_naming_the_root_is_not_a_tree() {
     let f = fixture();
     let (dirents, start, _) = root_entries(&f.bytes);
-    let at = dirents + start * 12;
+    let at = dirents + start * DIRENT;
     expect_structural(
         &f,
         "root-link",
@@ -268,7 +301,8 @@ fn chunk_with_blob_index_out_of_range_is_bad() {
         .iter()
         .position(|c| !c.is_hole())
         .expect("a data chunk");
-    let at = le64(&f.bytes, 128) as usize + index * 72 + 64;
+    let chunks = le64(&f.bytes, offset_of!(SuperBlock, chunks));
+    let at = chunks as usize + index * size_of::<ChunkInfo>() + offset_of!(ChunkInfo, blob_index);
     expect_structural(
         &f,
         "blob-index",
