@@ -32,8 +32,21 @@ pub enum ChunkError {
     Hole,
 }
 
-/// Decodes and verifies `stored` (the chunk's bytes from its blob).
+/// Decodes and verifies `stored` (the chunk's bytes from its blob; for a
+/// batch member, the whole frame's bytes).
 pub fn decode_chunk(c: &ChunkInfo, stored: &[u8]) -> Result<Vec<u8>, ChunkError> {
+    let frame = decode_frame(c, stored)?;
+    if !c.is_batch() {
+        verify(c, &frame)?;
+        return Ok(frame);
+    }
+    member(c, &frame).map(<[u8]>::to_vec)
+}
+
+/// Turns stored bytes into the frame's data, without verifying digests:
+/// for a plain chunk its data, for a batch member the data of every member
+/// of its frame. Callers verify with [`member`] (or [`decode_chunk`]).
+pub fn decode_frame(c: &ChunkInfo, stored: &[u8]) -> Result<Vec<u8>, ChunkError> {
     if c.is_hole() {
         return Err(ChunkError::Hole);
     }
@@ -43,26 +56,45 @@ pub fn decode_chunk(c: &ChunkInfo, stored: &[u8]) -> Result<Vec<u8>, ChunkError>
             expected: c.compressed_size.get(),
         });
     }
-    let want = c.uncompressed_size.get() as usize;
-    let data = if c.is_zstd() {
-        let mut out = Vec::with_capacity(want);
-        zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(stored, &mut out))
-            .map_err(|e| ChunkError::Decompress(e.to_string()))?;
-        if out.len() != want {
-            return Err(ChunkError::Decompress(format!(
-                "{} bytes, expected {want}",
-                out.len()
-            )));
-        }
-        out
+    if !c.is_zstd() {
+        return Ok(stored.to_vec());
+    }
+    let want = c.frame_size() as usize;
+    let mut out = Vec::with_capacity(want);
+    zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(stored, &mut out))
+        .map_err(|e| ChunkError::Decompress(e.to_string()))?;
+    if out.len() != want {
+        return Err(ChunkError::Decompress(format!(
+            "{} bytes, expected {want}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// The verified data of chunk `c` within `frame` (from [`decode_frame`]).
+pub fn member<'f>(c: &ChunkInfo, frame: &'f [u8]) -> Result<&'f [u8], ChunkError> {
+    let start = if c.is_batch() {
+        c.batch_offset.get() as usize
     } else {
-        stored.to_vec()
+        0
     };
-    if blake3::hash(&data).as_bytes() != &c.digest {
+    let data = start
+        .checked_add(c.uncompressed_size.get() as usize)
+        .and_then(|end| frame.get(start..end))
+        .ok_or(ChunkError::Decompress("member outside its frame".into()))?;
+    verify(c, data)?;
+    Ok(data)
+}
+
+fn verify(c: &ChunkInfo, data: &[u8]) -> Result<(), ChunkError> {
+    if data.len() != c.uncompressed_size.get() as usize
+        || blake3::hash(data).as_bytes() != &c.digest
+    {
         return Err(ChunkError::Digest);
     }
-    Ok(data)
+    Ok(())
 }
 
 /// Why a chunk could not be read from its blob.
@@ -113,7 +145,7 @@ pub fn fetch_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rafs_format::layout::{CHUNK_HOLE, CHUNK_ZSTD};
+    use rafs_format::layout::{CHUNK_BATCH, CHUNK_HOLE, CHUNK_ZSTD};
 
     fn chunk(data: &[u8], stored: &[u8], flags: u32) -> ChunkInfo {
         ChunkInfo {
@@ -152,6 +184,44 @@ mod tests {
             ..c
         };
         assert_eq!(decode_chunk(&hole, &data), Err(ChunkError::Hole));
+    }
+
+    #[test]
+    fn batch_members() {
+        let a = b"first member ".repeat(20);
+        let b = b"second member".repeat(30);
+        let frame = [a.clone(), b.clone()].concat();
+        let stored = zstd::bulk::compress(&frame, 3).unwrap();
+        let member = |data: &[u8], off: usize| ChunkInfo {
+            flags: (CHUNK_ZSTD | CHUNK_BATCH).into(),
+            batch_offset: (off as u32).into(),
+            batch_size: (frame.len() as u32).into(),
+            ..chunk(data, &stored, 0)
+        };
+        let (ca, cb) = (member(&a, 0), member(&b, a.len()));
+        assert_eq!(decode_chunk(&ca, &stored).unwrap(), a);
+        assert_eq!(decode_chunk(&cb, &stored).unwrap(), b);
+        // The wrong member offset fails its digest.
+        let shifted = ChunkInfo {
+            batch_offset: 1.into(),
+            ..cb
+        };
+        assert_eq!(decode_chunk(&shifted, &stored), Err(ChunkError::Digest));
+        // A member past the frame is an error, not a panic.
+        let past = ChunkInfo {
+            batch_offset: (frame.len() as u32).into(),
+            ..cb
+        };
+        assert!(decode_chunk(&past, &stored).is_err());
+        // A frame size that disagrees with the stored frame.
+        let short = ChunkInfo {
+            batch_size: 10.into(),
+            ..ca
+        };
+        assert!(matches!(
+            decode_chunk(&short, &stored),
+            Err(ChunkError::Decompress(_))
+        ));
     }
 
     #[test]

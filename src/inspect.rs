@@ -156,7 +156,10 @@ struct ChunkStats {
     entries: u64,
     holes: u64,
     data_bytes: u64,
-    unique: HashSet<(u32, u64)>,
+    /// Distinct chunks: (blob, frame offset, offset in a batch frame).
+    unique: HashSet<(u32, u64, u32)>,
+    /// Distinct stored frames: (blob, frame offset).
+    frames: HashSet<(u32, u64)>,
     unique_uncompressed: u64,
     unique_stored: u64,
     amp_num: f64,
@@ -173,11 +176,11 @@ impl ChunkStats {
             }
             let (u, s) = (c.uncompressed_size.get(), c.compressed_size.get());
             self.data_bytes += u64::from(u);
-            if self
-                .unique
-                .insert((c.blob_index.get(), c.compressed_offset.get()))
-            {
+            let frame = (c.blob_index.get(), c.compressed_offset.get());
+            if self.unique.insert((frame.0, frame.1, c.batch_offset.get())) {
                 self.unique_uncompressed += u64::from(u);
+            }
+            if self.frames.insert(frame) {
                 self.unique_stored += u64::from(s);
             }
             self.amp_num += f64::from(u) * f64::from(s);

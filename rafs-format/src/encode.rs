@@ -45,8 +45,29 @@ pub struct ChunkSpec {
     pub compressed_size: u32,
     /// Data length.
     pub uncompressed_size: u32,
-    /// [`CHUNK_ZSTD`], [`CHUNK_HOLE`] or 0.
+    /// [`CHUNK_ZSTD`], [`CHUNK_ZSTD`] | [`CHUNK_BATCH`], [`CHUNK_HOLE`] or 0.
     pub flags: u32,
+    /// Batch members: offset of the data in the decompressed frame.
+    pub batch_offset: u32,
+    /// Batch members: decompressed length of the whole frame.
+    pub batch_size: u32,
+}
+
+impl From<&ChunkInfo> for ChunkSpec {
+    /// The chunk's storage fields (everything but its file offset).
+    fn from(c: &ChunkInfo) -> Self {
+        ChunkSpec {
+            digest: c.digest,
+            blob_index: c.blob_index.get(),
+            compressed_offset: c.compressed_offset.get(),
+            uncompressed_offset: c.uncompressed_offset.get(),
+            compressed_size: c.compressed_size.get(),
+            uncompressed_size: c.uncompressed_size.get(),
+            flags: c.flags.get(),
+            batch_offset: c.batch_offset.get(),
+            batch_size: c.batch_size.get(),
+        }
+    }
 }
 
 impl ChunkSpec {
@@ -173,6 +194,8 @@ impl Tables {
                 uncompressed_size: c.uncompressed_size.into(),
                 blob_index: c.blob_index.into(),
                 flags: c.flags.into(),
+                batch_offset: c.batch_offset.into(),
+                batch_size: c.batch_size.into(),
             });
             off = off
                 .checked_add(u64::from(c.uncompressed_size))
@@ -317,6 +340,7 @@ pub fn encode(spec: &ImageSpec) -> Result<Vec<u8>, FormatError> {
         .map(|&ino| PrefetchEntry { ino: ino.into() })
         .collect();
     let zstd = t.chunks.iter().any(ChunkInfo::is_zstd);
+    let batch = t.chunks.iter().any(ChunkInfo::is_batch);
 
     let mut out = vec![0u8; size_of::<SuperBlock>()];
     let inodes = put(&mut out, t.inodes.as_bytes(), t.inodes.len());
@@ -332,7 +356,9 @@ pub fn encode(spec: &ImageSpec) -> Result<Vec<u8>, FormatError> {
         minor_version: MINOR_VERSION.into(),
         superblock_size: (size_of::<SuperBlock>() as u32).into(),
         compat_features: spec.compat_features.into(),
-        incompat_features: (if zstd { INCOMPAT_ZSTD } else { 0 }).into(),
+        incompat_features: (if zstd { INCOMPAT_ZSTD } else { 0 }
+            | if batch { INCOMPAT_BATCH } else { 0 })
+        .into(),
         checksum: [0; 32],
         bootstrap_size: (out.len() as u64).into(),
         chunking: spec.chunking.mode,

@@ -19,8 +19,10 @@ pub const MINOR_VERSION: u16 = 0;
 
 /// Incompat feature: chunks may be zstd-compressed.
 pub const INCOMPAT_ZSTD: u64 = 1 << 0;
+/// Incompat feature: some chunks are members of batch frames.
+pub const INCOMPAT_BATCH: u64 = 1 << 1;
 /// Incompat features this reader understands.
-pub const KNOWN_INCOMPAT: u64 = INCOMPAT_ZSTD;
+pub const KNOWN_INCOMPAT: u64 = INCOMPAT_ZSTD | INCOMPAT_BATCH;
 /// Compat feature: the prefetch table was filled from a prefetch list.
 pub const COMPAT_PREFETCH_LIST: u64 = 1 << 0;
 
@@ -28,8 +30,12 @@ pub const COMPAT_PREFETCH_LIST: u64 = 1 << 0;
 pub const CHUNK_ZSTD: u32 = 1 << 0;
 /// Chunk flag: the chunk is a hole; it stores nothing and reads as zeros.
 pub const CHUNK_HOLE: u32 = 1 << 1;
+/// Chunk flag: the stored bytes are a zstd frame holding several small
+/// chunks (always together with [`CHUNK_ZSTD`]); the chunk's data is
+/// `batch_offset..batch_offset + uncompressed_size` of the decompressed frame.
+pub const CHUNK_BATCH: u32 = 1 << 2;
 /// All chunk flags this reader understands.
-pub const CHUNK_KNOWN_FLAGS: u32 = CHUNK_ZSTD | CHUNK_HOLE;
+pub const CHUNK_KNOWN_FLAGS: u32 = CHUNK_ZSTD | CHUNK_HOLE | CHUNK_BATCH;
 
 /// Largest uncompressed data chunk (holes may be larger).
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
@@ -237,19 +243,26 @@ pub struct ChunkInfo {
     pub digest: [u8; 32],
     /// Offset of the chunk within the file.
     pub file_offset: U64,
-    /// Offset of the stored bytes in the blob; zero for holes.
+    /// Offset of the stored bytes (for a batch member: of the whole frame)
+    /// in the blob; zero for holes.
     pub compressed_offset: U64,
     /// Offset of the data in the blob's uncompressed address space (where a
     /// cache stores it); zero for holes.
     pub uncompressed_offset: U64,
-    /// Stored length in the blob; zero for holes.
+    /// Stored length in the blob (for a batch member: of the whole frame);
+    /// zero for holes.
     pub compressed_size: U32,
     /// Length of the data in the file.
     pub uncompressed_size: U32,
     /// Index into the blob table; zero for holes.
     pub blob_index: U32,
-    /// [`CHUNK_ZSTD`], [`CHUNK_HOLE`], or neither (stored raw).
+    /// [`CHUNK_ZSTD`], [`CHUNK_ZSTD`] | [`CHUNK_BATCH`], [`CHUNK_HOLE`], or
+    /// none (stored raw).
     pub flags: U32,
+    /// Batch members: offset of the data in the decompressed frame; else 0.
+    pub batch_offset: U32,
+    /// Batch members: decompressed length of the whole frame; else 0.
+    pub batch_size: U32,
 }
 
 /// One data blob: a concatenation of stored chunks, addressed by the sha256
@@ -336,7 +349,7 @@ const _: () = assert!(size_of::<TableRef>() == 16);
 const _: () = assert!(size_of::<SuperBlock>() == 256);
 const _: () = assert!(size_of::<Inode>() == 64);
 const _: () = assert!(size_of::<DirEntry>() == 12);
-const _: () = assert!(size_of::<ChunkInfo>() == 72);
+const _: () = assert!(size_of::<ChunkInfo>() == 80);
 const _: () = assert!(size_of::<BlobInfo>() == 64);
 const _: () = assert!(size_of::<XattrEntry>() == 16);
 const _: () = assert!(size_of::<PrefetchEntry>() == 4);
@@ -375,6 +388,19 @@ impl ChunkInfo {
     /// True if the stored bytes are a zstd frame.
     pub fn is_zstd(&self) -> bool {
         self.flags.get() & CHUNK_ZSTD != 0
+    }
+    /// True if the chunk is a member of a batch frame.
+    pub fn is_batch(&self) -> bool {
+        self.flags.get() & CHUNK_BATCH != 0
+    }
+    /// Decompressed length of the stored frame: `batch_size` for batch
+    /// members, else `uncompressed_size`.
+    pub fn frame_size(&self) -> u32 {
+        if self.is_batch() {
+            self.batch_size.get()
+        } else {
+            self.uncompressed_size.get()
+        }
     }
     /// End of the chunk within the file (saturating; validation rejects
     /// chunks whose end overflows).
@@ -446,6 +472,8 @@ mod tests {
         assert_eq!(offset_of!(ChunkInfo, uncompressed_size), 60);
         assert_eq!(offset_of!(ChunkInfo, blob_index), 64);
         assert_eq!(offset_of!(ChunkInfo, flags), 68);
+        assert_eq!(offset_of!(ChunkInfo, batch_offset), 72);
+        assert_eq!(offset_of!(ChunkInfo, batch_size), 76);
 
         assert_eq!(offset_of!(BlobInfo, id), 0);
         assert_eq!(offset_of!(BlobInfo, compressed_size), 32);
@@ -468,7 +496,7 @@ mod tests {
         assert_eq!(size_of::<SuperBlock>(), 256);
         assert_eq!(size_of::<Inode>(), 64);
         assert_eq!(size_of::<DirEntry>(), 12);
-        assert_eq!(size_of::<ChunkInfo>(), 72);
+        assert_eq!(size_of::<ChunkInfo>(), 80);
         assert_eq!(size_of::<BlobInfo>(), 64);
         assert_eq!(size_of::<XattrEntry>(), 16);
         assert_eq!(size_of::<PrefetchEntry>(), 4);

@@ -105,7 +105,7 @@ impl Bootstrap<'_> {
         if flags & !CHUNK_KNOWN_FLAGS != 0 {
             return Err("unknown flags");
         }
-        let (comp, uncomp) = (c.compressed_size.get(), c.uncompressed_size.get());
+        let uncomp = c.uncompressed_size.get();
         if uncomp == 0 {
             return Err("zero length");
         }
@@ -116,8 +116,10 @@ impl Bootstrap<'_> {
             let zero = c.digest == [0; 32]
                 && c.compressed_offset.get() == 0
                 && c.uncompressed_offset.get() == 0
-                && comp == 0
-                && c.blob_index.get() == 0;
+                && c.compressed_size.get() == 0
+                && c.blob_index.get() == 0
+                && c.batch_offset.get() == 0
+                && c.batch_size.get() == 0;
             return if flags == CHUNK_HOLE && zero {
                 Ok(())
             } else {
@@ -127,29 +129,52 @@ impl Bootstrap<'_> {
         if uncomp > MAX_CHUNK_SIZE {
             return Err("larger than the maximum chunk size");
         }
-        if flags & CHUNK_ZSTD != 0 {
-            if comp == 0 || comp >= uncomp {
-                return Err("zstd chunk not smaller than its data");
-            }
-        } else if comp != uncomp {
-            return Err("raw chunk with differing sizes");
-        }
+        self.validate_stored_form(c)?;
         let blob = self.chunk_blob(c).map_err(|_| "blob index out of range")?;
         let fits = |off: u64, len: u32, size: u64| {
             off.checked_add(u64::from(len))
                 .is_some_and(|end| end <= size)
         };
-        if !fits(c.compressed_offset.get(), comp, blob.compressed_size.get()) {
+        if !fits(
+            c.compressed_offset.get(),
+            c.compressed_size.get(),
+            blob.compressed_size.get(),
+        ) {
             return Err("stored bytes outside the blob");
         }
-        if !fits(
-            c.uncompressed_offset.get(),
-            uncomp,
-            blob.uncompressed_size.get(),
-        ) {
+        // The whole decompressed frame occupies the blob's uncompressed space
+        // from `uncompressed_offset - batch_offset`.
+        let frame_start = c
+            .uncompressed_offset
+            .get()
+            .checked_sub(u64::from(c.batch_offset.get()));
+        if !frame_start.is_some_and(|s| fits(s, c.frame_size(), blob.uncompressed_size.get())) {
             return Err("data outside the blob's uncompressed space");
         }
         Ok(())
+    }
+
+    /// Sizes of raw, zstd and batch chunks agree with their flags.
+    fn validate_stored_form(&self, c: &ChunkInfo) -> Result<(), &'static str> {
+        let (comp, uncomp) = (c.compressed_size.get(), c.uncompressed_size.get());
+        let (boff, bsize) = (c.batch_offset.get(), c.batch_size.get());
+        match c.flags.get() {
+            0 if comp == uncomp && boff == 0 && bsize == 0 => Ok(()),
+            0 => Err("raw chunk with differing sizes or batch fields"),
+            CHUNK_ZSTD if comp > 0 && comp < uncomp && boff == 0 && bsize == 0 => Ok(()),
+            CHUNK_ZSTD => Err("zstd chunk not smaller than its data, or batch fields set"),
+            f if f == CHUNK_ZSTD | CHUNK_BATCH => {
+                if bsize > MAX_CHUNK_SIZE || u64::from(boff) + u64::from(uncomp) > u64::from(bsize)
+                {
+                    return Err("batch member outside its frame");
+                }
+                if comp == 0 || comp >= bsize {
+                    return Err("batch frame not smaller than its data");
+                }
+                Ok(())
+            }
+            _ => Err("batch flag without zstd"),
+        }
     }
 
     fn validate_xattr_entries(&self) -> Result<(), FormatError> {

@@ -15,7 +15,7 @@ struct Generated {
 #[derive(Debug, Clone)]
 enum Pick {
     Dir,
-    File(Vec<(bool, u32, bool)>),
+    File(Vec<(bool, u32, u8)>),
     Symlink(Vec<u8>),
     Special(u32, u64),
     HardLink(usize),
@@ -24,7 +24,7 @@ enum Pick {
 fn pick() -> impl Strategy<Value = Pick> {
     prop_oneof![
         2 => Just(Pick::Dir),
-        4 => prop::collection::vec((any::<bool>(), 1u32..5000, any::<bool>()), 0..5).prop_map(Pick::File),
+        4 => prop::collection::vec((any::<bool>(), 1u32..5000, 0u8..3), 0..5).prop_map(Pick::File),
         1 => prop::collection::vec(1u8..=255, 1..300).prop_map(Pick::Symlink),
         1 => (prop_oneof![Just(S_IFCHR), Just(S_IFBLK), Just(S_IFIFO), Just(S_IFSOCK)], any::<u64>())
             .prop_map(|(t, r)| Pick::Special(t, r)),
@@ -111,26 +111,12 @@ fn build(picks: Vec<(Pick, usize, Vec<u8>, Attrs)>, root: Attrs) -> Generated {
             Pick::File(parts) => {
                 let chunks = parts
                     .iter()
-                    .map(|&(hole, len, zstd)| {
+                    .map(|&(hole, len, form)| {
                         if hole {
                             return ChunkSpec::hole(len);
                         }
-                        let comp = if zstd {
-                            len.div_ceil(2).min(len - 1).max(1)
-                        } else {
-                            len
-                        };
-                        let zstd = zstd && comp < len;
-                        let c = ChunkSpec {
-                            digest: *blake3::hash(&blob_used.to_le_bytes()).as_bytes(),
-                            blob_index: (blob_used % 2) as u32,
-                            compressed_offset: blob_used,
-                            uncompressed_offset: blob_used,
-                            compressed_size: if zstd { comp } else { len },
-                            uncompressed_size: len,
-                            flags: if zstd { CHUNK_ZSTD } else { 0 },
-                        };
-                        blob_used += u64::from(len);
+                        let c = stored_chunk(blob_used, len, form);
+                        blob_used += u64::from(c.frame_size());
                         c
                     })
                     .collect();
@@ -178,6 +164,50 @@ fn build(picks: Vec<(Pick, usize, Vec<u8>, Attrs)>, root: Attrs) -> Generated {
     }
 }
 
+/// A data chunk at `at` in both blob address spaces: raw (form 0), zstd
+/// (1) or a member of a batch frame (2) that starts at `at`.
+fn stored_chunk(at: u64, len: u32, form: u8) -> ChunkSpec {
+    let base = ChunkSpec {
+        digest: *blake3::hash(&at.to_le_bytes()).as_bytes(),
+        blob_index: (at % 2) as u32,
+        compressed_offset: at,
+        uncompressed_offset: at,
+        compressed_size: len,
+        uncompressed_size: len,
+        ..Default::default()
+    };
+    match form {
+        1 if len > 1 => ChunkSpec {
+            compressed_size: len / 2,
+            flags: CHUNK_ZSTD,
+            ..base
+        },
+        2 => ChunkSpec {
+            uncompressed_offset: at + u64::from(len / 2),
+            compressed_size: 1,
+            flags: CHUNK_ZSTD | CHUNK_BATCH,
+            batch_offset: len / 2,
+            batch_size: len + len / 2 + 1,
+            ..base
+        },
+        _ => base,
+    }
+}
+
+trait FrameSize {
+    fn frame_size(&self) -> u32;
+}
+
+impl FrameSize for ChunkSpec {
+    fn frame_size(&self) -> u32 {
+        if self.batch_size > 0 {
+            self.batch_size
+        } else {
+            self.uncompressed_size
+        }
+    }
+}
+
 fn tree() -> impl Strategy<Value = Generated> {
     (
         prop::collection::vec((pick(), any::<usize>(), name(), attrs()), 0..40),
@@ -214,6 +244,8 @@ fn decode(b: &Bootstrap<'_>) -> Vec<NodeSpec> {
                             compressed_size: c.compressed_size.get(),
                             uncompressed_size: c.uncompressed_size.get(),
                             flags: c.flags.get(),
+                            batch_offset: c.batch_offset.get(),
+                            batch_size: c.batch_size.get(),
                         })
                         .collect(),
                 },

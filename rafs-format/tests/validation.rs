@@ -27,11 +27,30 @@ fn data_chunk(off: u64, len: u32) -> ChunkSpec {
         compressed_size: len,
         uncompressed_size: len,
         flags: 0,
+        batch_offset: 0,
+        batch_size: 0,
     }
 }
 
-/// root/{a/, a/f, g (hardlink of a/f), l -> f, z (fifo)}; inode numbers:
-/// 0 root, 1 a, 2 f, 3 l, 4 z.
+/// Two members of one batch frame of 30 bytes stored in 20, at blob offset
+/// 110 (uncompressed space 110..140).
+fn batch_member(inner: u32, len: u32) -> ChunkSpec {
+    ChunkSpec {
+        digest: [inner as u8 + 50; 32],
+        blob_index: 0,
+        compressed_offset: 110,
+        uncompressed_offset: 110 + u64::from(inner),
+        compressed_size: 20,
+        uncompressed_size: len,
+        flags: CHUNK_ZSTD | CHUNK_BATCH,
+        batch_offset: inner,
+        batch_size: 30,
+    }
+}
+
+/// root/{a/, a/f, g (hardlink of a/f), l -> f, z (fifo), s1, s2 (small
+/// files sharing a batch frame)}; inode numbers: 0 root, 1 a, 2 f, 3 l, 4 z,
+/// 5 s1, 6 s2. Chunk table: f's run 0..3, s1's 3, s2's 4.
 fn sample() -> Vec<u8> {
     let n = |s: &str| Name::new(s).unwrap();
     let mut f = attrs(
@@ -49,7 +68,14 @@ fn sample() -> Vec<u8> {
             attrs(
                 S_IFDIR | 0o755,
                 NodeKind::Dir {
-                    entries: vec![(n("a"), 1), (n("g"), 2), (n("l"), 3), (n("z"), 4)],
+                    entries: vec![
+                        (n("a"), 1),
+                        (n("g"), 2),
+                        (n("l"), 3),
+                        (n("z"), 4),
+                        (n("s1"), 5),
+                        (n("s2"), 6),
+                    ],
                     size: 0,
                 },
             ),
@@ -68,12 +94,24 @@ fn sample() -> Vec<u8> {
                 },
             ),
             attrs(S_IFIFO | 0o600, NodeKind::Special),
+            attrs(
+                S_IFREG | 0o644,
+                NodeKind::File {
+                    chunks: vec![batch_member(0, 10)],
+                },
+            ),
+            attrs(
+                S_IFREG | 0o644,
+                NodeKind::File {
+                    chunks: vec![batch_member(10, 20)],
+                },
+            ),
         ],
         blobs: vec![BlobInfo {
             id: [9; 32],
-            compressed_size: 110.into(),
-            uncompressed_size: 110.into(),
-            chunk_count: 2.into(),
+            compressed_size: 130.into(),
+            uncompressed_size: 140.into(),
+            chunk_count: 4.into(),
             compressor: COMPRESSOR_ZSTD.into(),
             reserved: [0; 8],
         }],
@@ -125,6 +163,12 @@ fn sample_is_valid() {
     assert_eq!(b.get_xattr(2, b"user.a").unwrap(), Some(&b"1"[..]));
     assert_eq!(b.inode(2).unwrap().size.get(), 160);
     assert_eq!(b.chunk_index_at(2, 120).unwrap(), Some(1));
+    assert_eq!(
+        b.superblock().incompat_features.get(),
+        INCOMPAT_ZSTD | INCOMPAT_BATCH
+    );
+    let s2 = b.file_chunks(6).unwrap()[0];
+    assert!(s2.is_batch() && s2.frame_size() == 30 && s2.batch_offset.get() == 10);
 }
 
 #[test]
@@ -285,6 +329,10 @@ fn name_errors() {
     );
 }
 
+fn member(b: &mut [u8], s: SuperBlock) -> &mut ChunkInfo {
+    entry::<ChunkInfo>(b, s.chunks, 4)
+}
+
 #[test]
 fn chunk_errors() {
     let bad = |index, reason| Err(FormatError::BadChunk { index, reason });
@@ -293,7 +341,7 @@ fn chunk_errors() {
         bad(0, "blob index out of range")
     );
     assert_eq!(
-        corrupt(|b, s| entry::<ChunkInfo>(b, s.chunks, 2).compressed_offset = 105.into()),
+        corrupt(|b, s| entry::<ChunkInfo>(b, s.chunks, 2).compressed_offset = 125.into()),
         bad(2, "stored bytes outside the blob")
     );
     assert_eq!(
@@ -306,12 +354,33 @@ fn chunk_errors() {
     );
     assert_eq!(
         corrupt(|b, s| entry::<ChunkInfo>(b, s.chunks, 0).flags = CHUNK_ZSTD.into()),
-        bad(0, "zstd chunk not smaller than its data")
+        bad(
+            0,
+            "zstd chunk not smaller than its data, or batch fields set"
+        )
     );
     assert_eq!(
         corrupt(|b, s| entry::<ChunkInfo>(b, s.chunks, 0).compressed_size = 99.into()),
-        bad(0, "raw chunk with differing sizes")
+        bad(0, "raw chunk with differing sizes or batch fields")
     );
+    assert_eq!(
+        corrupt(|b, s| entry::<ChunkInfo>(b, s.chunks, 0).batch_size = 5.into()),
+        bad(0, "raw chunk with differing sizes or batch fields")
+    );
+    // Batch members (chunk 4 is s2: bytes 10..30 of a 30-byte frame).
+    let r = corrupt(|b, s| member(b, s).batch_offset = 11.into());
+    assert_eq!(r, bad(4, "batch member outside its frame"));
+    let r = corrupt(|b, s| member(b, s).compressed_size = 30.into());
+    assert_eq!(r, bad(4, "batch frame not smaller than its data"));
+    let r = corrupt(|b, s| member(b, s).flags = CHUNK_BATCH.into());
+    assert_eq!(r, bad(4, "batch flag without zstd"));
+    let r = corrupt(|b, s| member(b, s).batch_size = 31.into());
+    assert_eq!(r, bad(4, "data outside the blob's uncompressed space"));
+    let r = corrupt(|b, s| member(b, s).uncompressed_offset = 5.into());
+    assert_eq!(r, bad(4, "data outside the blob's uncompressed space"));
+    // Unknown incompat bit for batches is refused by a reader that predates it.
+    let r = corrupt(|b, _| sb(b).incompat_features = (INCOMPAT_ZSTD | 1 << 7).into());
+    assert_eq!(r, Err(FormatError::UnknownIncompatFeatures(1 << 7)));
     // A gap between chunks.
     assert_eq!(
         corrupt(|b, s| entry::<ChunkInfo>(b, s.chunks, 2).file_offset = 151.into()),
@@ -324,7 +393,7 @@ fn chunk_errors() {
     );
     // Chunk run past the table.
     assert!(matches!(
-        corrupt(|b, s| inode(b, s, 2).payload_count = 4.into()),
+        corrupt(|b, s| inode(b, s, 2).payload_count = 9.into()),
         Err(FormatError::RangeOutOfBounds {
             ino: 2,
             table: Table::Chunks,

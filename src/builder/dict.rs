@@ -31,15 +31,7 @@ impl Dict {
         let b = image.bootstrap()?;
         let mut chunks = HashMap::new();
         for c in b.chunks().iter().filter(|c| !c.is_hole()) {
-            chunks.entry(c.digest).or_insert(ChunkSpec {
-                digest: c.digest,
-                blob_index: c.blob_index.get(),
-                compressed_offset: c.compressed_offset.get(),
-                uncompressed_offset: c.uncompressed_offset.get(),
-                compressed_size: c.compressed_size.get(),
-                uncompressed_size: c.uncompressed_size.get(),
-                flags: c.flags.get(),
-            });
+            chunks.entry(c.digest).or_insert(ChunkSpec::from(c));
         }
         Ok(Dict {
             blobs: b.blobs().to_vec(),

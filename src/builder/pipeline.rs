@@ -293,6 +293,7 @@ impl Writer<'_> {
             compressed_size: bytes.len() as u32,
             uncompressed_size: len,
             flags: if zstd { CHUNK_ZSTD } else { 0 },
+            ..Default::default()
         };
         blob.compressed += n;
         blob.uncompressed += u64::from(len);

@@ -112,6 +112,7 @@ impl Builder {
             compressed_size: stored.len() as u32,
             uncompressed_size: data.len() as u32,
             flags,
+            ..Default::default()
         };
         self.blob.extend_from_slice(&stored);
         self.uncompressed += data.len() as u64;
