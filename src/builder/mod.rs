@@ -14,6 +14,7 @@
 //! or zstd; OCI layer rules). Output is a pure function of the source and
 //! the options: independent of thread count and scheduling.
 
+pub mod batch;
 pub mod chunker;
 pub mod dict;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod source_tar;
 pub mod tree;
 
 use crate::util::{human_bytes, parse_size};
+use batch::BatchConfig;
 use chunker::ChunkerConfig;
 use dict::Dict;
 use error::{BuildError, Result};
@@ -85,6 +87,17 @@ pub struct CreateArgs {
     /// zstd compression level.
     #[arg(long, default_value_t = DEFAULT_LEVEL, value_name = "N", allow_hyphen_values = true)]
     pub compression_level: i32,
+    /// Pack chunks shorter than --batch-threshold into shared zstd frames of
+    /// up to SIZE bytes (0: no batching) [default: 1M].
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    pub batch_size: Option<u64>,
+    /// Chunks shorter than SIZE (small files, tails) are batched
+    /// [default: 256K, at most --batch-size].
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    pub batch_threshold: Option<u64>,
+    /// zstd level for batch frames [default: --compression-level].
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub batch_level: Option<i32>,
     /// Reuse chunks of this bootstrap instead of storing them again.
     #[arg(long, value_name = "BOOTSTRAP")]
     pub chunk_dict: Option<PathBuf>,
@@ -116,6 +129,8 @@ pub struct Options {
     pub chunker: ChunkerConfig,
     /// zstd level.
     pub level: i32,
+    /// Batch frames.
+    pub batch: BatchConfig,
     /// Worker threads.
     pub threads: usize,
     /// Blob size limit.
@@ -164,18 +179,46 @@ fn chunker_from_args(a: &CreateArgs) -> Result<ChunkerConfig> {
     Ok(cfg)
 }
 
+fn check_level(level: i32, flag: &str) -> Result<()> {
+    let levels = zstd::compression_level_range();
+    if !levels.contains(&level) || level == 0 {
+        return Err(BuildError::BadOptions(format!(
+            "{flag} {level} outside 1..={}",
+            levels.end()
+        )));
+    }
+    Ok(())
+}
+
+fn batch_from_args(a: &CreateArgs) -> Result<BatchConfig> {
+    let default = |s: &str| parse_size(s).map_err(BuildError::BadOptions);
+    let frame_size = a
+        .batch_size
+        .map_or_else(|| default(batch::DEFAULT_BATCH_SIZE), Ok)?;
+    let threshold = match a.batch_threshold {
+        Some(t) => t,
+        None => default(batch::DEFAULT_BATCH_THRESHOLD)?.min(frame_size),
+    };
+    let level = a.batch_level.unwrap_or(a.compression_level);
+    check_level(level, "--batch-level")?;
+    let cfg = BatchConfig {
+        frame_size: to_u32(frame_size, "--batch-size")?,
+        threshold: to_u32(threshold, "--batch-threshold")?,
+        level,
+    };
+    if cfg.frame_size == 0 {
+        return Ok(BatchConfig::OFF);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
 impl Options {
     /// Validates command-line arguments.
     pub fn from_args(a: &CreateArgs) -> Result<Options> {
         let chunker = chunker_from_args(a)?;
-        let levels = zstd::compression_level_range();
-        if !levels.contains(&a.compression_level) || a.compression_level == 0 {
-            return Err(BuildError::BadOptions(format!(
-                "--compression-level {} outside 1..={}",
-                a.compression_level,
-                levels.end()
-            )));
-        }
+        let batch = batch_from_args(a)?;
+        check_level(a.compression_level, "--compression-level")?;
         if a.blob_size_limit == Some(0) {
             return Err(BuildError::BadOptions(
                 "--blob-size-limit must be positive".into(),
@@ -196,6 +239,7 @@ impl Options {
             output: a.output.clone(),
             chunker,
             level: a.compression_level,
+            batch,
             threads,
             blob_size_limit: a.blob_size_limit,
             chunk_dict: a.chunk_dict.clone(),
@@ -222,6 +266,10 @@ pub struct Summary {
     pub new_blobs: usize,
     /// Logical data bytes / distinct chunk bytes.
     pub dedup_ratio: f64,
+    /// Batch frames written.
+    pub frames: u64,
+    /// Chunks stored as batch members.
+    pub batched_chunks: u64,
     /// Mean stored bytes fetched per random 4 KiB read, over file chunks.
     pub read_amplification: f64,
     /// Bootstrap size.
@@ -327,6 +375,7 @@ fn read_source(
         threads: opts.threads,
         blob_size_limit: opts.blob_size_limit,
         max_chunk: opts.chunker.max_chunk(),
+        batch: opts.batch,
     };
     let src = &opts.source;
     if src.as_os_str() != "-" && src.is_dir() {
@@ -397,6 +446,8 @@ pub fn build(opts: &Options) -> Result<Summary> {
         } else {
             st.data_bytes as f64 / st.distinct_bytes as f64
         },
+        frames: st.frames,
+        batched_chunks: st.batched_chunks,
         read_amplification: read_amplification(&spec),
         bootstrap_bytes: bootstrap.len(),
     };

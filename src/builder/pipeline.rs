@@ -2,30 +2,38 @@
 //!
 //! ```text
 //! producer ──jobs──▶ N workers ──results──▶ writer ──▶ blob files
-//!    ▲                (blake3, zero check,     (reorder by seq, dedup,
-//!    └──────credits────  zstd)                  append, sha256)
+//!  (batch    ▲        (blake3, zero check,     (reorder by job, dedup,
+//!   frames)  └─credits─ zstd)                   append, sha256)
 //! ```
 //!
 //! The producer (the source reader, on the caller's thread) numbers each
-//! chunk with a sequence number and sends it to a bounded channel. Workers
-//! hash it, turn all-zero chunks into holes, and compress it with a
-//! per-worker zstd context (single-threaded zstd is deterministic). The
-//! writer puts results back into sequence order, deduplicates by digest
-//! (first occurrence in sequence order wins, so the output does not depend
-//! on the number of threads or on scheduling), and appends new chunks to
-//! the current blob. The producer must take a credit before each chunk and
-//! the writer returns one per chunk it has written, so at most `window`
-//! chunks are in flight anywhere, including the writer's reorder buffer:
-//! memory is bounded by `window * max_chunk * 2`, not by the tree.
+//! chunk with a sequence number. A chunk of at least the batch threshold
+//! (or any chunk, with batching off) is one job; smaller ones are packed
+//! into batch frames by the [`Batcher`], and a full frame is one job (see
+//! [`super::batch`]). Jobs are numbered too and go to a bounded channel.
+//! Workers hash chunks, turn all-zero chunks into holes, and compress
+//! chunks and frames with a per-worker zstd context (single-threaded zstd
+//! is deterministic). The writer puts results back into job order,
+//! deduplicates by digest (first occurrence in job order wins, so the
+//! output does not depend on the number of threads or on scheduling),
+//! appends new chunks and frames to the current blob, and records the
+//! chunk of every sequence number. The producer must take a credit before
+//! each job and the writer returns one per job it has written, so at most
+//! `window` jobs are in flight anywhere, including the writer's reorder
+//! buffer: memory is bounded by `window * max(max_chunk, frame) * 2` plus
+//! the frame being filled, not by the tree.
 //!
 //! Workers skip compressing a chunk whose digest the writer has already
 //! stored (a shared set), as an optimisation only: the writer decides.
 
+use super::batch::{
+    classify, compress_frame, compress_single, BatchConfig, Batcher, FrameDone, FrameJob, Single,
+};
 use super::dict::Dict;
 use super::error::{BuildError, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::ProgressBar;
-use rafs_format::layout::{BlobInfo, CHUNK_ZSTD, COMPRESSOR_ZSTD};
+use rafs_format::layout::{BlobInfo, CHUNK_BATCH, CHUNK_ZSTD, COMPRESSOR_ZSTD};
 use rafs_format::ChunkSpec;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,13 +53,16 @@ pub struct PipelineConfig {
     pub blob_size_limit: Option<u64>,
     /// Largest chunk the chunker produces (sizes the in-flight window).
     pub max_chunk: u32,
+    /// Batch frames.
+    pub batch: BatchConfig,
 }
 
 impl PipelineConfig {
-    /// Chunks allowed in flight: about 32 MiB of chunk data, at least
+    /// Jobs allowed in flight: about 32 MiB of chunk data, at least
     /// enough to keep every worker busy, at most 256.
     fn window(&self) -> usize {
-        let by_bytes = (32usize << 20) / self.max_chunk.max(1) as usize;
+        let job = self.max_chunk.max(self.batch.frame_size).max(1);
+        let by_bytes = (32usize << 20) / job as usize;
         by_bytes.clamp(1, 256).max(2 * self.threads + 2)
     }
 }
@@ -82,31 +93,40 @@ pub struct Stats {
     pub stored_chunks: u64,
     /// Chunks found in the dictionary.
     pub dict_chunks: u64,
+    /// Batch frames written.
+    pub frames: u64,
+    /// Chunks stored as members of batch frames.
+    pub batched_chunks: u64,
 }
 
-struct Job {
-    seq: u64,
-    data: Vec<u8>,
+/// A unit of work, numbered in the order the producer sent it.
+enum Job {
+    /// One chunk, stored alone.
+    Chunk { job: u64, seq: u64, data: Vec<u8> },
+    /// A batch frame and the aliases queued behind it.
+    Frame { job: u64, frame: FrameJob },
 }
 
 enum Outcome {
     Zero(u32),
-    Known {
-        digest: [u8; 32],
-    },
-    Data {
-        digest: [u8; 32],
-        len: u32,
-        stored: Vec<u8>,
-        zstd: bool,
-    },
+    Known { digest: [u8; 32] },
+    Data(Single),
 }
 
-/// The producer's handle: numbers chunks and feeds them to the workers.
+/// A worker's result for one job.
+enum Done {
+    Chunk(u64, Outcome),
+    Frame(FrameDone),
+}
+
+/// The producer's handle: numbers chunks, forms batch frames, and feeds
+/// jobs to the workers.
 pub struct Emitter<'a> {
     jobs: Sender<Job>,
     credits: &'a Receiver<()>,
     next_seq: u64,
+    next_job: u64,
+    batcher: Batcher<'a>,
     progress: &'a ProgressBar,
 }
 
@@ -114,18 +134,44 @@ impl Emitter<'_> {
     /// Queues one chunk (non-empty, at most `max_chunk` bytes); returns its
     /// sequence number. Blocks while the window is full.
     pub fn emit(&mut self, data: Vec<u8>) -> Result<u64> {
-        let stopped = || BuildError::Internal("pipeline stopped".into());
-        self.credits.recv().map_err(|_| stopped())?;
         let seq = self.next_seq;
-        self.progress.inc(data.len() as u64);
-        self.jobs.send(Job { seq, data }).map_err(|_| stopped())?;
         self.next_seq += 1;
+        self.progress.inc(data.len() as u64);
+        let class = if self.batcher.config().takes(data.len()) && !is_zero(&data) {
+            classify(&data)
+        } else {
+            None
+        };
+        if let Some(class) = class {
+            if let Some(frame) = self.batcher.add(seq, &data, class) {
+                self.send(|job| Job::Frame { job, frame })?;
+            }
+        } else {
+            self.send(|job| Job::Chunk { job, seq, data })?;
+        }
         Ok(seq)
     }
 
     /// Advances the progress bar over `n` bytes that need no chunk (holes).
     pub fn skip(&self, n: u64) {
         self.progress.inc(n);
+    }
+
+    /// Takes a credit and sends the next job.
+    fn send(&mut self, make: impl FnOnce(u64) -> Job) -> Result<()> {
+        let stopped = || BuildError::Internal("pipeline stopped".into());
+        self.credits.recv().map_err(|_| stopped())?;
+        self.jobs.send(make(self.next_job)).map_err(|_| stopped())?;
+        self.next_job += 1;
+        Ok(())
+    }
+
+    /// Sends the last, partly filled frames.
+    fn finish(&mut self) -> Result<()> {
+        while let Some(frame) = self.batcher.take() {
+            self.send(|job| Job::Frame { job, frame })?;
+        }
+        Ok(())
     }
 }
 
@@ -138,49 +184,56 @@ fn is_zero(data: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
+fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
+    zstd::bulk::Compressor::new(level)
+        .map_err(|e| BuildError::BadOptions(format!("zstd level {level}: {e}")))
+}
+
 fn work(
-    level: i32,
+    cfg: &PipelineConfig,
     jobs: Receiver<Job>,
-    results: Sender<(u64, Outcome)>,
+    results: Sender<(u64, Done)>,
     stored: &Mutex<HashSet<[u8; 32]>>,
 ) -> Result<()> {
-    let mut zstd = zstd::bulk::Compressor::new(level)
-        .map_err(|e| BuildError::BadOptions(format!("zstd level {level}: {e}")))?;
-    for Job { seq, data } in jobs {
-        let len = data.len() as u32;
-        let outcome = if is_zero(&data) {
-            Outcome::Zero(len)
-        } else {
-            let digest = *blake3::hash(&data).as_bytes();
-            let known = stored.lock().map(|s| s.contains(&digest)).unwrap_or(false);
-            if known {
-                Outcome::Known { digest }
-            } else {
-                // A compression failure (never seen in practice) stores the
-                // chunk raw rather than stalling the ordered writer.
-                let packed = zstd.compress(&data).unwrap_or_default();
-                if !packed.is_empty() && packed.len() < data.len() {
-                    Outcome::Data {
-                        digest,
-                        len,
-                        stored: packed,
-                        zstd: true,
-                    }
-                } else {
-                    Outcome::Data {
-                        digest,
-                        len,
-                        stored: data,
-                        zstd: false,
-                    }
-                }
+    let mut zstd = compressor(cfg.level)?;
+    // Frames get their own context (and level) only when batching is on.
+    let mut frame_zstd = None;
+    for job in jobs {
+        let (job, done) = match job {
+            Job::Chunk { job, seq, data } => (
+                job,
+                Done::Chunk(seq, chunk_outcome(&mut zstd, data, stored)),
+            ),
+            Job::Frame { job, frame } => {
+                let z = match &mut frame_zstd {
+                    Some(z) => z,
+                    None => frame_zstd.insert(compressor(cfg.batch.level)?),
+                };
+                (job, Done::Frame(compress_frame(z, frame)))
             }
         };
-        if results.send((seq, outcome)).is_err() {
+        if results.send((job, done)).is_err() {
             break;
         }
     }
     Ok(())
+}
+
+fn chunk_outcome(
+    zstd: &mut zstd::bulk::Compressor<'_>,
+    data: Vec<u8>,
+    stored: &Mutex<HashSet<[u8; 32]>>,
+) -> Outcome {
+    if is_zero(&data) {
+        return Outcome::Zero(data.len() as u32);
+    }
+    let digest = *blake3::hash(&data).as_bytes();
+    let known = stored.lock().map(|s| s.contains(&digest)).unwrap_or(false);
+    if known {
+        Outcome::Known { digest }
+    } else {
+        Outcome::Data(compress_single(zstd, digest, data))
+    }
 }
 
 /// A blob being written.
@@ -202,30 +255,91 @@ struct Writer<'a> {
     dict: Option<&'a Dict>,
     dict_blob_map: HashMap<u32, u32>,
     stored: &'a Mutex<HashSet<[u8; 32]>>,
+    /// The chunk of each sequence number, once known.
+    specs: Vec<Option<ChunkSpec>>,
     out: PipelineOutput,
 }
 
+/// Where [`Writer::append`] put a stored frame or chunk.
+struct Placed {
+    blob_index: u32,
+    compressed_offset: u64,
+    uncompressed_offset: u64,
+}
+
 impl Writer<'_> {
-    fn accept(&mut self, outcome: Outcome) -> Result<()> {
+    fn accept(&mut self, seq: u64, outcome: Outcome) -> Result<()> {
         let spec = match outcome {
             Outcome::Zero(len) => ChunkSpec::hole(len),
             Outcome::Known { digest } => self
                 .lookup(&digest)
                 .ok_or_else(|| BuildError::Internal("chunk marked stored but unknown".into()))?,
-            Outcome::Data {
-                digest,
-                len,
-                stored,
-                zstd,
-            } => match self.lookup(&digest) {
+            Outcome::Data(single) => match self.lookup(&single.digest) {
                 Some(spec) => spec,
-                None => self.store(digest, len, &stored, zstd)?,
+                None => self.store(&single)?,
             },
         };
+        self.place(seq, spec)
+    }
+
+    /// Records the chunk of sequence number `seq`.
+    fn place(&mut self, seq: u64, spec: ChunkSpec) -> Result<()> {
         if spec.flags & rafs_format::layout::CHUNK_HOLE == 0 {
             self.out.stats.data_bytes += u64::from(spec.uncompressed_size);
         }
-        self.out.specs.push(spec);
+        let i = usize::try_from(seq)
+            .map_err(|_| BuildError::Internal(format!("sequence {seq} out of range")))?;
+        if i >= self.specs.len() {
+            self.specs.resize(i + 1, None);
+        }
+        if self.specs[i].replace(spec).is_some() {
+            return Err(BuildError::Internal(format!("chunk {seq} placed twice")));
+        }
+        Ok(())
+    }
+
+    /// Stores a frame's new members (members already known keep their
+    /// earlier location; the frame is not written if all are), then its
+    /// individually stored members, then its aliases.
+    fn accept_frame(&mut self, done: FrameDone) -> Result<()> {
+        if let Some((stored, size, members)) = done.frame {
+            let known: Vec<Option<ChunkSpec>> =
+                members.iter().map(|m| self.lookup(&m.digest)).collect();
+            let fresh = known.iter().filter(|k| k.is_none()).count() as u32;
+            let at = if fresh > 0 {
+                Some(self.append(&stored, u64::from(size), fresh)?)
+            } else {
+                None
+            };
+            for (m, k) in members.iter().zip(known) {
+                let spec = match (k, &at) {
+                    (Some(spec), _) => spec,
+                    (None, Some(at)) => self.register(ChunkSpec {
+                        digest: m.digest,
+                        blob_index: at.blob_index,
+                        compressed_offset: at.compressed_offset,
+                        uncompressed_offset: at.uncompressed_offset + u64::from(m.offset),
+                        compressed_size: stored.len() as u32,
+                        uncompressed_size: m.len,
+                        flags: CHUNK_ZSTD | CHUNK_BATCH,
+                        batch_offset: m.offset,
+                        batch_size: size,
+                    }),
+                    (None, None) => return Err(BuildError::Internal("frame not stored".into())),
+                };
+                self.place(m.seq, spec)?;
+            }
+            if fresh > 0 {
+                self.out.stats.frames += 1;
+                self.out.stats.batched_chunks += u64::from(fresh);
+            }
+        }
+        for (seq, single) in done.singles {
+            self.accept(seq, Outcome::Data(single))?;
+        }
+        for (seq, digest) in done.aliases {
+            self.accept(seq, Outcome::Known { digest })?;
+        }
         Ok(())
     }
 
@@ -268,7 +382,10 @@ impl Writer<'_> {
         })
     }
 
-    fn store(&mut self, digest: [u8; 32], len: u32, bytes: &[u8], zstd: bool) -> Result<ChunkSpec> {
+    /// Appends stored bytes that occupy `ulen` bytes of uncompressed space
+    /// and hold `chunks` distinct chunks, starting a new blob first if the
+    /// limit says so (a frame or chunk is never split across blobs).
+    fn append(&mut self, bytes: &[u8], ulen: u64, chunks: u32) -> Result<Placed> {
         let n = bytes.len() as u64;
         let full = |b: &OpenBlob| {
             self.limit
@@ -285,29 +402,44 @@ impl Writer<'_> {
             .write_all(bytes)
             .map_err(|e| BuildError::io(&blob.path, e))?;
         blob.sha.update(bytes);
-        let spec = ChunkSpec {
-            digest,
+        let placed = Placed {
             blob_index: blob.index,
             compressed_offset: blob.compressed,
             uncompressed_offset: blob.uncompressed,
-            compressed_size: bytes.len() as u32,
-            uncompressed_size: len,
-            flags: if zstd { CHUNK_ZSTD } else { 0 },
-            ..Default::default()
         };
         blob.compressed += n;
-        blob.uncompressed += u64::from(len);
-        blob.chunks += 1;
+        blob.uncompressed += ulen;
+        blob.chunks += chunks;
         self.cur = Some(blob);
-        self.known.insert(digest, spec);
+        self.out.stats.stored_bytes += n;
+        Ok(placed)
+    }
+
+    /// Records a newly stored chunk as the location of its digest (the
+    /// first stored copy wins).
+    fn register(&mut self, spec: ChunkSpec) -> ChunkSpec {
+        let spec = *self.known.entry(spec.digest).or_insert(spec);
         if let Ok(mut s) = self.stored.lock() {
-            s.insert(digest);
+            s.insert(spec.digest);
         }
         let st = &mut self.out.stats;
-        st.stored_bytes += n;
         st.stored_chunks += 1;
-        st.distinct_bytes += u64::from(len);
-        Ok(spec)
+        st.distinct_bytes += u64::from(spec.uncompressed_size);
+        spec
+    }
+
+    fn store(&mut self, s: &Single) -> Result<ChunkSpec> {
+        let at = self.append(&s.stored, u64::from(s.len), 1)?;
+        Ok(self.register(ChunkSpec {
+            digest: s.digest,
+            blob_index: at.blob_index,
+            compressed_offset: at.compressed_offset,
+            uncompressed_offset: at.uncompressed_offset,
+            compressed_size: s.stored.len() as u32,
+            uncompressed_size: s.len,
+            flags: if s.zstd { CHUNK_ZSTD } else { 0 },
+            ..Default::default()
+        }))
     }
 
     /// Flushes and syncs the current blob and records its table entry.
@@ -334,27 +466,36 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Consumes results, in sequence order, until the workers are done.
+    /// Consumes results, in job order, until the workers are done.
     fn run(
         mut self,
-        results: Receiver<(u64, Outcome)>,
+        results: Receiver<(u64, Done)>,
         credits: Sender<()>,
     ) -> Result<PipelineOutput> {
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
-        for (seq, outcome) in results {
-            pending.insert(seq, outcome);
-            while let Some(outcome) = pending.remove(&next) {
-                self.accept(outcome)?;
+        for (job, done) in results {
+            pending.insert(job, done);
+            while let Some(done) = pending.remove(&next) {
+                match done {
+                    Done::Chunk(seq, outcome) => self.accept(seq, outcome)?,
+                    Done::Frame(frame) => self.accept_frame(frame)?,
+                }
                 next += 1;
                 // The producer may already be gone; that is fine.
                 let _ = credits.send(());
             }
         }
         if !pending.is_empty() {
-            return Err(BuildError::Internal(format!("chunk {next} never arrived")));
+            return Err(BuildError::Internal(format!("job {next} never arrived")));
         }
         self.finish_blob()?;
+        let specs = std::mem::take(&mut self.specs);
+        self.out.specs = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.ok_or_else(|| BuildError::Internal(format!("no chunk {i}"))))
+            .collect::<Result<_>>()?;
         Ok(self.out)
     }
 }
@@ -396,6 +537,7 @@ where
         dict,
         dict_blob_map: HashMap::new(),
         stored: &stored,
+        specs: Vec::new(),
         out: PipelineOutput::default(),
     };
     std::thread::scope(|s| {
@@ -403,7 +545,7 @@ where
         let workers: Vec<_> = (0..cfg.threads.max(1))
             .map(|_| {
                 let (jobs, results, stored) = (job_rx.clone(), res_tx.clone(), &stored);
-                s.spawn(move || work(cfg.level, jobs, results, stored))
+                s.spawn(move || work(cfg, jobs, results, stored))
             })
             .collect();
         drop((job_rx, res_tx));
@@ -411,9 +553,11 @@ where
             jobs: job_tx,
             credits: &credit_rx,
             next_seq: 0,
+            next_job: 0,
+            batcher: Batcher::new(cfg.batch, dict),
             progress,
         };
-        let produced = produce(&mut emitter);
+        let produced = produce(&mut emitter).and_then(|t| emitter.finish().map(|()| t));
         drop(emitter);
         let mut worker_err = Ok(());
         for w in workers {

@@ -16,6 +16,7 @@ pub(crate) fn opts(source: &Path, output: &Path) -> Options {
         output: output.to_owned(),
         chunker: ChunkerConfig::Fixed { size: 4096 },
         level: 3,
+        batch: BatchConfig::OFF,
         threads: 2,
         blob_size_limit: None,
         chunk_dict: None,
@@ -446,6 +447,20 @@ fn option_parsing_and_validation() {
     let o = args(&[]).unwrap();
     assert_eq!(o.chunker, ChunkerConfig::Fixed { size: 256 << 10 });
     assert_eq!(o.level, DEFAULT_LEVEL);
+    assert_eq!(
+        o.batch,
+        BatchConfig {
+            frame_size: 1 << 20,
+            threshold: 256 << 10,
+            level: DEFAULT_LEVEL
+        }
+    );
+    assert_eq!(
+        args(&["--batch-size", "0"]).unwrap().batch,
+        BatchConfig::OFF
+    );
+    let o = args(&["--batch-size", "64K", "--batch-level", "15"]).unwrap();
+    assert_eq!((o.batch.threshold, o.batch.level), (64 << 10, 15));
     let o = args(&["--chunker", "cdc", "--cdc-avg", "64K"]).unwrap();
     assert_eq!(
         o.chunker,
@@ -466,6 +481,10 @@ fn option_parsing_and_validation() {
         &["--cdc-avg", "64K"],
         &["--compression-level", "99"],
         &["--threads", "0"],
+        &["--batch-size", "32M"],
+        &["--batch-threshold", "2M"],
+        &["--batch-threshold", "0"],
+        &["--batch-level", "99"],
     ] {
         assert!(
             matches!(args(bad), Err(BuildError::BadOptions(_))),
