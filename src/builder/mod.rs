@@ -2,7 +2,8 @@
 //!
 //! The build has three phases. The source is read into a [`tree::Tree`]
 //! (metadata only) while its file data streams through the
-//! [`pipeline`]: chunked ([`chunker`]), hashed, deduplicated (within the
+//! [`pipeline`]: chunked ([`chunker`]), small chunks packed into shared
+//! frames ([`batch`]), hashed, deduplicated (within the
 //! build and against an optional [`dict`]), compressed and appended to blobs
 //! in a deterministic order. Then the tree is numbered and encoded with
 //! `rafs_format::encode`, which validates its own output. Finally
