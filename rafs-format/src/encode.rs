@@ -105,10 +105,10 @@ pub enum NodeKind {
     Special,
 }
 
-/// One node of the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeSpec {
-    /// File type and permission bits (must agree with `kind`).
+/// Inode metadata common to every file type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// File type and permission bits (must agree with the node's kind).
     pub mode: u32,
     /// Owner.
     pub uid: u32,
@@ -122,6 +122,13 @@ pub struct NodeSpec {
     pub rdev: u64,
     /// Extended attributes `(name, value)`, any order, names unique.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One node of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Metadata.
+    pub meta: Meta,
     /// Type-specific payload.
     pub kind: NodeKind,
 }
@@ -293,17 +300,18 @@ fn encode_node(
         ),
         NodeKind::Special => (0, 0, 0),
     };
-    let (xattr_start, xattr_count) = t.add_xattrs(&node.xattrs)?;
+    let m = &node.meta;
+    let (xattr_start, xattr_count) = t.add_xattrs(&m.xattrs)?;
     Ok(Inode {
-        mode: node.mode.into(),
-        uid: node.uid.into(),
-        gid: node.gid.into(),
+        mode: m.mode.into(),
+        uid: m.uid.into(),
+        gid: m.gid.into(),
         nlink: nlink.into(),
         size: size.into(),
-        mtime_sec: node.mtime_sec.into(),
-        mtime_nsec: node.mtime_nsec.into(),
+        mtime_sec: m.mtime_sec.into(),
+        mtime_nsec: m.mtime_nsec.into(),
         parent: parent.into(),
-        rdev: node.rdev.into(),
+        rdev: m.rdev.into(),
         payload_start: payload_start.into(),
         payload_count: payload_count.into(),
         xattr_start: xattr_start.into(),

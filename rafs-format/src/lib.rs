@@ -22,6 +22,6 @@ mod name;
 mod validate;
 
 pub use decode::{compute_checksum, seal, Bootstrap};
-pub use encode::{encode, ChunkSpec, Chunking, ImageSpec, NodeKind, NodeSpec};
+pub use encode::{encode, ChunkSpec, Chunking, ImageSpec, Meta, NodeKind, NodeSpec};
 pub use error::{FormatError, NameError, Table};
 pub use name::{check_name, Name};

@@ -61,7 +61,7 @@ fn attrs() -> impl Strategy<Value = Attrs> {
 }
 
 fn node(mode: u32, a: &Attrs, kind: NodeKind, rdev: u64) -> NodeSpec {
-    NodeSpec {
+    let meta = Meta {
         mode: mode | a.0,
         uid: a.1,
         gid: a.2,
@@ -69,8 +69,8 @@ fn node(mode: u32, a: &Attrs, kind: NodeKind, rdev: u64) -> NodeSpec {
         mtime_nsec: a.4,
         rdev,
         xattrs: a.5.clone(),
-        kind,
-    }
+    };
+    NodeSpec { meta, kind }
 }
 
 /// Builds a valid `ImageSpec` from random picks: each node is attached to a
@@ -265,7 +265,7 @@ fn decode(b: &Bootstrap<'_>) -> Vec<NodeSpec> {
                     )
                 })
                 .collect();
-            NodeSpec {
+            let meta = Meta {
                 mode: i.mode.get(),
                 uid: i.uid.get(),
                 gid: i.gid.get(),
@@ -273,8 +273,8 @@ fn decode(b: &Bootstrap<'_>) -> Vec<NodeSpec> {
                 mtime_nsec: i.mtime_nsec.get(),
                 rdev: i.rdev.get(),
                 xattrs,
-                kind,
-            }
+            };
+            NodeSpec { meta, kind }
         })
         .collect()
 }
@@ -283,7 +283,7 @@ fn decode(b: &Bootstrap<'_>) -> Vec<NodeSpec> {
 fn canonical(spec: &ImageSpec) -> Vec<NodeSpec> {
     let mut nodes = spec.nodes.clone();
     for n in &mut nodes {
-        n.xattrs.sort();
+        n.meta.xattrs.sort();
         if let NodeKind::Dir { entries, .. } = &mut n.kind {
             entries.sort();
         }

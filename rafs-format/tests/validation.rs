@@ -7,13 +7,12 @@ use zerocopy::{FromBytes, IntoBytes};
 
 fn attrs(mode: u32, kind: NodeKind) -> NodeSpec {
     NodeSpec {
-        mode,
-        uid: 0,
-        gid: 0,
-        mtime_sec: 1,
-        mtime_nsec: 2,
-        rdev: 0,
-        xattrs: vec![],
+        meta: Meta {
+            mode,
+            mtime_sec: 1,
+            mtime_nsec: 2,
+            ..Meta::default()
+        },
         kind,
     }
 }
@@ -59,7 +58,7 @@ fn sample() -> Vec<u8> {
             chunks: vec![data_chunk(0, 100), ChunkSpec::hole(50), data_chunk(100, 10)],
         },
     );
-    f.xattrs = vec![
+    f.meta.xattrs = vec![
         (b"user.b".to_vec(), b"2".to_vec()),
         (b"user.a".to_vec(), b"1".to_vec()),
     ];

@@ -29,7 +29,7 @@
 use super::chunker::ChunkerConfig;
 use super::error::{BuildError, Result};
 use super::pipeline::Emitter;
-use super::tree::{Content, Meta, Node, NodeId, Slot, Tree};
+use super::tree::{implicit_dir, Content, Meta, Node, NodeId, Slot, Tree};
 use rafs_format::layout::*;
 use rafs_format::Name;
 use std::collections::BTreeMap;
@@ -297,7 +297,7 @@ fn parent_dir(tree: &mut Tree, comps: &[Name], display: &str) -> Result<NodeId> 
                 })
             }
             None => {
-                let id = tree.add(Node::dir(Meta::implicit_dir(), 0));
+                let id = tree.add(Node::dir(implicit_dir(), 0));
                 if let Some(c) = tree.children_mut(dir) {
                     c.insert(name.clone(), id);
                 }
@@ -469,7 +469,7 @@ pub fn read_tar(
     chunker: &ChunkerConfig,
     emit: &mut Emitter<'_>,
 ) -> Result<Tree> {
-    let mut tree = Tree::new(Meta::implicit_dir(), 0);
+    let mut tree = Tree::new(implicit_dir(), 0);
     let (stream, recorder) = super::pax::Recorder::new(stream);
     let mut archive = tar::Archive::new(stream);
     let entries = archive.entries().map_err(|e| corrupt(name, e))?;

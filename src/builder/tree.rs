@@ -19,33 +19,14 @@ use std::path::PathBuf;
 /// Index of a node in the arena.
 pub type NodeId = usize;
 
-/// Inode metadata common to every file type.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meta {
-    /// File type and permission bits.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Modification time, seconds.
-    pub mtime_sec: i64,
-    /// Modification time, nanoseconds.
-    pub mtime_nsec: u32,
-    /// Device number (devices only).
-    pub rdev: u64,
-    /// Extended attributes.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
+pub use rafs_format::Meta;
 
-impl Meta {
-    /// Metadata of a directory created only because an entry below it
-    /// exists: mode 0755, owner 0:0, mtime 0.
-    pub fn implicit_dir() -> Meta {
-        Meta {
-            mode: S_IFDIR | 0o755,
-            ..Meta::default()
-        }
+/// Metadata of a directory created only because an entry below it exists:
+/// mode 0755, owner 0:0, mtime 0.
+pub fn implicit_dir() -> Meta {
+    Meta {
+        mode: S_IFDIR | 0o755,
+        ..Meta::default()
     }
 }
 
@@ -224,15 +205,8 @@ impl Tree {
                 },
                 Content::Special => NodeKind::Special,
             };
-            let m = &node.meta;
             out.push(NodeSpec {
-                mode: m.mode,
-                uid: m.uid,
-                gid: m.gid,
-                mtime_sec: m.mtime_sec,
-                mtime_nsec: m.mtime_nsec,
-                rdev: m.rdev,
-                xattrs: m.xattrs.clone(),
+                meta: node.meta.clone(),
                 kind,
             });
         }
@@ -320,8 +294,8 @@ mod tests {
 
     #[test]
     fn breadth_first_sorted_numbering_with_hardlinks() {
-        let mut t = Tree::new(Meta::implicit_dir(), 0);
-        let sub = t.add(Node::dir(Meta::implicit_dir(), 0));
+        let mut t = Tree::new(implicit_dir(), 0);
+        let sub = t.add(Node::dir(implicit_dir(), 0));
         let f = t.add(file(vec![]));
         let g = t.add(file(vec![]));
         t.children_mut(0).unwrap().insert(name("z"), f);

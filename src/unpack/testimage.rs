@@ -3,7 +3,7 @@
 //! `inspect`, `check` and `unpack`.
 
 use rafs_format::layout::*;
-use rafs_format::{encode, ChunkSpec, Chunking, ImageSpec, Name, NodeKind, NodeSpec};
+use rafs_format::{encode, ChunkSpec, Chunking, ImageSpec, Meta, Name, NodeKind, NodeSpec};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,16 +38,13 @@ pub(crate) struct Builder {
 }
 
 fn node(mode: u32, kind: NodeKind) -> NodeSpec {
-    NodeSpec {
+    let meta = Meta {
         mode,
-        uid: 0,
-        gid: 0,
         mtime_sec: 1_700_000_000,
         mtime_nsec: 123_456_789,
-        rdev: 0,
-        xattrs: Vec::new(),
-        kind,
-    }
+        ..Meta::default()
+    };
+    NodeSpec { meta, kind }
 }
 
 impl Builder {
@@ -153,7 +150,7 @@ impl Builder {
     /// Adds a device, FIFO or socket (`mode` includes the type).
     pub fn special(&mut self, parent: u32, name: impl AsRef<[u8]>, mode: u32, rdev: u64) -> u32 {
         let mut n = node(mode, NodeKind::Special);
-        n.rdev = rdev;
+        n.meta.rdev = rdev;
         self.add(parent, name, n)
     }
 
@@ -298,23 +295,23 @@ pub(crate) fn sample() -> TestImage {
         ]
     );
     let n = b.node(etc);
-    (n.uid, n.gid) = (1000, 100);
-    n.xattrs = vec![(b"user.dir".to_vec(), b"d".to_vec())];
+    (n.meta.uid, n.meta.gid) = (1000, 100);
+    n.meta.xattrs = vec![(b"user.dir".to_vec(), b"d".to_vec())];
     let n = b.node(hello);
-    (n.uid, n.gid, n.mtime_sec, n.mtime_nsec) = (1, 2, 1_600_000_000, 5);
-    n.xattrs = vec![
+    (n.meta.uid, n.meta.gid, n.meta.mtime_sec, n.meta.mtime_nsec) = (1, 2, 1_600_000_000, 5);
+    n.meta.xattrs = vec![
         (b"user.comment".to_vec(), b"greeting".to_vec()),
         (b"trusted.t".to_vec(), vec![0, 1, 2, 0xff]),
     ];
-    b.node(link).xattrs = vec![(b"trusted.l".to_vec(), b"on a symlink".to_vec())];
-    b.node(link).uid = 7;
-    b.node(suid).mtime_nsec = 999_999_999;
+    b.node(link).meta.xattrs = vec![(b"trusted.l".to_vec(), b"on a symlink".to_vec())];
+    b.node(link).meta.uid = 7;
+    b.node(suid).meta.mtime_nsec = 999_999_999;
     // VFS_CAP_REVISION_2 | effective, permitted = CAP_NET_RAW: chown would
     // clear it, so it must be set after ownership.
     let mut cap = 0x0200_0001u32.to_le_bytes().to_vec();
     cap.extend_from_slice(&[0, 0x20, 0, 0]);
     cap.extend_from_slice(&[0; 12]);
-    b.node(suid).xattrs = vec![(b"security.capability".to_vec(), cap)];
+    b.node(suid).meta.xattrs = vec![(b"security.capability".to_vec(), cap)];
     b.prefetch = vec![hello, suid];
     b.finish()
 }

@@ -287,8 +287,8 @@ fn odd_names_times_and_ids_survive_dir_and_tar() {
     let odd: &[u8] = b"caf\xe9\\new\nline";
     let f = b.file(0, odd, 0o640, vec![Part::Data(b"bytes".to_vec())]);
     let n = b.node(f);
-    (n.uid, n.gid) = (3_000_000, 4_000_000);
-    (n.mtime_sec, n.mtime_nsec) = (-86_400, 250_000_000);
+    (n.meta.uid, n.meta.gid) = (3_000_000, 4_000_000);
+    (n.meta.mtime_sec, n.meta.mtime_nsec) = (-86_400, 250_000_000);
     b.symlink(0, "s", odd);
     let img = b.finish();
     let reference = img.dir.path().join("ref");
