@@ -44,7 +44,7 @@ pub use error::BuildError as Error;
 /// Default chunker (see docs/chunking.md for the measurements).
 pub const DEFAULT_CHUNKER: ChunkerKind = ChunkerKind::Fixed;
 /// Default fixed chunk size.
-pub const DEFAULT_CHUNK_SIZE: &str = "256K";
+pub const DEFAULT_CHUNK_SIZE: &str = "1M";
 /// Default zstd level.
 pub const DEFAULT_LEVEL: i32 = 9;
 
@@ -73,7 +73,7 @@ pub struct CreateArgs {
     /// Chunking algorithm.
     #[arg(long, value_enum, default_value_t = DEFAULT_CHUNKER)]
     pub chunker: ChunkerKind,
-    /// Fixed chunk size: a power of two, 4K..16M [default: 256K].
+    /// Fixed chunk size: a power of two, 4K..16M [default: 1M].
     #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub chunk_size: Option<u64>,
     /// FastCDC minimum chunk size [default: avg/4].

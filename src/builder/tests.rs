@@ -445,7 +445,7 @@ fn args(extra: &[&str]) -> Result<Options> {
 #[test]
 fn option_parsing_and_validation() {
     let o = args(&[]).unwrap();
-    assert_eq!(o.chunker, ChunkerConfig::Fixed { size: 256 << 10 });
+    assert_eq!(o.chunker, ChunkerConfig::Fixed { size: 1 << 20 });
     assert_eq!(o.level, DEFAULT_LEVEL);
     assert_eq!(
         o.batch,
