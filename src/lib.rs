@@ -5,6 +5,7 @@
 //! - [`image`]: opening and validating a bootstrap file;
 //! - [`backend`]: where blobs live (one trait, one file per backend);
 //! - [`chunk`]: stored bytes back to verified data;
+//! - [`fs`]: the filesystem core a mount serves (no FUSE in it);
 //! - [`inspect`], [`check`], [`unpack`]: the verification and restore tools;
 //! - [`cli`]: argument parsing and dispatch.
 //!
@@ -15,6 +16,7 @@ pub mod builder;
 pub mod check;
 pub mod chunk;
 pub mod cli;
+pub mod fs;
 pub mod image;
 pub mod inspect;
 pub mod unpack;
