@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests: the tree generator
-//! ([`tree`]), the tree comparator ([`compare`]), and running the `rafs`
+//! ([`tree`]), the tree comparator ([`compare`]), real FUSE mounts
+//! ([`mount`]), seeded random reads ([`reads`]), and running the `rafs`
 //! binary and GNU tar with their output captured.
 //!
 //! Every helper that expects success panics with the full command line,
@@ -8,6 +9,8 @@
 #![allow(dead_code, unused_macros)]
 
 pub mod compare;
+pub mod mount;
+pub mod reads;
 pub mod tree;
 
 use std::ffi::{OsStr, OsString};
