@@ -28,11 +28,15 @@ pub enum Command {
     Check(crate::check::CheckArgs),
     /// Restore an image's tree into a directory or a tar stream.
     Unpack(crate::unpack::UnpackArgs),
+    /// Serve an image read-only over FUSE, in the foreground.
+    Mount(crate::mount::MountArgs),
 }
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // fuser warns when a mount it serves was already unmounted from
+        // outside, which `rafs mount` treats as a normal exit.
+        0 => "warn,fuser::session=error",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => crate::inspect::run(a),
         Command::Check(a) => crate::check::run(a),
         Command::Unpack(a) => crate::unpack::run(a),
+        Command::Mount(a) => crate::mount::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 //! byte reaching a reader.
 
 pub mod file;
+pub mod url;
 
 use std::fmt;
 use thiserror::Error;

@@ -1,0 +1,565 @@
+//! The mount daemon's HTTP API, on a Unix socket (`--api-socket`).
+//!
+//! Endpoints: `GET /status` (JSON: state, bootstrap, mountpoint, uptime,
+//! inode and blob counts) and `GET /metrics` (Prometheus/OpenMetrics text
+//! from a `prometheus-client` [`Registry`]). Anything else is 404 (405 for
+//! a method other than GET/HEAD on a known path).
+//!
+//! HTTP here is deliberately minimal and bounded, so a std
+//! `UnixListener` in one thread is enough: one request per connection
+//! (`Connection: close`), a request head of at most [`MAX_HEAD`] bytes,
+//! read and write timeouts, a request body ignored. Garbage gets a 400,
+//! never a panic. Requests are served one at a time: each is cheap, and a
+//! slow client can hold the thread for at most the timeouts.
+//!
+//! Metrics are collected at scrape time: [`FsCollector`] reads the core's
+//! atomic counters, and later subsystems (cache, backend) register their
+//! own [`Collector`]s into the same registry.
+
+use crate::fs::{Metrics, Op};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Largest request head accepted (request line plus headers).
+pub const MAX_HEAD: usize = 8 << 10;
+
+/// Read and write timeout per connection.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors setting up the API socket.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// Another process is serving on the socket.
+    #[error("API socket {0} is in use by another process")]
+    InUse(PathBuf),
+    /// Something other than a socket is at the path; it is not removed.
+    #[error("API socket {0}: exists and is not a socket (refusing to remove it)")]
+    NotSocket(PathBuf),
+    /// Binding or removing failed.
+    #[error("API socket {path}")]
+    Io {
+        /// Socket path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// What `/status` reports, fixed at mount time.
+#[derive(Debug, Clone)]
+pub struct StatusInfo {
+    /// Bootstrap path.
+    pub bootstrap: PathBuf,
+    /// Mountpoint.
+    pub mountpoint: PathBuf,
+    /// When the mount became ready.
+    pub started: Instant,
+    /// Inodes in the image.
+    pub inodes: u64,
+    /// Blobs the image references.
+    pub blobs: u64,
+}
+
+/// Exposes the core's [`Metrics`] at scrape time.
+#[derive(Debug)]
+pub struct FsCollector(pub Arc<Metrics>);
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for FsCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let m = &self.0;
+        let ops = ConstCounter::new(0u64);
+        let mut family = e.encode_descriptor(
+            "rafs_operations",
+            "Filesystem operations, by kind",
+            None,
+            ops.metric_type(),
+        )?;
+        for op in Op::ALL {
+            let labels = [("op", op.name())];
+            ConstCounter::new(m.ops(op)).encode(family.encode_family(&labels)?)?;
+        }
+        let g = Metrics::get;
+        counter(
+            &mut e,
+            "rafs_read_bytes",
+            "Bytes returned by reads",
+            g(&m.bytes_read),
+        )?;
+        counter(
+            &mut e,
+            "rafs_chunk_decompressions",
+            "Chunks or batch frames fetched and decompressed",
+            g(&m.chunk_decompressions),
+        )?;
+        counter(
+            &mut e,
+            "rafs_backend_bytes",
+            "Bytes fetched from the backend",
+            g(&m.backend_bytes),
+        )?;
+        counter(
+            &mut e,
+            "rafs_chunk_cache_hits",
+            "Chunk reads served by the decompressed-chunk LRU",
+            g(&m.lru_hits),
+        )?;
+        counter(
+            &mut e,
+            "rafs_chunk_cache_misses",
+            "Chunk reads that missed the LRU",
+            g(&m.lru_misses),
+        )?;
+        counter(
+            &mut e,
+            "rafs_io_errors",
+            "Operations failed with an I/O error",
+            g(&m.io_errors),
+        )
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Content type of the body.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Whether to send the body (false for HEAD).
+    pub send_body: bool,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n").into_bytes(),
+            send_body: true,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            431 => "Request Header Fields Too Large",
+            _ => "Internal Server Error",
+        }
+    }
+
+    /// The response as bytes on the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            self.reason(),
+            self.content_type,
+            self.body.len()
+        );
+        if self.status == 405 {
+            out.push_str("Allow: GET, HEAD\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if self.send_body {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+/// The API: status and a metrics registry.
+pub struct Api {
+    status: StatusInfo,
+    registry: Registry,
+}
+
+impl Api {
+    /// An API reporting `status` and the metrics in `registry`.
+    pub fn new(status: StatusInfo, registry: Registry) -> Api {
+        Api { status, registry }
+    }
+
+    /// A registry with the core's counters registered.
+    pub fn registry_for(metrics: Arc<Metrics>) -> Registry {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(FsCollector(metrics)));
+        r
+    }
+
+    /// The response to a complete request head (`None` = the head was
+    /// cut at [`MAX_HEAD`]).
+    pub fn respond(&self, head: Option<&[u8]>) -> Response {
+        let Some(head) = head else {
+            return Response::text(431, "request head too large");
+        };
+        let Some((method, path)) = parse_request_line(head) else {
+            return Response::text(400, "bad request");
+        };
+        let mut resp = match path {
+            "/status" => self.status(),
+            "/metrics" => self.metrics(),
+            _ => return Response::text(404, "not found"),
+        };
+        match method {
+            "GET" => resp,
+            "HEAD" => {
+                resp.send_body = false;
+                resp
+            }
+            _ => Response::text(405, "method not allowed"),
+        }
+    }
+
+    fn status(&self) -> Response {
+        let s = &self.status;
+        let body = serde_json::json!({
+            "state": "mounted",
+            "bootstrap": s.bootstrap.to_string_lossy(),
+            "mountpoint": s.mountpoint.to_string_lossy(),
+            "uptime_secs": s.started.elapsed().as_secs(),
+            "inodes": s.inodes,
+            "blobs": s.blobs,
+        });
+        Response {
+            status: 200,
+            content_type: "application/json",
+            body: format!("{body}\n").into_bytes(),
+            send_body: true,
+        }
+    }
+
+    fn metrics(&self) -> Response {
+        let mut text = String::new();
+        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            Ok(()) => Response {
+                status: 200,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: text.into_bytes(),
+                send_body: true,
+            },
+            Err(_) => Response::text(500, "metrics encoding failed"),
+        }
+    }
+
+    /// Serves one connection: reads a bounded head, writes one response.
+    /// Errors (timeouts, resets) only end the connection.
+    pub fn serve(&self, mut conn: UnixStream) {
+        let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+        let head = match read_head(&mut conn) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!("API connection: {e}");
+                return;
+            }
+        };
+        let resp = self.respond(head.as_deref());
+        if let Err(e) = conn.write_all(&resp.to_bytes()) {
+            tracing::debug!("API connection: {e}");
+        }
+    }
+}
+
+/// Reads up to the end of the request head. `Ok(None)`: more than
+/// [`MAX_HEAD`] bytes without one. A connection closed early yields what
+/// was read (the parser then refuses it if incomplete).
+fn read_head(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = head_end(&buf) {
+            buf.truncate(end);
+            return Ok(Some(buf));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Ok(None);
+        }
+        let want = chunk.len().min(MAX_HEAD - buf.len());
+        match r.read(&mut chunk[..want]) {
+            Ok(0) => return Ok(Some(buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The length of the head including its blank line, if complete.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `METHOD SP TARGET SP HTTP/1.x` → (method, path without query).
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line_end = head.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !target.starts_with('/')
+        || !version.starts_with("HTTP/1.")
+    {
+        return None;
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    Some((method, path))
+}
+
+/// The API served on a Unix socket by one thread.
+pub struct ApiServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds `path`, replacing a stale socket file (one nobody accepts
+    /// on). A live socket or a non-socket file is an error.
+    pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+        let io = |source| ApiError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => return Err(ApiError::NotSocket(path.into())),
+            Ok(_) if UnixStream::connect(path).is_ok() => return Err(ApiError::InUse(path.into())),
+            Ok(_) => std::fs::remove_file(path).map_err(io)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        UnixListener::bind(path).map_err(io)
+    }
+
+    /// Serves `api` on `listener` (bound at `path`) until [`shutdown`].
+    ///
+    /// [`shutdown`]: ApiServer::shutdown
+    pub fn start(listener: UnixListener, path: &Path, api: Api) -> std::io::Result<ApiServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rafs-api".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
+                    match conn {
+                        Ok(c) => api.serve(c),
+                        Err(e) => tracing::debug!("API accept: {e}"),
+                    }
+                }
+            })?;
+        Ok(ApiServer {
+            path: path.to_owned(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops serving and removes the socket file.
+    pub fn shutdown(mut self) {
+        self.stop_and_remove();
+    }
+
+    fn stop_and_remove(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.store(true, Ordering::Release);
+            // Wake the blocking accept; if that fails the thread is
+            // already gone (or stuck in a client it will time out of).
+            if UnixStream::connect(&self.path).is_ok() {
+                let _ = thread.join();
+            }
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!("removing API socket {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop_and_remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> (Api, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let status = StatusInfo {
+            bootstrap: "/img/boot".into(),
+            mountpoint: "/mnt/x".into(),
+            started: Instant::now(),
+            inodes: 42,
+            blobs: 2,
+        };
+        (
+            Api::new(status, Api::registry_for(metrics.clone())),
+            metrics,
+        )
+    }
+
+    fn get(api: &Api, req: &[u8]) -> Response {
+        api.respond(Some(req))
+    }
+
+    #[test]
+    fn status_json() {
+        let (api, _) = api();
+        let r = get(&api, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["state"], "mounted");
+        assert_eq!(v["bootstrap"], "/img/boot");
+        assert_eq!(v["mountpoint"], "/mnt/x");
+        assert_eq!(v["inodes"], 42);
+        assert_eq!(v["blobs"], 2);
+        assert!(v["uptime_secs"].is_u64());
+    }
+
+    #[test]
+    fn metrics_text() {
+        let (api, m) = api();
+        m.op(Op::Lookup);
+        m.op(Op::Lookup);
+        Metrics::add(&m.bytes_read, 4096);
+        Metrics::add(&m.lru_misses, 3);
+        let r = get(&api, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8(r.body).unwrap();
+        for line in [
+            "rafs_operations_total{op=\"lookup\"} 2",
+            "rafs_operations_total{op=\"read\"} 0",
+            "rafs_read_bytes_total 4096",
+            "rafs_chunk_cache_misses_total 3",
+            "rafs_chunk_cache_hits_total 0",
+            "rafs_chunk_decompressions_total 0",
+            "rafs_backend_bytes_total 0",
+            "rafs_io_errors_total 0",
+            "# TYPE rafs_operations counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let (api, _) = api();
+        assert_eq!(get(&api, b"GET /nope HTTP/1.1\r\n\r\n").status, 404);
+        assert_eq!(get(&api, b"GET / HTTP/1.1\r\n\r\n").status, 404);
+        assert_eq!(get(&api, b"POST /status HTTP/1.1\r\n\r\n").status, 405);
+        let head = get(&api, b"HEAD /status HTTP/1.1\r\n\r\n");
+        assert_eq!(head.status, 200);
+        assert!(!String::from_utf8(head.to_bytes())
+            .unwrap()
+            .contains("mounted"));
+        for garbage in [
+            &b""[..],
+            b"\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"GET /status\r\n\r\n",
+            b"GET status HTTP/1.1\r\n\r\n",
+            b"GET /status HTTP/2\r\n\r\n",
+            b"GET /status HTTP/1.1 extra\r\n\r\n",
+            b"get /status HTTP/1.1\r\n\r\n",
+            b"\xff\xfe /status HTTP/1.1\r\n\r\n",
+            b"GET /status HTTP/1.1",
+        ] {
+            assert_eq!(get(&api, garbage).status, 400, "{garbage:?}");
+        }
+        assert_eq!(api.respond(None).status, 431);
+    }
+
+    #[test]
+    fn head_reading_is_bounded() {
+        let mut r = &b"GET / HTTP/1.1\r\nA: b\r\n\r\nBODY"[..];
+        assert_eq!(
+            read_head(&mut r).unwrap().unwrap(),
+            b"GET / HTTP/1.1\r\nA: b\r\n\r\n"
+        );
+        let big = vec![b'a'; MAX_HEAD * 3];
+        assert_eq!(read_head(&mut &big[..]).unwrap(), None);
+        let mut short = &b"GET / HT"[..];
+        assert_eq!(read_head(&mut short).unwrap().unwrap(), b"GET / HT");
+    }
+
+    fn request(path: &Path, req: &[u8]) -> String {
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(req).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn over_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        // A stale socket file (nobody listening) is replaced.
+        drop(UnixListener::bind(&path).unwrap());
+        let (api, _) = api();
+        let server = ApiServer::start(ApiServer::bind(&path).unwrap(), &path, api).unwrap();
+        // A live one is not.
+        assert!(matches!(ApiServer::bind(&path), Err(ApiError::InUse(_))));
+        let out = request(&path, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("\"state\":\"mounted\""), "{out}");
+        let out = request(&path, b"GET /other HTTP/1.1\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
+        let out = request(&path, b"\x00\x01garbage\n\n");
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        // A client that sends nothing and hangs up does not stop the server.
+        drop(UnixStream::connect(&path).unwrap());
+        let out = request(&path, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(out.contains("rafs_operations_total"), "{out}");
+        server.shutdown();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn refuses_to_remove_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"keep").unwrap();
+        assert!(matches!(
+            ApiServer::bind(&path),
+            Err(ApiError::NotSocket(_))
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+    }
+}

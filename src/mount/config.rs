@@ -1,0 +1,351 @@
+//! `rafs mount` settings: command-line flags, an optional TOML file
+//! (`--config`), and their merge into one [`MountConfig`].
+//!
+//! The file's keys mirror the long flags (`api_socket` or `api-socket`);
+//! an unknown key is an error, so a typo never silently falls back to a
+//! default. A flag overrides the file's value; `--blobs` and `--backend`
+//! are one setting (where blobs live), so either flag overrides either key.
+//! Relative paths in the file are relative to the file's directory.
+
+use super::MountError;
+use crate::backend::url::BackendUrl;
+use crate::util::parse_size;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Default budget of the decompressed-chunk LRU.
+pub const DEFAULT_CHUNK_CACHE: &str = "64M";
+
+/// Arguments of `rafs mount`.
+#[derive(Debug, Default, clap::Args)]
+pub struct MountArgs {
+    /// The bootstrap to serve (or `bootstrap` in --config).
+    pub bootstrap: Option<PathBuf>,
+    /// An existing, empty directory to mount on (or `mountpoint` in
+    /// --config).
+    pub mountpoint: Option<PathBuf>,
+    /// Blobs are files named by their sha256 hex in DIR (same as
+    /// --backend file:///DIR).
+    #[arg(long, value_name = "DIR", conflicts_with = "backend")]
+    pub blobs: Option<PathBuf>,
+    /// Where blobs live, as a URL. Supported: file:///DIR.
+    #[arg(long, value_name = "URL")]
+    pub backend: Option<String>,
+    /// TOML file with any of the settings below (keys as the long flags,
+    /// `_` or `-`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// FUSE worker threads [default: max(4, cores)].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Serve GET /status and /metrics over HTTP on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Memory budget of the decompressed-chunk cache [default: 64M].
+    #[arg(long, value_name = "SIZE")]
+    pub chunk_cache_size: Option<String>,
+    /// Let users other than the mounting one access the mount [default:
+    /// on when run as root, off otherwise].
+    #[arg(long, overrides_with = "no_allow_other")]
+    pub allow_other: bool,
+    /// Only the mounting user (and root) may access the mount.
+    #[arg(long, overrides_with = "allow_other")]
+    pub no_allow_other: bool,
+}
+
+/// A size given in the file as a number of bytes or a string like "64M".
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bootstrap: Option<PathBuf>,
+    mountpoint: Option<PathBuf>,
+    blobs: Option<PathBuf>,
+    backend: Option<String>,
+    threads: Option<usize>,
+    #[serde(alias = "api-socket")]
+    api_socket: Option<PathBuf>,
+    #[serde(alias = "chunk-cache-size")]
+    chunk_cache_size: Option<Size>,
+    #[serde(alias = "allow-other")]
+    allow_other: Option<bool>,
+}
+
+impl FileConfig {
+    fn parse(text: &str, path: &Path) -> Result<FileConfig, MountError> {
+        let mut f: FileConfig = toml::from_str(text).map_err(|e| MountError::ConfigSyntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut f.bootstrap,
+            &mut f.mountpoint,
+            &mut f.blobs,
+            &mut f.api_socket,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// Everything `rafs mount` needs, merged and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountConfig {
+    /// Bootstrap path.
+    pub bootstrap: PathBuf,
+    /// Mountpoint.
+    pub mountpoint: PathBuf,
+    /// Where blobs live.
+    pub backend: BackendUrl,
+    /// FUSE worker threads (at least 1).
+    pub threads: usize,
+    /// API socket, if any.
+    pub api_socket: Option<PathBuf>,
+    /// Chunk LRU budget in bytes.
+    pub chunk_cache_bytes: u64,
+    /// Whether other users may access the mount.
+    pub allow_other: bool,
+}
+
+/// The default worker count: max(4, cores).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
+}
+
+fn backend_of(
+    blobs: Option<&PathBuf>,
+    backend: Option<&String>,
+) -> Result<Option<BackendUrl>, MountError> {
+    match (blobs, backend) {
+        (Some(_), Some(_)) => Err(MountError::BlobsAndBackend),
+        (Some(dir), None) => Ok(Some(BackendUrl::from_dir(dir))),
+        (None, Some(url)) => Ok(Some(BackendUrl::parse(url)?)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn size_of(s: &Size) -> Result<u64, MountError> {
+    match s {
+        Size::Bytes(n) => Ok(*n),
+        Size::Text(t) => parse_size(t).map_err(MountError::Size),
+    }
+}
+
+impl MountConfig {
+    /// Reads `--config` if given and merges it under the flags.
+    /// `is_root` picks the `allow_other` default.
+    pub fn resolve(args: &MountArgs, is_root: bool) -> Result<MountConfig, MountError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| MountError::Config {
+                    path: path.clone(),
+                    source,
+                })?;
+                FileConfig::parse(&text, path)?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file, is_root)
+    }
+
+    fn merge(args: &MountArgs, file: FileConfig, is_root: bool) -> Result<MountConfig, MountError> {
+        let bootstrap = args
+            .bootstrap
+            .clone()
+            .or(file.bootstrap)
+            .ok_or(MountError::Missing("bootstrap"))?;
+        let mountpoint = args
+            .mountpoint
+            .clone()
+            .or(file.mountpoint)
+            .ok_or(MountError::Missing("mountpoint"))?;
+        let backend = match backend_of(args.blobs.as_ref(), args.backend.as_ref())? {
+            Some(b) => b,
+            None => backend_of(file.blobs.as_ref(), file.backend.as_ref())?
+                .ok_or(MountError::Missing("blobs (--blobs DIR or --backend URL)"))?,
+        };
+        let threads = args
+            .threads
+            .or(file.threads)
+            .unwrap_or_else(default_threads);
+        if threads == 0 {
+            return Err(MountError::Threads);
+        }
+        let chunk_cache_bytes = match (&args.chunk_cache_size, &file.chunk_cache_size) {
+            (Some(t), _) => parse_size(t).map_err(MountError::Size)?,
+            (None, Some(s)) => size_of(s)?,
+            (None, None) => parse_size(DEFAULT_CHUNK_CACHE).map_err(MountError::Size)?,
+        };
+        let allow_other = if args.allow_other {
+            true
+        } else if args.no_allow_other {
+            false
+        } else {
+            file.allow_other.unwrap_or(is_root)
+        };
+        Ok(MountConfig {
+            bootstrap,
+            mountpoint,
+            backend,
+            threads,
+            api_socket: args.api_socket.clone().or(file.api_socket),
+            chunk_cache_bytes,
+            allow_other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: MountArgs,
+    }
+
+    fn args(argv: &[&str]) -> MountArgs {
+        let mut v = vec!["mount"];
+        v.extend_from_slice(argv);
+        Cmd::try_parse_from(v).unwrap().args
+    }
+
+    fn file(text: &str) -> Result<FileConfig, MountError> {
+        FileConfig::parse(text, Path::new("/etc/rafs/m.toml"))
+    }
+
+    #[test]
+    fn flags_only() {
+        let c = MountConfig::merge(
+            &args(&["/b", "/m", "--blobs", "/blobs", "--threads", "3"]),
+            FileConfig::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.bootstrap, Path::new("/b"));
+        assert_eq!(c.mountpoint, Path::new("/m"));
+        assert_eq!(c.backend, BackendUrl::File("/blobs".into()));
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.chunk_cache_bytes, 64 << 20);
+        assert_eq!(c.api_socket, None);
+        assert!(!c.allow_other);
+        let root = MountConfig::merge(
+            &args(&["/b", "/m", "--backend", "file:///x"]),
+            FileConfig::default(),
+            true,
+        )
+        .unwrap();
+        assert!(root.allow_other);
+        assert_eq!(root.backend, BackendUrl::File("/x".into()));
+        assert_eq!(root.threads, default_threads());
+        assert!(root.threads >= 4);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let f = file(
+            "bootstrap = 'img/boot'\nmountpoint = '/mnt'\nbackend = 'file:///blobs'\n\
+             threads = 8\napi-socket = '/run/rafs.sock'\nchunk_cache_size = '16M'\n\
+             allow-other = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.bootstrap.as_deref(),
+            Some(Path::new("/etc/rafs/img/boot"))
+        );
+        let c = MountConfig::merge(&args(&[]), f, true).unwrap();
+        assert_eq!(c.bootstrap, Path::new("/etc/rafs/img/boot"));
+        assert_eq!(c.threads, 8);
+        assert_eq!(c.chunk_cache_bytes, 16 << 20);
+        assert_eq!(c.api_socket.as_deref(), Some(Path::new("/run/rafs.sock")));
+        assert!(!c.allow_other);
+
+        let f = file("blobs = '/fileblobs'\nthreads = 8\nchunk-cache-size = 1024\n").unwrap();
+        let c = MountConfig::merge(
+            &args(&[
+                "/b",
+                "/m",
+                "--backend",
+                "file:///flagblobs",
+                "--threads",
+                "2",
+                "--allow-other",
+            ]),
+            f,
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.backend, BackendUrl::File("/flagblobs".into()));
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.chunk_cache_bytes, 1024);
+        assert!(c.allow_other);
+        let c = MountConfig::merge(
+            &args(&["/b", "/m", "--blobs", "/d", "--no-allow-other"]),
+            file("allow_other = true").unwrap(),
+            true,
+        )
+        .unwrap();
+        assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn rejected() {
+        let e = file("bootstrap = '/b'\nthread = 4\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `thread`"), "{e}");
+        assert!(file("threads = 'many'").is_err());
+        assert!(file("not toml at all [").is_err());
+        let merge = |a: &[&str], f: &str| MountConfig::merge(&args(a), file(f).unwrap(), false);
+        assert!(matches!(
+            merge(&["/m"], "blobs = '/d'"),
+            Err(MountError::Missing("mountpoint"))
+        ));
+        assert!(matches!(
+            merge(&[], "mountpoint = '/m'\nblobs = '/d'"),
+            Err(MountError::Missing("bootstrap"))
+        ));
+        assert!(matches!(
+            merge(&["/b", "/m"], ""),
+            Err(MountError::Missing(_))
+        ));
+        assert!(matches!(
+            merge(&["/b", "/m"], "blobs = '/d'\nbackend = 'file:///d'"),
+            Err(MountError::BlobsAndBackend)
+        ));
+        assert!(matches!(
+            merge(&["/b", "/m", "--backend", "s3://x"], ""),
+            Err(MountError::Url(_))
+        ));
+        assert!(matches!(
+            merge(&["/b", "/m", "--blobs", "/d", "--threads", "0"], ""),
+            Err(MountError::Threads)
+        ));
+        assert!(matches!(
+            merge(
+                &["/b", "/m", "--blobs", "/d", "--chunk-cache-size", "1Q"],
+                ""
+            ),
+            Err(MountError::Size(_))
+        ));
+        // --blobs and --backend together are refused by clap.
+        assert!(
+            Cmd::try_parse_from(["m", "/b", "/m", "--blobs", "/d", "--backend", "file:///d"])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! `rafs mount`: serve an image read-only over FUSE, in the foreground.
+//!
+//! Lifecycle: resolve the settings ([`config`]), open the image and the
+//! backend, check the mountpoint (a stale FUSE mount left by a dead daemon
+//! gets its own error and the command that clears it), bind the API socket,
+//! mount (fuser's handshake completes before we go on), then print exactly
+//! one line to stdout, `rafs: mounted BOOTSTRAP at MOUNTPOINT`, and wait.
+//!
+//! Two things end the wait, both reported on one channel: a signal
+//! (SIGINT, SIGTERM, SIGHUP; a signal-hook self-pipe, so the handler does
+//! no work), on which we unmount and wait for the session to drain; or the
+//! session ending by itself because the mount was removed from outside
+//! (`fusermount3 -u`, `umount`). Both exit 0. A mount still busy at a
+//! signal is detached lazily (`MNT_DETACH`): it disappears from the
+//! namespace at once, and open files see ENOTCONN when we exit.
+
+pub mod config;
+
+pub use config::{MountArgs, MountConfig};
+
+use crate::api::{Api, ApiError, ApiServer, StatusInfo};
+use crate::backend::url::UrlError;
+use crate::fs::{FsConfig, RafsFs};
+use crate::fuse::FuseFs;
+use crate::image::{Image, ImageError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use fuser::{MountOption, Session, SessionACL, SessionUnmounter};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Readahead set on the mount's device after mounting, in KiB: one default
+/// chunk, so a sequential reader asks for a whole chunk per request (the
+/// kernel's FUSE default is 128 KiB, and the INIT reply can only lower it).
+const READAHEAD_KB: u32 = 1024;
+
+/// How long to wait for the session to drain after a signal-driven
+/// unmount before exiting anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why `rafs mount` failed.
+#[derive(Debug, Error)]
+pub enum MountError {
+    /// The config file could not be read.
+    #[error("config {path}")]
+    Config {
+        /// Config path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("config {path}: {message}")]
+    ConfigSyntax {
+        /// Config path.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A required setting is missing.
+    #[error("no {0} given")]
+    Missing(&'static str),
+    /// Both blobs and backend set in the same place.
+    #[error("set either blobs (a directory) or backend (a URL), not both")]
+    BlobsAndBackend,
+    /// Bad backend URL.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// Bad size.
+    #[error("chunk cache size: {0}")]
+    Size(String),
+    /// Zero threads.
+    #[error("threads must be at least 1")]
+    Threads,
+    /// The bootstrap could not be opened.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The mountpoint does not exist.
+    #[error("mountpoint {0} does not exist")]
+    NoMountpoint(PathBuf),
+    /// The mountpoint is not a directory.
+    #[error("mountpoint {0} is not a directory")]
+    NotDir(PathBuf),
+    /// A FUSE daemon died with the mount in place.
+    #[error(
+        "{0} is a stale FUSE mount (a previous daemon died); clear it with: fusermount3 -u {0}"
+    )]
+    Stale(PathBuf),
+    /// The mountpoint cannot be examined.
+    #[error("mountpoint {path}")]
+    Mountpoint {
+        /// Mountpoint.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The API socket could not be set up.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Mounting failed.
+    #[error("mounting at {path}")]
+    Mount {
+        /// Mountpoint.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Threads or signal handlers could not be set up.
+    #[error("setup: {0}")]
+    Setup(std::io::Error),
+    /// The FUSE session failed.
+    #[error("FUSE session at {path}")]
+    Session {
+        /// Mountpoint.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Examines the mountpoint: `stat`, then `statfs`. A dead daemon's mount
+/// can still answer `stat` from the kernel's attribute cache (rafs asks for
+/// long TTLs), but `statfs` always reaches the daemon and fails with
+/// ENOTCONN.
+pub fn probe_mountpoint(path: &Path) -> std::io::Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path)?;
+    nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(meta)
+}
+
+/// Classifies the result of [`probe_mountpoint`].
+pub fn check_mountpoint(
+    path: &Path,
+    meta: std::io::Result<std::fs::Metadata>,
+) -> Result<(), MountError> {
+    match meta {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(MountError::NotDir(path.to_owned())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            Err(MountError::Stale(path.to_owned()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(MountError::NoMountpoint(path.to_owned()))
+        }
+        Err(source) => Err(MountError::Mountpoint {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The fuser session settings for `cfg` (`is_root`: whether devices and
+/// setuid bits may be honoured).
+pub fn session_config(cfg: &MountConfig, is_root: bool) -> fuser::Config {
+    let mut options = vec![
+        MountOption::RO,
+        MountOption::FSName("rafs".into()),
+        // Type `fuse.rafs` in /proc/mounts. fuser's own `Subtype` only
+        // reaches fusermount, not a direct mount(2) by root; the kernel and
+        // fusermount3 both accept `subtype=`.
+        MountOption::CUSTOM("subtype=rafs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::Exec,
+    ];
+    if is_root {
+        // A container rootfs has device nodes and setuid binaries; only
+        // root may ask for them (fusermount3 forces nodev,nosuid).
+        options.extend([MountOption::Dev, MountOption::Suid]);
+    }
+    let mut c = fuser::Config::default();
+    c.mount_options = options;
+    c.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    c.n_threads = Some(cfg.threads);
+    c.clone_fd = true;
+    c
+}
+
+/// Entry point of `rafs mount`.
+pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
+    let is_root = nix::unistd::geteuid().is_root();
+    let cfg = MountConfig::resolve(args, is_root)?;
+    serve(&cfg, is_root)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+enum Event {
+    Signal(i32),
+    Ended(std::io::Result<()>),
+}
+
+/// Mounts, prints the ready line, and serves until a signal or an
+/// external unmount.
+pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
+    let image = Image::open(&cfg.bootstrap)?;
+    let (inodes, blobs) = {
+        let b = image.bootstrap().map_err(|source| ImageError::Format {
+            path: cfg.bootstrap.clone(),
+            source,
+        })?;
+        (u64::from(b.inode_count()), b.blobs().len() as u64)
+    };
+    let fs_config = FsConfig {
+        chunk_cache_bytes: usize::try_from(cfg.chunk_cache_bytes).unwrap_or(usize::MAX),
+    };
+    let fs = Arc::new(RafsFs::new(image, cfg.backend.open()?, fs_config));
+    check_mountpoint(&cfg.mountpoint, probe_mountpoint(&cfg.mountpoint))?;
+    let listener = cfg.api_socket.as_deref().map(ApiServer::bind).transpose()?;
+
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(MountError::Setup)?;
+    let signal_handle = signals.handle();
+    let sig_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("rafs-signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                let _ = sig_tx.send(Event::Signal(s));
+            }
+        })
+        .map_err(MountError::Setup)?;
+
+    let mount_err = |source: std::io::Error| match source.raw_os_error() {
+        // The mountpoint went stale between the check and the mount.
+        Some(libc::ENOTCONN) => MountError::Stale(cfg.mountpoint.clone()),
+        _ => MountError::Mount {
+            path: cfg.mountpoint.clone(),
+            source,
+        },
+    };
+    let mut session = Session::new(
+        FuseFs::new(fs.clone()),
+        &cfg.mountpoint,
+        &session_config(cfg, is_root),
+    )
+    .map_err(mount_err)?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("rafs-fuse".into())
+        .spawn(move || {
+            let _ = tx.send(Event::Ended(session.run()));
+        })
+        .map_err(MountError::Setup)?;
+    if is_root {
+        raise_readahead(&cfg.mountpoint);
+    }
+    let api = match (listener, &cfg.api_socket) {
+        (Some(l), Some(path)) => {
+            let status = StatusInfo {
+                bootstrap: cfg.bootstrap.clone(),
+                mountpoint: cfg.mountpoint.clone(),
+                started: Instant::now(),
+                inodes,
+                blobs,
+            };
+            let api = Api::new(status, Api::registry_for(fs.metrics().clone()));
+            Some(ApiServer::start(l, path, api).map_err(MountError::Setup)?)
+        }
+        _ => None,
+    };
+
+    let mut out = std::io::stdout().lock();
+    let ready = writeln!(
+        out,
+        "rafs: mounted {} at {}",
+        cfg.bootstrap.display(),
+        cfg.mountpoint.display()
+    )
+    .and_then(|()| out.flush());
+    drop(out);
+    if let Err(e) = ready {
+        // Nobody reads stdout any more (a closed pipe): keep serving.
+        tracing::debug!("writing the ready line: {e}");
+    }
+    tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
+
+    let result = wait(&rx, &mut unmounter, &cfg.mountpoint);
+    signal_handle.close();
+    if let Some(api) = api {
+        api.shutdown();
+    }
+    result
+}
+
+/// Waits for a signal or the end of the session; see the module doc.
+fn wait(
+    rx: &Receiver<Event>,
+    unmounter: &mut SessionUnmounter,
+    mountpoint: &Path,
+) -> Result<(), MountError> {
+    let ended = |r: std::io::Result<()>| {
+        r.map_err(|source| MountError::Session {
+            path: mountpoint.to_owned(),
+            source,
+        })
+    };
+    match rx.recv() {
+        Ok(Event::Signal(sig)) => {
+            tracing::info!(signal = sig, "unmounting {}", mountpoint.display());
+            unmount(unmounter, mountpoint);
+            match rx.recv_timeout(DRAIN_TIMEOUT) {
+                Ok(Event::Ended(r)) => ended(r),
+                Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!("session still busy; exiting");
+                    Ok(())
+                }
+                Err(RecvTimeoutError::Disconnected) => Ok(()),
+            }
+        }
+        Ok(Event::Ended(r)) => {
+            tracing::info!("{} was unmounted", mountpoint.display());
+            ended(r)
+        }
+        // Both senders gone: nothing can end the wait.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Unmounts; a busy mount is detached lazily instead.
+fn unmount(unmounter: &mut SessionUnmounter, mountpoint: &Path) {
+    if let Err(e) = unmounter.unmount() {
+        tracing::warn!("unmount {}: {e}; detaching lazily", mountpoint.display());
+        if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::error!("lazy unmount {}: {e}", mountpoint.display());
+        }
+    }
+}
+
+/// Raises the readahead of the mount's backing device (best effort: needs
+/// root and sysfs).
+fn raise_readahead(mountpoint: &Path) {
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(e) => return tracing::debug!("readahead: {e}"),
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&path, format!("{READAHEAD_KB}\n")) {
+        Ok(()) => tracing::debug!("{path} = {READAHEAD_KB}"),
+        Err(e) => tracing::debug!("readahead {path}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn mountpoint_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        assert!(check_mountpoint(p, probe_mountpoint(p)).is_ok());
+        let file = p.join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            check_mountpoint(&file, std::fs::metadata(&file)),
+            Err(MountError::NotDir(_))
+        ));
+        let missing = p.join("missing");
+        assert!(matches!(
+            check_mountpoint(&missing, std::fs::metadata(&missing)),
+            Err(MountError::NoMountpoint(_))
+        ));
+        let stale = Path::new("/mnt/x");
+        let e = check_mountpoint(stale, Err(Error::from_raw_os_error(libc::ENOTCONN))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/mnt/x is a stale FUSE mount (a previous daemon died); clear it with: fusermount3 -u /mnt/x"
+        );
+        assert!(matches!(
+            check_mountpoint(stale, Err(Error::new(ErrorKind::PermissionDenied, "no"))),
+            Err(MountError::Mountpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn session_options() {
+        let cfg = MountConfig {
+            bootstrap: "/b".into(),
+            mountpoint: "/m".into(),
+            backend: crate::backend::url::BackendUrl::File("/d".into()),
+            threads: 6,
+            api_socket: None,
+            chunk_cache_bytes: 1,
+            allow_other: true,
+        };
+        let c = session_config(&cfg, true);
+        assert_eq!(c.n_threads, Some(6));
+        assert!(c.clone_fd);
+        assert_eq!(c.acl, SessionACL::All);
+        for o in [
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+            MountOption::Dev,
+            MountOption::Suid,
+            MountOption::NoAtime,
+        ] {
+            assert!(c.mount_options.contains(&o), "{o:?}");
+        }
+        let user = session_config(
+            &MountConfig {
+                allow_other: false,
+                ..cfg
+            },
+            false,
+        );
+        assert_eq!(user.acl, SessionACL::Owner);
+        assert!(!user.mount_options.contains(&MountOption::Suid));
+    }
+}
