@@ -23,7 +23,7 @@ use crate::backend::url::UrlError;
 use crate::fs::{FsConfig, RafsFs};
 use crate::fuse::FuseFs;
 use crate::image::{Image, ImageError};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use fuser::{MountOption, Session, SessionACL, SessionUnmounter};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -199,9 +199,9 @@ enum Event {
     Ended(std::io::Result<()>),
 }
 
-/// Mounts, prints the ready line, and serves until a signal or an
-/// external unmount.
-pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
+/// The filesystem over `cfg`'s image and backend, with the image's inode
+/// and blob counts (for `/status`).
+fn open_fs(cfg: &MountConfig) -> Result<(Arc<RafsFs>, u64, u64), MountError> {
     let image = Image::open(&cfg.bootstrap)?;
     let (inodes, blobs) = {
         let b = image.bootstrap().map_err(|source| ImageError::Format {
@@ -213,22 +213,51 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
     let fs_config = FsConfig {
         chunk_cache_bytes: usize::try_from(cfg.chunk_cache_bytes).unwrap_or(usize::MAX),
     };
-    let fs = Arc::new(RafsFs::new(image, cfg.backend.open()?, fs_config));
-    check_mountpoint(&cfg.mountpoint, probe_mountpoint(&cfg.mountpoint))?;
-    let listener = cfg.api_socket.as_deref().map(ApiServer::bind).transpose()?;
+    let fs = RafsFs::new(image, cfg.backend.open()?, fs_config);
+    Ok((Arc::new(fs), inodes, blobs))
+}
 
-    let (tx, rx) = crossbeam_channel::unbounded();
+/// Forwards SIGINT, SIGTERM and SIGHUP to `tx` from a thread (signal-hook's
+/// self-pipe: the handler itself only writes a byte).
+fn forward_signals(tx: Sender<Event>) -> Result<signal_hook::iterator::Handle, MountError> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(MountError::Setup)?;
-    let signal_handle = signals.handle();
-    let sig_tx = tx.clone();
+    let handle = signals.handle();
     std::thread::Builder::new()
         .name("rafs-signals".into())
         .spawn(move || {
             for s in signals.forever() {
-                let _ = sig_tx.send(Event::Signal(s));
+                let _ = tx.send(Event::Signal(s));
             }
         })
         .map_err(MountError::Setup)?;
+    Ok(handle)
+}
+
+/// Prints the one line on stdout that says the mount is ready.
+fn print_ready(cfg: &MountConfig) {
+    let mut out = std::io::stdout().lock();
+    let ready = writeln!(
+        out,
+        "rafs: mounted {} at {}",
+        cfg.bootstrap.display(),
+        cfg.mountpoint.display()
+    )
+    .and_then(|()| out.flush());
+    if let Err(e) = ready {
+        // Nobody reads stdout any more (a closed pipe): keep serving.
+        tracing::debug!("writing the ready line: {e}");
+    }
+    tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
+}
+
+/// Mounts, prints the ready line, and serves until a signal or an
+/// external unmount.
+pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
+    let (fs, inodes, blobs) = open_fs(cfg)?;
+    check_mountpoint(&cfg.mountpoint, probe_mountpoint(&cfg.mountpoint))?;
+    let listener = cfg.api_socket.as_deref().map(ApiServer::bind).transpose()?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let signals = forward_signals(tx.clone())?;
 
     let mount_err = |source: std::io::Error| match source.raw_os_error() {
         // The mountpoint went stale between the check and the mount.
@@ -238,12 +267,9 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
             source,
         },
     };
-    let mut session = Session::new(
-        FuseFs::new(fs.clone()),
-        &cfg.mountpoint,
-        &session_config(cfg, is_root),
-    )
-    .map_err(mount_err)?;
+    let adapter = FuseFs::new(fs.clone());
+    let mut session =
+        Session::new(adapter, &cfg.mountpoint, &session_config(cfg, is_root)).map_err(mount_err)?;
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("rafs-fuse".into())
@@ -268,24 +294,10 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
         }
         _ => None,
     };
-
-    let mut out = std::io::stdout().lock();
-    let ready = writeln!(
-        out,
-        "rafs: mounted {} at {}",
-        cfg.bootstrap.display(),
-        cfg.mountpoint.display()
-    )
-    .and_then(|()| out.flush());
-    drop(out);
-    if let Err(e) = ready {
-        // Nobody reads stdout any more (a closed pipe): keep serving.
-        tracing::debug!("writing the ready line: {e}");
-    }
-    tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
+    print_ready(cfg);
 
     let result = wait(&rx, &mut unmounter, &cfg.mountpoint);
-    signal_handle.close();
+    signals.close();
     if let Some(api) = api {
         api.shutdown();
     }
