@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long the daemon may take to print its ready line.
@@ -143,11 +144,12 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
-/// Collects everything a pipe yields on a thread.
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+/// Collects everything a pipe yields on a thread (joined once the
+/// process has exited, so its output is complete).
+fn collect(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
     let buf = Arc::new(Mutex::new(Vec::new()));
     let sink = buf.clone();
-    std::thread::spawn(move || {
+    let handle = std::thread::spawn(move || {
         let mut chunk = [0u8; 8192];
         while let Ok(n) = pipe.read(&mut chunk) {
             if n == 0 {
@@ -156,7 +158,7 @@ fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
             sink.lock().unwrap().extend_from_slice(&chunk[..n]);
         }
     });
-    buf
+    (buf, handle)
 }
 
 /// Sends the first stdout line on `tx`, then drains the rest.
@@ -191,6 +193,7 @@ pub struct Mounted {
     cmdline: String,
     child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<JoinHandle<()>>,
     status: Option<ExitStatus>,
     _watchdog: mpsc::Sender<()>,
 }
@@ -243,7 +246,7 @@ impl Mounted {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmdline}: {e}"));
-        let stderr = collect(child.stderr.take().unwrap());
+        let (stderr, stderr_reader) = collect(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
         watch_stdout(child.stdout.take().unwrap(), tx);
         let ready = rx.recv_timeout(READY_TIMEOUT);
@@ -254,11 +257,11 @@ impl Mounted {
             _watchdog: watchdog(child.id(), mountpoint, WATCHDOG),
             child,
             stderr,
+            stderr_reader: Some(stderr_reader),
             status: None,
         };
         if ready.is_err() {
-            let status = wait_timeout(&mut m.child, Duration::from_millis(500));
-            m.status = status;
+            let status = m.wait_exit(Duration::from_millis(500));
             return Err(StartFailure {
                 cmdline: m.cmdline.clone(),
                 status,
@@ -296,6 +299,11 @@ impl Mounted {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = wait_timeout(&mut self.child, timeout);
+        }
+        if self.status.is_some() {
+            if let Some(h) = self.stderr_reader.take() {
+                let _ = h.join();
+            }
         }
         self.status
     }
