@@ -49,17 +49,15 @@ fn item() -> impl Strategy<Value = Item> {
 }
 
 /// One generated entry: where (index of an earlier directory), its name,
-/// what, and a user xattr value if any.
-type Spec = (usize, String, Item, Option<Vec<u8>>);
+/// what, a user xattr value if any, and its mode bits (including setuid,
+/// setgid, sticky) and owner.
+type Spec = (usize, String, Item, Option<Vec<u8>>, (u32, u32, u32));
 
 fn tree() -> impl Strategy<Value = Vec<Spec>> {
+    let xattr = prop::option::of(prop::collection::vec(any::<u8>(), 0..40));
+    let owner = (0u32..0o10000, 0u32..70000, 0u32..70000);
     prop::collection::vec(
-        (
-            any::<usize>(),
-            "[a-zA-Z0-9_-]{1,12}",
-            item(),
-            prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
-        ),
+        (any::<usize>(), "[a-zA-Z0-9_-]{1,12}", item(), xattr, owner),
         1..40,
     )
 }
@@ -89,7 +87,7 @@ fn materialise(root: &Path, specs: &[Spec]) -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::new()];
     let mut files: Vec<PathBuf> = Vec::new();
     let mut all = Vec::new();
-    for (i, (parent, name, item, xattr)) in specs.iter().enumerate() {
+    for (i, (parent, name, item, xattr, _)) in specs.iter().enumerate() {
         let rel = dirs[parent % dirs.len()].join(format!("{name}{i}"));
         let path = root.join(&rel);
         match item {
@@ -115,6 +113,17 @@ fn materialise(root: &Path, specs: &[Spec]) -> Vec<PathBuf> {
             }
         }
         all.push(rel);
+    }
+    // Modes and owners last (children first), so no directory mode gets in
+    // the way of creating its entries; chown before chmod, which it would
+    // clear setuid from.
+    for (rel, (_, _, item, _, (mode, uid, gid))) in all.iter().zip(specs).rev() {
+        let path = root.join(rel);
+        std::os::unix::fs::lchown(&path, Some(*uid), Some(*gid)).unwrap();
+        if !matches!(item, Item::Symlink(_)) {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+        }
     }
     all
 }

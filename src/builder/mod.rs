@@ -42,11 +42,11 @@ use tree::{NodeId, Tree};
 pub use error::BuildError as Error;
 
 /// Default chunker (see docs/chunking.md for the measurements).
-pub const DEFAULT_CHUNKER: ChunkerKind = ChunkerKind::Fixed;
+pub const DEFAULT_CHUNKER: ChunkerKind = ChunkerKind::Cdc;
 /// Default fixed chunk size.
 pub const DEFAULT_CHUNK_SIZE: &str = "1M";
 /// Default zstd level.
-pub const DEFAULT_LEVEL: i32 = 9;
+pub const DEFAULT_LEVEL: i32 = 10;
 
 /// Chunking algorithm names on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,9 +70,10 @@ pub struct CreateArgs {
     /// Output directory: receives `bootstrap` and `blobs/<sha256>`.
     #[arg(short = 'o', long = "output", value_name = "OUTDIR")]
     pub output: PathBuf,
-    /// Chunking algorithm.
-    #[arg(long, value_enum, default_value_t = DEFAULT_CHUNKER)]
-    pub chunker: ChunkerKind,
+    /// Chunking algorithm [default: cdc, or fixed when --chunk-size is
+    /// given].
+    #[arg(long, value_enum)]
+    pub chunker: Option<ChunkerKind>,
     /// Fixed chunk size: a power of two, 4K..16M [default: 1M].
     #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub chunk_size: Option<u64>,
@@ -150,7 +151,13 @@ fn to_u32(v: u64, flag: &str) -> Result<u32> {
 
 fn chunker_from_args(a: &CreateArgs) -> Result<ChunkerConfig> {
     let cdc_given = a.cdc_min.is_some() || a.cdc_avg.is_some() || a.cdc_max.is_some();
-    let cfg = match a.chunker {
+    // --chunk-size alone asks for fixed chunks; otherwise the default.
+    let kind = match (a.chunker, a.chunk_size) {
+        (Some(k), _) => k,
+        (None, Some(_)) => ChunkerKind::Fixed,
+        (None, None) => DEFAULT_CHUNKER,
+    };
+    let cfg = match kind {
         ChunkerKind::Fixed => {
             if cdc_given {
                 return Err(BuildError::BadOptions(

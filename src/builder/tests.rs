@@ -445,7 +445,15 @@ fn args(extra: &[&str]) -> Result<Options> {
 #[test]
 fn option_parsing_and_validation() {
     let o = args(&[]).unwrap();
+    let cdc_default = ChunkerConfig::Cdc {
+        min: 256 << 10,
+        avg: 1 << 20,
+        max: 4 << 20,
+    };
+    assert_eq!(o.chunker, cdc_default);
+    let o = args(&["--chunker", "fixed"]).unwrap();
     assert_eq!(o.chunker, ChunkerConfig::Fixed { size: 1 << 20 });
+    assert_eq!(args(&["--cdc-avg", "1M"]).unwrap().chunker, cdc_default);
     assert_eq!(o.level, DEFAULT_LEVEL);
     assert_eq!(
         o.batch,
@@ -478,7 +486,9 @@ fn option_parsing_and_validation() {
         &["--chunk-size", "32M"],
         &["--chunker", "cdc", "--cdc-min", "1M", "--cdc-avg", "64K"],
         &["--chunker", "cdc", "--cdc-max", "32M"],
-        &["--cdc-avg", "64K"],
+        &["--chunker", "fixed", "--cdc-avg", "64K"],
+        &["--chunk-size", "64K", "--cdc-avg", "64K"],
+        &["--chunker", "cdc", "--chunk-size", "64K"],
         &["--compression-level", "99"],
         &["--threads", "0"],
         &["--batch-size", "32M"],
