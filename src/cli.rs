@@ -63,8 +63,45 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rafs: {e:#}");
+            eprintln!("rafs: {}", render(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, `: `-separated, skipping causes the message
+/// already spells out (most rafs errors embed their source's text).
+fn render(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+    use crate::image::{Image, ImageError};
+
+    #[test]
+    fn causes_are_printed_once() {
+        let err = Image::open(std::path::Path::new("/nonexistent/bootstrap"))
+            .err()
+            .unwrap();
+        assert!(matches!(err, ImageError::Io { .. }));
+        let text = render(&anyhow::Error::from(err));
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        // A cause the message does not contain is still shown.
+        let e = anyhow::Error::from(std::io::Error::other("disk on fire")).context("reading blob");
+        assert_eq!(render(&e), "reading blob: disk on fire");
     }
 }
