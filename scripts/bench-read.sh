@@ -180,7 +180,7 @@ measure() {
   median "$json"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 export BENCH_WORK
 BENCH_WORK=$(mktemp -d /var/tmp/rafs-bench-read.XXXXXX)
