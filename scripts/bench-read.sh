@@ -14,7 +14,8 @@
 #
 #   full   tar cf - -C MNT . | wc -c          (every byte of every file)
 #   meta   find MNT -printf '%p %s %m %U %G %T@ %n %i\n'   (every stat field)
-#   seq    fio: sequential 1 MiB reads of large.bin
+#   seq    fio: sequential 1 MiB reads of large.bin (--invalidate=0: the
+#          cache state is the mode's, not fio's)
 #   rand   fio: 8192 random 4 KiB reads of large.bin (fixed seed)
 #   par8   find MNT -type f | xargs -P8 cat   (8 parallel readers)
 #
@@ -155,8 +156,8 @@ workload() { # NAME MNT -> the command
   case $1 in
     full) echo "tar cf - -C $m . | wc -c" ;;
     meta) echo "find $m -printf '%p %s %m %U %G %T@ %n %i\n' >/dev/null" ;;
-    seq) echo "fio --name=seq --filename=$m/large.bin --readonly --rw=read --bs=1M --size=256M --ioengine=psync --output=/dev/null" ;;
-    rand) echo "fio --name=rand --filename=$m/large.bin --readonly --rw=randread --bs=4k --size=256M --io_size=32M --randseed=42 --norandommap --ioengine=psync --output=/dev/null" ;;
+    seq) echo "fio --name=seq --filename=$m/large.bin --readonly --rw=read --bs=1M --size=256M --ioengine=psync --invalidate=0 --output=/dev/null" ;;
+    rand) echo "fio --name=rand --filename=$m/large.bin --readonly --rw=randread --bs=4k --size=256M --io_size=32M --randseed=42 --norandommap --ioengine=psync --invalidate=0 --output=/dev/null" ;;
     par8) echo "find $m -type f -print0 | xargs -0 -P8 -n 64 cat >/dev/null" ;;
   esac
 }
