@@ -94,7 +94,10 @@ listing() {
   (cd "$1" && find . -printf '%P %y %m %U %G %s %n %T@ %l\n' | sed 's/^ /. /' |
     awk '$2 == "d" { $6 = "-" } { print }' | sort)
 }
-xattrs() { (cd "$1" && getfattr -R -h -d -m - --absolute-names . 2>/dev/null); }
+# Sorted paths: readdir order differs between filesystems.
+xattrs() {
+  (cd "$1" && find . -print0 | sort -z | xargs -0 getfattr -h -d -m - --absolute-names 2>/dev/null)
+}
 # compare DIR LABEL: the whole tree against the source, without rafs.
 compare() {
   say "comparing source and $2 (without rafs)"
