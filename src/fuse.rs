@@ -17,9 +17,9 @@
 use crate::fs::{Attr, Entry, FileKind, FsError, RafsFs};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -212,11 +212,13 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match rafs_ino(ino).and_then(|i| self.fs.open(i, flags.0)) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
-        }
+    /// ENOSYS: the kernel then stops sending OPEN and RELEASE for every
+    /// file ("no_open") and keeps the page cache (its default for no-open
+    /// is FOPEN_KEEP_CACHE). The image is immutable, so there is no per-open
+    /// state, and a read-only mount makes the VFS refuse write opens with
+    /// EROFS before they reach us. This saves two round trips per file.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
@@ -236,15 +238,12 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match rafs_ino(ino).and_then(|i| self.fs.getattr(i)) {
-            Ok(a) if a.kind == FileKind::Dir => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Ok(_) => reply.error(errno(&FsError::NotDir)),
-            Err(e) => reply.error(errno(&e)),
-        }
+    /// ENOSYS, as for [`FuseFs::open`]: the kernel stops sending OPENDIR
+    /// and RELEASEDIR ("no_opendir") and caches listings (its default is
+    /// FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR). The VFS only opens directories
+    /// as directories.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -326,8 +325,10 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered: closing a file has nothing to write back.
-        reply.ok()
+        // Nothing is buffered, so nothing to write back. ENOSYS makes the
+        // kernel stop sending FLUSH ("no_flush"), which it would otherwise
+        // do on every close(2): one round trip per file.
+        reply.error(Errno::ENOSYS)
     }
 
     fn fsync(
@@ -338,7 +339,8 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        // ENOSYS: the kernel stops asking ("no_fsync") and fsync(2) succeeds.
+        reply.error(Errno::ENOSYS)
     }
 
     fn fsyncdir(
@@ -349,7 +351,8 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        // As for fsync ("no_fsyncdir").
+        reply.error(Errno::ENOSYS)
     }
 
     // Everything below would modify the image.

@@ -125,7 +125,7 @@ pub struct FsConfig {
 impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
-            chunk_cache_bytes: 64 << 20,
+            chunk_cache_bytes: 16 << 20,
         }
     }
 }

@@ -2,12 +2,12 @@
 //! bytes from the backend → decompression → blake3 check → the slice asked
 //! for.
 //!
-//! Holes are zeros and never touch a blob. Decompressed, verified chunks
-//! are kept in a byte-bounded LRU ([`ChunkCache`]) so that small sequential
-//! reads (the kernel reads 128 KiB at a time) decompress each chunk once.
-//! A batch frame is fetched and decompressed once too: the whole frame is
-//! cached (unverified) next to the members read from it, and each member is
-//! verified against its own digest before it is returned or cached.
+//! Holes are zeros and never touch a blob. Decompressed frames (a chunk's
+//! data, or a whole batch frame) are kept once each in a byte-bounded LRU
+//! ([`ChunkCache`]), so small sequential reads decompress each chunk once
+//! and the files of one batch frame share one decompression. Each chunk is
+//! verified against its own digest the first time it is read from a frame;
+//! reads are then a copy of the slice asked for, nothing more.
 //!
 //! A chunk that cannot be fetched or fails verification fails only the
 //! reads that touch it, with a log line naming blob, chunk and file.
@@ -18,24 +18,65 @@ use crate::chunk::{decode_frame, member, ChunkError, FetchError};
 use lru::LruCache;
 use rafs_format::layout::ChunkInfo;
 use rafs_format::Bootstrap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// What a cache entry holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Key {
-    /// A verified chunk: (blob index, frame offset in the blob, offset in
-    /// the frame).
-    Chunk(u32, u64, u32),
-    /// A decompressed batch frame, not yet verified member by member.
-    Frame(u32, u64),
+/// A decompressed frame: a plain chunk's data, or a whole batch frame.
+/// Members are verified against their own digest once, on first use; the
+/// offsets of verified members are remembered so later reads of them are a
+/// plain copy.
+pub(super) struct Frame {
+    data: Vec<u8>,
+    verified: Mutex<HashSet<u32>>,
 }
 
+impl Frame {
+    fn new(data: Vec<u8>) -> Frame {
+        Frame {
+            data,
+            verified: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Checks chunk `c` (this frame's data, or a member of it) against
+    /// its digest, once.
+    fn verify(&self, c: &ChunkInfo) -> Result<(), ChunkError> {
+        let off = c.batch_offset.get();
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if !verified.contains(&off) {
+            member(c, &self.data)?;
+            verified.insert(off);
+        }
+        Ok(())
+    }
+}
+
+/// A verified chunk's data inside a cached frame.
+struct FrameSlice {
+    frame: Arc<Frame>,
+    start: usize,
+    len: usize,
+}
+
+impl FrameSlice {
+    /// Bytes `range` of the chunk.
+    fn get(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        self.frame
+            .data
+            .get(self.start..self.start + self.len)?
+            .get(range)
+    }
+}
+
+/// Cache key: (blob index, offset of the stored frame in the blob).
+pub(super) type Key = (u32, u64);
+
 struct Lru {
-    map: LruCache<Key, Arc<[u8]>>,
+    map: LruCache<Key, Arc<Frame>>,
     bytes: usize,
 }
 
-/// A byte-bounded LRU of decompressed data.
+/// A byte-bounded LRU of decompressed frames.
 pub struct ChunkCache {
     inner: Mutex<Lru>,
     budget: usize,
@@ -53,23 +94,23 @@ impl ChunkCache {
         }
     }
 
-    fn get(&self, key: &Key) -> Option<Arc<[u8]>> {
+    fn get(&self, key: &Key) -> Option<Arc<Frame>> {
         let mut lru = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         lru.map.get(key).cloned()
     }
 
-    pub(super) fn put(&self, key: Key, data: Arc<[u8]>) {
-        if data.len() > self.budget {
+    pub(super) fn put(&self, key: Key, frame: Arc<Frame>) {
+        if frame.data.len() > self.budget {
             return;
         }
         let mut lru = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        lru.bytes += data.len();
-        if let Some(old) = lru.map.put(key, data) {
-            lru.bytes -= old.len();
+        lru.bytes += frame.data.len();
+        if let Some(old) = lru.map.put(key, frame) {
+            lru.bytes -= old.data.len();
         }
         while lru.bytes > self.budget {
             match lru.map.pop_lru() {
-                Some((_, old)) => lru.bytes -= old.len(),
+                Some((_, old)) => lru.bytes -= old.data.len(),
                 None => break,
             }
         }
@@ -78,7 +119,7 @@ impl ChunkCache {
     fn remove(&self, key: &Key) {
         let mut lru = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = lru.map.pop(key) {
-            lru.bytes -= old.len();
+            lru.bytes -= old.data.len();
         }
     }
 
@@ -118,7 +159,7 @@ impl RafsFs {
                 out.resize(out.len() + (to - from), 0);
             } else {
                 let data = self
-                    .chunk_data(&b, c)
+                    .chunk(&b, c)
                     .map_err(|source| self.data_error(&b, ino, run_start + i as u64, c, source))?;
                 out.extend_from_slice(data.get(from..to).ok_or(FsError::Invalid)?);
             }
@@ -129,39 +170,36 @@ impl RafsFs {
         Ok(out)
     }
 
-    /// The verified data of (non-hole) chunk `c`.
-    fn chunk_data(&self, b: &Bootstrap<'_>, c: &ChunkInfo) -> Result<Arc<[u8]>, FetchError> {
-        let (blob, off) = (c.blob_index.get(), c.compressed_offset.get());
-        let key = Key::Chunk(blob, off, c.batch_offset.get());
-        if let Some(data) = self.cache.get(&key) {
+    /// The verified data of (non-hole) chunk `c`, as a slice of its frame.
+    fn chunk(&self, b: &Bootstrap<'_>, c: &ChunkInfo) -> Result<FrameSlice, FetchError> {
+        let frame = self.frame(b, c)?;
+        if let Err(e) = frame.verify(c) {
+            // Bad bytes must not stay cached: the next read refetches.
+            self.cache
+                .remove(&(c.blob_index.get(), c.compressed_offset.get()));
+            return Err(chunk_error(b, c, e));
+        }
+        // Plain chunks have batch_offset 0: their data is the whole frame.
+        let start = c.batch_offset.get() as usize;
+        Ok(FrameSlice {
+            frame,
+            start,
+            len: c.uncompressed_size.get() as usize,
+        })
+    }
+
+    /// The decompressed frame holding (non-hole) chunk `c`, from the LRU or
+    /// the backend. Its members are verified by [`Frame::member`].
+    fn frame(&self, b: &Bootstrap<'_>, c: &ChunkInfo) -> Result<Arc<Frame>, FetchError> {
+        let key = (c.blob_index.get(), c.compressed_offset.get());
+        if let Some(frame) = self.cache.get(&key) {
             Metrics::add(&self.metrics.lru_hits, 1);
-            return Ok(data);
+            return Ok(frame);
         }
         Metrics::add(&self.metrics.lru_misses, 1);
-        let frame_key = Key::Frame(blob, off);
-        let cached = c.is_batch().then(|| self.cache.get(&frame_key)).flatten();
-        let frame = match cached {
-            Some(frame) => frame,
-            None => {
-                let frame: Arc<[u8]> = self.fetch_frame(b, c)?.into();
-                if c.is_batch() {
-                    self.cache.put(frame_key, frame.clone());
-                }
-                frame
-            }
-        };
-        let data: Arc<[u8]> = match member(c, &frame) {
-            Ok(d) if c.is_batch() => d.into(),
-            Ok(_) => frame,
-            Err(e) => {
-                // A bad frame must not keep failing members it did not
-                // fail for a good reason: drop it, the next read refetches.
-                self.cache.remove(&frame_key);
-                return Err(chunk_error(b, c, e));
-            }
-        };
-        self.cache.put(key, data.clone());
-        Ok(data)
+        let frame = Arc::new(Frame::new(self.fetch_frame(b, c)?));
+        self.cache.put(key, frame.clone());
+        Ok(frame)
     }
 
     /// Fetches and decompresses the frame holding `c` (its own bytes for a
@@ -241,8 +279,8 @@ pub(crate) fn path_of(b: &Bootstrap<'_>, ino: u32) -> Option<Vec<u8>> {
     }
 }
 
-/// A chunk key for tests of the cache.
+/// A frame of `len` bytes, for tests of the cache.
 #[cfg(test)]
-pub(super) fn read_key(k: u32) -> Key {
-    Key::Chunk(0, u64::from(k), 0)
+pub(super) fn test_frame(len: usize) -> Arc<Frame> {
+    Arc::new(Frame::new(vec![1; len]))
 }

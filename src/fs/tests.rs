@@ -1,7 +1,7 @@
 //! Unit tests of the core on the hand-built sample image (every file type,
 //! holes, hardlinks, xattrs) and on corrupted blobs.
 
-use super::read::read_key;
+use super::read::test_frame;
 use super::*;
 use crate::backend::file::FileBackend;
 use crate::unpack::testimage::{hello_data, ino, noise, sample, Builder, Part};
@@ -209,12 +209,11 @@ fn symlinks_xattrs_statfs_and_writes() {
 #[test]
 fn chunk_cache_stays_within_budget() {
     let cache = ChunkCache::new(10_000);
-    let data: Arc<[u8]> = vec![1u8; 4000].into();
-    for k in 0..10u32 {
-        cache.put(read_key(k), data.clone());
+    for k in 0..10u64 {
+        cache.put((0, k), test_frame(4000));
         assert!(cache.bytes() <= 10_000);
     }
     assert_eq!(cache.bytes(), 8000);
-    cache.put(read_key(99), vec![0u8; 20_000].into());
+    cache.put((0, 99), test_frame(20_000));
     assert_eq!(cache.bytes(), 8000, "entries over budget are not cached");
 }

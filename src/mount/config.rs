@@ -14,7 +14,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Default budget of the decompressed-chunk LRU.
-pub const DEFAULT_CHUNK_CACHE: &str = "64M";
+pub const DEFAULT_CHUNK_CACHE: &str = "16M";
 
 /// Arguments of `rafs mount`.
 #[derive(Debug, Default, clap::Args)]
@@ -41,7 +41,7 @@ pub struct MountArgs {
     /// Serve GET /status and /metrics over HTTP on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
-    /// Memory budget of the decompressed-chunk cache [default: 64M].
+    /// Memory budget of the decompressed-chunk cache [default: 16M].
     #[arg(long, value_name = "SIZE")]
     pub chunk_cache_size: Option<String>,
     /// Let users other than the mounting one access the mount [default:
@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(c.mountpoint, Path::new("/m"));
         assert_eq!(c.backend, BackendUrl::File("/blobs".into()));
         assert_eq!(c.threads, 3);
-        assert_eq!(c.chunk_cache_bytes, 64 << 20);
+        assert_eq!(c.chunk_cache_bytes, 16 << 20);
         assert_eq!(c.api_socket, None);
         assert!(!c.allow_other);
         let root = MountConfig::merge(
