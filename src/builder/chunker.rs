@@ -191,17 +191,7 @@ fn split_cdc<R: Read>(
 mod tests {
     use super::*;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::util::noise as pseudo_random;
 
     fn chunks(cfg: ChunkerConfig, data: &[u8], start: u64) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();

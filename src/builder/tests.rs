@@ -90,18 +90,7 @@ impl Built {
     }
 }
 
-/// Deterministic incompressible bytes.
-pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub(crate) use crate::util::noise;
 
 fn sample_tree(root: &Path) {
     fs::create_dir_all(root.join("dir/sub")).unwrap();

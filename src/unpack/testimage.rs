@@ -203,18 +203,7 @@ impl Builder {
     }
 }
 
-/// Pseudo-random, poorly compressible bytes.
-pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub(crate) use crate::util::noise;
 
 /// Inode numbers of [`sample`].
 pub(crate) mod ino {
