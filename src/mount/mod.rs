@@ -186,8 +186,26 @@ pub fn session_config(cfg: &MountConfig, is_root: bool) -> fuser::Config {
     c
 }
 
+/// Keeps the daemon's memory flat. Every FUSE worker thread allocates
+/// and frees chunk-sized buffers (stored bytes, decompressed frames, up to
+/// 4 MiB); with glibc's defaults each thread gets its own arena and the
+/// dynamic mmap threshold soon serves such buffers from arenas that keep
+/// them after free: peak RSS measured 126 MB on the rootfs benchmark, 45 MB
+/// with two arenas and a fixed 256 KiB threshold (large buffers are then
+/// mmapped and returned to the kernel on free).
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before
+    // any FUSE worker thread exists, and both values are valid for glibc.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 /// Entry point of `rafs mount`.
 pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
+    tune_malloc();
     let is_root = nix::unistd::geteuid().is_root();
     let cfg = MountConfig::resolve(args, is_root)?;
     serve(&cfg, is_root)?;
