@@ -102,8 +102,8 @@ for tree in $trees; do
   src=$(tree_path "$tree")
   insize=$(du -sb --apparent-size "$src" | cut -f1)
   echo "| $tree | *input: $(mib "$insize") MiB, $(find "$src" | wc -l) entries* | | | | | | |"
-  run "rafs fixed (default)" "$work/rafs" "$rafs" create "$src" -o "$work/rafs" --no-progress
-  run "rafs cdc (default)" "$work/rafs" "$rafs" create "$src" -o "$work/rafs" --no-progress --chunker cdc
+  run "rafs (defaults: cdc 1M, zstd 10)" "$work/rafs" "$rafs" create "$src" -o "$work/rafs" --no-progress
+  run "rafs fixed 1M" "$work/rafs" "$rafs" create "$src" -o "$work/rafs" --no-progress --chunker fixed
   run "mksquashfs zstd" "$work/img.sqfs" mksquashfs "$src" "$work/img.sqfs" -comp zstd -no-progress -quiet
   run "mkfs.erofs lz4hc" "$work/img.erofs" mkfs.erofs -zlz4hc "$work/img.erofs" "$src"
   run "tar \\| zstd -3 -T0" "$work/img.tar.zst" bash -c 'tar -C "$1" -cf - . | zstd -q -3 -T0 -o "$2"' _ "$src" "$work/img.tar.zst"
