@@ -27,7 +27,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// plain copy.
 pub(super) struct Frame {
     data: Vec<u8>,
-    verified: Mutex<HashSet<u32>>,
+    /// Chunks checked so far: (offset in the frame, length, digest). The
+    /// whole identity, not just the offset: a hostile bootstrap may give
+    /// two entries the same frame and offset with different lengths.
+    verified: Mutex<HashSet<(u32, u32, [u8; 32])>>,
 }
 
 impl Frame {
@@ -41,11 +44,11 @@ impl Frame {
     /// Checks chunk `c` (this frame's data, or a member of it) against
     /// its digest, once.
     fn verify(&self, c: &ChunkInfo) -> Result<(), ChunkError> {
-        let off = c.batch_offset.get();
+        let id = (c.batch_offset.get(), c.uncompressed_size.get(), c.digest);
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        if !verified.contains(&off) {
+        if !verified.contains(&id) {
             member(c, &self.data)?;
-            verified.insert(off);
+            verified.insert(id);
         }
         Ok(())
     }
@@ -189,7 +192,7 @@ impl RafsFs {
     }
 
     /// The decompressed frame holding (non-hole) chunk `c`, from the LRU or
-    /// the backend. Its members are verified by [`Frame::member`].
+    /// the backend. Its members are verified by [`Frame::verify`].
     fn frame(&self, b: &Bootstrap<'_>, c: &ChunkInfo) -> Result<Arc<Frame>, FetchError> {
         let key = (c.blob_index.get(), c.compressed_offset.get());
         if let Some(frame) = self.cache.get(&key) {
@@ -283,4 +286,31 @@ pub(crate) fn path_of(b: &Bootstrap<'_>, ino: u32) -> Option<Vec<u8>> {
 #[cfg(test)]
 pub(super) fn test_frame(len: usize) -> Arc<Frame> {
     Arc::new(Frame::new(vec![1; len]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(data: &[u8], digest_of: &[u8]) -> ChunkInfo {
+        ChunkInfo {
+            digest: *blake3::hash(digest_of).as_bytes(),
+            uncompressed_size: (data.len() as u32).into(),
+            compressed_size: (data.len() as u32).into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn verified_chunk_does_not_vouch_for_a_longer_one_at_its_offset() {
+        let frame = Frame::new(b"0123456789abcdefghij".to_vec());
+        let short = chunk(&frame.data[..10], &frame.data[..10]);
+        assert!(frame.verify(&short).is_ok());
+        // Same frame, same offset, longer, with a digest the bytes do not
+        // have: a hostile bootstrap. It must not pass on `short`'s check.
+        let long = chunk(&frame.data[..20], b"something else entirely");
+        assert!(frame.verify(&long).is_err());
+        let honest = chunk(&frame.data[..20], &frame.data[..20]);
+        assert!(frame.verify(&honest).is_ok());
+    }
 }
