@@ -18,7 +18,7 @@ pub enum Op {
     Readlink,
     /// getxattr / listxattr
     Xattr,
-    /// open / opendir / access / statfs and the rest
+    /// access / statfs and the rest
     Other,
 }
 

@@ -293,18 +293,6 @@ impl RafsFs {
         Ok(b.symlink_target(ino)?)
     }
 
-    /// Checks that `ino` may be opened with `open(2)` flags `flags`.
-    pub fn open(&self, ino: u32, flags: i32) -> Result<(), FsError> {
-        self.metrics.op(Op::Other);
-        let b = self.boot()?;
-        b.inode(ino).map_err(|_| FsError::NotFound)?;
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
-        {
-            return Err(FsError::ReadOnly);
-        }
-        Ok(())
-    }
-
     /// `access(2)`: write access is refused, everything else allowed
     /// (permission bits are enforced by the kernel: `default_permissions`).
     pub fn access(&self, ino: u32, mask: u32) -> Result<(), FsError> {

@@ -190,15 +190,6 @@ fn symlinks_xattrs_statfs_and_writes() {
     let st = fs.statfs().unwrap();
     assert_eq!((st.files, st.bsize, st.namelen), (12, 4096, 255));
     assert!(st.blocks > 0);
-    assert!(fs.open(ino::HELLO, libc::O_RDONLY).is_ok());
-    assert!(matches!(
-        fs.open(ino::HELLO, libc::O_RDWR),
-        Err(FsError::ReadOnly)
-    ));
-    assert!(matches!(
-        fs.open(ino::HELLO, libc::O_WRONLY | libc::O_TRUNC),
-        Err(FsError::ReadOnly)
-    ));
     assert!(matches!(
         fs.access(ino::HELLO, W_OK),
         Err(FsError::ReadOnly)
