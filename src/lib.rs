@@ -4,6 +4,7 @@
 //! - [`builder`]: a directory or tar stream to a bootstrap plus blobs;
 //! - [`image`]: opening and validating a bootstrap file;
 //! - [`backend`]: where blobs live (one trait, one file per backend);
+//! - [`cache`]: the on-disk blob cache (sparse data file, range bitmap);
 //! - [`chunk`]: stored bytes back to verified data;
 //! - [`fs`]: the filesystem core a mount serves (no FUSE in it);
 //! - [`fuse`], [`mount`], [`api`]: `rafs mount`: the FUSE adapter over [`fs`],
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod backend;
 pub mod builder;
+pub mod cache;
 pub mod check;
 pub mod chunk;
 pub mod cli;

@@ -1,0 +1,134 @@
+//! The sparse data file: `DIR/<blob hex>.data`.
+//!
+//! Exactly as long as the blob's uncompressed address space; chunk data sits
+//! uncompressed at the chunk's `uncompressed_offset`, so a hit is one `pread`
+//! and no decompression. Unwritten and punched parts are holes and read as
+//! zeros, which is why nothing here may be read without its range's bit set
+//! (see [`super::BlobCache`]). The file holds no metadata of its own: whether
+//! a byte is valid is the bitmap's business alone.
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{fallocate, FallocateFlags};
+
+use super::{io_err, CacheError};
+use crate::backend::BlobId;
+
+/// How [`CacheFile::open`] found the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataState {
+    /// Existed with the expected length.
+    Existing,
+    /// Did not exist; created sparse.
+    Created,
+    /// Existed with another length; resized.
+    Resized,
+}
+
+/// One blob's data file.
+#[derive(Debug)]
+pub struct CacheFile {
+    file: File,
+    size: u64,
+    path: PathBuf,
+}
+
+/// `DIR/<blob hex>.data`. The hex comes from a [`BlobId`], never from a string.
+pub fn data_path(dir: &Path, blob: &BlobId) -> PathBuf {
+    dir.join(format!("{}.data", blob.to_hex()))
+}
+
+impl CacheFile {
+    /// Opens or creates the data file of `blob`, `size` bytes long (sparse).
+    pub fn open(
+        dir: &Path,
+        blob: &BlobId,
+        size: u64,
+    ) -> Result<(CacheFile, DataState), CacheError> {
+        let path = data_path(dir, blob);
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        let (file, mut state) = match opts.open(&path) {
+            Ok(f) => (f, DataState::Existing),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let f = opts
+                    .create(true)
+                    .open(&path)
+                    .map_err(|e| io_err(&path, e))?;
+                (f, DataState::Created)
+            }
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+        if len != size {
+            file.set_len(size).map_err(|e| io_err(&path, e))?;
+            if state == DataState::Existing {
+                state = DataState::Resized;
+            }
+        }
+        Ok((CacheFile { file, size, path }, state))
+    }
+
+    /// The blob's uncompressed size (the file's length).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), CacheError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(CacheError::OutOfBounds {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Writes `data` at `offset`. Not durable until [`CacheFile::sync`].
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), CacheError> {
+        self.check(offset, data.len() as u64)?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| io_err(&self.path, e))
+    }
+
+    /// Reads `len` bytes at `offset`. Holes read as zeros: only call this for
+    /// ranges whose bits are set.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, CacheError> {
+        self.check(offset, len as u64)?;
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| io_err(&self.path, e))?;
+        Ok(buf)
+    }
+
+    /// `fdatasync`: everything written so far (and the block allocation
+    /// needed to read it back) is on stable storage when this returns.
+    pub fn sync(&self) -> Result<(), CacheError> {
+        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+    }
+
+    /// Frees `len` bytes at `offset` (`FALLOC_FL_PUNCH_HOLE | KEEP_SIZE`);
+    /// they read as zeros afterwards. The caller clears and flushes the bits
+    /// first (see [`super::BlobCache::punch`]).
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), CacheError> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let too_large = |_| CacheError::OutOfBounds {
+            offset,
+            len,
+            size: self.size,
+        };
+        let off = i64::try_from(offset).map_err(too_large)?;
+        let n = i64::try_from(len).map_err(too_large)?;
+        let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        fallocate(&self.file, mode, off, n).map_err(|e| io_err(&self.path, e.into()))
+    }
+}

@@ -1,0 +1,252 @@
+//! The local blob cache on disk: per blob, a sparse data file and a
+//! persistent range bitmap in `--cache-dir`.
+//!
+//! - [`CacheFile`] (`<blob hex>.data`): the blob's uncompressed address space,
+//!   chunk data at its `uncompressed_offset`, holes elsewhere;
+//! - [`RangeBitmap`] (`<blob hex>.map`): a checksummed header and one bit per
+//!   range (default 64 KiB), mmapped shared so that several processes can
+//!   test and set bits without talking to each other;
+//! - [`BlobCache`]: the two together, and the only place that orders their
+//!   writes.
+//!
+//! The crash rule (normative text in `docs/FORMAT.md`, "Cache files"): bytes
+//! are written, then made durable with one `fdatasync` per batch, and only
+//! then are the bits of the ranges they fully cover set. Eviction runs the
+//! other way: clear the bits, `msync` them, then punch the hole. So after a
+//! power loss every set bit still names durable, verified bytes; a bit that
+//! was lost costs a re-fetch. A bitmap whose header is doubtful in any way is
+//! replaced by an all-clear one ([`Opened::Reset`]); opening a cache never
+//! fails because of what is in the files, only on I/O errors.
+//!
+//! Files are named from a [`BlobId`] (hex of 32 bytes), never from a string
+//! taken from outside.
+//!
+//! Not here yet (issue 4): wiring into the read path, single flight, quota
+//! and LRU eviction, sharing fds with a blob manager.
+
+pub mod bitmap;
+pub mod blobfile;
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use bitmap::{MapParams, Opened, RangeBitmap, ResetReason, DEFAULT_GRANULARITY};
+pub use blobfile::{CacheFile, DataState};
+
+/// Cache failures. Content problems in the files are never errors (they
+/// reset the cache); these are I/O failures and caller mistakes.
+#[derive(Debug, Error)]
+pub enum CacheError {
+    /// An I/O error on a cache file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A byte span outside the blob's uncompressed size.
+    #[error("span {offset}+{len} outside the blob ({size} bytes)")]
+    OutOfBounds {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// Blob size.
+        size: u64,
+    },
+    /// A range index outside the bitmap.
+    #[error("range {range} outside the bitmap ({count} ranges)")]
+    RangeOutOfBounds {
+        /// Requested range.
+        range: u64,
+        /// Number of ranges.
+        count: u64,
+    },
+    /// Granularity not a power of two in 4 KiB ..= 16 MiB.
+    #[error("granularity {0} is not a power of two in 4 KiB ..= 16 MiB")]
+    Granularity(u32),
+    /// The bitmap would not fit in this process's address space.
+    #[error("blob of {blob_size} bytes too large to map its bitmap")]
+    TooLarge {
+        /// Blob size.
+        blob_size: u64,
+    },
+}
+
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> CacheError {
+    CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// fsync a directory, making a rename or a creation in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), CacheError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// One blob's cache: its data file and its range bitmap.
+#[derive(Debug)]
+pub struct BlobCache {
+    map: RangeBitmap,
+    data: CacheFile,
+}
+
+impl BlobCache {
+    /// Opens (or creates) the cache of `params.blob` in `dir`.
+    ///
+    /// If the data file is missing or has the wrong length, the bitmap is
+    /// reset *before* the data file is created or resized: the other order
+    /// could leave, after a crash, old set bits over a fresh file of holes.
+    pub fn open(dir: &Path, params: MapParams) -> Result<(BlobCache, Opened), CacheError> {
+        let data_ok = std::fs::metadata(blobfile::data_path(dir, &params.blob))
+            .is_ok_and(|m| m.is_file() && m.len() == params.blob_size);
+        let (map, opened) = if data_ok {
+            RangeBitmap::open(dir, params)?
+        } else {
+            let existed = bitmap::map_path(dir, &params.blob).exists();
+            let map = RangeBitmap::create(dir, params)?;
+            let opened = match existed {
+                true => Opened::Reset {
+                    reason: ResetReason::DataFile,
+                },
+                false => Opened::Created,
+            };
+            (map, opened)
+        };
+        let (data, _) = CacheFile::open(dir, &params.blob, params.blob_size)?;
+        Ok((BlobCache { map, data }, opened))
+    }
+
+    /// The range bitmap.
+    pub fn bitmap(&self) -> &RangeBitmap {
+        &self.map
+    }
+
+    /// The data file.
+    pub fn data(&self) -> &CacheFile {
+        &self.data
+    }
+
+    /// The ranges touched by the byte span `offset..offset + len`.
+    pub fn ranges_touching(&self, offset: u64, len: u64) -> Range<u64> {
+        let g = u64::from(self.map.params().granularity);
+        if len == 0 {
+            return offset / g..offset / g;
+        }
+        offset / g..(offset + len - 1) / g + 1
+    }
+
+    /// The ranges lying entirely inside `start..end` (the last range of the
+    /// blob may be shorter than the granularity; it counts as covered when
+    /// `end` is the blob's end).
+    fn ranges_covered(&self, start: u64, end: u64) -> Range<u64> {
+        let g = u64::from(self.map.params().granularity);
+        let first = start.div_ceil(g);
+        let last = if end == self.data.size() {
+            self.map.range_count()
+        } else {
+            end / g
+        };
+        first..last.max(first)
+    }
+
+    /// Stores verified bytes and marks them ready, in the order the crash
+    /// rule requires: `pwrite` every span, one `fdatasync`, then set the bit
+    /// of every range the spans (merged) cover entirely. Returns the number
+    /// of ranges marked.
+    ///
+    /// A range only partly covered stays unset, even if an earlier commit
+    /// wrote its other part: the fetcher writes whole ranges (the
+    /// uncompressed layout puts a blob's chunks back to back, so a range is
+    /// a contiguous run of chunk data).
+    pub fn commit(&self, writes: &[(u64, &[u8])]) -> Result<u64, CacheError> {
+        let size = self.data.size();
+        let mut spans = Vec::with_capacity(writes.len());
+        for &(offset, bytes) in writes {
+            let len = bytes.len() as u64;
+            match offset.checked_add(len) {
+                Some(end) if end <= size => spans.push((offset, end)),
+                _ => return Err(CacheError::OutOfBounds { offset, len, size }),
+            }
+        }
+        for &(offset, bytes) in writes {
+            self.data.write_at(offset, bytes)?;
+        }
+        self.data.sync()?;
+        spans.sort_unstable();
+        let mut marked = 0;
+        let mut merged: Option<(u64, u64)> = None;
+        for (start, end) in spans.into_iter().chain([(u64::MAX, u64::MAX)]) {
+            match merged {
+                Some((s, e)) if start <= e => merged = Some((s, e.max(end))),
+                Some((s, e)) => {
+                    for r in self.ranges_covered(s, e) {
+                        self.map.mark_ready(r)?;
+                        marked += 1;
+                    }
+                    merged = Some((start, end));
+                }
+                None => merged = Some((start, end)),
+            }
+        }
+        Ok(marked)
+    }
+
+    /// The bytes `offset..offset + len` if every range they touch is ready,
+    /// `None` otherwise (a miss: fetch, verify, [`BlobCache::commit`]).
+    ///
+    /// The bits are checked again after the read, so a range evicted while
+    /// it was being read is a miss, not zeros. That does not cover an
+    /// eviction *and* re-fetch both inside the read; eviction must not touch
+    /// ranges with reads in flight (the eviction policy's job).
+    pub fn read_if_ready(&self, offset: u64, len: usize) -> Result<Option<Vec<u8>>, CacheError> {
+        let size = self.data.size();
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            return Err(CacheError::OutOfBounds {
+                offset,
+                len: len as u64,
+                size,
+            });
+        }
+        let ranges = self.ranges_touching(offset, len as u64);
+        if !self.map.all_ready(ranges.clone())? {
+            return Ok(None);
+        }
+        let bytes = self.data.read_at(offset, len)?;
+        if !self.map.all_ready(ranges)? {
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Evicts `ranges`: clear their bits, `msync` the bitmap, then punch the
+    /// hole. The other order could, after a crash, leave a set bit over a
+    /// hole (the punch durable, the cleared bit not), which reads as zeros.
+    pub fn punch(&self, ranges: Range<u64>) -> Result<(), CacheError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        if ranges.end > self.map.range_count() {
+            return Err(CacheError::RangeOutOfBounds {
+                range: ranges.end - 1,
+                count: self.map.range_count(),
+            });
+        }
+        for r in ranges.clone() {
+            self.map.clear(r)?;
+        }
+        self.map.flush_ranges(ranges.clone())?;
+        let g = u64::from(self.map.params().granularity);
+        let start = ranges.start * g;
+        let end = (ranges.end * g).min(self.data.size());
+        self.data.punch_hole(start, end - start)
+    }
+}
