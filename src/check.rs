@@ -19,7 +19,9 @@
 //! path that uses the chunk; then the command fails. Success prints one line
 //! on stdout: `ok: N inodes, M chunks verified, X bytes`.
 
-use crate::chunk::decode_chunk;
+use crate::backend::file::FileBackend;
+use crate::backend::BackendError;
+use crate::chunk::{fetch_chunk, FetchError};
 use crate::image::{Image, ImageError};
 use crate::unpack::walk::{all_paths, escape};
 use rafs_format::layout::ChunkInfo;
@@ -29,7 +31,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -285,29 +286,16 @@ fn key(c: &ChunkInfo) -> ChunkKey {
     )
 }
 
-/// Reads and verifies one chunk; `files` caches open blobs per thread.
-fn verify_chunk(
-    dir: &Path,
-    b: &Bootstrap<'_>,
-    files: &mut HashMap<u32, File>,
-    c: &ChunkInfo,
-) -> Result<u64, String> {
-    let blob = b.chunk_blob(c).map_err(|e| e.to_string())?;
-    let file = match files.entry(c.blob_index.get()) {
-        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            let f = File::open(dir.join(hex::encode(blob.id))).map_err(|e| e.to_string())?;
-            v.insert(f)
+/// Reads and verifies one chunk through `backend`; returns its length.
+fn verify_chunk(backend: &FileBackend, b: &Bootstrap<'_>, c: &ChunkInfo) -> Result<u64, String> {
+    match fetch_chunk(backend, b, c) {
+        Ok(data) => Ok(data.len() as u64),
+        Err(FetchError::Backend(BackendError::OutOfRange { .. })) => {
+            Err("stored bytes extend past the end of the blob".into())
         }
-    };
-    let mut stored = vec![0u8; c.compressed_size.get() as usize];
-    file.read_exact_at(&mut stored, c.compressed_offset.get())
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => "stored bytes extend past the end of the blob".into(),
-            _ => format!("read error: {e}"),
-        })?;
-    decode_chunk(c, &stored).map_err(|e| e.to_string())?;
-    Ok(u64::from(c.uncompressed_size.get()))
+        Err(FetchError::Chunk { source, .. }) => Err(source.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// For every inode whose chunk run contains a chunk `select` maps to
@@ -376,9 +364,13 @@ pub fn check_data(b: &Bootstrap<'_>, dir: &Path) -> Result<Report, FormatError> 
             chunks[i].compressed_offset.get(),
         )
     });
-    let results = par_map(&reps, threads, HashMap::new, |files, &i| {
-        verify_chunk(dir, b, files, &chunks[i])
-    });
+    let backend = FileBackend::new(dir);
+    let results = par_map(
+        &reps,
+        threads,
+        || (),
+        |(), &i| verify_chunk(&backend, b, &chunks[i]),
+    );
     let mut failed: HashMap<ChunkKey, (usize, String)> = HashMap::new();
     for (&i, r) in reps.iter().zip(results) {
         match r {

@@ -1,21 +1,32 @@
 //! `file:///dir`: blobs as files named by their hex id in a local directory.
+//!
+//! Blobs are immutable, so each is opened once and kept open with its size:
+//! a chunk read is one `pread`, not open + fstat + pread + close. An image
+//! references a handful of blobs, so the table of open files stays small.
 
 use super::{Backend, BackendError, BlobId};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Blobs in a local directory, `DIR/<sha256 hex>`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FileBackend {
     dir: PathBuf,
+    /// Blobs opened so far, with their sizes.
+    open: Mutex<HashMap<BlobId, (Arc<File>, u64)>>,
 }
 
 impl FileBackend {
     /// A backend over `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FileBackend { dir: dir.into() }
+        FileBackend {
+            dir: dir.into(),
+            open: Mutex::default(),
+        }
     }
 
     /// Path of blob `id`.
@@ -28,27 +39,31 @@ impl FileBackend {
         &self.dir
     }
 
-    fn open(&self, id: &BlobId) -> Result<File, BackendError> {
-        File::open(self.blob_path(id)).map_err(|e| match e.kind() {
+    /// The open blob and its size. A missing blob is not remembered: it may
+    /// appear later.
+    fn open(&self, id: &BlobId) -> Result<(Arc<File>, u64), BackendError> {
+        let io = |source| BackendError::Io { blob: *id, source };
+        if let Some(hit) = self
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+        {
+            return Ok(hit.clone());
+        }
+        let file = File::open(self.blob_path(id)).map_err(|e| match e.kind() {
             ErrorKind::NotFound => BackendError::NotFound(*id),
-            _ => BackendError::Io {
-                blob: *id,
-                source: e,
-            },
-        })
+            _ => io(e),
+        })?;
+        let size = file.metadata().map_err(io)?.len();
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(open.entry(*id).or_insert((Arc::new(file), size)).clone())
     }
 }
 
 impl Backend for FileBackend {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let file = self.open(id)?;
-        let size = file
-            .metadata()
-            .map_err(|e| BackendError::Io {
-                blob: *id,
-                source: e,
-            })?
-            .len();
+        let (file, size) = self.open(id)?;
         let end = offset.checked_add(len);
         if end.is_none_or(|end| end > size) {
             return Err(BackendError::OutOfRange {
@@ -68,14 +83,7 @@ impl Backend for FileBackend {
     }
 
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
-        let file = self.open(id)?;
-        Ok(file
-            .metadata()
-            .map_err(|e| BackendError::Io {
-                blob: *id,
-                source: e,
-            })?
-            .len())
+        Ok(self.open(id)?.1)
     }
 }
 
@@ -105,5 +113,15 @@ mod tests {
             b.read_range(&BlobId([1; 32]), 0, 1),
             Err(BackendError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_blob_missing_at_first_is_found_once_it_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = BlobId([0xcd; 32]);
+        let b = FileBackend::new(dir.path());
+        assert!(matches!(b.blob_size(&id), Err(BackendError::NotFound(_))));
+        std::fs::write(dir.path().join(id.to_hex()), b"abc").unwrap();
+        assert_eq!(b.read_range(&id, 1, 2).unwrap(), b"bc");
     }
 }
