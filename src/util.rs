@@ -1,4 +1,4 @@
-//! Small shared helpers: human sizes.
+//! Small shared helpers: human sizes and durations.
 
 /// Parses a size like `4096`, `64K`, `4KiB`, `1M`, `1MiB`, `2G` (binary
 /// multiples; `B` suffix optional).
@@ -20,6 +20,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size '{s}' too large"))
 }
 
+/// Parses a duration like `30s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration '{s}'"))?;
+    let ms = match unit.trim() {
+        "" | "s" => n.checked_mul(1000),
+        "ms" => Some(n),
+        "m" | "min" => n.checked_mul(60_000),
+        _ => return Err(format!("invalid duration unit in '{s}' (ms, s, m)")),
+    };
+    ms.map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("duration '{s}' too large"))
+}
+
 /// Formats a byte count with a binary unit, e.g. `1.5 MiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -34,6 +50,18 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+#[cfg(test)]
+#[test]
+fn durations() {
+    use std::time::Duration;
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("x").is_err());
+    assert!(parse_duration("5h").is_err());
 }
 
 /// Deterministic, incompressible test data (xorshift), for unit tests.

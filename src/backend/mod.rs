@@ -5,7 +5,11 @@
 //! [`crate::chunk`]), so a backend may be wrong or hostile without a wrong
 //! byte reaching a reader.
 
+pub mod args;
 pub mod file;
+pub mod http;
+pub mod registry;
+pub mod s3;
 pub mod url;
 
 use std::fmt;
@@ -41,6 +45,10 @@ impl fmt::Debug for BlobId {
 }
 
 /// Backend failures.
+///
+/// [`BackendError::is_transient`] splits them into the kind a retry may
+/// cure (server overload, network trouble, a short body) and the kind it
+/// cannot (missing blob, refused credentials, a bad range).
 #[derive(Debug, Error)]
 pub enum BackendError {
     /// The blob does not exist.
@@ -66,9 +74,101 @@ pub enum BackendError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The server refused the credentials (or there were none and it wants
+    /// some): 401 after the auth flow, or 403.
+    #[error("blob {blob}: access denied: {detail}")]
+    Auth {
+        /// Blob.
+        blob: BlobId,
+        /// The URL (never with credentials) and what the server said,
+        /// shortened.
+        detail: String,
+    },
+    /// An HTTP status the backend has no better variant for.
+    #[error("blob {blob}: HTTP {status} from {url}")]
+    Status {
+        /// Blob.
+        blob: BlobId,
+        /// The URL (never with credentials).
+        url: Box<str>,
+        /// The status code.
+        status: u16,
+    },
+    /// Connecting, sending or receiving failed (DNS, refused, reset, TLS,
+    /// timeout).
+    #[error("blob {blob}: {detail}")]
+    Transport {
+        /// Blob.
+        blob: BlobId,
+        /// The URL (never with credentials) and the transport's error, as
+        /// text.
+        detail: String,
+        /// Whether the request timed out.
+        timeout: bool,
+    },
+    /// The server answered with fewer (or more) bytes than asked, or
+    /// ignored the Range header.
+    #[error("blob {blob}: asked for {expected} bytes at {offset}, got {got}")]
+    ShortBody {
+        /// Blob.
+        blob: BlobId,
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// The backend is misconfigured (bad URL, unreadable credentials file,
+    /// ...): no request can succeed.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl BackendError {
+    /// Whether retrying the same request may succeed: 5xx, 429, transport
+    /// errors and short bodies. `NotFound`, `Auth`, `OutOfRange`, other 4xx
+    /// and configuration errors are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Status { status, .. } => *status == 429 || *status >= 500,
+            BackendError::Transport { .. } | BackendError::ShortBody { .. } => true,
+            BackendError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::Interrupted
+                    || source.kind() == std::io::ErrorKind::TimedOut
+            }
+            BackendError::NotFound(_)
+            | BackendError::OutOfRange { .. }
+            | BackendError::Auth { .. }
+            | BackendError::Config(_) => false,
+        }
+    }
+
+    /// A short, stable label for metrics (`rafs_backend_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::NotFound(_) => "not_found",
+            BackendError::OutOfRange { .. } => "out_of_range",
+            BackendError::Io { .. } => "io",
+            BackendError::Auth { .. } => "auth",
+            BackendError::Status { status, .. } if *status == 429 => "throttled",
+            BackendError::Status { status, .. } if *status >= 500 => "server",
+            BackendError::Status { .. } => "status",
+            BackendError::Transport { timeout: true, .. } => "timeout",
+            BackendError::Transport { .. } => "transport",
+            BackendError::ShortBody { .. } => "short_body",
+            BackendError::Config(_) => "config",
+        }
+    }
 }
 
 /// Read access to blobs.
+///
+/// Implementations must be safe to call from many threads at once; the
+/// fetcher above bounds how many calls run concurrently, retries transient
+/// errors and verifies every byte, so a backend makes exactly one attempt
+/// per call and never retries on its own (except for protocol steps such as
+/// fetching a bearer token after a 401, or following a redirect).
 pub trait Backend: Send + Sync {
     /// Reads exactly `len` bytes at `offset` of blob `id`. A range that
     /// extends past the end is [`BackendError::OutOfRange`], never a short
@@ -77,4 +177,59 @@ pub trait Backend: Send + Sync {
 
     /// The size of blob `id` in bytes.
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError>;
+}
+
+/// Settings shared by the network backends. Every field has a default
+/// ([`BackendOptions::default`]); flags and the mount's TOML config fill
+/// them, and the environment fills what neither gives (see each field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// HTTP(S) proxy URL (`--proxy`). `None`: taken from `HTTPS_PROXY` /
+    /// `HTTP_PROXY` / `ALL_PROXY` (and lower-case forms), honouring
+    /// `NO_PROXY`.
+    pub proxy: Option<String>,
+    /// Timeout of one request, connect to last body byte.
+    pub request_timeout: std::time::Duration,
+    /// Timeout of the TCP/TLS connect alone.
+    pub connect_timeout: std::time::Duration,
+    /// Registry user (`--registry-user`, else `RAFS_REGISTRY_USER`, else
+    /// the docker `config.json` entry for the host).
+    pub registry_user: Option<String>,
+    /// Registry password (`--registry-password`, else
+    /// `RAFS_REGISTRY_PASSWORD`).
+    pub registry_password: Option<String>,
+    /// Docker config file (`--docker-config`, else `$DOCKER_CONFIG/config.json`,
+    /// else `~/.docker/config.json`).
+    pub docker_config: Option<std::path::PathBuf>,
+    /// S3 endpoint URL (`--s3-endpoint`, else `AWS_ENDPOINT_URL`, else
+    /// `https://s3.<region>.amazonaws.com`).
+    pub s3_endpoint: Option<String>,
+    /// S3 region (`--s3-region`, else `AWS_REGION` / `AWS_DEFAULT_REGION`,
+    /// else `us-east-1`).
+    pub s3_region: Option<String>,
+    /// Path-style S3 URLs (`--s3-path-style`; needed by most self-hosted
+    /// servers). Default: virtual-host style.
+    pub s3_path_style: bool,
+    /// S3 access key (`--s3-access-key`, else `AWS_ACCESS_KEY_ID`).
+    pub s3_access_key: Option<String>,
+    /// S3 secret key (`--s3-secret-key`, else `AWS_SECRET_ACCESS_KEY`).
+    pub s3_secret_key: Option<String>,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            proxy: None,
+            request_timeout: std::time::Duration::from_secs(10),
+            connect_timeout: std::time::Duration::from_secs(5),
+            registry_user: None,
+            registry_password: None,
+            docker_config: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_path_style: false,
+            s3_access_key: None,
+            s3_secret_key: None,
+        }
+    }
 }

@@ -8,7 +8,9 @@
 //! Relative paths in the file are relative to the file's directory.
 
 use super::MountError;
+use crate::backend::args::BackendArgs;
 use crate::backend::url::BackendUrl;
+use crate::backend::BackendOptions;
 use crate::util::parse_size;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -28,7 +30,8 @@ pub struct MountArgs {
     /// --backend file:///DIR).
     #[arg(long, value_name = "DIR", conflicts_with = "backend")]
     pub blobs: Option<PathBuf>,
-    /// Where blobs live, as a URL. Supported: file:///DIR.
+    /// Where blobs live, as a URL. file:///DIR, http(s)://HOST/PATH,
+    /// registry://HOST/REPO, registry+http://HOST/REPO, s3://BUCKET/PREFIX.
     #[arg(long, value_name = "URL")]
     pub backend: Option<String>,
     /// TOML file with any of the settings below (keys as the long flags,
@@ -51,6 +54,9 @@ pub struct MountArgs {
     /// Only the mounting user (and root) may access the mount.
     #[arg(long, overrides_with = "allow_other")]
     pub no_allow_other: bool,
+    /// Network backend settings.
+    #[command(flatten)]
+    pub net: BackendArgs,
 }
 
 /// A size given in the file as a number of bytes or a string like "64M".
@@ -111,6 +117,8 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// Where blobs live.
     pub backend: BackendUrl,
+    /// Network backend settings.
+    pub backend_options: BackendOptions,
     /// FUSE worker threads (at least 1).
     pub threads: usize,
     /// API socket, if any.
@@ -201,6 +209,10 @@ impl MountConfig {
             bootstrap,
             mountpoint,
             backend,
+            backend_options: args
+                .net
+                .options()
+                .map_err(|e| MountError::Flag(format!("--request-timeout: {e}")))?,
             threads,
             api_socket: args.api_socket.clone().or(file.api_socket),
             chunk_cache_bytes,

@@ -75,6 +75,9 @@ pub enum MountError {
     /// Bad size.
     #[error("chunk cache size: {0}")]
     Size(String),
+    /// Bad flag value (the message names the flag).
+    #[error("{0}")]
+    Flag(String),
     /// Zero threads.
     #[error("threads must be at least 1")]
     Threads,
@@ -231,7 +234,7 @@ fn open_fs(cfg: &MountConfig) -> Result<(Arc<RafsFs>, u64, u64), MountError> {
     let fs_config = FsConfig {
         chunk_cache_bytes: usize::try_from(cfg.chunk_cache_bytes).unwrap_or(usize::MAX),
     };
-    let fs = RafsFs::new(image, cfg.backend.open()?, fs_config);
+    let fs = RafsFs::new(image, cfg.backend.open(&cfg.backend_options)?, fs_config);
     Ok((Arc::new(fs), inodes, blobs))
 }
 
@@ -423,6 +426,7 @@ mod tests {
             bootstrap: "/b".into(),
             mountpoint: "/m".into(),
             backend: crate::backend::url::BackendUrl::File("/d".into()),
+            backend_options: Default::default(),
             threads: 6,
             api_socket: None,
             chunk_cache_bytes: 1,

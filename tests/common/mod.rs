@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_macros)]
 
 pub mod compare;
+pub mod conformance;
 pub mod mount;
 pub mod reads;
 pub mod tree;
