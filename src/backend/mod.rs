@@ -6,6 +6,7 @@
 //! byte reaching a reader.
 
 pub mod args;
+pub mod client;
 pub mod file;
 pub mod http;
 pub mod registry;

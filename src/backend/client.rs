@@ -1,0 +1,307 @@
+//! The HTTP plumbing shared by the `http`, `registry` and `s3` backends: one
+//! pooled [`ureq`] agent per backend, configured from [`BackendOptions`],
+//! and a range GET that turns every way a server can answer wrongly into a
+//! typed [`BackendError`].
+//!
+//! What a range GET checks:
+//! - `206 Partial Content` with a `Content-Range: bytes a-b/size` that
+//!   matches the request exactly, and a body of exactly `len` bytes (read
+//!   with a limit one past `len`, so a lying server cannot make us buffer
+//!   more);
+//! - `200 OK` is accepted only when the server sent the whole blob and it is
+//!   exactly the range asked for (offset 0, `len` = size); any other 200 is
+//!   a server that ignored `Range` — a `ShortBody` error, never a silent
+//!   misread;
+//! - `416` is `OutOfRange` with the size from `Content-Range: bytes */size`;
+//!   `404` is `NotFound`; `401`/`403` are `Auth`; everything else is
+//!   `Status` (transient if 5xx or 429).
+//!
+//! Redirects are followed (up to 5) and the `Authorization` header is never
+//! sent to the redirect target (`RedirectAuthHeaders::Never`): a registry's
+//! token must not leak to the storage it redirects to.
+
+use super::{BackendError, BackendOptions, BlobId};
+use std::time::Duration;
+use ureq::config::RedirectAuthHeaders;
+use ureq::http::{HeaderMap, Response, StatusCode};
+use ureq::{Agent, Body, Proxy};
+
+/// The most bytes of an error body kept for messages.
+const ERROR_BODY_LIMIT: u64 = 4096;
+
+/// A pooled HTTP agent with the backend's timeouts and proxy.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    agent: Agent,
+}
+
+/// A response whose status the caller interprets (auth flows).
+pub struct Raw {
+    /// Status code.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Body (for error responses: at most 4 KiB, lossy UTF-8).
+    pub body: Vec<u8>,
+}
+
+impl HttpClient {
+    /// An agent with `opts`' timeouts and proxy (`opts.proxy`, else the
+    /// environment's `HTTPS_PROXY` & co., honouring `NO_PROXY`).
+    pub fn new(opts: &BackendOptions) -> Result<HttpClient, BackendError> {
+        let proxy = match &opts.proxy {
+            Some(p) => Some(
+                Proxy::new(p).map_err(|e| BackendError::Config(format!("--proxy '{p}': {e}")))?,
+            ),
+            None => Proxy::try_from_env(),
+        };
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(proxy)
+            .max_redirects(5)
+            .redirect_auth_headers(RedirectAuthHeaders::Never)
+            .timeout_connect(Some(opts.connect_timeout))
+            .timeout_global(Some(opts.request_timeout))
+            .max_idle_connections_per_host(16)
+            .max_idle_age(Duration::from_secs(30))
+            .user_agent(concat!("rafs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Ok(HttpClient { agent })
+    }
+
+    /// GET `url` with `headers`, without interpreting the status. Bodies
+    /// of non-2xx answers are cut at 4 KiB; a 2xx body at `limit` bytes.
+    pub fn get(
+        &self,
+        blob: &BlobId,
+        url: &str,
+        headers: &[(&str, &str)],
+        limit: u64,
+    ) -> Result<Raw, BackendError> {
+        let mut req = self.agent.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.call().map_err(|e| transport(blob, url, e))?;
+        let status = resp.status();
+        let cap = if status.is_success() {
+            limit
+        } else {
+            ERROR_BODY_LIMIT
+        };
+        read_raw(blob, url, resp, cap)
+    }
+
+    /// Range GET of `len` bytes at `offset` (see the module docs for every
+    /// check). `len == 0` is answered by a size query through `size_of`,
+    /// since HTTP has no empty range.
+    pub fn get_range(
+        &self,
+        blob: &BlobId,
+        url: &str,
+        headers: &[(&str, &str)],
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, BackendError> {
+        let end = offset.checked_add(len).ok_or(BackendError::OutOfRange {
+            blob: *blob,
+            offset,
+            len,
+            size: 0,
+        })?;
+        if len == 0 {
+            let size = self.size_of(blob, url, headers)?;
+            if offset > size {
+                return Err(BackendError::OutOfRange {
+                    blob: *blob,
+                    offset,
+                    len,
+                    size,
+                });
+            }
+            return Ok(Vec::new());
+        }
+        let range = format!("bytes={offset}-{}", end - 1);
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("Range", &range));
+        let raw = self.get(blob, url, &all, len + 1)?;
+        match raw.status.as_u16() {
+            206 => check_partial(blob, &raw, offset, len),
+            200 => {
+                // A server that ignores Range: acceptable only if the whole
+                // body is exactly what was asked.
+                if offset == 0 && raw.body.len() as u64 == len {
+                    Ok(raw.body)
+                } else {
+                    Err(BackendError::ShortBody {
+                        blob: *blob,
+                        offset,
+                        expected: len,
+                        got: raw.body.len() as u64,
+                    })
+                }
+            }
+            416 => Err(BackendError::OutOfRange {
+                blob: *blob,
+                offset,
+                len,
+                size: content_range(&raw.headers).and_then(|c| c.2).unwrap_or(0),
+            }),
+            _ => Err(status_error(blob, url, &raw)),
+        }
+    }
+
+    /// The size of the resource at `url`, from a one-byte range GET's
+    /// `Content-Range` (works where HEAD is not allowed, e.g. presigned S3
+    /// GET URLs). An empty resource answers 416 with `bytes */0`.
+    pub fn size_of(
+        &self,
+        blob: &BlobId,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<u64, BackendError> {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("Range", "bytes=0-0"));
+        let raw = self.get(blob, url, &all, 2)?;
+        let from_range = content_range(&raw.headers).and_then(|c| c.2);
+        match raw.status.as_u16() {
+            206 | 416 => from_range.ok_or(BackendError::ShortBody {
+                blob: *blob,
+                offset: 0,
+                expected: 1,
+                got: raw.body.len() as u64,
+            }),
+            200 => raw
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .ok_or_else(|| status_error(blob, url, &raw)),
+            _ => Err(status_error(blob, url, &raw)),
+        }
+    }
+}
+
+fn read_raw(blob: &BlobId, url: &str, resp: Response<Body>, cap: u64) -> Result<Raw, BackendError> {
+    let (parts, mut body) = resp.into_parts();
+    let body = match body.with_config().limit(cap).read_to_vec() {
+        Ok(b) => b,
+        // More than asked for: a success body is a protocol violation
+        // (reported as ShortBody by the caller's length check, so keep a
+        // marker of the right length class); an error body is just cut.
+        Err(ureq::Error::BodyExceedsLimit(_)) if parts.status.is_success() => {
+            return Err(BackendError::ShortBody {
+                blob: *blob,
+                offset: 0,
+                expected: cap.saturating_sub(1),
+                got: cap,
+            })
+        }
+        Err(ureq::Error::BodyExceedsLimit(_)) => Vec::new(),
+        Err(e) => return Err(transport(blob, url, e)),
+    };
+    Ok(Raw {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+fn check_partial(blob: &BlobId, raw: &Raw, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+    let want_last = offset + len - 1;
+    let short = |got| BackendError::ShortBody {
+        blob: *blob,
+        offset,
+        expected: len,
+        got,
+    };
+    match content_range(&raw.headers) {
+        Some((Some(first), Some(last), _)) if first == offset && last == want_last => {}
+        _ => return Err(short(0)),
+    }
+    if raw.body.len() as u64 != len {
+        return Err(short(raw.body.len() as u64));
+    }
+    Ok(raw.body.clone())
+}
+
+/// Parses `Content-Range: bytes first-last/size` or `bytes */size`;
+/// `size` is `None` when it is `*`.
+pub fn content_range(headers: &HeaderMap) -> Option<(Option<u64>, Option<u64>, Option<u64>)> {
+    let v = headers.get("content-range")?.to_str().ok()?.trim();
+    let rest = v.strip_prefix("bytes ")?.trim();
+    let (span, size) = rest.split_once('/')?;
+    let size = match size.trim() {
+        "*" => None,
+        s => Some(s.parse().ok()?),
+    };
+    if span.trim() == "*" {
+        return Some((None, None, size));
+    }
+    let (a, b) = span.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a <= b).then_some((Some(a), Some(b), size))
+}
+
+/// The error for a status the caller did not expect: 404 `NotFound`,
+/// 401/403 `Auth`, else `Status`.
+pub fn status_error(blob: &BlobId, url: &str, raw: &Raw) -> BackendError {
+    match raw.status.as_u16() {
+        404 => BackendError::NotFound(*blob),
+        401 | 403 => BackendError::Auth {
+            blob: *blob,
+            detail: format!(
+                "{url}: HTTP {}: {}",
+                raw.status.as_u16(),
+                String::from_utf8_lossy(&raw.body[..raw.body.len().min(200)]).trim()
+            ),
+        },
+        status => BackendError::Status {
+            blob: *blob,
+            url: url.into(),
+            status,
+        },
+    }
+}
+
+fn transport(blob: &BlobId, url: &str, e: ureq::Error) -> BackendError {
+    let timeout = matches!(e, ureq::Error::Timeout(_))
+        || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut);
+    BackendError::Transport {
+        blob: *blob,
+        detail: format!("{url}: {e}"),
+        timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ureq::http::HeaderValue;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("content-range", HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            content_range(&headers("bytes 0-9/100")),
+            Some((Some(0), Some(9), Some(100)))
+        );
+        assert_eq!(
+            content_range(&headers("bytes 5-5/*")),
+            Some((Some(5), Some(5), None))
+        );
+        assert_eq!(
+            content_range(&headers("bytes */42")),
+            Some((None, None, Some(42)))
+        );
+        for bad in ["bytes 9-0/100", "items 0-1/2", "bytes 0-x/1", "bytes 0-1"] {
+            assert_eq!(content_range(&headers(bad)), None, "{bad}");
+        }
+        assert_eq!(content_range(&HeaderMap::new()), None);
+    }
+}
