@@ -50,6 +50,14 @@ pub const MAX_XATTR_VALUE_LEN: usize = 65536;
 pub const COMPRESSOR_NONE: u32 = 0;
 /// Blob compressor: chunks are zstd frames, or raw where zstd did not help.
 pub const COMPRESSOR_ZSTD: u32 = 1;
+/// Blob flag: every frame starts at a multiple of [`BLOB_FRAME_ALIGN`] in
+/// the blob's uncompressed address space, and the bytes between a frame's
+/// end and the next multiple are padding no chunk references.
+pub const BLOB_ALIGNED: u32 = 1 << 0;
+/// Blob flags this version knows.
+pub const BLOB_KNOWN_FLAGS: u32 = BLOB_ALIGNED;
+/// Frame alignment of [`BLOB_ALIGNED`] blobs (and the cache's range size).
+pub const BLOB_FRAME_ALIGN: u64 = 4096;
 
 /// Chunking mode recorded in the superblock: fixed-size chunks.
 pub const CHUNKING_FIXED: u8 = 1;
@@ -292,8 +300,10 @@ pub struct BlobInfo {
     pub chunk_count: U32,
     /// [`COMPRESSOR_NONE`] or [`COMPRESSOR_ZSTD`].
     pub compressor: U32,
+    /// [`BLOB_ALIGNED`] or zero.
+    pub flags: U32,
     /// Reserved, zero.
-    pub reserved: [u8; 8],
+    pub reserved: [u8; 4],
 }
 
 /// One extended attribute. An inode's xattrs are contiguous and sorted by
@@ -480,7 +490,8 @@ mod tests {
         assert_eq!(offset_of!(BlobInfo, uncompressed_size), 40);
         assert_eq!(offset_of!(BlobInfo, chunk_count), 48);
         assert_eq!(offset_of!(BlobInfo, compressor), 52);
-        assert_eq!(offset_of!(BlobInfo, reserved), 56);
+        assert_eq!(offset_of!(BlobInfo, flags), 56);
+        assert_eq!(offset_of!(BlobInfo, reserved), 60);
 
         assert_eq!(offset_of!(XattrEntry, name_offset), 0);
         assert_eq!(offset_of!(XattrEntry, value_offset), 4);

@@ -76,8 +76,11 @@ impl Bootstrap<'_> {
                 index: i as u64,
                 reason,
             };
-            if b.reserved != [0; 8] {
+            if b.reserved != [0; 4] {
                 return Err(bad("reserved field not zero"));
+            }
+            if b.flags.get() & !BLOB_KNOWN_FLAGS != 0 {
+                return Err(bad("unknown flags"));
             }
             if !matches!(b.compressor.get(), COMPRESSOR_NONE | COMPRESSOR_ZSTD) {
                 return Err(bad("unknown compressor"));
@@ -150,6 +153,10 @@ impl Bootstrap<'_> {
             .checked_sub(u64::from(c.batch_offset.get()));
         if !frame_start.is_some_and(|s| fits(s, c.frame_size(), blob.uncompressed_size.get())) {
             return Err("data outside the blob's uncompressed space");
+        }
+        let aligned = blob.flags.get() & BLOB_ALIGNED != 0;
+        if aligned && frame_start.is_some_and(|s| s % BLOB_FRAME_ALIGN != 0) {
+            return Err("frame not aligned in an aligned blob");
         }
         Ok(())
     }

@@ -144,7 +144,8 @@ fn build(picks: Vec<(Pick, usize, Vec<u8>, Attrs)>, root: Attrs) -> Generated {
         uncompressed_size: blob_used.into(),
         chunk_count: 1.into(),
         compressor: COMPRESSOR_ZSTD.into(),
-        reserved: [0; 8],
+        flags: 0.into(),
+        reserved: [0; 4],
     };
     let prefetch = files.iter().rev().map(|&f| f as u32).collect();
     let chunking = Chunking {

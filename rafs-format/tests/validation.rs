@@ -112,7 +112,8 @@ fn sample() -> Vec<u8> {
             uncompressed_size: 140.into(),
             chunk_count: 4.into(),
             compressor: COMPRESSOR_ZSTD.into(),
-            reserved: [0; 8],
+            flags: 0.into(),
+            reserved: [0; 4],
         }],
         prefetch: vec![2],
         chunking: Chunking {
@@ -456,5 +457,26 @@ fn other_inode_errors() {
             index: 0,
             reason: "unknown compressor"
         })
+    );
+    let r = corrupt(|b, s| entry::<BlobInfo>(b, s.blobs, 0).flags = 2.into());
+    assert_eq!(
+        r,
+        Err(FormatError::BadBlob {
+            index: 0,
+            reason: "unknown flags"
+        })
+    );
+    // The sample's frames start at 0, 10, ... 110: not 4 KiB aligned, so the
+    // ALIGNED flag is a lie a reader must catch.
+    let r = corrupt(|b, s| entry::<BlobInfo>(b, s.blobs, 0).flags = BLOB_ALIGNED.into());
+    assert!(
+        matches!(
+            r,
+            Err(FormatError::BadChunk {
+                reason: "frame not aligned in an aligned blob",
+                ..
+            })
+        ),
+        "{r:?}"
     );
 }

@@ -33,7 +33,9 @@ use super::dict::Dict;
 use super::error::{BuildError, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::ProgressBar;
-use rafs_format::layout::{BlobInfo, CHUNK_BATCH, CHUNK_ZSTD, COMPRESSOR_ZSTD};
+use rafs_format::layout::{
+    BlobInfo, BLOB_ALIGNED, BLOB_FRAME_ALIGN, CHUNK_BATCH, CHUNK_ZSTD, COMPRESSOR_ZSTD,
+};
 use rafs_format::ChunkSpec;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -408,7 +410,9 @@ impl Writer<'_> {
             uncompressed_offset: blob.uncompressed,
         };
         blob.compressed += n;
-        blob.uncompressed += ulen;
+        // Frames start on BLOB_FRAME_ALIGN boundaries of the uncompressed
+        // space (BLOB_ALIGNED), so a cache range never holds two frames.
+        blob.uncompressed = (blob.uncompressed + ulen).next_multiple_of(BLOB_FRAME_ALIGN);
         blob.chunks += chunks;
         self.cur = Some(blob);
         self.out.stats.stored_bytes += n;
@@ -460,7 +464,8 @@ impl Writer<'_> {
             uncompressed_size: blob.uncompressed.into(),
             chunk_count: blob.chunks.into(),
             compressor: COMPRESSOR_ZSTD.into(),
-            reserved: [0; 8],
+            flags: BLOB_ALIGNED.into(),
+            reserved: [0; 4],
         };
         self.out.blob_files.push((path, id));
         Ok(())

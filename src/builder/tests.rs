@@ -197,7 +197,9 @@ fn dedup_within_build() {
     assert_eq!(built.chunks("a"), built.chunks("b"));
     let blob = built.b().blobs()[0];
     assert_eq!(blob.chunk_count.get(), 6);
-    assert_eq!(blob.uncompressed_size.get(), 5 * 4096 + 100);
+    // 5 chunks of 4 KiB, then 100 bytes padded to the 4 KiB frame alignment.
+    assert_eq!(blob.uncompressed_size.get(), 6 * 4096);
+    assert_eq!(blob.flags.get(), rafs_format::layout::BLOB_ALIGNED);
     assert!(built.summary.dedup_ratio > 2.0);
     // The first occurrence (inode order: "a") owns the stored chunks.
     assert_eq!(built.chunks("a")[0].compressed_offset.get(), 0);

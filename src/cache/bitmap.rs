@@ -49,7 +49,7 @@ pub const MIN_GRANULARITY: u32 = 4 << 10;
 /// Largest range granularity (the largest chunk).
 pub const MAX_GRANULARITY: u32 = 16 << 20;
 /// Default range granularity.
-pub const DEFAULT_GRANULARITY: u32 = 64 << 10;
+pub const DEFAULT_GRANULARITY: u32 = rafs_format::layout::BLOB_FRAME_ALIGN as u32;
 
 /// The bitmap file's header. Layout in `docs/FORMAT.md`, "Cache files".
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

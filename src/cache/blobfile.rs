@@ -107,6 +107,15 @@ impl CacheFile {
         Ok(buf)
     }
 
+    /// Fills `buf` from `offset`. Holes read as zeros: only call this for
+    /// ranges whose bits are set.
+    pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), CacheError> {
+        self.check(offset, buf.len() as u64)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| io_err(&self.path, e))
+    }
+
     /// `fdatasync`: everything written so far (and the block allocation
     /// needed to read it back) is on stable storage when this returns.
     pub fn sync(&self) -> Result<(), CacheError> {

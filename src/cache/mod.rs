@@ -4,7 +4,7 @@
 //! - [`CacheFile`] (`<blob hex>.data`): the blob's uncompressed address space,
 //!   chunk data at its `uncompressed_offset`, holes elsewhere;
 //! - [`RangeBitmap`] (`<blob hex>.map`): a checksummed header and one bit per
-//!   range (default 64 KiB), mmapped shared so that several processes can
+//!   range (4 KiB: the frame alignment of `ALIGNED` blobs), mmapped shared so that several processes can
 //!   test and set bits without talking to each other;
 //! - [`BlobCache`]: the two together, and the only place that orders their
 //!   writes.
@@ -32,6 +32,7 @@ mod tests;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
 pub use bitmap::{MapParams, Opened, RangeBitmap, ResetReason, DEFAULT_GRANULARITY};
@@ -97,6 +98,24 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), CacheError> {
 pub struct BlobCache {
     map: RangeBitmap,
     data: CacheFile,
+    /// The map file, held with a shared `flock` while this cache is open:
+    /// `rafs cache gc` takes an exclusive one before removing a blob, so it
+    /// never deletes the cache of a blob a daemon is using.
+    _lock: Flock<std::fs::File>,
+}
+
+/// A fill for [`BlobCache::commit_covering`]: `bytes` go at `offset`, and
+/// the ranges lying inside `offset..cover_end` are marked ready. `cover_end`
+/// may exceed the end of `bytes` only over padding no chunk references (an
+/// `ALIGNED` blob's frame tail).
+#[derive(Debug, Clone, Copy)]
+pub struct Fill<'a> {
+    /// Where the bytes go.
+    pub offset: u64,
+    /// Verified bytes.
+    pub bytes: &'a [u8],
+    /// End of the span these bytes make ready (>= offset + bytes.len()).
+    pub cover_end: u64,
 }
 
 impl BlobCache {
@@ -122,7 +141,18 @@ impl BlobCache {
             (map, opened)
         };
         let (data, _) = CacheFile::open(dir, &params.blob, params.blob_size)?;
-        Ok((BlobCache { map, data }, opened))
+        let path = bitmap::map_path(dir, &params.blob);
+        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
+        let lock =
+            Flock::lock(file, FlockArg::LockShared).map_err(|(_, e)| io_err(&path, e.into()))?;
+        Ok((
+            BlobCache {
+                map,
+                data,
+                _lock: lock,
+            },
+            opened,
+        ))
     }
 
     /// The range bitmap.
@@ -168,17 +198,38 @@ impl BlobCache {
     /// uncompressed layout puts a blob's chunks back to back, so a range is
     /// a contiguous run of chunk data).
     pub fn commit(&self, writes: &[(u64, &[u8])]) -> Result<u64, CacheError> {
+        let fills: Vec<Fill<'_>> = writes
+            .iter()
+            .map(|&(offset, bytes)| Fill {
+                offset,
+                bytes,
+                cover_end: offset.saturating_add(bytes.len() as u64),
+            })
+            .collect();
+        self.commit_covering(&fills)
+    }
+
+    /// [`BlobCache::commit`] with explicit cover spans (see [`Fill`]).
+    pub fn commit_covering(&self, fills: &[Fill<'_>]) -> Result<u64, CacheError> {
         let size = self.data.size();
-        let mut spans = Vec::with_capacity(writes.len());
-        for &(offset, bytes) in writes {
-            let len = bytes.len() as u64;
-            match offset.checked_add(len) {
-                Some(end) if end <= size => spans.push((offset, end)),
-                _ => return Err(CacheError::OutOfBounds { offset, len, size }),
+        let mut spans = Vec::with_capacity(fills.len());
+        for f in fills {
+            let len = f.bytes.len() as u64;
+            match f.offset.checked_add(len) {
+                Some(end) if end <= f.cover_end && f.cover_end <= size => {
+                    spans.push((f.offset, f.cover_end))
+                }
+                _ => {
+                    return Err(CacheError::OutOfBounds {
+                        offset: f.offset,
+                        len: f.cover_end.saturating_sub(f.offset).max(len),
+                        size,
+                    })
+                }
             }
         }
-        for &(offset, bytes) in writes {
-            self.data.write_at(offset, bytes)?;
+        for f in fills {
+            self.data.write_at(f.offset, f.bytes)?;
         }
         self.data.sync()?;
         spans.sort_unstable();
@@ -198,6 +249,38 @@ impl BlobCache {
             }
         }
         Ok(marked)
+    }
+
+    /// Appends the bytes `offset..offset + len` to `out` if every range
+    /// they touch is ready (one `pread`, straight into `out`), and returns
+    /// whether it did. Like [`BlobCache::read_if_ready`], the bits are
+    /// checked before and after; on a miss `out` is left as it was.
+    pub fn read_ready_into(
+        &self,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, CacheError> {
+        let size = self.data.size();
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            return Err(CacheError::OutOfBounds {
+                offset,
+                len: len as u64,
+                size,
+            });
+        }
+        let ranges = self.ranges_touching(offset, len as u64);
+        if !self.map.all_ready(ranges.clone())? {
+            return Ok(false);
+        }
+        let at = out.len();
+        out.resize(at + len, 0);
+        let read = self.data.read_into(offset, &mut out[at..]);
+        if read.is_err() || !self.map.all_ready(ranges)? {
+            out.truncate(at);
+            return read.map(|()| false);
+        }
+        Ok(true)
     }
 
     /// The bytes `offset..offset + len` if every range they touch is ready,

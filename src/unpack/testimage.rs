@@ -176,7 +176,8 @@ impl Builder {
                 uncompressed_size: self.uncompressed.into(),
                 chunk_count: (self.stored.len() as u32).into(),
                 compressor: COMPRESSOR_ZSTD.into(),
-                reserved: [0; 8],
+                flags: 0.into(),
+                reserved: [0; 4],
             });
         }
         let spec = ImageSpec {
