@@ -106,6 +106,13 @@ pub enum FetchError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// No data before the read's deadline (the backend is slow, stalled
+    /// or failing transiently).
+    #[error("no data within the read deadline of {0:?} (backend slow or failing)")]
+    Timeout(std::time::Duration),
+    /// A failure shared by every reader of one fetch (single flight).
+    #[error(transparent)]
+    Shared(std::sync::Arc<FetchError>),
     /// The stored bytes are bad.
     #[error("blob {blob}, offset {offset}: {source}")]
     Chunk {

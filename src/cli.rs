@@ -29,7 +29,7 @@ pub enum Command {
     /// Restore an image's tree into a directory or a tar stream.
     Unpack(crate::unpack::UnpackArgs),
     /// Serve an image read-only over FUSE, in the foreground.
-    Mount(crate::mount::MountArgs),
+    Mount(Box<crate::mount::MountArgs>),
 }
 
 fn init_logging(verbose: u8) {

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod check;
 pub mod chunk;
 pub mod cli;
+pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod image;

@@ -12,7 +12,8 @@
 
 use proptest::prelude::*;
 use rafs::backend::file::FileBackend;
-use rafs::fs::{Attr, FileKind, FsConfig, FsError, RafsFs};
+use rafs::fetch::FetchConfig;
+use rafs::fs::{Attr, FileKind, FsError, RafsFs};
 use rafs::image::Image;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -276,8 +277,15 @@ proptest! {
         build(&src, &tmp.path().join("out"));
         let image = Image::open(&tmp.path().join("out/bootstrap")).unwrap();
         let backend = Arc::new(FileBackend::new(tmp.path().join("out/blobs")));
-        // A tiny LRU, so reads go through eviction and refetching too.
-        let fs = RafsFs::new(image, backend, FsConfig { chunk_cache_bytes: 64 << 10 });
+        // A tiny LRU and a tiny disk cache, so reads go through the disk
+        // cache, eviction and refetching too.
+        let config = FetchConfig {
+            memory_bytes: 64 << 10,
+            cache_dir: Some(tmp.path().join("cache")),
+            cache_limit: Some(256 << 10),
+            ..FetchConfig::default()
+        };
+        let fs = RafsFs::new(image, backend, config).unwrap();
         check_dir(&fs, 0, &src, 0);
         run_ops(&fs, &src, &paths, &ops);
         // A missing name is NotFound at every directory level.

@@ -17,9 +17,10 @@ mod read;
 
 pub use error::FsError;
 pub use metrics::{Metrics, Op};
-pub use read::ChunkCache;
 
 use crate::backend::Backend;
+use crate::cache::CacheError;
+use crate::fetch::{FetchConfig, Fetcher};
 use crate::image::Image;
 use rafs_format::layout::*;
 use rafs_format::Bootstrap;
@@ -115,38 +116,36 @@ pub struct StatFs {
 /// Access modes for [`RafsFs::access`] (the `access(2)` mask bits).
 pub const W_OK: u32 = 2;
 
-/// Tuning of the core.
-#[derive(Debug, Clone, Copy)]
-pub struct FsConfig {
-    /// Budget of the decompressed-chunk LRU, in bytes.
-    pub chunk_cache_bytes: usize,
-}
-
-impl Default for FsConfig {
-    fn default() -> Self {
-        FsConfig {
-            chunk_cache_bytes: 16 << 20,
-        }
-    }
-}
-
-/// A mounted image: bootstrap, backend, chunk cache and counters.
+/// A mounted image: bootstrap, fetcher (disk cache, memory, backend) and
+/// counters.
 pub struct RafsFs {
-    image: Image,
-    backend: Arc<dyn Backend>,
-    cache: ChunkCache,
+    image: Arc<Image>,
+    fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
 }
 
 impl RafsFs {
-    /// A filesystem over a validated image.
-    pub fn new(image: Image, backend: Arc<dyn Backend>, config: FsConfig) -> RafsFs {
-        RafsFs {
+    /// A filesystem over a validated image, reading blobs from `backend`
+    /// as `config` says. Fails only if the disk cache directory cannot be
+    /// used.
+    pub fn new(
+        image: Image,
+        backend: Arc<dyn Backend>,
+        config: FetchConfig,
+    ) -> Result<RafsFs, CacheError> {
+        let image = Arc::new(image);
+        let metrics: Arc<Metrics> = Arc::default();
+        let fetcher = Fetcher::new(image.clone(), backend, config, metrics.clone())?;
+        Ok(RafsFs {
             image,
-            backend,
-            cache: ChunkCache::new(config.chunk_cache_bytes),
-            metrics: Arc::default(),
-        }
+            fetcher,
+            metrics,
+        })
+    }
+
+    /// The fetcher (its metrics, configuration).
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
     }
 
     /// The counters (shared with the API socket).

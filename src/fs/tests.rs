@@ -1,7 +1,6 @@
 //! Unit tests of the core on the hand-built sample image (every file type,
 //! holes, hardlinks, xattrs) and on corrupted blobs.
 
-use super::read::test_frame;
 use super::*;
 use crate::backend::file::FileBackend;
 use crate::unpack::testimage::{hello_data, ino, noise, sample, Builder, Part};
@@ -11,8 +10,9 @@ fn open(t: &crate::unpack::testimage::TestImage) -> RafsFs {
     RafsFs::new(
         image,
         Arc::new(FileBackend::new(&t.blobs)),
-        FsConfig::default(),
+        FetchConfig::default(),
     )
+    .unwrap()
 }
 
 #[test]
@@ -195,16 +195,4 @@ fn symlinks_xattrs_statfs_and_writes() {
         Err(FsError::ReadOnly)
     ));
     assert!(fs.access(ino::HELLO, 4).is_ok());
-}
-
-#[test]
-fn chunk_cache_stays_within_budget() {
-    let cache = ChunkCache::new(10_000);
-    for k in 0..10u64 {
-        cache.put((0, k), test_frame(4000));
-        assert!(cache.bytes() <= 10_000);
-    }
-    assert_eq!(cache.bytes(), 8000);
-    cache.put((0, 99), test_frame(20_000));
-    assert_eq!(cache.bytes(), 8000, "entries over budget are not cached");
 }

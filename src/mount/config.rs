@@ -11,7 +11,8 @@ use super::MountError;
 use crate::backend::args::BackendArgs;
 use crate::backend::url::BackendUrl;
 use crate::backend::BackendOptions;
-use crate::util::parse_size;
+use crate::fetch::FetchConfig;
+use crate::util::{parse_duration, parse_size};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +55,25 @@ pub struct MountArgs {
     /// Only the mounting user (and root) may access the mount.
     #[arg(long, overrides_with = "allow_other")]
     pub no_allow_other: bool,
+    /// Keep fetched data in DIR (sparse files + range bitmaps, reused
+    /// across mounts and crash-safe) [default: memory only].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Keep the disk cache under SIZE, evicting least recently used data
+    /// [default: no limit].
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+    /// Fail a read with EIO if its data has not arrived after DURATION
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub read_timeout: Option<String>,
+    /// Largest range request when adjacent missing chunks are fetched
+    /// together [default: 4M].
+    #[arg(long, value_name = "SIZE")]
+    pub max_request_size: Option<String>,
+    /// Backend requests in flight at most [default: 8].
+    #[arg(long, value_name = "N")]
+    pub fetch_threads: Option<usize>,
     /// Network backend settings.
     #[command(flatten)]
     pub net: BackendArgs,
@@ -82,6 +102,16 @@ struct FileConfig {
     chunk_cache_size: Option<Size>,
     #[serde(alias = "allow-other")]
     allow_other: Option<bool>,
+    #[serde(alias = "cache-dir")]
+    cache_dir: Option<PathBuf>,
+    #[serde(alias = "cache-size")]
+    cache_size: Option<Size>,
+    #[serde(alias = "read-timeout")]
+    read_timeout: Option<String>,
+    #[serde(alias = "max-request-size")]
+    max_request_size: Option<Size>,
+    #[serde(alias = "fetch-threads")]
+    fetch_threads: Option<usize>,
 }
 
 impl FileConfig {
@@ -96,6 +126,7 @@ impl FileConfig {
             &mut f.mountpoint,
             &mut f.blobs,
             &mut f.api_socket,
+            &mut f.cache_dir,
         ]
         .into_iter()
         .flatten()
@@ -125,6 +156,9 @@ pub struct MountConfig {
     pub api_socket: Option<PathBuf>,
     /// Chunk LRU budget in bytes.
     pub chunk_cache_bytes: u64,
+    /// Disk cache, deadlines and fetch tuning (its `memory_bytes` is
+    /// `chunk_cache_bytes`).
+    pub fetch: FetchConfig,
     /// Whether other users may access the mount.
     pub allow_other: bool,
 }
@@ -171,6 +205,7 @@ impl MountConfig {
     }
 
     fn merge(args: &MountArgs, file: FileConfig, is_root: bool) -> Result<MountConfig, MountError> {
+        let fetch = fetch_config(args, &file)?;
         let bootstrap = args
             .bootstrap
             .clone()
@@ -216,9 +251,65 @@ impl MountConfig {
             threads,
             api_socket: args.api_socket.clone().or(file.api_socket),
             chunk_cache_bytes,
+            fetch: FetchConfig {
+                memory_bytes: usize::try_from(chunk_cache_bytes).unwrap_or(usize::MAX),
+                ..fetch
+            },
             allow_other,
         })
     }
+}
+
+/// A size flag, else the file's key, else `None`.
+fn size_setting(
+    flag: Option<&String>,
+    key: Option<&Size>,
+    name: &str,
+) -> Result<Option<u64>, MountError> {
+    let bad = |e: String| MountError::Flag(format!("{name}: {e}"));
+    match (flag, key) {
+        (Some(t), _) => parse_size(t).map(Some).map_err(bad),
+        (None, Some(Size::Bytes(n))) => Ok(Some(*n)),
+        (None, Some(Size::Text(t))) => parse_size(t).map(Some).map_err(bad),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The fetch settings of flags and file (all but the memory budget).
+fn fetch_config(args: &MountArgs, file: &FileConfig) -> Result<FetchConfig, MountError> {
+    let mut f = FetchConfig {
+        cache_dir: args.cache_dir.clone().or(file.cache_dir.clone()),
+        ..FetchConfig::default()
+    };
+    f.cache_limit = size_setting(
+        args.cache_size.as_ref(),
+        file.cache_size.as_ref(),
+        "cache size",
+    )?;
+    if f.cache_limit.is_some() && f.cache_dir.is_none() {
+        return Err(MountError::Flag("--cache-size needs --cache-dir".into()));
+    }
+    let max = size_setting(
+        args.max_request_size.as_ref(),
+        file.max_request_size.as_ref(),
+        "max request size",
+    )?;
+    if let Some(m) = max {
+        f.max_request = m.max(1);
+    }
+    if let Some(t) = args.read_timeout.as_ref().or(file.read_timeout.as_ref()) {
+        f.read_timeout =
+            parse_duration(t).map_err(|e| MountError::Flag(format!("read timeout: {e}")))?;
+        if f.read_timeout.is_zero() {
+            return Err(MountError::Flag("read timeout must be positive".into()));
+        }
+    }
+    match args.fetch_threads.or(file.fetch_threads) {
+        Some(0) => return Err(MountError::Flag("fetch threads must be at least 1".into())),
+        Some(n) => f.concurrency = n,
+        None => {}
+    }
+    Ok(f)
 }
 
 #[cfg(test)]

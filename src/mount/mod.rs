@@ -20,7 +20,7 @@ pub use config::{MountArgs, MountConfig};
 
 use crate::api::{Api, ApiError, ApiServer, StatusInfo};
 use crate::backend::url::UrlError;
-use crate::fs::{FsConfig, RafsFs};
+use crate::fs::RafsFs;
 use crate::fuse::FuseFs;
 use crate::image::{Image, ImageError};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -75,6 +75,9 @@ pub enum MountError {
     /// Bad size.
     #[error("chunk cache size: {0}")]
     Size(String),
+    /// The disk cache directory cannot be used.
+    #[error("cache: {0}")]
+    Cache(#[from] crate::cache::CacheError),
     /// Bad flag value (the message names the flag).
     #[error("{0}")]
     Flag(String),
@@ -231,10 +234,8 @@ fn open_fs(cfg: &MountConfig) -> Result<(Arc<RafsFs>, u64, u64), MountError> {
         })?;
         (u64::from(b.inode_count()), b.blobs().len() as u64)
     };
-    let fs_config = FsConfig {
-        chunk_cache_bytes: usize::try_from(cfg.chunk_cache_bytes).unwrap_or(usize::MAX),
-    };
-    let fs = RafsFs::new(image, cfg.backend.open(&cfg.backend_options)?, fs_config);
+    let backend = cfg.backend.open(&cfg.backend_options)?;
+    let fs = RafsFs::new(image, backend, cfg.fetch.clone())?;
     Ok((Arc::new(fs), inodes, blobs))
 }
 
@@ -430,6 +431,7 @@ mod tests {
             threads: 6,
             api_socket: None,
             chunk_cache_bytes: 1,
+            fetch: Default::default(),
             allow_other: true,
         };
         let c = session_config(&cfg, true);

@@ -1,0 +1,200 @@
+//! Fetch jobs: one range request for a run of adjacent frames of one blob,
+//! with retries, backoff and a deadline, run by a fixed pool of workers
+//! (the bound on concurrent backend requests).
+//!
+//! A job's result is published to the single-flight entry of each of its
+//! frames. Transient failures (5xx, 429, transport, short body) are
+//! retried with exponential backoff and full jitter until the attempt limit
+//! or the deadline; frames that decode badly or whose members fail their
+//! digest are retried the same way (a flipped byte on the wire), and after
+//! the last attempt are published anyway so that only the reads of the bad
+//! chunks fail (each read verifies its own chunk). Only frames whose every
+//! member verified are written to the disk cache.
+
+use super::index::FrameInfo;
+use super::memory::Frame;
+use super::Fetcher;
+use crate::backend::{BackendError, BlobId};
+use crate::chunk::{decode_frame, FetchError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Attempts per frame at most (first try included).
+const MAX_ATTEMPTS: u32 = 6;
+
+/// A run of frames of one blob, adjacent in the blob's stored bytes.
+#[derive(Debug)]
+pub struct Job {
+    /// Blob index.
+    pub blob: u32,
+    /// Frame indices, ascending `coff`, adjacent.
+    pub frames: Vec<usize>,
+    /// Give up (publish errors) after this instant.
+    pub deadline: Instant,
+}
+
+/// A frame to retry, with its decoded bytes if it decoded (members failed
+/// their digests).
+type Left = (usize, Option<Arc<Frame>>);
+
+/// What one attempt left to do.
+enum Outcome {
+    Done,
+    Retry(Vec<Left>, String),
+    Fail(FetchError),
+}
+
+/// Sleep before attempt `n` (1-based retry count): base * 2^(n-1), capped,
+/// with full jitter.
+fn backoff(base: Duration, cap: Duration, n: u32) -> Duration {
+    let exp = base.saturating_mul(1 << (n - 1).min(16)).min(cap);
+    let jitter = u128::from(rand_u64()) % exp.as_nanos().max(1);
+    Duration::from_nanos(jitter as u64)
+}
+
+/// A cheap random number (jitter only; not for anything secret).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+impl Fetcher {
+    /// Runs `job` to completion: every frame's flight gets a result.
+    pub(super) fn run_job(&self, mut job: Job) {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.attempt(&job);
+            match outcome {
+                Outcome::Done => return,
+                Outcome::Fail(e) => return self.fail_all(&job, e),
+                Outcome::Retry(left, why) => {
+                    let wait = backoff(self.cfg.retry_base, self.cfg.retry_max, attempt);
+                    let late = Instant::now() + wait >= job.deadline;
+                    if attempt >= MAX_ATTEMPTS || late {
+                        return self.give_up(job.blob, left, why);
+                    }
+                    self.metrics.retries.inc();
+                    tracing::debug!(blob = job.blob, attempt, "retrying: {why}");
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                    job.frames = left.into_iter().map(|(fi, _)| fi).collect();
+                }
+            }
+        }
+    }
+
+    /// One range request for the job's frames, then decode and verify each.
+    fn attempt(&self, job: &Job) -> Outcome {
+        let bf = &self.index.blobs[job.blob as usize];
+        let frames: Vec<&FrameInfo> = job
+            .frames
+            .iter()
+            .filter_map(|&i| bf.frames.get(i))
+            .collect();
+        let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+            return Outcome::Done;
+        };
+        let start = first.coff;
+        let len = last.cend() - start;
+        let id = self.blob_ids[job.blob as usize];
+        self.metrics.backend_requests.inc();
+        self.metrics.inflight.inc();
+        let t0 = Instant::now();
+        let got = self.backend.read_range(&id, start, len);
+        self.metrics.inflight.dec();
+        self.metrics
+            .backend_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        let bytes = match got {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.error(e.kind());
+                return if e.is_transient() {
+                    let left = job.frames.iter().map(|&fi| (fi, None)).collect();
+                    Outcome::Retry(left, e.to_string())
+                } else {
+                    Outcome::Fail(FetchError::Backend(e))
+                };
+            }
+        };
+        crate::fs::Metrics::add(&self.fs_metrics.backend_bytes, len);
+        let mut bad = Vec::new();
+        let mut why = String::new();
+        for (&fi, f) in job.frames.iter().zip(&frames) {
+            let from = (f.coff - start) as usize;
+            let stored = &bytes[from..from + f.clen as usize];
+            match self.check_frame(job.blob, fi, stored) {
+                Ok((frame, None)) => self.publish_ok(job.blob, fi, frame, true),
+                Ok((frame, Some(e))) => {
+                    why = e;
+                    bad.push((fi, Some(frame)));
+                }
+                Err(e) => {
+                    why = e;
+                    bad.push((fi, None));
+                }
+            }
+        }
+        match bad.is_empty() {
+            true => Outcome::Done,
+            false => Outcome::Retry(bad, why),
+        }
+    }
+
+    /// Decodes a frame and verifies every member; the frame comes back with
+    /// the first member failure, if any.
+    fn check_frame(
+        &self,
+        blob: u32,
+        fi: usize,
+        stored: &[u8],
+    ) -> Result<(Arc<Frame>, Option<String>), String> {
+        let bf = &self.index.blobs[blob as usize];
+        let b = self.image.bootstrap().map_err(|e| e.to_string())?;
+        let chunks = b.chunks();
+        let f = &bf.frames[fi];
+        let rep = &chunks[f.rep as usize];
+        crate::fs::Metrics::add(&self.fs_metrics.chunk_decompressions, 1);
+        let data = decode_frame(rep, stored).map_err(|e| {
+            self.metrics.error("decode");
+            format!("frame at {}: {e}", f.coff)
+        })?;
+        let frame = Arc::new(Frame::new(data));
+        for &m in bf.members_of(fi) {
+            if let Err(e) = frame.verify(&chunks[m as usize]) {
+                self.metrics.error("digest");
+                return Ok((frame, Some(format!("frame at {}: chunk {m}: {e}", f.coff))));
+            }
+        }
+        Ok((frame, None))
+    }
+
+    /// After the last attempt: frames that decoded are published for
+    /// memory use only (their good chunks stay readable; a bad chunk fails
+    /// its own reads when verified; nothing goes to disk); the rest fail.
+    fn give_up(&self, blob: u32, left: Vec<Left>, why: String) {
+        tracing::warn!(blob, frames = left.len(), "fetch failed: {why}");
+        let id: BlobId = self.blob_ids[blob as usize];
+        let err = Arc::new(FetchError::Backend(BackendError::Transport {
+            blob: id,
+            detail: format!("gave up after retries: {why}"),
+            timeout: false,
+        }));
+        for (fi, frame) in left {
+            match frame {
+                Some(frame) => self.publish_ok(blob, fi, frame, false),
+                None => self.publish_err(blob, fi, err.clone()),
+            }
+        }
+    }
+
+    fn fail_all(&self, job: &Job, e: FetchError) {
+        tracing::warn!(blob = job.blob, "fetch failed: {e}");
+        let err = Arc::new(e);
+        for &fi in &job.frames {
+            self.publish_err(job.blob, fi, err.clone());
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Prometheus metrics of the fetch layer and the disk cache, registered on
+//! the mount's API socket next to the filesystem counters. Names are part
+//! of the operator interface (`rafs stats`, dashboards): keep them stable.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// A `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// Error kind, e.g. `server`, `timeout`, `digest`, `enospc`.
+    pub kind: String,
+}
+
+/// Counters and gauges of the fetcher and the disk cache.
+#[derive(Debug)]
+pub struct FetchMetrics {
+    /// Chunk reads served from the disk cache.
+    pub cache_hits: Counter,
+    /// Chunk reads the disk cache could not serve.
+    pub cache_misses: Counter,
+    /// Range requests sent to the backend (retries included).
+    pub backend_requests: Counter,
+    /// Latency of backend requests, seconds.
+    pub backend_seconds: Histogram,
+    /// Requests retried.
+    pub retries: Counter,
+    /// Failed attempts by kind (backend error kinds, `digest`, `decode`).
+    pub errors: Family<Kind, Counter>,
+    /// Backend requests in flight.
+    pub inflight: Gauge,
+    /// Bytes of ready ranges this daemon accounts in the disk cache.
+    pub cache_usage: Gauge<u64, AtomicU64>,
+    /// `--cache-size` (0: no limit).
+    pub cache_limit: Gauge<u64, AtomicU64>,
+    /// Frames evicted from the disk cache.
+    pub evictions: Counter,
+    /// Bytes evicted from the disk cache.
+    pub evicted_bytes: Counter,
+    /// Failed cache writes by kind (`enospc`, `io`).
+    pub write_errors: Family<Kind, Counter>,
+    /// Reads failed because their deadline passed.
+    pub read_timeouts: Counter,
+}
+
+impl Default for FetchMetrics {
+    fn default() -> Self {
+        FetchMetrics {
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            backend_requests: Counter::default(),
+            backend_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            retries: Counter::default(),
+            errors: Family::default(),
+            inflight: Gauge::default(),
+            cache_usage: Gauge::default(),
+            cache_limit: Gauge::default(),
+            evictions: Counter::default(),
+            evicted_bytes: Counter::default(),
+            write_errors: Family::default(),
+            read_timeouts: Counter::default(),
+        }
+    }
+}
+
+impl FetchMetrics {
+    /// Counts one failed attempt of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&Kind {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one failed cache write of `kind`.
+    pub fn write_error(&self, kind: &str) {
+        self.write_errors
+            .get_or_create(&Kind {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Registers every metric (names get `_total` on counters).
+    pub fn register(&self, r: &mut Registry) {
+        let c = |r: &mut Registry, name: &str, help: &str, m: &Counter| {
+            r.register(name, help, m.clone())
+        };
+        c(
+            r,
+            "rafs_cache_hits",
+            "Chunk reads served from the disk cache",
+            &self.cache_hits,
+        );
+        c(
+            r,
+            "rafs_cache_misses",
+            "Chunk reads not in the disk cache",
+            &self.cache_misses,
+        );
+        c(
+            r,
+            "rafs_backend_requests",
+            "Range requests sent to the backend",
+            &self.backend_requests,
+        );
+        c(
+            r,
+            "rafs_backend_retries",
+            "Backend requests retried",
+            &self.retries,
+        );
+        c(
+            r,
+            "rafs_cache_evictions",
+            "Frames evicted from the disk cache",
+            &self.evictions,
+        );
+        c(
+            r,
+            "rafs_cache_evicted_bytes",
+            "Bytes evicted from the disk cache",
+            &self.evicted_bytes,
+        );
+        c(
+            r,
+            "rafs_read_timeouts",
+            "Reads failed at their deadline",
+            &self.read_timeouts,
+        );
+        r.register(
+            "rafs_backend_request_seconds",
+            "Latency of backend range requests",
+            self.backend_seconds.clone(),
+        );
+        r.register(
+            "rafs_backend_errors",
+            "Failed fetch attempts by kind",
+            self.errors.clone(),
+        );
+        r.register(
+            "rafs_backend_inflight",
+            "Backend requests in flight",
+            self.inflight.clone(),
+        );
+        r.register(
+            "rafs_cache_usage_bytes",
+            "Bytes of ready ranges in the disk cache",
+            self.cache_usage.clone(),
+        );
+        r.register(
+            "rafs_cache_limit_bytes",
+            "Disk cache limit (0: none)",
+            self.cache_limit.clone(),
+        );
+        r.register(
+            "rafs_cache_write_errors",
+            "Failed disk cache writes by kind",
+            self.write_errors.clone(),
+        );
+    }
+}

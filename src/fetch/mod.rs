@@ -1,0 +1,479 @@
+//! The fetch layer between the filesystem core and a backend: it turns
+//! "bytes `from..to` of chunk `c`" into data, from the cheapest place that
+//! has it, never returning a byte that was not verified.
+//!
+//! Per chunk read, in order:
+//! 1. **disk cache** (`--cache-dir`): if every 4 KiB range the bytes touch
+//!    is ready in the blob's bitmap, one `pread` straight into the reply;
+//! 2. **memory**: the frame LRU, or a frame fetched but not yet written
+//!    (`pending` in [`store`]);
+//! 3. **backend**: through a single-flight table, so concurrent readers of
+//!    one missing frame cause one request. The first miss of a read
+//!    launches every missing frame the read needs at once, coalescing
+//!    frames adjacent in the blob into one range request of at most
+//!    `max_request` bytes; a fixed pool of `concurrency` workers runs the
+//!    requests ([`job`]: retries, backoff, verification, disk writes).
+//!
+//! Every read has a deadline (`read_timeout`, default 30 s): a reader
+//! waits for its frames at most until then and fails with
+//! [`FetchError::Timeout`] (EIO), whatever the backend does. The request
+//! timeout of the backend bounds each attempt, so workers are never stuck.
+
+pub mod index;
+mod job;
+pub mod memory;
+pub mod metrics;
+pub mod store;
+
+use crate::backend::{Backend, BlobId};
+use crate::cache::{BlobCache, CacheError};
+use crate::chunk::{ChunkError, FetchError};
+use crate::fs::Metrics;
+use crate::image::Image;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use index::FrameIndex;
+use job::Job;
+use memory::{ChunkCache, Frame, Key};
+use metrics::FetchMetrics;
+use rafs_format::layout::ChunkInfo;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+use store::{Commit, Store};
+
+/// Tuning of the fetch layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchConfig {
+    /// Disk cache directory; `None`: memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache limit in bytes (`--cache-size`); `None`: unlimited.
+    pub cache_limit: Option<u64>,
+    /// Budget of the decompressed-frame LRU in memory.
+    pub memory_bytes: usize,
+    /// Deadline of one read.
+    pub read_timeout: Duration,
+    /// Largest coalesced range request.
+    pub max_request: u64,
+    /// Backend requests in flight at most (worker threads).
+    pub concurrency: usize,
+    /// First retry delay (doubles per retry, full jitter).
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            cache_dir: None,
+            cache_limit: None,
+            memory_bytes: 16 << 20,
+            read_timeout: Duration::from_secs(30),
+            max_request: 4 << 20,
+            concurrency: 8,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One chunk's part a read wants: bytes `from..to` of chunk `c`.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    /// The chunk (not a hole).
+    pub c: &'a ChunkInfo,
+    /// First byte wanted, relative to the chunk.
+    pub from: usize,
+    /// End of the bytes wanted, relative to the chunk.
+    pub to: usize,
+}
+
+type FlightResult = Result<Arc<Frame>, Arc<FetchError>>;
+
+/// One frame being fetched; readers wait on it.
+#[derive(Default)]
+struct Flight {
+    done: Mutex<Option<FlightResult>>,
+    cv: Condvar,
+}
+
+impl Flight {
+    fn set(&self, r: FlightResult) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+        self.cv.notify_all();
+    }
+
+    /// The result, or `None` at the deadline.
+    fn wait(&self, deadline: Instant) -> Option<FlightResult> {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(r) = done.as_ref() {
+                return Some(r.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            done = self
+                .cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// The fetcher of one mounted image.
+pub struct Fetcher {
+    image: Arc<Image>,
+    backend: Arc<dyn Backend>,
+    blob_ids: Vec<BlobId>,
+    index: Arc<FrameIndex>,
+    memory: ChunkCache,
+    store: Option<Arc<Store>>,
+    commits: Option<Sender<Commit>>,
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
+    jobs: Sender<Job>,
+    cfg: FetchConfig,
+    metrics: Arc<FetchMetrics>,
+    fs_metrics: Arc<Metrics>,
+}
+
+impl Fetcher {
+    /// A fetcher over a validated image; opens the disk caches and starts
+    /// the worker and committer threads (they end when it is dropped).
+    pub fn new(
+        image: Arc<Image>,
+        backend: Arc<dyn Backend>,
+        cfg: FetchConfig,
+        fs_metrics: Arc<Metrics>,
+    ) -> Result<Arc<Fetcher>, CacheError> {
+        let b = image.bootstrap().map_err(|e| CacheError::Io {
+            path: PathBuf::from("bootstrap"),
+            source: std::io::Error::other(e),
+        })?;
+        let index = Arc::new(FrameIndex::build(&b));
+        let blobs: Vec<(BlobId, u64)> = b
+            .blobs()
+            .iter()
+            .map(|x| (BlobId(x.id), x.uncompressed_size.get()))
+            .collect();
+        let metrics = Arc::new(FetchMetrics::default());
+        let (store, commits) = match &cfg.cache_dir {
+            Some(dir) => {
+                let caches = store::open_caches(dir, &blobs, &index)?;
+                let store = Arc::new(Store::new(
+                    caches,
+                    index.clone(),
+                    cfg.cache_limit,
+                    metrics.clone(),
+                ));
+                let tx = store.start().map_err(|e| crate::cache::io_err(dir, e))?;
+                (Some(store), Some(tx))
+            }
+            None => (None, None),
+        };
+        let (jobs, rx) = unbounded();
+        let fetcher = Arc::new(Fetcher {
+            image,
+            backend,
+            blob_ids: blobs.iter().map(|b| b.0).collect(),
+            index,
+            memory: ChunkCache::new(cfg.memory_bytes),
+            store,
+            commits,
+            flights: Mutex::default(),
+            jobs,
+            cfg,
+            metrics,
+            fs_metrics,
+        });
+        for n in 0..fetcher.cfg.concurrency.max(1) {
+            let weak = Arc::downgrade(&fetcher);
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("rafs-fetch-{n}"))
+                .spawn(move || worker(weak, rx))
+                .map_err(|e| CacheError::Io {
+                    path: PathBuf::from("thread"),
+                    source: e,
+                })?;
+        }
+        Ok(fetcher)
+    }
+
+    /// The fetch and disk cache metrics.
+    pub fn metrics(&self) -> &Arc<FetchMetrics> {
+        &self.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FetchConfig {
+        &self.cfg
+    }
+
+    /// Bytes held by the in-memory frame LRU.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.bytes()
+    }
+
+    fn disk(&self, blob: u32) -> Option<&BlobCache> {
+        self.store.as_ref()?.caches.get(blob as usize)?.as_ref()
+    }
+
+    /// Appends the bytes of every want, in order, to `out`. On failure,
+    /// returns the index of the want that failed and why.
+    pub fn read(&self, wants: &[Want<'_>], out: &mut Vec<u8>) -> Result<(), (usize, FetchError)> {
+        let deadline = Instant::now() + self.cfg.read_timeout;
+        let mut launched = false;
+        for (i, w) in wants.iter().enumerate() {
+            let c = w.c;
+            let key = (c.blob_index.get(), c.compressed_offset.get());
+            if self.read_disk(w, out) {
+                continue;
+            }
+            let frame = match self.in_memory(&key) {
+                Some(f) => f,
+                None => {
+                    if !launched {
+                        launched = true;
+                        self.launch(self.missing(&wants[i..]), deadline);
+                    }
+                    self.wait(key, deadline).map_err(|e| (i, e))?
+                }
+            };
+            if let Err(e) = frame.verify(c) {
+                // Bad bytes must not stay cached: the next read refetches.
+                self.memory.remove(&key);
+                return Err((i, self.chunk_error(key, e)));
+            }
+            let start = c.batch_offset.get() as usize;
+            let bytes = frame
+                .data()
+                .get(start + w.from..start + w.to)
+                .ok_or_else(|| {
+                    let source = ChunkError::Decompress("read outside the chunk".into());
+                    (i, self.chunk_error(key, source))
+                })?;
+            out.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn chunk_error(&self, key: Key, source: ChunkError) -> FetchError {
+        let blob = self.blob_ids.get(key.0 as usize).copied();
+        FetchError::Chunk {
+            blob: blob.unwrap_or(BlobId([0; 32])),
+            offset: key.1,
+            source,
+        }
+    }
+
+    /// A disk cache hit appended to `out`, if the bytes are ready.
+    fn read_disk(&self, w: &Want<'_>, out: &mut Vec<u8>) -> bool {
+        let c = w.c;
+        let Some(cache) = self.disk(c.blob_index.get()) else {
+            return false;
+        };
+        let offset = c.uncompressed_offset.get() + w.from as u64;
+        match cache.read_ready_into(offset, w.to - w.from, out) {
+            Ok(true) => {
+                self.metrics.cache_hits.inc();
+                if let Some(s) = &self.store {
+                    s.touch(&(c.blob_index.get(), c.compressed_offset.get()));
+                }
+                true
+            }
+            Ok(false) => {
+                self.metrics.cache_misses.inc();
+                false
+            }
+            Err(e) => {
+                tracing::debug!("cache read failed, fetching instead: {e}");
+                self.metrics.cache_misses.inc();
+                false
+            }
+        }
+    }
+
+    fn in_memory(&self, key: &Key) -> Option<Arc<Frame>> {
+        if let Some(f) = self.memory.get(key) {
+            Metrics::add(&self.fs_metrics.lru_hits, 1);
+            return Some(f);
+        }
+        let pending = self.store.as_ref().and_then(|s| s.pending(key));
+        if pending.is_none() {
+            Metrics::add(&self.fs_metrics.lru_misses, 1);
+        }
+        pending
+    }
+
+    /// Frames of `wants` that are neither on disk nor in memory.
+    fn missing(&self, wants: &[Want<'_>]) -> Vec<(u32, usize)> {
+        let mut out: Vec<(u32, usize)> = Vec::new();
+        for w in wants {
+            let c = w.c;
+            let blob = c.blob_index.get();
+            let key = (blob, c.compressed_offset.get());
+            let ready = self.disk(blob).is_some_and(|cache| {
+                let at = c.uncompressed_offset.get() + w.from as u64;
+                let r = cache.ranges_touching(at, (w.to - w.from) as u64);
+                cache.bitmap().all_ready(r).unwrap_or(false)
+            });
+            if ready || self.memory.get(&key).is_some() {
+                continue;
+            }
+            if let Some(fi) = self
+                .index
+                .blobs
+                .get(blob as usize)
+                .and_then(|b| b.find(key.1))
+            {
+                out.push((blob, fi));
+            }
+        }
+        out
+    }
+
+    /// The frame `key`, waiting for its flight (launching one if nobody
+    /// is fetching it) until `deadline`.
+    fn wait(&self, key: Key, deadline: Instant) -> Result<Arc<Frame>, FetchError> {
+        for _ in 0..3 {
+            let flight = self
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .cloned();
+            match flight {
+                Some(f) => {
+                    return match f.wait(deadline) {
+                        Some(Ok(frame)) => Ok(frame),
+                        Some(Err(e)) => Err(FetchError::Shared(e)),
+                        None => {
+                            self.metrics.read_timeouts.inc();
+                            Err(FetchError::Timeout(self.cfg.read_timeout))
+                        }
+                    }
+                }
+                None => {
+                    if let Some(f) = self.in_memory(&key) {
+                        return Ok(f);
+                    }
+                    let fi = self
+                        .index
+                        .blobs
+                        .get(key.0 as usize)
+                        .and_then(|b| b.find(key.1));
+                    match fi {
+                        Some(fi) => self.launch(vec![(key.0, fi)], deadline),
+                        None => break,
+                    }
+                }
+            }
+        }
+        Err(FetchError::Timeout(Duration::ZERO))
+    }
+
+    /// Starts fetching `frames` that nobody fetches yet, coalesced into
+    /// range requests.
+    fn launch(&self, mut frames: Vec<(u32, usize)>, deadline: Instant) {
+        frames.sort_unstable();
+        frames.dedup();
+        let mut new = Vec::with_capacity(frames.len());
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            for (blob, fi) in frames {
+                let Some(f) = self.index.blobs[blob as usize].frames.get(fi) else {
+                    continue;
+                };
+                let key = (blob, f.coff);
+                if flights.contains_key(&key) || self.memory.get(&key).is_some() {
+                    continue;
+                }
+                if self
+                    .store
+                    .as_ref()
+                    .is_some_and(|s| s.pending(&key).is_some())
+                {
+                    continue;
+                }
+                flights.insert(key, Arc::default());
+                new.push((blob, fi));
+            }
+        }
+        for job in self.coalesce(new, deadline) {
+            // Workers live as long as the fetcher: the send cannot fail.
+            let _ = self.jobs.send(job);
+        }
+    }
+
+    /// Groups sorted frames into jobs of adjacent frames of one blob, each
+    /// at most `max_request` stored bytes (a larger frame is a job alone).
+    fn coalesce(&self, frames: Vec<(u32, usize)>, deadline: Instant) -> Vec<Job> {
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut bytes = 0u64;
+        for (blob, fi) in frames {
+            let bf = &self.index.blobs[blob as usize];
+            let f = &bf.frames[fi];
+            if let Some(j) = jobs.last_mut() {
+                let prev = j.frames.last().map(|&p| &bf.frames[p]);
+                let adjacent = j.blob == blob && prev.is_some_and(|p| p.cend() == f.coff);
+                if adjacent && bytes + u64::from(f.clen) <= self.cfg.max_request {
+                    j.frames.push(fi);
+                    bytes += u64::from(f.clen);
+                    continue;
+                }
+            }
+            bytes = u64::from(f.clen);
+            jobs.push(Job {
+                blob,
+                frames: vec![fi],
+                deadline,
+            });
+        }
+        jobs
+    }
+
+    /// Publishes a fetched frame: memory, disk (if `commit` and the blob
+    /// has a cache), then its waiters.
+    fn publish_ok(&self, blob: u32, fi: usize, frame: Arc<Frame>, commit: bool) {
+        let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
+        self.memory.put(key, frame.clone());
+        if let (true, Some(store), Some(tx)) = (commit, &self.store, &self.commits) {
+            if self.disk(blob).is_some() {
+                store.hold(key, frame.clone());
+                let _ = tx.send(Commit {
+                    blob,
+                    frame: fi,
+                    data: frame.clone(),
+                });
+            }
+        }
+        self.finish(key, Ok(frame));
+    }
+
+    fn publish_err(&self, blob: u32, fi: usize, e: Arc<FetchError>) {
+        let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
+        self.finish(key, Err(e));
+    }
+
+    fn finish(&self, key: Key, r: FlightResult) {
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        if let Some(f) = flight {
+            f.set(r);
+        }
+    }
+}
+
+/// A fetch worker: runs jobs until the fetcher is gone.
+fn worker(fetcher: Weak<Fetcher>, rx: Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        match fetcher.upgrade() {
+            Some(f) => f.run_job(job),
+            None => return,
+        }
+    }
+}
