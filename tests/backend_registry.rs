@@ -126,7 +126,7 @@ fn token_registry_conforms_caches_the_token_and_refuses_wrong_credentials() {
 #[test]
 fn token_is_refreshed_before_it_expires() {
     let fx = fixture();
-    let reg = start_with_blobs(RegistryAuth::Token(token_policy(2, 600)), &fx);
+    let reg = start_with_blobs(RegistryAuth::Token(token_policy(4, 600)), &fx);
     let tokens = reg.tokens.as_ref().unwrap();
     let dir = common::tempdir();
     let b = open(&reg.url(), &opts(&dir, Some(("tok", "tok-pass"))));
@@ -134,9 +134,9 @@ fn token_is_refreshed_before_it_expires() {
     assert_eq!(b.read_range(id, 0, 10).unwrap(), &bytes[..10]);
     assert_eq!(b.read_range(id, 10, 10).unwrap(), &bytes[10..20]);
     assert_eq!(tokens.issued.load(Ordering::SeqCst), 1);
-    // expires_in 2 s: refreshed from 1 s on, before the registry sees it
+    // expires_in 4 s: refreshed from 2 s on, before the registry sees it
     // expire.
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(b.read_range(id, 20, 10).unwrap(), &bytes[20..30]);
     assert_eq!(tokens.issued.load(Ordering::SeqCst), 2);
 }
@@ -145,14 +145,14 @@ fn token_is_refreshed_before_it_expires() {
 fn token_refused_by_the_registry_is_fetched_again() {
     let fx = fixture();
     // The token server promises 300 s but the registry stops accepting its
-    // tokens after 3: the next read gets a 401 and must fetch a new one.
-    let reg = start_with_blobs(RegistryAuth::Token(token_policy(300, 3)), &fx);
+    // tokens after 4: the next read gets a 401 and must fetch a new one.
+    let reg = start_with_blobs(RegistryAuth::Token(token_policy(300, 4)), &fx);
     let tokens = reg.tokens.as_ref().unwrap();
     let dir = common::tempdir();
     let b = open(&reg.url(), &opts(&dir, Some(("tok", "tok-pass"))));
     let (id, bytes) = &fx.blobs[2];
     assert_eq!(b.read_range(id, 0, 10).unwrap(), &bytes[..10]);
-    std::thread::sleep(Duration::from_millis(4200));
+    std::thread::sleep(Duration::from_millis(5200));
     assert_eq!(b.read_range(id, 100, 10).unwrap(), &bytes[100..110]);
     assert_eq!(tokens.issued.load(Ordering::SeqCst), 2, "{}", reg.log());
 }
