@@ -12,6 +12,9 @@
 //!   exactly the range asked for (offset 0, `len` = size); any other 200 is
 //!   a server that ignored `Range` — a `ShortBody` error, never a silent
 //!   misread;
+//! - a `206` clamped by the server to the blob's end (its `Content-Range`
+//!   size is smaller than `offset + len`) is `OutOfRange`, as is a `200`
+//!   whose complete body is shorter than `offset + len`;
 //! - `416` is `OutOfRange` with the size from `Content-Range: bytes */size`;
 //!   `404` is `NotFound`; `401`/`403` are `Auth`; everything else is
 //!   `Status` (transient if 5xx or 429).
@@ -79,18 +82,26 @@ impl HttpClient {
         headers: &[(&str, &str)],
         limit: u64,
     ) -> Result<Raw, BackendError> {
-        let mut req = self.agent.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.call().map_err(|e| transport(blob, url, e))?;
-        let status = resp.status();
-        let cap = if status.is_success() {
+        let resp = self.send(blob, url, headers)?;
+        let cap = if resp.status().is_success() {
             limit
         } else {
             ERROR_BODY_LIMIT
         };
         read_raw(blob, url, resp, cap)
+    }
+
+    fn send(
+        &self,
+        blob: &BlobId,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response<Body>, BackendError> {
+        let mut req = self.agent.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.call().map_err(|e| transport(blob, url, e))
     }
 
     /// Range GET of `len` bytes at `offset` (see the module docs for every
@@ -130,9 +141,19 @@ impl HttpClient {
             206 => check_partial(blob, &raw, offset, len),
             200 => {
                 // A server that ignores Range: acceptable only if the whole
-                // body is exactly what was asked.
-                if offset == 0 && raw.body.len() as u64 == len {
+                // body is exactly what was asked. A complete body (at most
+                // `len` bytes, else the read limit tripped) is the whole
+                // blob, so a range past its end is out of range.
+                let size = raw.body.len() as u64;
+                if offset == 0 && size == len {
                     Ok(raw.body)
+                } else if size <= len && end > size {
+                    Err(BackendError::OutOfRange {
+                        blob: *blob,
+                        offset,
+                        len,
+                        size,
+                    })
                 } else {
                     Err(BackendError::ShortBody {
                         blob: *blob,
@@ -163,7 +184,22 @@ impl HttpClient {
     ) -> Result<u64, BackendError> {
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         all.push(("Range", "bytes=0-0"));
-        let raw = self.get(blob, url, &all, 2)?;
+        let resp = self.send(blob, url, &all)?;
+        if resp.status() == StatusCode::OK {
+            // A server that ignores Range sends the whole blob: its length
+            // is the answer, and the body is not read (the connection is
+            // dropped instead of buffering a blob).
+            let len = resp.headers().get("content-length");
+            if let Some(size) = len.and_then(|v| v.to_str().ok()?.trim().parse().ok()) {
+                return Ok(size);
+            }
+        }
+        let cap = if resp.status().is_success() {
+            2
+        } else {
+            ERROR_BODY_LIMIT
+        };
+        let raw = read_raw(blob, url, resp, cap)?;
         let from_range = content_range(&raw.headers).and_then(|c| c.2);
         match raw.status.as_u16() {
             206 | 416 => from_range.ok_or(BackendError::ShortBody {
@@ -217,6 +253,16 @@ fn check_partial(blob: &BlobId, raw: &Raw, offset: u64, len: u64) -> Result<Vec<
     };
     match content_range(&raw.headers) {
         Some((Some(first), Some(last), _)) if first == offset && last == want_last => {}
+        // Servers clamp a range that runs past the end (RFC 9110 14.1.2):
+        // the size they report makes it an out-of-range request.
+        Some((_, _, Some(size))) if offset + len > size => {
+            return Err(BackendError::OutOfRange {
+                blob: *blob,
+                offset,
+                len,
+                size,
+            })
+        }
         _ => return Err(short(0)),
     }
     if raw.body.len() as u64 != len {

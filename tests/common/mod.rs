@@ -10,8 +10,11 @@
 
 pub mod compare;
 pub mod conformance;
+pub mod httpd;
 pub mod mount;
+pub mod nginx;
 pub mod reads;
+pub mod registry;
 pub mod tree;
 
 use std::ffi::{OsStr, OsString};

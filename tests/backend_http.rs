@@ -1,0 +1,158 @@
+//! The HTTP backend: the conformance suite against a real nginx, plus the
+//! ways a server or the network can misbehave (a server that ignores
+//! `Range`, error statuses, nothing listening) and `--proxy`.
+
+mod common;
+
+use common::conformance::{check_backend, fixture};
+use common::httpd::{ConnectProxy, Httpd, Response};
+use common::nginx::{free_port, Nginx};
+use rafs::backend::url::BackendUrl;
+use rafs::backend::{Backend, BackendError, BackendOptions, BlobId};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+fn open(url: &str, opts: &BackendOptions) -> Arc<dyn Backend> {
+    BackendUrl::parse(url).unwrap().open(opts).unwrap()
+}
+
+#[test]
+fn http_backend_conforms_against_nginx() {
+    let fx = fixture();
+    let root = common::tempdir();
+    fx.write_dir(root.path());
+    let nginx = Nginx::serve(root.path());
+    let b = open(&format!("{}/", nginx.url), &BackendOptions::default());
+    check_backend(b.as_ref(), &fx);
+
+    // A `{blob}` template names the same files.
+    let (id, bytes) = &fx.blobs[1];
+    let b = open(
+        &format!("{}/{{blob}}", nginx.url),
+        &BackendOptions::default(),
+    );
+    assert_eq!(b.read_range(id, 7, 1000).unwrap(), &bytes[7..1007]);
+}
+
+#[test]
+fn range_clamped_by_server_is_out_of_range_not_short() {
+    // nginx answers `bytes=size-1-size` with the one byte it has (206,
+    // Content-Range ../size); without a cached size the backend must still
+    // call that OutOfRange (final), not ShortBody (retried forever).
+    let fx = fixture();
+    let root = common::tempdir();
+    fx.write_dir(root.path());
+    let nginx = Nginx::serve(root.path());
+    let (id, bytes) = &fx.blobs[2];
+    let size = bytes.len() as u64;
+    for (offset, len) in [(size - 1, 2), (0, size + 1), (size, 1)] {
+        let b = open(&nginx.url, &BackendOptions::default());
+        match b.read_range(id, offset, len) {
+            Err(BackendError::OutOfRange { size: s, .. }) => assert_eq!(s, size),
+            other => panic!(
+                "{offset}+{len}: want OutOfRange, got {:?}\nnginx: {}",
+                other.map(|v| v.len()),
+                nginx.error_log()
+            ),
+        }
+    }
+}
+
+#[test]
+fn server_ignoring_range_is_short_body_unless_whole_blob() {
+    let fx = fixture();
+    let (id, bytes) = fx.blobs[1].clone();
+    let body = bytes.clone();
+    let server = Httpd::start(move |_| Response::new(200, body.clone()));
+    let b = open(&server.url(), &BackendOptions::default());
+    let size = bytes.len() as u64;
+    for (offset, len) in [(10, 100), (0, 100), (1, size - 1)] {
+        match b.read_range(&id, offset, len) {
+            Err(e @ BackendError::ShortBody { .. }) => assert!(e.is_transient()),
+            other => panic!(
+                "{offset}+{len}: want ShortBody, got {:?}",
+                other.map(|v| v.len())
+            ),
+        }
+    }
+    assert_eq!(b.read_range(&id, 0, size).unwrap(), bytes);
+    // The whole body is the whole blob: a longer range is out of range.
+    let fresh = open(&server.url(), &BackendOptions::default());
+    assert!(matches!(
+        fresh.read_range(&id, 0, size + 1),
+        Err(BackendError::OutOfRange { .. })
+    ));
+    assert_eq!(b.blob_size(&id).unwrap(), size);
+    let seen = server.seen();
+    assert!(seen.iter().all(|r| r.target == format!("/{}", id.to_hex())));
+    assert!(seen
+        .iter()
+        .any(|r| r.header("range") == Some("bytes=10-109")));
+}
+
+#[test]
+fn error_statuses_become_typed_errors() {
+    let server = Httpd::start(|req| match req.target.as_str() {
+        t if t.ends_with(&"11".repeat(32)) => Response::new(503, "busy"),
+        t if t.ends_with(&"22".repeat(32)) => Response::new(403, "go away"),
+        t if t.ends_with(&"33".repeat(32)) => Response::new(429, "slow down"),
+        _ => Response::new(404, "no"),
+    });
+    let b = open(&server.url(), &BackendOptions::default());
+    let read = |byte| b.read_range(&BlobId([byte; 32]), 0, 10).unwrap_err();
+    let e = read(0x11);
+    assert!(matches!(e, BackendError::Status { status: 503, .. }) && e.is_transient());
+    let e = read(0x22);
+    assert!(
+        matches!(e, BackendError::Auth { .. }) && !e.is_transient(),
+        "{e}"
+    );
+    let e = read(0x33);
+    assert_eq!((e.kind(), e.is_transient()), ("throttled", true));
+    let e = read(0x44);
+    assert!(matches!(e, BackendError::NotFound(_)) && !e.is_transient());
+}
+
+#[test]
+fn nothing_listening_is_a_transient_transport_error() {
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let b = open(&url, &BackendOptions::default());
+    match b.read_range(&BlobId([1; 32]), 0, 1) {
+        Err(e @ BackendError::Transport { .. }) => assert!(e.is_transient()),
+        other => panic!("want Transport, got {:?}", other.map(|v| v.len())),
+    }
+}
+
+#[test]
+fn proxy_option_routes_requests_through_the_proxy() {
+    let fx = fixture();
+    let root = common::tempdir();
+    fx.write_dir(root.path());
+    let nginx = Nginx::serve(root.path());
+    let proxy = ConnectProxy::start();
+    let opts = BackendOptions {
+        proxy: Some(proxy.url.clone()),
+        ..BackendOptions::default()
+    };
+    let b = open(&nginx.url, &opts);
+    for (id, bytes) in &fx.blobs {
+        assert_eq!(b.blob_size(id).unwrap(), bytes.len() as u64);
+        assert_eq!(b.read_range(id, 0, 1).unwrap(), &bytes[..1]);
+    }
+    assert!(proxy.tunnels.load(Ordering::SeqCst) >= 1);
+    let nginx_addr = nginx.url.trim_start_matches("http://");
+    let targets = proxy.targets.lock().unwrap().clone();
+    assert!(targets.iter().all(|t| t == nginx_addr), "{targets:?}");
+
+    // A proxy that is not there fails the reads: nothing bypasses it.
+    let opts = BackendOptions {
+        proxy: Some(format!("http://127.0.0.1:{}", free_port())),
+        ..BackendOptions::default()
+    };
+    let b = open(&nginx.url, &opts);
+    let (id, _) = &fx.blobs[0];
+    assert!(matches!(
+        b.read_range(id, 0, 1),
+        Err(BackendError::Transport { .. })
+    ));
+}
