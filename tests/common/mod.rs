@@ -12,6 +12,7 @@ pub mod compare;
 pub mod conformance;
 pub mod mount;
 pub mod reads;
+pub mod s3;
 pub mod tree;
 
 use std::ffi::{OsStr, OsString};
