@@ -155,3 +155,29 @@ fn s3_unreachable_endpoint_is_transient() {
         other => panic!("want Transport, got {:?}", other.map(|v| v.len())),
     }
 }
+
+/// Reads past the end on a fresh backend, before any size is cached: the
+/// server clamps `bytes=0-size` to the object and answers 206, which must
+/// still come back as `OutOfRange`, not as a short body.
+#[test]
+fn s3_past_end_before_size_is_known_is_out_of_range() {
+    let server = S3Server::start();
+    let fx = fixture();
+    server.create_bucket("rafs-blobs");
+    publish(&server, "rafs-blobs", "", &fx);
+    for (id, bytes) in &fx.blobs {
+        let size = bytes.len() as u64;
+        for (offset, len) in [(0, size + 1), (size - 1, 2), (size, 1)] {
+            let b = open("s3://rafs-blobs", &options(&server, SECRET_KEY));
+            match b.read_range(id, offset, len) {
+                Err(BackendError::OutOfRange { size: got, .. }) => {
+                    assert!(got == size || got == 0, "{id}: size {got}, want {size}")
+                }
+                other => panic!(
+                    "{id}: {offset}+{len}: want OutOfRange, got {:?}",
+                    other.map(|v| v.len())
+                ),
+            }
+        }
+    }
+}
