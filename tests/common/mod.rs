@@ -15,6 +15,7 @@ pub mod mount;
 pub mod nginx;
 pub mod reads;
 pub mod registry;
+pub mod s3;
 pub mod tree;
 
 use std::ffi::{OsStr, OsString};
