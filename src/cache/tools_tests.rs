@@ -13,17 +13,20 @@ fn filled(dir: &Path, id: BlobId, n: u64, size: u32) -> Vec<Chunk> {
     let blob_size = n * u64::from(size);
     let params = MapParams::new(id, blob_size, G).unwrap();
     let (cache, _) = BlobCache::open(dir, params).unwrap();
-    let mut chunks = Vec::new();
-    for i in 0..n {
-        let data = noise(size as usize, i + 1);
-        let offset = i * u64::from(size);
-        cache.commit(&[(offset, &data)]).unwrap();
-        chunks.push(Chunk {
+    // One commit: a range is marked only if a single commit covers it.
+    let datas: Vec<Vec<u8>> = (0..n).map(|i| noise(size as usize, i + 1)).collect();
+    let writes: Vec<(u64, &[u8])> = (0..n)
+        .map(|i| (i * u64::from(size), datas[i as usize].as_slice()))
+        .collect();
+    cache.commit(&writes).unwrap();
+    let chunks = writes
+        .iter()
+        .map(|&(offset, data)| Chunk {
             offset,
             size,
-            digest: *blake3::hash(&data).as_bytes(),
-        });
-    }
+            digest: *blake3::hash(data).as_bytes(),
+        })
+        .collect();
     cache.bitmap().flush().unwrap();
     chunks
 }
