@@ -384,7 +384,10 @@ fn parse_sample(line: &str) -> Result<Sample, ParseErrorKind> {
         return Err(ParseErrorKind::Value);
     }
     // Value, then an optional timestamp and an optional exemplar (`# ...`).
-    let value = rest.split_whitespace().next().ok_or(ParseErrorKind::Value)?;
+    let value = rest
+        .split_whitespace()
+        .next()
+        .ok_or(ParseErrorKind::Value)?;
     Ok(Sample {
         name: name.to_string(),
         labels,
@@ -397,7 +400,10 @@ fn parse_value(s: &str) -> Result<f64, ParseErrorKind> {
         "+Inf" | "Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        _ if s.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) => {
+        _ if s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) =>
+        {
             s.parse().map_err(|_| ParseErrorKind::Value)
         }
         _ => Err(ParseErrorKind::Value),
@@ -416,8 +422,14 @@ fn parse_labels(mut s: &str) -> Result<(Labels, &str), ParseErrorKind> {
             return Ok((labels, rest));
         }
         let (name, rest) = take_name(s, false).ok_or(ParseErrorKind::Labels)?;
-        let rest = rest.trim_start().strip_prefix('=').ok_or(ParseErrorKind::Labels)?;
-        let rest = rest.trim_start().strip_prefix('"').ok_or(ParseErrorKind::Labels)?;
+        let rest = rest
+            .trim_start()
+            .strip_prefix('=')
+            .ok_or(ParseErrorKind::Labels)?;
+        let rest = rest
+            .trim_start()
+            .strip_prefix('"')
+            .ok_or(ParseErrorKind::Labels)?;
         let (value, rest) = take_quoted(rest)?;
         labels.push((name.to_string(), value));
         let rest = rest.trim_start();
@@ -474,7 +486,7 @@ impl Histogram {
     /// the highest finite bound).
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.buckets.last()?.1;
-        if !(total > 0.0) || !(0.0..=1.0).contains(&q) {
+        if total.is_nan() || total <= 0.0 || !(0.0..=1.0).contains(&q) {
             return None;
         }
         let rank = q * total;
@@ -485,7 +497,11 @@ impl Histogram {
                     return Some(lo);
                 }
                 let inside = cum - below;
-                let frac = if inside > 0.0 { (rank - below) / inside } else { 1.0 };
+                let frac = if inside > 0.0 {
+                    (rank - below) / inside
+                } else {
+                    1.0
+                };
                 return Some(lo + (le - lo) * frac);
             }
             (lo, below) = (le, cum);
@@ -506,7 +522,8 @@ impl MetricSet {
     pub fn by_label(&self, name: &str, label: &str) -> Vec<(String, f64)> {
         let mut out: BTreeMap<String, f64> = BTreeMap::new();
         for s in self.samples.iter().filter(|s| s.name == name) {
-            *out.entry(s.label(label).unwrap_or("").to_string()).or_default() += s.value;
+            *out.entry(s.label(label).unwrap_or("").to_string())
+                .or_default() += s.value;
         }
         out.into_iter().collect()
     }
@@ -675,13 +692,21 @@ fn fs_section(m: &MetricSet) -> Section {
     );
     if hits.is_some() || misses.is_some() {
         let (h, x) = (hits.unwrap_or(0.0), misses.unwrap_or(0.0));
-        let line = format!("{} hits, {} misses{}", fmt_num(h), fmt_num(x), ratio(h, h + x));
+        let line = format!(
+            "{} hits, {} misses{}",
+            fmt_num(h),
+            fmt_num(x),
+            ratio(h, h + x)
+        );
         s.add("chunk cache", Some(line));
     }
     let dec = m.value("rafs_chunk_decompressions_total");
     s.add("decompressions", dec.map(fmt_num));
     s.add("I/O errors", m.value("rafs_io_errors_total").map(fmt_num));
-    s.add("read timeouts", m.value("rafs_read_timeouts_total").map(fmt_num));
+    s.add(
+        "read timeouts",
+        m.value("rafs_read_timeouts_total").map(fmt_num),
+    );
     s
 }
 
@@ -693,15 +718,23 @@ fn cache_section(m: &MetricSet) -> Section {
     );
     if hits.is_some() || misses.is_some() {
         let (h, x) = (hits.unwrap_or(0.0), misses.unwrap_or(0.0));
-        let line = format!("{} hits, {} misses{}", fmt_num(h), fmt_num(x), ratio(h, h + x));
+        let line = format!(
+            "{} hits, {} misses{}",
+            fmt_num(h),
+            fmt_num(x),
+            ratio(h, h + x)
+        );
         s.add("lookups", Some(line));
     }
     let usage = m.value("rafs_cache_usage_bytes");
     let limit = m.value("rafs_cache_limit_bytes");
     let usage_line = match (usage, limit) {
-        (Some(u), Some(l)) if l > 0.0 => {
-            Some(format!("{} of {}{}", fmt_bytes(u), fmt_bytes(l), ratio(u, l)))
-        }
+        (Some(u), Some(l)) if l > 0.0 => Some(format!(
+            "{} of {}{}",
+            fmt_bytes(u),
+            fmt_bytes(l),
+            ratio(u, l)
+        )),
         (Some(u), Some(_)) => Some(format!("{} (no limit)", fmt_bytes(u))),
         (Some(u), None) => Some(fmt_bytes(u)),
         (None, Some(l)) => Some(format!("limit {}", fmt_bytes(l))),
@@ -726,7 +759,10 @@ fn cache_section(m: &MetricSet) -> Section {
 
 fn backend_section(m: &MetricSet) -> Section {
     let mut s = Section::new("Backend");
-    s.add("fetched", m.value("rafs_backend_bytes_total").map(fmt_bytes));
+    s.add(
+        "fetched",
+        m.value("rafs_backend_bytes_total").map(fmt_bytes),
+    );
     let req = m.value("rafs_backend_requests_total");
     let retries = m.value("rafs_backend_retries_total");
     let req_line = match (req, retries) {
@@ -774,7 +810,12 @@ fn other_section(m: &MetricSet) -> Vec<String> {
     }
     for s in &m.samples {
         if !KNOWN.contains(&s.name.as_str()) && !is_hist_part(&s.name) {
-            out.push(format!("{}{} {}", s.name, fmt_labels(&s.labels), fmt_num(s.value)));
+            out.push(format!(
+                "{}{} {}",
+                s.name,
+                fmt_labels(&s.labels),
+                fmt_num(s.value)
+            ));
         }
     }
     out
@@ -839,7 +880,10 @@ pub fn to_json(m: &MetricSet) -> serde_json::Value {
 pub fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
     let resp = fetch(&args.socket, "/metrics")?;
     if resp.status != 200 {
-        let body: String = String::from_utf8_lossy(&resp.body).chars().take(200).collect();
+        let body: String = String::from_utf8_lossy(&resp.body)
+            .chars()
+            .take(200)
+            .collect();
         return Err(StatsError::Status {
             path: args.socket.clone(),
             status: resp.status,

@@ -69,15 +69,24 @@ fn histogram_quantiles_interpolate_inside_buckets() {
 #[test]
 fn renders_curated_and_other() {
     let text = render(&parse(SAMPLE.as_bytes()).unwrap());
-    assert!(text.contains("operations       12 (lookup 2, read 10)"), "{text}");
+    assert!(
+        text.contains("operations       12 (lookup 2, read 10)"),
+        "{text}"
+    );
     assert!(text.contains("read             1.0 MiB"), "{text}");
     assert!(text.contains("3 hits, 1 misses (75.0%)"), "{text}");
     assert!(
         text.contains("count 100, mean 50.0 ms, p50 10.0 ms, p90 100.0 ms, p99 910.0 ms"),
         "{text}"
     );
-    assert!(text.contains("Other\n  something_else{a=\"x\\\"y\"} 1.5"), "{text}");
-    assert!(!text.contains("Cache\n"), "no cache metrics, no section:\n{text}");
+    assert!(
+        text.contains("Other\n  something_else{a=\"x\\\"y\"} 1.5"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Cache\n"),
+        "no cache metrics, no section:\n{text}"
+    );
     assert_eq!(render(&MetricSet::default()), "no metrics\n");
 }
 
@@ -218,7 +227,10 @@ fn fetch_over_a_socket_and_timeout() {
             head.push(b[0]);
         }
         let body = "m 1\n";
-        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         conn.write_all(resp.as_bytes()).unwrap();
         String::from_utf8(head).unwrap()
     });
@@ -233,4 +245,50 @@ fn fetch_over_a_socket_and_timeout() {
         fetch(&path, "/metrics"),
         Err(StatsError::Io { .. })
     ));
+}
+
+#[test]
+fn parses_what_the_daemon_serves() {
+    use crate::api::{Api, StatusInfo};
+    use crate::fs::{Metrics, Op};
+    use prometheus_client::metrics::histogram::Histogram as PromHistogram;
+    use std::sync::Arc;
+    let metrics = Arc::new(Metrics::default());
+    metrics.op(Op::Lookup);
+    Metrics::add(&metrics.bytes_read, 8192);
+    let mut registry = Api::registry_for(metrics.clone());
+    // A histogram as prometheus-client encodes it (main adds this one).
+    let h = PromHistogram::new([0.001, 0.01, 0.1]);
+    for v in [0.0005, 0.005, 0.005, 0.05] {
+        h.observe(v);
+    }
+    registry.register("rafs_backend_request_seconds", "Backend request latency", h);
+    let status = StatusInfo {
+        bootstrap: "/b".into(),
+        mountpoint: "/m".into(),
+        started: std::time::Instant::now(),
+        inodes: 1,
+        blobs: 1,
+    };
+    let resp = Api::new(status, registry).respond(Some(b"GET /metrics HTTP/1.1\r\n\r\n"));
+    let wire = parse_response(&resp.to_bytes()).unwrap();
+    let m = parse(&wire.body).unwrap();
+    assert_eq!(m.value("rafs_read_bytes_total"), Some(8192.0));
+    assert_eq!(
+        m.by_label("rafs_operations_total", "op")
+            .iter()
+            .find(|(op, _)| op == "lookup")
+            .map(|x| x.1),
+        Some(1.0)
+    );
+    let h = m.histogram("rafs_backend_request_seconds").unwrap();
+    assert_eq!(h.count, 4.0);
+    assert_eq!(h.buckets.last().map(|b| b.0), Some(f64::INFINITY));
+    let text = render(&m);
+    assert!(text.contains("read             8.0 KiB"), "{text}");
+    assert!(text.contains("latency          count 4, mean"), "{text}");
+    assert!(
+        !text.contains("Other"),
+        "known metrics listed as other:\n{text}"
+    );
 }

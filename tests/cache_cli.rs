@@ -45,6 +45,15 @@ fn build(work: &Path, name: &str, seed: u64) -> Built {
     let out = work.join(format!("{name}-out"));
     let extra = ["--chunk-size", "64K", "--batch-size", "16K"];
     let bootstrap = create(&src, &out, &extra);
+    let image = Image::open(&bootstrap).unwrap();
+    let batched = image
+        .bootstrap()
+        .unwrap()
+        .chunks()
+        .iter()
+        .filter(|c| c.is_batch())
+        .count();
+    assert!(batched >= 2, "no batch frame to cover");
     Built {
         bootstrap,
         blobs: out.join("blobs"),
@@ -141,7 +150,11 @@ fn verify_finds_clears_and_then_passes() {
     assert!(r.stdout.contains(", 1 bad"), "{r}");
     // The range holding the flipped byte is clear now; the first range of
     // the blob (if it is not the damaged one) is still ready.
-    let size = blobs_of(&a).into_iter().find(|(id, _)| *id == blob).unwrap().1;
+    let size = blobs_of(&a)
+        .into_iter()
+        .find(|(id, _)| *id == blob)
+        .unwrap()
+        .1;
     let (map, _) = RangeBitmap::open(&cache, params(blob, size)).unwrap();
     let g = u64::from(DEFAULT_GRANULARITY);
     assert!(!map.is_ready(at / g).unwrap());
@@ -160,9 +173,19 @@ fn verify_skips_blobs_without_a_map_and_reports_errors() {
     let r = verify(&cache, &a);
     assert_eq!(code(&r), 0, "{r}");
     assert!(r.stdout.contains("0 blobs cached"), "{r}");
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0, "verify created files");
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "verify created files"
+    );
     // A missing bootstrap is an error, exit code 2.
-    let r = rafs(args!["cache", "verify", &cache, "--bootstrap", work.path().join("nope")]);
+    let r = rafs(args![
+        "cache",
+        "verify",
+        &cache,
+        "--bootstrap",
+        work.path().join("nope")
+    ]);
     assert_eq!(code(&r), 2, "{r}");
     assert!(r.stderr.contains("nope"), "{r}");
 }
@@ -208,7 +231,12 @@ fn ls_lists_blobs_with_ready_counts() {
     map.clear(0).unwrap();
     map.flush().unwrap();
     let v = ls_json(&cache, &[]);
-    let row = v["blobs"].as_array().unwrap().iter().find(|r| r["id"] == id.to_hex()).unwrap();
+    let row = v["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.to_hex())
+        .unwrap();
     let ranges = size.div_ceil(u64::from(DEFAULT_GRANULARITY));
     assert_eq!(row["ready_ranges"], ranges - 1, "{row:#}");
     assert!(row["used"].is_null());
@@ -217,7 +245,10 @@ fn ls_lists_blobs_with_ready_counts() {
     let line = r.stdout.lines().find(|l| l.starts_with(short)).unwrap();
     assert!(line.contains(&format!("{}/{ranges}", ranges - 1)), "{r}");
     assert!(r.stdout.contains("ignored: notes.txt"), "{r}");
-    assert!(r.stdout.contains(&format!("total: {} blobs", all.len())), "{r}");
+    assert!(
+        r.stdout.contains(&format!("total: {} blobs", all.len())),
+        "{r}"
+    );
 }
 
 #[test]
@@ -242,7 +273,15 @@ fn gc_removes_unused_keeps_used_and_locked() {
     assert_eq!(common::blob_names(&cache), before);
 
     // A dry run removes nothing.
-    let r = rafs(args!["cache", "gc", &cache, "--bootstrap", &a.bootstrap, "--dry-run"]).ok();
+    let r = rafs(args![
+        "cache",
+        "gc",
+        &cache,
+        "--bootstrap",
+        &a.bootstrap,
+        "--dry-run"
+    ])
+    .ok();
     assert!(r.stdout.contains("would remove"), "{r}");
     assert_eq!(common::blob_names(&cache), before);
 
@@ -302,10 +341,7 @@ rafs_future_metric_total 5
 
 /// Serves one request on a fresh socket with `response`; returns the
 /// socket path and the thread (which yields the request it read).
-fn fake_server(
-    dir: &Path,
-    response: String,
-) -> (PathBuf, std::thread::JoinHandle<String>) {
+fn fake_server(dir: &Path, response: String) -> (PathBuf, std::thread::JoinHandle<String>) {
     let path = dir.join("api.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let t = std::thread::spawn(move || {

@@ -163,7 +163,10 @@ struct BlobRef {
 }
 
 /// The blobs of `paths`, merged by id; with their chunks if `with_chunks`.
-fn load_blobs(paths: &[PathBuf], with_chunks: bool) -> Result<BTreeMap<BlobId, BlobRef>, ToolError> {
+fn load_blobs(
+    paths: &[PathBuf],
+    with_chunks: bool,
+) -> Result<BTreeMap<BlobId, BlobRef>, ToolError> {
     let mut out: BTreeMap<BlobId, BlobRef> = BTreeMap::new();
     for path in paths {
         let image = Image::open(path)?;
@@ -188,12 +191,17 @@ fn load_blobs(paths: &[PathBuf], with_chunks: bool) -> Result<BTreeMap<BlobId, B
             if c.is_hole() || size == 0 {
                 continue;
             }
-            let Some(blob) = ids.get(c.blob_index.get() as usize).and_then(|id| out.get_mut(id))
+            let Some(blob) = ids
+                .get(c.blob_index.get() as usize)
+                .and_then(|id| out.get_mut(id))
             else {
                 continue;
             };
             let offset = c.uncompressed_offset.get();
-            if offset.checked_add(u64::from(size)).is_none_or(|end| end > blob.size) {
+            if offset
+                .checked_add(u64::from(size))
+                .is_none_or(|end| end > blob.size)
+            {
                 continue;
             }
             blob.chunks.entry(offset).or_insert(Chunk {
@@ -694,7 +702,11 @@ fn print_ls_table(rows: &[LsRow], with_used: bool) {
     );
     for r in rows {
         let size = r.blob_size.map_or("-".into(), human_bytes);
-        let ranges = format!("{}/{}", r.ready_ranges, r.ranges.map_or("-".into(), |n| n.to_string()));
+        let ranges = format!(
+            "{}/{}",
+            r.ready_ranges,
+            r.ranges.map_or("-".into(), |n| n.to_string())
+        );
         let used = match r.used {
             Some(true) => "   yes",
             Some(false) => "    no",
@@ -760,7 +772,11 @@ fn gc(args: &GcArgs) -> Result<ExitCode, ToolError> {
     }
     let refs = load_blobs(&args.bootstraps, false)?;
     let found = scan(&args.dir)?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     let (mut removed, mut in_use, mut kept, mut freed) = (0u64, 0u64, 0u64, 0u64);
     for id in found.blobs.keys() {
         if refs.contains_key(id) {

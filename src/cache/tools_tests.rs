@@ -38,8 +38,14 @@ fn id(b: u8) -> BlobId {
 #[test]
 fn names_are_classified_strictly() {
     let hex = "ab".repeat(32);
-    assert_eq!(classify(&format!("{hex}.data")), Name::Data(BlobId([0xab; 32])));
-    assert_eq!(classify(&format!("{hex}.map")), Name::Map(BlobId([0xab; 32])));
+    assert_eq!(
+        classify(&format!("{hex}.data")),
+        Name::Data(BlobId([0xab; 32]))
+    );
+    assert_eq!(
+        classify(&format!("{hex}.map")),
+        Name::Map(BlobId([0xab; 32]))
+    );
     assert_eq!(classify(&format!(".{hex}.map.tmp.42")), Name::Temp(42));
     for other in [
         format!("{}.data", "AB".repeat(32)),
@@ -156,7 +162,15 @@ fn verify_keeps_the_granularity_of_an_existing_map() {
     };
     let out = verify_chunks(dir.path(), &id(3), params.blob_size, &[chunk]).unwrap();
     assert!(
-        matches!(out, BlobVerify::Checked { ready: 4, ranges: 4, checked: 1, .. }),
+        matches!(
+            out,
+            BlobVerify::Checked {
+                ready: 4,
+                ranges: 4,
+                checked: 1,
+                ..
+            }
+        ),
         "{out:?}"
     );
 }
@@ -182,15 +196,24 @@ fn read_map_reports_without_modifying() {
     let f = File::options().write(true).open(&path).unwrap();
     f.write_all_at(&[0xff], 50).unwrap();
     let before = std::fs::read(&path).unwrap();
-    assert!(matches!(read_map(dir.path(), &id(4)).unwrap(), MapInfo::Invalid(_)));
+    assert!(matches!(
+        read_map(dir.path(), &id(4)).unwrap(),
+        MapInfo::Invalid(_)
+    ));
     assert_eq!(std::fs::read(&path).unwrap(), before);
     // A map renamed to another blob's name does not pass either.
     std::fs::write(map_path(dir.path(), &id(5)), &before).unwrap();
-    assert!(matches!(read_map(dir.path(), &id(5)).unwrap(), MapInfo::Invalid(_)));
+    assert!(matches!(
+        read_map(dir.path(), &id(5)).unwrap(),
+        MapInfo::Invalid(_)
+    ));
     // Garbage of any length never panics.
     for len in [0, 1, 127, 128, 129, 200] {
         std::fs::write(&path, vec![0x42; len]).unwrap();
-        assert!(matches!(read_map(dir.path(), &id(4)).unwrap(), MapInfo::Invalid(_)));
+        assert!(matches!(
+            read_map(dir.path(), &id(4)).unwrap(),
+            MapInfo::Invalid(_)
+        ));
     }
 }
 
@@ -201,7 +224,10 @@ fn remove_blob_respects_locks_and_dry_run() {
     let map = map_path(dir.path(), &id(6));
     let data = data_path(dir.path(), &id(6));
     let held = Flock::lock(File::open(&map).unwrap(), FlockArg::LockSharedNonblock).unwrap();
-    assert_eq!(remove_blob(dir.path(), &id(6), false).unwrap(), GcOutcome::InUse);
+    assert_eq!(
+        remove_blob(dir.path(), &id(6), false).unwrap(),
+        GcOutcome::InUse
+    );
     assert!(map.exists() && data.exists());
     drop(held);
     let GcOutcome::Removed(freed) = remove_blob(dir.path(), &id(6), true).unwrap() else {
@@ -222,9 +248,16 @@ fn scan_sorts_entries() {
     filled(dir.path(), id(8), 1, 4096);
     std::fs::write(dir.path().join("README"), b"x").unwrap();
     std::fs::create_dir(dir.path().join(format!("{}.data", id(9).to_hex()))).unwrap();
-    std::fs::write(dir.path().join(format!(".{}.map.tmp.1", id(8).to_hex())), b"").unwrap();
+    std::fs::write(
+        dir.path().join(format!(".{}.map.tmp.1", id(8).to_hex())),
+        b"",
+    )
+    .unwrap();
     let s = scan(dir.path()).unwrap();
-    assert_eq!(s.blobs.into_iter().collect::<Vec<_>>(), vec![(id(8), (true, true))]);
+    assert_eq!(
+        s.blobs.into_iter().collect::<Vec<_>>(),
+        vec![(id(8), (true, true))]
+    );
     assert_eq!(s.temps.len(), 1);
     assert_eq!(s.other.len(), 2, "{:?}", s.other);
 }
