@@ -30,6 +30,10 @@ pub enum Command {
     Unpack(crate::unpack::UnpackArgs),
     /// Serve an image read-only over FUSE, in the foreground.
     Mount(Box<crate::mount::MountArgs>),
+    /// Inspect, verify and clean a cache directory.
+    Cache(crate::cache::tools::CacheArgs),
+    /// Show a running mount's metrics (over its API socket).
+    Stats(crate::stats::StatsArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -59,13 +63,25 @@ pub fn main() -> ExitCode {
         Command::Check(a) => crate::check::run(a),
         Command::Unpack(a) => crate::unpack::run(a),
         Command::Mount(a) => crate::mount::run(a),
+        Command::Cache(a) => crate::cache::tools::run(a),
+        Command::Stats(a) => crate::stats::run(a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rafs: {}", render(&e));
-            ExitCode::FAILURE
+            error_code(&cli.command)
         }
+    }
+}
+
+/// The exit code of a command that failed with an error. `cache` and
+/// `stats` keep 1 for "bad data found" (`cache verify`) and use 2, as clap
+/// does for usage errors, for errors that stopped the command.
+fn error_code(command: &Command) -> ExitCode {
+    match command {
+        Command::Cache(_) | Command::Stats(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -27,5 +27,6 @@ pub mod fuse;
 pub mod image;
 pub mod inspect;
 pub mod mount;
+pub mod stats;
 pub mod unpack;
 pub mod util;

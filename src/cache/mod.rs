@@ -28,6 +28,7 @@ pub mod bitmap;
 pub mod blobfile;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
