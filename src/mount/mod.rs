@@ -311,7 +311,9 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
                 inodes,
                 blobs,
             };
-            let api = Api::new(status, Api::registry_for(fs.metrics().clone()));
+            let mut registry = Api::registry_for(fs.metrics().clone());
+            fs.fetcher().metrics().register(&mut registry);
+            let api = Api::new(status, registry);
             Some(ApiServer::start(l, path, api).map_err(MountError::Setup)?)
         }
         _ => None,
