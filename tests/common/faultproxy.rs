@@ -460,7 +460,10 @@ impl Head {
 
     fn content_length(&self) -> io::Result<Option<u64>> {
         self.get("content-length")
-            .map(|v| v.parse().map_err(|_| bad(format!("bad Content-Length {v:?}"))))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad(format!("bad Content-Length {v:?}")))
+            })
             .transpose()
     }
 
@@ -501,7 +504,9 @@ fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
     let mut total = 0;
     loop {
         let mut line = Vec::new();
-        let n = r.take(MAX_HEAD as u64).read_until(b'\n', &mut line)?;
+        let n = (&mut *r)
+            .take(MAX_HEAD as u64)
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
             if lines.is_empty() {
                 return Ok(None);
@@ -552,7 +557,7 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
             }
         }
         let start = body.len();
-        r.take(size).read_to_end(&mut body)?;
+        (&mut *r).take(size).read_to_end(&mut body)?;
         if (body.len() - start) as u64 != size {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -718,8 +723,10 @@ impl<'a> Conn<'a> {
                 self.connect_upstream()?;
             }
             let (ur, uw) = self.upstream.as_mut().expect("upstream connected");
+            // GET and HEAD without a body stay without Content-Length.
+            let framed = !body.is_empty() || req.get("content-length").is_some();
             let sent = req
-                .write_to(uw, Some(body.len() as u64), false)
+                .write_to(uw, framed.then_some(body.len() as u64), false)
                 .and_then(|()| uw.write_all(body))
                 .and_then(|()| uw.flush());
             let head = sent.and_then(|()| read_head(ur));
@@ -738,7 +745,12 @@ impl<'a> Conn<'a> {
     fn forward(&mut self, req: &Head, body: &[u8], d: Decision) -> io::Result<bool> {
         let mut resp = self.exchange(req, body)?;
         // Interim 1xx answers (other than 101) are skipped.
-        while resp.start.split(' ').nth(1).is_some_and(|c| c.starts_with('1') && c != "101") {
+        while resp
+            .start
+            .split(' ')
+            .nth(1)
+            .is_some_and(|c| c.starts_with('1') && c != "101")
+        {
             let (ur, _) = self.upstream.as_mut().expect("upstream connected");
             resp = read_head(ur)?.ok_or(io::ErrorKind::UnexpectedEof)?;
         }
