@@ -56,7 +56,7 @@
 # env:   RAFS_BENCH_DIR (/var/tmp/rafs-bench): every file this script writes
 #        RAFS_BENCH_REPS (3), RAFS_BENCH_DELAY_MS (10), RAFS_BENCH_RATE_MBIT (200)
 #        RAFS_BENCH_CMD, RAFS_BENCH_SKIP_RAFS, RAFS_BENCH_CREATE_ARGS (extra
-#        `rafs create` flags)
+#        `rafs create` flags), RAFS_BIN (a prebuilt binary: no cargo build)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,7 +67,7 @@ delay_ms=${RAFS_BENCH_DELAY_MS:-10}
 rate_mbit=${RAFS_BENCH_RATE_MBIT:-200}
 cmd=${RAFS_BENCH_CMD:-/usr/bin/dpkg -l >/dev/null && /usr/bin/perl -e 1}
 repo_name=rafs/rootfs
-rafs=${CARGO_TARGET_DIR:-$repo/target}/release/rafs
+rafs=${RAFS_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/rafs}
 
 log() { echo "bench-cold: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -137,8 +137,10 @@ ensure_packages
 mkdir -p "$work"
 
 # ---- build, rootfs, image, tarball
-log "cargo build --release"
-(cd "$repo" && cargo build --release --quiet)
+if [ -z "${RAFS_BIN:-}" ]; then
+  log "cargo build --release"
+  (cd "$repo" && cargo build --release --quiet)
+fi
 [ -x "$rafs" ] || die "no binary at $rafs"
 
 rootfs=$bench/rootfs
