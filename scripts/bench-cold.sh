@@ -245,11 +245,17 @@ proxy_bytes() {
 
 # Self-check: one rafs blob and the tarball, through the proxy, intact.
 check_hex=$(basename "$(find "$image/blobs" -type f | head -1)")
+# The tarball's pull also checks the shaping: it cannot beat size / rate.
 for hex in "$check_hex" "$tar_hex"; do
+  t0=$(now_ns)
   got=$(curl -sfL --max-time 300 "$purl/v2/$repo_name/blobs/sha256:$hex" | sha256sum | cut -c1-64)
+  t1=$(now_ns)
   [ "$got" = "$hex" ] || die "blob $hex read back through the proxy has sha256 $got"
 done
-log "registry $reg, proxy $purl (${delay_ms} ms each way, ${rate_mbit} Mbit/s): blobs read back intact"
+min_ns=$(python3 -c "r = $rate_mbit; print(int($tar_bytes * 8 / (r * 1e6) * 1e9) if r else 0)")
+log "registry $reg, proxy $purl (${delay_ms} ms each way, ${rate_mbit} Mbit/s): blobs read back intact;" \
+  "tarball pulled in $(secs $((t1 - t0))) s (at least $(secs "$min_ns") s at that rate)"
+[ $((t1 - t0)) -ge "$min_ns" ] || die "the shaping proxy is faster than its rate limit"
 
 # ---- bytes of the files CMD reads (see the header), once, untimed
 ref=$work/ref-root

@@ -430,3 +430,47 @@ fn drop_with_stalled_connections_returns_quickly() {
         }
     }
 }
+
+#[test]
+fn concurrent_clients_with_mixed_faults_get_answers_or_errors_never_hang() {
+    let mix = FaultMix::all_pass()
+        .weight(Fault::Pass, 2)
+        .weight(Fault::Error500, 1)
+        .weight(Fault::Error429, 1)
+        .weight(Fault::Reset, 1)
+        .weight(Fault::Truncate, 1)
+        .weight(Fault::Flip, 1);
+    let p = FaultProxy::start(upstream(), 9, mix);
+    let url = format!("{}/b", p.url());
+    let t = Instant::now();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let a = agent(Duration::from_secs(10));
+                let mut intact = 0;
+                for i in 0..10 {
+                    let lo = (w * 10 + i) * 10_000;
+                    let range = format!("bytes={lo}-{}", lo + 9_999);
+                    let want = &body()[lo..lo + 10_000];
+                    match get(&a, &url, Some(&range)) {
+                        Ok((206, b)) if b == want => intact += 1,
+                        Ok((206, b)) if b.len() == want.len() => {
+                            assert_eq!(diff_count(&b, want), 1)
+                        }
+                        Ok((206, b)) => assert!(b.len() < want.len()),
+                        Ok((st, _)) => assert!(st == 500 || st == 429, "status {st}"),
+                        Err(_) => {}
+                    }
+                }
+                intact
+            })
+        })
+        .collect();
+    let intact: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    let s = p.stats();
+    assert!(s.requests >= 80, "{s:?}");
+    assert_eq!(intact as u64, s.count(Fault::Pass), "{s:?}");
+    assert!(s.connections > 1, "{s:?}");
+}
