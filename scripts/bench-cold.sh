@@ -175,6 +175,9 @@ tar_bytes=$(stat -c %s "$tarball")
 # ---- registry
 reg_port=$(free_port)
 reg_dir=$work/registry
+# Fresh storage each run: pushing is local and quick, and blobs of older
+# images do not pile up.
+rm -rf "$reg_dir"
 mkdir -p "$reg_dir/data"
 cat >"$reg_dir/config.yml" <<EOF
 version: 0.1
@@ -259,11 +262,13 @@ log "registry $reg, proxy $purl (${delay_ms} ms each way, ${rate_mbit} Mbit/s): 
 
 # ---- bytes of the files CMD reads (see the header), once, untimed
 ref=$work/ref-root
-if [ ! -f "$work/read-bytes" ]; then
+# Cached per command and tarball.
+read_bytes_file=$work/read-bytes.$(printf '%s\n%s' "$cmd" "$tar_hex" | sha256sum | cut -c1-16)
+if [ ! -f "$read_bytes_file" ]; then
   rm -rf "$ref" && mkdir -p "$ref"
   tar -xzf "$tarball" -C "$ref"
   strace -f -qq -e trace=openat,execve -o "$work/strace.log" chroot "$ref" /bin/sh -c "$cmd"
-  python3 - "$ref" "$work/strace.log" >"$work/read-bytes" <<'EOF'
+  python3 - "$ref" "$work/strace.log" >"$read_bytes_file.partial" <<'EOF'
 import os, re, stat, sys
 root, logf = sys.argv[1], sys.argv[2]
 def resolve(p, depth=0):
@@ -294,9 +299,10 @@ for h in seen:
         total += st.st_size
 print(total)
 EOF
+  mv "$read_bytes_file.partial" "$read_bytes_file"
   rm -rf "$ref"
 fi
-read_bytes=$(cat "$work/read-bytes")
+read_bytes=$(cat "$read_bytes_file")
 
 # ---- scenarios
 declare -A times bytes metric
