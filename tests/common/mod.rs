@@ -10,6 +10,7 @@
 
 pub mod compare;
 pub mod conformance;
+pub mod faultproxy;
 pub mod httpd;
 pub mod mount;
 pub mod nginx;
