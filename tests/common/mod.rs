@@ -279,3 +279,51 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// The Debian rootfs of the tests, `target/test-rootfs`: built once (under
+/// a lock shared by parallel tests) by `scripts/debootstrap-rootfs.sh`.
+pub fn rootfs() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dest = root.join("target/test-rootfs");
+    let script = root.join("scripts/debootstrap-rootfs.sh");
+    cmd("bash", [script.as_os_str(), dest.as_os_str()]).ok();
+    assert!(
+        dest.join("usr/bin").is_dir(),
+        "no usr/bin in {}",
+        dest.display()
+    );
+    dest
+}
+
+/// Every blob in `dir` (files named by their sha256 hex), with its bytes.
+pub fn blobs_in(dir: &Path) -> Vec<(rafs::backend::BlobId, Vec<u8>)> {
+    blob_names(dir)
+        .into_iter()
+        .map(|n| {
+            let id = rafs::backend::BlobId::from_hex(&n).expect("blob file named by hex id");
+            (id, std::fs::read(dir.join(&n)).unwrap())
+        })
+        .collect()
+}
+
+/// A metric's value from a daemon's API socket (sum over label sets).
+pub fn metric(socket: &Path, name: &str) -> f64 {
+    let r = cmd(
+        "curl",
+        [
+            OsStr::new("-sf"),
+            OsStr::new("--unix-socket"),
+            socket.as_os_str(),
+            OsStr::new("http://rafs/metrics"),
+        ],
+    )
+    .ok();
+    r.stdout
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
