@@ -65,7 +65,7 @@ say "rafs check --blobs"
 say "rafs mount (in the background)"
 mkdir -p "$mnt"
 "$rafs" mount "$out/bootstrap" "$mnt" --blobs "$out/blobs" --api-socket "$work/api.sock" \
-  >"$work/mount.out" 2>"$work/mount.log" &
+  --cache-dir "$work/cache" >"$work/mount.out" 2>"$work/mount.log" &
 daemon=$!
 for _ in $(seq 200); do
   grep -q '^rafs: mounted' "$work/mount.out" && break
@@ -83,7 +83,6 @@ getfattr -d "$mnt/etc/motd"
 readlink "$mnt/data/motd-link"
 if command -v curl >/dev/null; then
   curl -s --unix-socket "$work/api.sock" http://localhost/status && echo
-  curl -s --unix-socket "$work/api.sock" http://localhost/metrics | grep -v '^#' | head -20
 fi
 
 say "rafs unpack"
@@ -115,12 +114,19 @@ compare() {
 compare "$mnt" "the mounted image"
 compare "$dest" "the unpacked tree"
 
+say "rafs stats (the daemon's metrics, for a person)"
+"$rafs" stats "$work/api.sock" || fail=1
+
 say "unmounting (SIGTERM)"
 kill -TERM "$daemon"
 status=0 && wait "$daemon" || status=$?
 daemon=
 echo "rafs mount exited with status $status"
 [ "$status" = 0 ] || fail=1
+
+say "the disk cache the mount filled: list it and re-verify every ready range"
+"$rafs" cache ls "$work/cache" --bootstrap "$out/bootstrap" || fail=1
+"$rafs" cache verify "$work/cache" --bootstrap "$out/bootstrap" || fail=1
 if grep -q " $mnt " /proc/self/mountinfo; then echo "still mounted" && fail=1; fi
 
 if [ "$fail" = 0 ]; then
