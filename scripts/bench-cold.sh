@@ -56,7 +56,8 @@
 # env:   RAFS_BENCH_DIR (/var/tmp/rafs-bench): every file this script writes
 #        RAFS_BENCH_REPS (3), RAFS_BENCH_DELAY_MS (10), RAFS_BENCH_RATE_MBIT (200)
 #        RAFS_BENCH_CMD, RAFS_BENCH_SKIP_RAFS, RAFS_BENCH_CREATE_ARGS (extra
-#        `rafs create` flags), RAFS_BIN (a prebuilt binary: no cargo build)
+#        `rafs create` flags), RAFS_BENCH_MOUNT_ARGS (extra `rafs mount`
+#        flags), RAFS_BIN (a prebuilt binary: no cargo build)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -339,7 +340,7 @@ run_rafs() { # SCENARIO REP (cold: fresh cache; warm: the cold run's cache)
   b0=$(proxy_bytes)
   t0=$(now_ns)
   "$rafs" mount "$bootstrap" "$mnt" --backend "registry+http://$proxy/$repo_name" \
-    --cache-dir "$cache" --api-socket "$sock" </dev/null >"$out" 2>"$err" &
+    --cache-dir "$cache" --api-socket "$sock" ${RAFS_BENCH_MOUNT_ARGS:-} </dev/null >"$out" 2>"$err" &
   pid=$!
   pids+=("$pid")
   mounts+=("$mnt")

@@ -686,20 +686,14 @@ fn fs_section(m: &MetricSet) -> Section {
     let ops = m.by_label("rafs_operations_total", "op");
     s.add("operations", (!ops.is_empty()).then(|| breakdown(&ops)));
     s.add("read", m.value("rafs_read_bytes_total").map(fmt_bytes));
-    let (hits, misses) = (
-        m.value("rafs_chunk_cache_hits_total"),
-        m.value("rafs_chunk_cache_misses_total"),
+    s.add(
+        "chunk cache",
+        hit_line(
+            m,
+            "rafs_chunk_cache_hits_total",
+            "rafs_chunk_cache_misses_total",
+        ),
     );
-    if hits.is_some() || misses.is_some() {
-        let (h, x) = (hits.unwrap_or(0.0), misses.unwrap_or(0.0));
-        let line = format!(
-            "{} hits, {} misses{}",
-            fmt_num(h),
-            fmt_num(x),
-            ratio(h, h + x)
-        );
-        s.add("chunk cache", Some(line));
-    }
     let dec = m.value("rafs_chunk_decompressions_total");
     s.add("decompressions", dec.map(fmt_num));
     s.add("I/O errors", m.value("rafs_io_errors_total").map(fmt_num));
@@ -710,22 +704,27 @@ fn fs_section(m: &MetricSet) -> Section {
     s
 }
 
+/// "N hits, M misses (R%)" if either counter exists.
+fn hit_line(m: &MetricSet, hits: &str, misses: &str) -> Option<String> {
+    let (hits, misses) = (m.value(hits), m.value(misses));
+    if hits.is_none() && misses.is_none() {
+        return None;
+    }
+    let (h, x) = (hits.unwrap_or(0.0), misses.unwrap_or(0.0));
+    Some(format!(
+        "{} hits, {} misses{}",
+        fmt_num(h),
+        fmt_num(x),
+        ratio(h, h + x)
+    ))
+}
+
 fn cache_section(m: &MetricSet) -> Section {
     let mut s = Section::new("Cache");
-    let (hits, misses) = (
-        m.value("rafs_cache_hits_total"),
-        m.value("rafs_cache_misses_total"),
+    s.add(
+        "lookups",
+        hit_line(m, "rafs_cache_hits_total", "rafs_cache_misses_total"),
     );
-    if hits.is_some() || misses.is_some() {
-        let (h, x) = (hits.unwrap_or(0.0), misses.unwrap_or(0.0));
-        let line = format!(
-            "{} hits, {} misses{}",
-            fmt_num(h),
-            fmt_num(x),
-            ratio(h, h + x)
-        );
-        s.add("lookups", Some(line));
-    }
     let usage = m.value("rafs_cache_usage_bytes");
     let limit = m.value("rafs_cache_limit_bytes");
     let usage_line = match (usage, limit) {

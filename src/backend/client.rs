@@ -218,6 +218,35 @@ impl HttpClient {
     }
 }
 
+/// What every network backend checks before a range request: a range past
+/// a known size is `OutOfRange` without asking the server, and a
+/// zero-length read is answered by the size alone (HTTP has no empty
+/// range). `Some` is the answer; `None` means "send the request".
+pub fn answer_locally(
+    id: &BlobId,
+    offset: u64,
+    len: u64,
+    known: Option<u64>,
+    size: impl FnOnce() -> Result<u64, BackendError>,
+) -> Option<Result<Vec<u8>, BackendError>> {
+    let bounds = |size: u64| match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BackendError::OutOfRange {
+            blob: *id,
+            offset,
+            len,
+            size,
+        }),
+    };
+    if let Some(Err(e)) = known.map(bounds) {
+        return Some(Err(e));
+    }
+    if len == 0 {
+        return Some(size().and_then(bounds).map(|()| Vec::new()));
+    }
+    None
+}
+
 fn read_raw(blob: &BlobId, url: &str, resp: Response<Body>, cap: u64) -> Result<Raw, BackendError> {
     let (parts, mut body) = resp.into_parts();
     let body = match body.with_config().limit(cap).read_to_vec() {
@@ -329,6 +358,26 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-range", HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[test]
+    fn answered_locally() {
+        let id = BlobId([1; 32]);
+        let never = || -> Result<u64, BackendError> { panic!("size asked") };
+        assert!(answer_locally(&id, 0, 10, Some(10), never).is_none());
+        assert!(answer_locally(&id, 3, 4, None, never).is_none());
+        for (o, l) in [(0, 11), (10, 1), (u64::MAX, 2)] {
+            assert!(matches!(
+                answer_locally(&id, o, l, Some(10), never),
+                Some(Err(BackendError::OutOfRange { size: 10, .. }))
+            ));
+        }
+        let ten = || Ok(10);
+        assert_eq!(answer_locally(&id, 10, 0, None, ten).unwrap().unwrap(), b"");
+        assert!(matches!(
+            answer_locally(&id, 11, 0, None, ten),
+            Some(Err(BackendError::OutOfRange { .. }))
+        ));
     }
 
     #[test]

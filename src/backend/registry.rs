@@ -27,8 +27,7 @@
 pub mod auth;
 
 use self::auth::{Challenge, Credentials, Token};
-use super::client::{status_error, HttpClient};
-use super::http::check_bounds;
+use super::client::{answer_locally, status_error, HttpClient};
 use super::{Backend, BackendError, BackendOptions, BlobId};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -282,13 +281,9 @@ impl RegistryBackend {
 
 impl Backend for RegistryBackend {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        if let Some(size) = self.cached_size(id) {
-            check_bounds(id, offset, len, size)?;
-        }
-        if len == 0 {
-            let size = self.blob_size(id)?;
-            check_bounds(id, offset, len, size)?;
-            return Ok(Vec::new());
+        let known = self.cached_size(id);
+        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
+            return answer;
         }
         let url = self.url(id);
         self.with_auth(id, |h| self.client.get_range(id, &url, h, offset, len))

@@ -30,7 +30,7 @@
 //! the presigned URL (whose query holds the access key id, the signature
 //! and a session token), and the [`Debug`] form shows no credentials.
 
-use super::client::HttpClient;
+use super::client::{answer_locally, HttpClient};
 use super::{Backend, BackendError, BackendOptions, BlobId};
 use rusty_s3::actions::{GetObject, S3Action};
 use rusty_s3::{Bucket, BucketError, Credentials, UrlStyle};
@@ -258,16 +258,6 @@ impl S3Backend {
             other => other,
         }
     }
-
-    fn past_end(id: &BlobId, offset: u64, len: u64, size: u64) -> Option<BackendError> {
-        let past = offset.checked_add(len).is_none_or(|end| end > size);
-        past.then_some(BackendError::OutOfRange {
-            blob: *id,
-            offset,
-            len,
-            size,
-        })
-    }
 }
 
 /// The `<Code>` of an S3 error document (`AccessDenied`,
@@ -282,36 +272,14 @@ fn s3_error_code(text: &str) -> Option<&str> {
 
 impl Backend for S3Backend {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        if let Some(size) = self.cached_size(id) {
-            if let Some(e) = Self::past_end(id, offset, len, size) {
-                return Err(e);
-            }
-        }
-        if len == 0 {
-            // No request for an empty range: the size answers it.
-            let size = self.blob_size(id)?;
-            return match Self::past_end(id, offset, 0, size) {
-                Some(e) => Err(e),
-                None => Ok(Vec::new()),
-            };
+        let known = self.cached_size(id);
+        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
+            return answer;
         }
         let key = object_key(&self.prefix, id);
         let url = self.presign(&key);
         match self.client.get_range(id, &url, &[], offset, len) {
             Ok(bytes) => Ok(bytes),
-            // A range running past the end comes back clamped, which the
-            // client reports as short; the size tells which it was.
-            Err(BackendError::ShortBody { .. }) if self.cached_size(id).is_none() => {
-                let size = self.blob_size(id)?;
-                Err(
-                    Self::past_end(id, offset, len, size).unwrap_or(BackendError::ShortBody {
-                        blob: *id,
-                        offset,
-                        expected: len,
-                        got: 0,
-                    }),
-                )
-            }
             Err(e) => Err(self.scrub(e, &url, &key)),
         }
     }

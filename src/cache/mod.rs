@@ -292,23 +292,8 @@ impl BlobCache {
     /// eviction *and* re-fetch both inside the read; eviction must not touch
     /// ranges with reads in flight (the eviction policy's job).
     pub fn read_if_ready(&self, offset: u64, len: usize) -> Result<Option<Vec<u8>>, CacheError> {
-        let size = self.data.size();
-        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
-            return Err(CacheError::OutOfBounds {
-                offset,
-                len: len as u64,
-                size,
-            });
-        }
-        let ranges = self.ranges_touching(offset, len as u64);
-        if !self.map.all_ready(ranges.clone())? {
-            return Ok(None);
-        }
-        let bytes = self.data.read_at(offset, len)?;
-        if !self.map.all_ready(ranges)? {
-            return Ok(None);
-        }
-        Ok(Some(bytes))
+        let mut out = Vec::with_capacity(len);
+        Ok(self.read_ready_into(offset, len, &mut out)?.then_some(out))
     }
 
     /// Evicts `ranges`: clear their bits, `msync` the bitmap, then punch the

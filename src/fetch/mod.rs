@@ -55,6 +55,9 @@ pub struct FetchConfig {
     pub read_timeout: Duration,
     /// Largest coalesced range request.
     pub max_request: u64,
+    /// On a miss, also fetch the file's next chunks up to this many bytes
+    /// (read-ahead; 0 disables it).
+    pub readahead: u64,
     /// Backend requests in flight at most (worker threads).
     pub concurrency: usize,
     /// First retry delay (doubles per retry, full jitter).
@@ -71,6 +74,7 @@ impl Default for FetchConfig {
             memory_bytes: 16 << 20,
             read_timeout: Duration::from_secs(30),
             max_request: 4 << 20,
+            readahead: 1 << 20,
             concurrency: 8,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
@@ -219,9 +223,16 @@ impl Fetcher {
         self.store.as_ref()?.caches.get(blob as usize)?.as_ref()
     }
 
-    /// Appends the bytes of every want, in order, to `out`. On failure,
+    /// Appends the bytes of every want, in order, to `out`. `ahead` are
+    /// chunks the caller expects to be read next (read-ahead): fetched in
+    /// the background with the first miss, never waited for. On failure,
     /// returns the index of the want that failed and why.
-    pub fn read(&self, wants: &[Want<'_>], out: &mut Vec<u8>) -> Result<(), (usize, FetchError)> {
+    pub fn read(
+        &self,
+        wants: &[Want<'_>],
+        ahead: &[Want<'_>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), (usize, FetchError)> {
         let deadline = Instant::now() + self.cfg.read_timeout;
         let mut launched = false;
         for (i, w) in wants.iter().enumerate() {
@@ -235,7 +246,9 @@ impl Fetcher {
                 None => {
                     if !launched {
                         launched = true;
-                        self.launch(self.missing(&wants[i..]), deadline);
+                        let mut need = self.missing(&wants[i..]);
+                        need.extend(self.missing(ahead));
+                        self.launch(need, deadline);
                     }
                     self.wait(key, deadline).map_err(|e| (i, e))?
                 }

@@ -41,7 +41,7 @@ impl RafsFs {
             let from = (pos - c.file_offset.get()) as usize;
             let to = (end.min(c.file_end()) - c.file_offset.get()) as usize;
             if c.is_hole() {
-                self.fetch_wants(&b, ino, run_start, &mut wants, &mut out)?;
+                self.fetch_wants(&b, ino, run_start, &mut wants, &[], &mut out)?;
                 out.resize(out.len() + (to - from), 0);
             } else {
                 wants.push((i, Want { c, from, to }));
@@ -49,9 +49,29 @@ impl RafsFs {
             pos = c.file_offset.get() + to as u64;
             i += 1;
         }
-        self.fetch_wants(&b, ino, run_start, &mut wants, &mut out)?;
+        let ahead = self.readahead(run, i);
+        self.fetch_wants(&b, ino, run_start, &mut wants, &ahead, &mut out)?;
         Metrics::add(&self.metrics.bytes_read, out.len() as u64);
         Ok(out)
+    }
+
+    /// The data chunks of `run` from index `next` on, up to the read-ahead
+    /// budget.
+    fn readahead<'b>(&self, run: &'b [ChunkInfo], next: usize) -> Vec<Want<'b>> {
+        let budget = self.fetcher.config().readahead;
+        let mut bytes = 0u64;
+        let mut out = Vec::new();
+        for c in run.iter().skip(next) {
+            if bytes >= budget {
+                break;
+            }
+            bytes += u64::from(c.uncompressed_size.get());
+            if !c.is_hole() {
+                let to = c.uncompressed_size.get() as usize;
+                out.push(Want { c, from: 0, to });
+            }
+        }
+        out
     }
 
     /// Appends the data of `wants` (chunk indices in the file's run and
@@ -62,13 +82,14 @@ impl RafsFs {
         ino: u32,
         run_start: u64,
         wants: &mut Vec<(usize, Want<'_>)>,
+        ahead: &[Want<'_>],
         out: &mut Vec<u8>,
     ) -> Result<(), FsError> {
-        if wants.is_empty() {
+        if wants.is_empty() && ahead.is_empty() {
             return Ok(());
         }
         let only: Vec<Want<'_>> = wants.iter().map(|w| w.1).collect();
-        let r = self.fetcher.read(&only, out).map_err(|(k, source)| {
+        let r = self.fetcher.read(&only, ahead, out).map_err(|(k, source)| {
             let (i, w) = wants[k];
             self.data_error(b, ino, run_start + i as u64, w.c, source)
         });

@@ -71,6 +71,10 @@ pub struct MountArgs {
     /// together [default: 4M].
     #[arg(long, value_name = "SIZE")]
     pub max_request_size: Option<String>,
+    /// On a miss, also fetch the file's next SIZE bytes in the background
+    /// (0: off) [default: 1M].
+    #[arg(long, value_name = "SIZE")]
+    pub readahead: Option<String>,
     /// Backend requests in flight at most [default: 8].
     #[arg(long, value_name = "N")]
     pub fetch_threads: Option<usize>,
@@ -112,6 +116,7 @@ struct FileConfig {
     max_request_size: Option<Size>,
     #[serde(alias = "fetch-threads")]
     fetch_threads: Option<usize>,
+    readahead: Option<Size>,
 }
 
 impl FileConfig {
@@ -296,6 +301,13 @@ fn fetch_config(args: &MountArgs, file: &FileConfig) -> Result<FetchConfig, Moun
     )?;
     if let Some(m) = max {
         f.max_request = m.max(1);
+    }
+    if let Some(r) = size_setting(
+        args.readahead.as_ref(),
+        file.readahead.as_ref(),
+        "readahead",
+    )? {
+        f.readahead = r;
     }
     if let Some(t) = args.read_timeout.as_ref().or(file.read_timeout.as_ref()) {
         f.read_timeout =
