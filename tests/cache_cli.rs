@@ -16,7 +16,7 @@ use rafs::backend::file::FileBackend;
 use rafs::backend::BlobId;
 use rafs::cache::bitmap::map_path;
 use rafs::cache::blobfile::data_path;
-use rafs::cache::{BlobCache, MapParams, RangeBitmap, DEFAULT_GRANULARITY};
+use rafs::cache::{BlobCache, Fill, MapParams, RangeBitmap, DEFAULT_GRANULARITY};
 use rafs::chunk::fetch_chunk;
 use rafs::image::Image;
 use rafs_format::layout::ChunkInfo;
@@ -89,8 +89,19 @@ fn populate(b: &Built, cache: &Path) {
         let info = &boot.blobs()[index as usize];
         let p = params(BlobId(info.id), info.uncompressed_size.get());
         let (cache, _) = BlobCache::open(cache, p).unwrap();
-        let writes: Vec<(u64, &[u8])> = chunks.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-        cache.commit(&writes).unwrap();
+        // As the fetcher does: in an ALIGNED blob each chunk here is its own
+        // frame or inside a batch frame, and owns the padding up to the next
+        // 4 KiB boundary.
+        let end = info.uncompressed_size.get();
+        let fills: Vec<Fill<'_>> = chunks
+            .iter()
+            .map(|(o, d)| Fill {
+                offset: *o,
+                bytes: d.as_slice(),
+                cover_end: (*o + d.len() as u64).next_multiple_of(4096).min(end),
+            })
+            .collect();
+        cache.commit_covering(&fills).unwrap();
         cache.bitmap().flush().unwrap();
     }
 }
