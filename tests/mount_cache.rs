@@ -274,3 +274,49 @@ fn a_stalled_backend_fails_reads_at_the_deadline_then_recovers() {
         std::fs::read(src.join("big/f000")).unwrap()
     );
 }
+
+/// Unmounts the tmpfs at the path when dropped.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_cache_disk_degrades_to_memory_and_never_fails_reads() {
+    let work = common::tempdir();
+    let src = work.path().join("src");
+    random_tree(&src, 16, 512 << 10); // 8 MiB of data, 1 MiB of disk
+    let out = work.path().join("image");
+    let bootstrap = common::create(&src, &out, &[]);
+    let cache = work.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    common::cmd(
+        "mount",
+        args!["-t", "tmpfs", "-o", "size=1m", "tmpfs", &cache],
+    )
+    .ok();
+    let _tmpfs = Tmpfs(cache.clone());
+    let sock = work.path().join("api.sock");
+    let opts = strings(&[
+        "--blobs",
+        out.join("blobs").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--api-socket",
+        sock.to_str().unwrap(),
+    ]);
+    let mnt = mount(&bootstrap, &work.path().join("mnt"), &opts);
+    assert_same_tree(&src, &mnt.mountpoint, &exclude_none);
+    assert!(common::metric(&sock, "rafs_cache_write_errors_total") > 0.0);
+    let stderr = mnt.stderr();
+    assert_eq!(
+        stderr.matches("disk cache write failed").count(),
+        1,
+        "logged once:\n{stderr}"
+    );
+    drop(mnt);
+    verify_cache(&cache, &bootstrap);
+}

@@ -24,6 +24,8 @@ mod job;
 pub mod memory;
 pub mod metrics;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use crate::backend::{Backend, BlobId};
 use crate::cache::{BlobCache, CacheError};

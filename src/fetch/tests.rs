@@ -1,0 +1,155 @@
+//! Unit tests of the fetch path on the hand-built sample image, with
+//! instrumented backends: single flight, coalescing, retries, deadlines.
+
+use super::FetchConfig;
+use crate::backend::file::FileBackend;
+use crate::backend::{Backend, BackendError, BlobId};
+use crate::fs::{FsError, RafsFs};
+use crate::image::Image;
+use crate::unpack::testimage::{ino, noise, sample, TestImage};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A file backend that counts calls and bytes, sleeps before answering,
+/// and fails the first calls with the queued errors.
+struct Instrumented {
+    inner: FileBackend,
+    calls: AtomicU64,
+    bytes: AtomicU64,
+    delay: Duration,
+    fail: Mutex<Vec<BackendError>>,
+}
+
+impl Instrumented {
+    fn new(t: &TestImage, delay: Duration, fail: Vec<BackendError>) -> Arc<Instrumented> {
+        Arc::new(Instrumented {
+            inner: FileBackend::new(&t.blobs),
+            calls: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            delay,
+            fail: Mutex::new(fail),
+        })
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Backend for Instrumented {
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        if let Some(e) = self.fail.lock().unwrap().pop() {
+            return Err(e);
+        }
+        self.bytes.fetch_add(len, Ordering::SeqCst);
+        self.inner.read_range(id, offset, len)
+    }
+
+    fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
+        self.inner.blob_size(id)
+    }
+}
+
+fn fs_with(t: &TestImage, backend: Arc<Instrumented>, cfg: FetchConfig) -> RafsFs {
+    RafsFs::new(Image::open(&t.bootstrap).unwrap(), backend, cfg).unwrap()
+}
+
+fn no_readahead() -> FetchConfig {
+    FetchConfig {
+        readahead: 0,
+        ..FetchConfig::default()
+    }
+}
+
+fn suid_data() -> Vec<u8> {
+    [noise(4096, 2), noise(4096, 3)].concat()
+}
+
+#[test]
+fn concurrent_readers_of_a_missing_chunk_share_one_request() {
+    let t = sample();
+    let backend = Instrumented::new(&t, Duration::from_millis(200), Vec::new());
+    let fs = fs_with(&t, backend.clone(), no_readahead());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| assert_eq!(fs.read(ino::SUID, 0, 4096).unwrap(), noise(4096, 2)));
+        }
+    });
+    assert_eq!(backend.calls(), 1);
+}
+
+#[test]
+fn adjacent_missing_chunks_are_fetched_in_one_request_up_to_the_limit() {
+    let t = sample();
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    let fs = fs_with(&t, backend.clone(), no_readahead());
+    assert_eq!(fs.read(ino::SUID, 0, 8192).unwrap(), suid_data());
+    assert_eq!(backend.calls(), 1, "two adjacent chunks, one request");
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    let small = FetchConfig {
+        max_request: 4097,
+        ..no_readahead()
+    };
+    let fs = fs_with(&t, backend.clone(), small);
+    assert_eq!(fs.read(ino::SUID, 0, 8192).unwrap(), suid_data());
+    assert_eq!(backend.calls(), 2, "over max_request: one request each");
+}
+
+#[test]
+fn readahead_fetches_the_next_chunks_with_the_first_miss() {
+    let t = sample();
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    let fs = fs_with(&t, backend.clone(), FetchConfig::default());
+    assert_eq!(fs.read(ino::SUID, 0, 100).unwrap(), noise(4096, 2)[..100]);
+    // The second chunk came with the first (read-ahead): no new request.
+    assert_eq!(fs.read(ino::SUID, 4096, 4096).unwrap(), noise(4096, 3));
+    assert_eq!(backend.calls(), 1);
+}
+
+fn status(code: u16) -> BackendError {
+    BackendError::Status {
+        blob: BlobId([0; 32]),
+        url: "http://x/".into(),
+        status: code,
+    }
+}
+
+#[test]
+fn transient_errors_are_retried_and_final_ones_are_not() {
+    let t = sample();
+    let backend = Instrumented::new(&t, Duration::ZERO, vec![status(429), status(503)]);
+    let fs = fs_with(&t, backend.clone(), no_readahead());
+    assert_eq!(fs.read(ino::SUID, 0, 8192).unwrap(), suid_data());
+    assert_eq!(backend.calls(), 3);
+    assert_eq!(fs.fetcher().metrics().retries.get(), 2);
+    let backend = Instrumented::new(&t, Duration::ZERO, vec![status(404), status(403)]);
+    let fs = fs_with(&t, backend.clone(), no_readahead());
+    assert!(matches!(
+        fs.read(ino::SUID, 0, 8192),
+        Err(FsError::Data { .. })
+    ));
+    assert_eq!(backend.calls(), 1, "403 is final");
+}
+
+#[test]
+fn a_read_fails_at_its_deadline_even_if_the_backend_hangs() {
+    let t = sample();
+    let backend = Instrumented::new(&t, Duration::from_secs(3), Vec::new());
+    let cfg = FetchConfig {
+        read_timeout: Duration::from_millis(300),
+        ..no_readahead()
+    };
+    let fs = fs_with(&t, backend, cfg);
+    let t0 = Instant::now();
+    let r = fs.read(ino::SUID, 0, 10);
+    assert!(matches!(r, Err(FsError::Data { .. })), "{r:?}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(fs.fetcher().metrics().read_timeouts.get(), 1);
+}
