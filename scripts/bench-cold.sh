@@ -151,7 +151,7 @@ for f in /usr/bin/dpkg /usr/bin/perl; do
 done
 
 image=$work/image
-stamp=$(sha256sum "$rafs" | cut -c1-64)
+stamp=$( (sha256sum "$rafs" | cut -c1-64; echo "${RAFS_BENCH_CREATE_ARGS:-}") | sha256sum | cut -c1-64)
 if [ "$(cat "$image/stamp" 2>/dev/null)" != "$stamp" ]; then
   log "rafs create $rootfs"
   rm -rf "$image" "$image.partial"
