@@ -12,7 +12,8 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{fallocate, FallocateFlags};
+use nix::fcntl::{fallocate, fcntl, FallocateFlags, FcntlArg};
+use std::sync::Arc;
 
 use super::{io_err, CacheError};
 use crate::backend::BlobId;
@@ -31,7 +32,7 @@ pub enum DataState {
 /// One blob's data file.
 #[derive(Debug)]
 pub struct CacheFile {
-    file: File,
+    file: Arc<File>,
     size: u64,
     path: PathBuf,
 }
@@ -69,6 +70,7 @@ impl CacheFile {
                 state = DataState::Resized;
             }
         }
+        let file = Arc::new(file);
         Ok((CacheFile { file, size, path }, state))
     }
 
@@ -138,6 +140,74 @@ impl CacheFile {
         let off = i64::try_from(offset).map_err(too_large)?;
         let n = i64::try_from(len).map_err(too_large)?;
         let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        fallocate(&self.file, mode, off, n).map_err(|e| io_err(&self.path, e.into()))
+        fallocate(&*self.file, mode, off, n).map_err(|e| io_err(&self.path, e.into()))
+    }
+}
+
+/// An exclusive open-file-description lock on a span of a data file: the
+/// cross-process half of single flight. A process fetching a frame for a
+/// shared cache holds the lock on the frame's span until its bits are set
+/// (or it gave up); another process that wants the same frame waits for
+/// the lock, then finds the bits set. The kernel drops the lock if the
+/// holder dies. Released on drop.
+#[derive(Debug)]
+pub struct SpanLock {
+    file: Arc<File>,
+    start: u64,
+    len: u64,
+}
+
+fn flock_of(kind: libc::c_int, start: u64, len: u64) -> libc::flock {
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a
+    // valid value; the fields that matter are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl
+}
+
+impl CacheFile {
+    /// Locks `start..start + len` exclusively: `Some` once held, `None` if
+    /// `wait` is false and another process holds part of it.
+    pub fn lock_span(
+        &self,
+        start: u64,
+        len: u64,
+        wait: bool,
+    ) -> Result<Option<SpanLock>, CacheError> {
+        self.check(start, len)?;
+        let fl = flock_of(libc::F_WRLCK, start, len);
+        loop {
+            let arg = if wait {
+                FcntlArg::F_OFD_SETLKW(&fl)
+            } else {
+                FcntlArg::F_OFD_SETLK(&fl)
+            };
+            match fcntl(&*self.file, arg) {
+                Ok(_) => {
+                    return Ok(Some(SpanLock {
+                        file: self.file.clone(),
+                        start,
+                        len,
+                    }))
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) if !wait => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(io_err(&self.path, e.into())),
+            }
+        }
+    }
+}
+
+impl Drop for SpanLock {
+    fn drop(&mut self) {
+        let fl = flock_of(libc::F_UNLCK, self.start, self.len);
+        if let Err(e) = fcntl(&*self.file, FcntlArg::F_OFD_SETLK(&fl)) {
+            tracing::warn!("releasing a cache span lock: {e}");
+        }
     }
 }

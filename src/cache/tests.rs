@@ -363,3 +363,20 @@ fn check_header_never_panics_on_garbage() {
         assert!(bitmap::check_header(&good[..len], len as u64, &p).is_err());
     }
 }
+
+#[test]
+fn span_locks_exclude_other_openers_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two opens: two open file descriptions, as in two processes.
+    let (a, _) = CacheFile::open(dir.path(), &blob(7), 1 << 20).unwrap();
+    let (b, _) = CacheFile::open(dir.path(), &blob(7), 1 << 20).unwrap();
+    let held = a.lock_span(4096, 8192, false).unwrap().expect("free span");
+    assert!(b.lock_span(8192, 4096, false).unwrap().is_none(), "overlap");
+    assert!(b.lock_span(0, 4096, false).unwrap().is_some(), "disjoint");
+    drop(held);
+    assert!(b.lock_span(8192, 4096, false).unwrap().is_some());
+    assert!(matches!(
+        a.lock_span(1 << 20, 1, false),
+        Err(CacheError::OutOfBounds { .. })
+    ));
+}

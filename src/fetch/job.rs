@@ -13,9 +13,11 @@
 
 use super::index::FrameInfo;
 use super::memory::Frame;
-use super::Fetcher;
+use super::{Fetcher, Via};
 use crate::backend::{BackendError, BlobId};
+use crate::cache::blobfile::SpanLock;
 use crate::chunk::{decode_frame, FetchError};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,8 @@ pub struct Job {
     pub frames: Vec<usize>,
     /// Give up (publish errors) after this instant.
     pub deadline: Instant,
+    /// Background (prefetch) lane: bandwidth-limited, not in memory LRU.
+    pub background: bool,
 }
 
 /// A frame to retry, with its decoded bytes if it decoded (members failed
@@ -62,10 +66,36 @@ fn rand_u64() -> u64 {
 
 impl Fetcher {
     /// Runs `job` to completion: every frame's flight gets a result.
-    pub(super) fn run_job(&self, mut job: Job) {
+    ///
+    /// In a shared disk cache, frames another process is fetching are
+    /// handled last, by waiting for its span lock once this job holds no
+    /// lock of its own (its locks are released by the committer, which
+    /// waits for nothing): two processes can never wait for each other.
+    pub(super) fn run_job(&self, job: Job) {
+        let (blob, background, deadline) = (job.blob, job.background, job.deadline);
+        let (job, busy, locks) = self.claim(job);
+        self.fetch_run(job, locks);
+        for fi in busy {
+            if let Err(lock) = self.wait_claim(blob, fi, background) {
+                let one = Job {
+                    blob,
+                    frames: vec![fi],
+                    deadline,
+                    background,
+                };
+                self.fetch_run(one, lock.map(|l| (fi, l)).into_iter().collect());
+            }
+        }
+    }
+
+    /// Fetches the job's frames, with retries.
+    fn fetch_run(&self, mut job: Job, mut locks: HashMap<usize, SpanLock>) {
+        if job.frames.is_empty() {
+            return;
+        }
         let mut attempt = 1;
         loop {
-            let outcome = self.attempt(&job);
+            let outcome = self.attempt(&job, &mut locks);
             match outcome {
                 Outcome::Done => return,
                 Outcome::Fail(e) => return self.fail_all(&job, e),
@@ -73,7 +103,7 @@ impl Fetcher {
                     let wait = backoff(self.cfg.retry_base, self.cfg.retry_max, attempt);
                     let late = Instant::now() + wait >= job.deadline;
                     if attempt >= MAX_ATTEMPTS || late {
-                        return self.give_up(job.blob, left, why);
+                        return self.give_up(&job, left, why);
                     }
                     self.metrics.retries.inc();
                     tracing::debug!(blob = job.blob, attempt, "retrying: {why}");
@@ -85,8 +115,88 @@ impl Fetcher {
         }
     }
 
+    /// Claims the job's frames in a shared disk cache, without waiting: a
+    /// span lock per frame (see `SpanLock`). Returns the job with the
+    /// frames claimed (and their locks), and the frames another process
+    /// is fetching right now.
+    fn claim(&self, mut job: Job) -> (Job, Vec<usize>, HashMap<usize, SpanLock>) {
+        let mut locks = HashMap::new();
+        let mut busy = Vec::new();
+        let Some(cache) = self.disk(job.blob) else {
+            return (job, busy, locks);
+        };
+        let bf = &self.index.blobs[job.blob as usize];
+        let size = cache.data().size();
+        let mut mine = Vec::with_capacity(job.frames.len());
+        for &fi in &job.frames {
+            let cover = bf.frames[fi].cover(size);
+            match cache
+                .data()
+                .lock_span(cover.start, cover.end - cover.start, false)
+            {
+                Ok(Some(l)) => {
+                    locks.insert(fi, l);
+                    mine.push(fi);
+                }
+                Ok(None) => busy.push(fi),
+                Err(e) => {
+                    tracing::debug!("cache span lock: {e}");
+                    mine.push(fi);
+                }
+            }
+        }
+        job.frames = mine;
+        (job, busy, locks)
+    }
+
+    /// Waits for the other process fetching frame `fi`; publishes the frame
+    /// from the disk if that process cached it (`Ok`), else returns the
+    /// lock (if it could be taken) for this process to fetch it.
+    fn wait_claim(&self, blob: u32, fi: usize, background: bool) -> Result<(), Option<SpanLock>> {
+        let cache = self.disk(blob).ok_or(None)?;
+        let cover = self.index.blobs[blob as usize].frames[fi].cover(cache.data().size());
+        let lock = cache
+            .data()
+            .lock_span(cover.start, cover.end - cover.start, true)
+            .ok()
+            .flatten();
+        if super::store::ready(cache, &cover) && self.publish_from_disk(blob, fi, background) {
+            return Ok(());
+        }
+        Err(lock)
+    }
+
+    /// Publishes frame `fi` from the disk cache (another process fetched
+    /// it); false if its bytes there do not verify.
+    fn publish_from_disk(&self, blob: u32, fi: usize, background: bool) -> bool {
+        let Some(cache) = self.disk(blob) else {
+            return false;
+        };
+        let f = &self.index.blobs[blob as usize].frames[fi];
+        let Ok(data) = cache.data().read_at(f.ustart, f.ulen as usize) else {
+            return false;
+        };
+        let Ok(b) = self.image.bootstrap() else {
+            return false;
+        };
+        let frame = Arc::new(Frame::new(data));
+        let members = self.index.blobs[blob as usize].members_of(fi);
+        if members
+            .iter()
+            .any(|&m| frame.verify(&b.chunks()[m as usize]).is_err())
+        {
+            return false;
+        }
+        let via = Via {
+            background,
+            lock: None,
+        };
+        self.publish_ok(blob, fi, frame, false, via);
+        true
+    }
+
     /// One range request for the job's frames, then decode and verify each.
-    fn attempt(&self, job: &Job) -> Outcome {
+    fn attempt(&self, job: &Job, locks: &mut HashMap<usize, SpanLock>) -> Outcome {
         let bf = &self.index.blobs[job.blob as usize];
         let frames: Vec<&FrameInfo> = job
             .frames
@@ -99,6 +209,13 @@ impl Fetcher {
         let start = first.coff;
         let len = last.cend() - start;
         let id = self.blob_ids[job.blob as usize];
+        if let (true, Some(bucket)) = (job.background, &self.bucket) {
+            let wait = bucket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(len);
+            std::thread::sleep(wait);
+        }
         self.metrics.backend_requests.inc();
         self.metrics.inflight.inc();
         let t0 = Instant::now();
@@ -126,7 +243,18 @@ impl Fetcher {
             let from = (f.coff - start) as usize;
             let stored = &bytes[from..from + f.clen as usize];
             match self.check_frame(job.blob, fi, stored) {
-                Ok((frame, None)) => self.publish_ok(job.blob, fi, frame, true),
+                Ok((frame, None)) => {
+                    if job.background {
+                        self.metrics.prefetch_bytes.inc_by(u64::from(f.clen));
+                        let members = self.index.blobs[job.blob as usize].members_of(fi);
+                        self.metrics.prefetch_chunks.inc_by(members.len() as u64);
+                    }
+                    let via = Via {
+                        background: job.background,
+                        lock: locks.remove(&fi),
+                    };
+                    self.publish_ok(job.blob, fi, frame, true, via)
+                }
                 Ok((frame, Some(e))) => {
                     why = e;
                     bad.push((fi, Some(frame)));
@@ -174,7 +302,8 @@ impl Fetcher {
     /// After the last attempt: frames that decoded are published for
     /// memory use only (their good chunks stay readable; a bad chunk fails
     /// its own reads when verified; nothing goes to disk); the rest fail.
-    fn give_up(&self, blob: u32, left: Vec<Left>, why: String) {
+    fn give_up(&self, job: &Job, left: Vec<Left>, why: String) {
+        let blob = job.blob;
         tracing::warn!(blob, frames = left.len(), "fetch failed: {why}");
         let id: BlobId = self.blob_ids[blob as usize];
         let err = Arc::new(FetchError::Backend(BackendError::Transport {
@@ -184,7 +313,13 @@ impl Fetcher {
         }));
         for (fi, frame) in left {
             match frame {
-                Some(frame) => self.publish_ok(blob, fi, frame, false),
+                Some(frame) => {
+                    let via = Via {
+                        background: job.background,
+                        lock: None,
+                    };
+                    self.publish_ok(blob, fi, frame, false, via)
+                }
                 None => self.publish_err(blob, fi, err.clone()),
             }
         }

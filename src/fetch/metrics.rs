@@ -46,6 +46,14 @@ pub struct FetchMetrics {
     pub write_errors: Family<Kind, Counter>,
     /// Reads failed because their deadline passed.
     pub read_timeouts: Counter,
+    /// Stored bytes fetched by the background (prefetch) lane.
+    pub prefetch_bytes: Counter,
+    /// Chunks fetched by the background lane.
+    pub prefetch_chunks: Counter,
+    /// On-demand reads served by data the background lane fetched.
+    pub prefetch_hits: Counter,
+    /// Seconds the last prefetch run took, start to end.
+    pub prefetch_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for FetchMetrics {
@@ -64,6 +72,10 @@ impl Default for FetchMetrics {
             evicted_bytes: Counter::default(),
             write_errors: Family::default(),
             read_timeouts: Counter::default(),
+            prefetch_bytes: Counter::default(),
+            prefetch_chunks: Counter::default(),
+            prefetch_hits: Counter::default(),
+            prefetch_seconds: Gauge::default(),
         }
     }
 }

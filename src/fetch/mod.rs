@@ -38,7 +38,7 @@ use job::Job;
 use memory::{ChunkCache, Frame, Key};
 use metrics::FetchMetrics;
 use rafs_format::layout::ChunkInfo;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -60,8 +60,12 @@ pub struct FetchConfig {
     /// On a miss, also fetch the file's next chunks up to this many bytes
     /// (read-ahead; 0 disables it).
     pub readahead: u64,
-    /// Backend requests in flight at most (worker threads).
+    /// On-demand backend requests in flight at most (worker threads).
     pub concurrency: usize,
+    /// Prefetch (background lane) requests in flight at most.
+    pub prefetch_threads: usize,
+    /// Prefetch bandwidth limit, bytes per second (`None`: unlimited).
+    pub prefetch_bandwidth: Option<u64>,
     /// First retry delay (doubles per retry, full jitter).
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -78,6 +82,8 @@ impl Default for FetchConfig {
             max_request: 4 << 20,
             readahead: 1 << 20,
             concurrency: 8,
+            prefetch_threads: 2,
+            prefetch_bandwidth: None,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
         }
@@ -96,6 +102,48 @@ pub struct Want<'a> {
 }
 
 type FlightResult = Result<Arc<Frame>, Arc<FetchError>>;
+
+/// How a frame reached [`Fetcher::publish_ok`].
+#[derive(Default)]
+struct Via {
+    /// Fetched by the background (prefetch) lane.
+    background: bool,
+    /// The cross-process claim on the frame's cache span, if held.
+    lock: Option<crate::cache::blobfile::SpanLock>,
+}
+
+/// A token bucket: the prefetch bandwidth limit.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket {
+            rate: rate.max(1) as f64,
+            tokens: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` bytes' worth of tokens; returns how long to wait first.
+    /// Debt is allowed (a request larger than a second's budget waits in
+    /// proportion), the burst is capped at a tenth of a second.
+    fn take(&mut self, n: u64) -> Duration {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate / 10.0);
+        self.last = now;
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
 
 /// One frame being fetched; readers wait on it.
 #[derive(Default)]
@@ -138,6 +186,10 @@ pub struct Fetcher {
     commits: Option<Sender<Commit>>,
     flights: Mutex<HashMap<Key, Arc<Flight>>>,
     jobs: Sender<Job>,
+    bg_jobs: Sender<Job>,
+    bucket: Option<Mutex<Bucket>>,
+    /// Frames the background lane fetched that no read has used yet.
+    prefetched: Mutex<HashSet<Key>>,
     cfg: FetchConfig,
     metrics: Arc<FetchMetrics>,
     fs_metrics: Arc<Metrics>,
@@ -178,6 +230,10 @@ impl Fetcher {
             None => (None, None),
         };
         let (jobs, rx) = unbounded();
+        let (bg_jobs, bg_rx) = unbounded();
+        let bucket = cfg
+            .prefetch_bandwidth
+            .map(|rate| Mutex::new(Bucket::new(rate)));
         let fetcher = Arc::new(Fetcher {
             image,
             backend,
@@ -188,20 +244,29 @@ impl Fetcher {
             commits,
             flights: Mutex::default(),
             jobs,
+            bg_jobs,
+            bucket,
+            prefetched: Mutex::default(),
             cfg,
             metrics,
             fs_metrics,
         });
-        for n in 0..fetcher.cfg.concurrency.max(1) {
-            let weak = Arc::downgrade(&fetcher);
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("rafs-fetch-{n}"))
-                .spawn(move || worker(weak, rx))
-                .map_err(|e| CacheError::Io {
-                    path: PathBuf::from("thread"),
-                    source: e,
-                })?;
+        let lanes = [
+            ("fetch", fetcher.cfg.concurrency.max(1), rx),
+            ("prefetch", fetcher.cfg.prefetch_threads.max(1), bg_rx),
+        ];
+        for (lane, n, rx) in lanes {
+            for i in 0..n {
+                let weak = Arc::downgrade(&fetcher);
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("rafs-{lane}-{i}"))
+                    .spawn(move || worker(weak, rx))
+                    .map_err(|e| CacheError::Io {
+                        path: PathBuf::from("thread"),
+                        source: e,
+                    })?;
+            }
         }
         Ok(fetcher)
     }
@@ -241,16 +306,20 @@ impl Fetcher {
             let c = w.c;
             let key = (c.blob_index.get(), c.compressed_offset.get());
             if self.read_disk(w, out) {
+                self.note_use(&key);
                 continue;
             }
             let frame = match self.in_memory(&key) {
-                Some(f) => f,
+                Some(f) => {
+                    self.note_use(&key);
+                    f
+                }
                 None => {
                     if !launched {
                         launched = true;
                         let mut need = self.missing(&wants[i..]);
                         need.extend(self.missing(ahead));
-                        self.launch(need, deadline);
+                        self.launch(need, deadline, false);
                     }
                     self.wait(key, deadline).map_err(|e| (i, e))?
                 }
@@ -379,7 +448,7 @@ impl Fetcher {
                         .get(key.0 as usize)
                         .and_then(|b| b.find(key.1));
                     match fi {
-                        Some(fi) => self.launch(vec![(key.0, fi)], deadline),
+                        Some(fi) => self.launch(vec![(key.0, fi)], deadline, false),
                         None => break,
                     }
                 }
@@ -389,8 +458,13 @@ impl Fetcher {
     }
 
     /// Starts fetching `frames` that nobody fetches yet, coalesced into
-    /// range requests.
-    fn launch(&self, mut frames: Vec<(u32, usize)>, deadline: Instant) {
+    /// range requests, in the on-demand or the background lane.
+    pub(crate) fn launch(
+        &self,
+        mut frames: Vec<(u32, usize)>,
+        deadline: Instant,
+        background: bool,
+    ) {
         frames.sort_unstable();
         frames.dedup();
         let mut new = Vec::with_capacity(frames.len());
@@ -415,15 +489,26 @@ impl Fetcher {
                 new.push((blob, fi));
             }
         }
-        for job in self.coalesce(new, deadline) {
+        let lane = if background {
+            &self.bg_jobs
+        } else {
+            &self.jobs
+        };
+        for job in self.coalesce(new, deadline, background) {
             // Workers live as long as the fetcher: the send cannot fail.
-            let _ = self.jobs.send(job);
+            let _ = lane.send(job);
         }
     }
 
     /// Groups sorted frames into jobs of adjacent frames of one blob, each
     /// at most `max_request` stored bytes (a larger frame is a job alone).
-    fn coalesce(&self, frames: Vec<(u32, usize)>, deadline: Instant) -> Vec<Job> {
+    fn coalesce(&self, frames: Vec<(u32, usize)>, deadline: Instant, background: bool) -> Vec<Job> {
+        // A slow bandwidth limit gets small requests, so it is honoured
+        // smoothly rather than in bursts of max_request.
+        let max = match self.cfg.prefetch_bandwidth {
+            Some(rate) if background => self.cfg.max_request.min(rate.max(64 << 10)),
+            _ => self.cfg.max_request,
+        };
         let mut jobs: Vec<Job> = Vec::new();
         let mut bytes = 0u64;
         for (blob, fi) in frames {
@@ -432,7 +517,7 @@ impl Fetcher {
             if let Some(j) = jobs.last_mut() {
                 let prev = j.frames.last().map(|&p| &bf.frames[p]);
                 let adjacent = j.blob == blob && prev.is_some_and(|p| p.cend() == f.coff);
-                if adjacent && bytes + u64::from(f.clen) <= self.cfg.max_request {
+                if adjacent && bytes + u64::from(f.clen) <= max {
                     j.frames.push(fi);
                     bytes += u64::from(f.clen);
                     continue;
@@ -443,27 +528,50 @@ impl Fetcher {
                 blob,
                 frames: vec![fi],
                 deadline,
+                background,
             });
         }
         jobs
     }
 
     /// Publishes a fetched frame: memory, disk (if `commit` and the blob
-    /// has a cache), then its waiters.
-    fn publish_ok(&self, blob: u32, fi: usize, frame: Arc<Frame>, commit: bool) {
+    /// has a cache; `lock`, the cross-process claim on the frame, is
+    /// released once its bits are set), then its waiters. Prefetched
+    /// frames bound for the disk skip the memory LRU, which belongs to
+    /// on-demand reads.
+    fn publish_ok(&self, blob: u32, fi: usize, frame: Arc<Frame>, commit: bool, how: Via) {
         let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
-        self.memory.put(key, frame.clone());
-        if let (true, Some(store), Some(tx)) = (commit, &self.store, &self.commits) {
-            if self.disk(blob).is_some() {
-                store.hold(key, frame.clone());
-                let _ = tx.send(Commit {
-                    blob,
-                    frame: fi,
-                    data: frame.clone(),
-                });
-            }
+        let to_disk = commit && self.disk(blob).is_some();
+        if !(how.background && to_disk) {
+            self.memory.put(key, frame.clone());
+        }
+        if how.background {
+            self.prefetched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key);
+        }
+        if let (true, Some(store), Some(tx)) = (to_disk, &self.store, &self.commits) {
+            store.hold(key, frame.clone());
+            let _ = tx.send(Commit {
+                blob,
+                frame: fi,
+                data: frame.clone(),
+                lock: how.lock,
+            });
         }
         self.finish(key, Ok(frame));
+    }
+
+    /// Counts an on-demand read served by data the background lane fetched.
+    fn note_use(&self, key: &Key) {
+        let mut p = self
+            .prefetched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !p.is_empty() && p.remove(key) {
+            self.metrics.prefetch_hits.inc();
+        }
     }
 
     fn publish_err(&self, blob: u32, fi: usize, e: Arc<FetchError>) {

@@ -37,6 +37,9 @@ pub struct Commit {
     pub frame: usize,
     /// Its bytes.
     pub data: Arc<Frame>,
+    /// The cross-process claim on its span, released (dropped) after the
+    /// bits are set.
+    pub lock: Option<crate::cache::blobfile::SpanLock>,
 }
 
 /// LRU of frames on disk, with their cover sizes.
@@ -152,6 +155,21 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, frame);
+    }
+
+    /// Bytes the quota still allows (`None`: no limit).
+    pub fn room(&self) -> Option<u64> {
+        let q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
+        q.limit.map(|l| l.saturating_sub(q.usage))
+    }
+
+    /// Whether frames are still waiting for the committer.
+    pub fn busy(&self) -> bool {
+        !self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 
     /// Marks frame `key` as just used (quota LRU).
