@@ -27,6 +27,7 @@ pub mod fuse;
 pub mod image;
 pub mod inspect;
 pub mod mount;
+pub mod prefetch;
 pub mod stats;
 pub mod unpack;
 pub mod util;

@@ -23,6 +23,7 @@ pub mod index;
 mod job;
 pub mod memory;
 pub mod metrics;
+pub mod prefetch;
 pub mod store;
 #[cfg(test)]
 mod tests;

@@ -153,3 +153,28 @@ fn a_read_fails_at_its_deadline_even_if_the_backend_hangs() {
     );
     assert_eq!(fs.fetcher().metrics().read_timeouts.get(), 1);
 }
+
+#[test]
+fn prefetch_fetches_a_plan_once_in_the_background_lane() {
+    let t = sample();
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    let fs = fs_with(&t, backend.clone(), no_readahead());
+    let f = fs.fetcher();
+    let plan = f.plan_all();
+    assert!(plan.frames.len() >= 3, "{plan:?}");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut calls = 0;
+    let report = f.prefetch(&plan, &stop, &mut |_| calls += 1);
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(report.fetched, plan.frames.len() as u64);
+    assert_eq!(report.fetched_bytes, plan.bytes);
+    assert!(calls >= 1);
+    assert_eq!(f.metrics().prefetch_bytes.get(), plan.bytes);
+    // Everything is cached now: a second run and the reads fetch nothing.
+    let before = backend.calls();
+    let again = f.prefetch(&plan, &stop, &mut |_| {});
+    assert_eq!((again.cached, again.fetched), (plan.frames.len() as u64, 0));
+    assert_eq!(fs.read(ino::SUID, 0, 8192).unwrap(), suid_data());
+    assert_eq!(backend.calls(), before);
+    assert!(f.metrics().prefetch_hits.get() >= 1);
+}

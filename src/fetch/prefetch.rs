@@ -1,0 +1,272 @@
+//! The prefetch engine: fetch a planned list of frames ahead of the reads
+//! that will need them, in the background lane of the [`Fetcher`].
+//!
+//! It shares everything with on-demand reads — single flight (in process,
+//! and across processes through the cache's span locks), coalescing into
+//! range requests, retries, verification, the disk cache and its quota —
+//! but runs on its own few workers with an optional bandwidth limit, so an
+//! on-demand read never queues behind it. It does not care who owns the
+//! cache: `rafs prefetch`, a mount's background thread, or later a blob
+//! manager all drive the same [`Fetcher::prefetch`].
+
+use super::memory::Key;
+use super::Fetcher;
+use rafs_format::layout::ChunkInfo;
+use rafs_format::Bootstrap;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Frames at most per window: launched together, then waited for.
+const WINDOW: usize = 64;
+
+/// Frames to fetch, in order, without duplicates.
+#[derive(Debug, Default, Clone)]
+pub struct Plan {
+    /// (blob index, frame index) pairs.
+    pub frames: Vec<(u32, usize)>,
+    /// Stored (compressed) bytes of all frames.
+    pub bytes: u64,
+    /// Chunks (frame members) in all frames.
+    pub chunks: u64,
+    seen: HashSet<(u32, usize)>,
+}
+
+/// Where a prefetch run is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Frames handled (cached before, fetched, or failed).
+    pub done_frames: u64,
+    /// Frames planned.
+    pub total_frames: u64,
+    /// Stored bytes handled.
+    pub done_bytes: u64,
+    /// Stored bytes planned.
+    pub total_bytes: u64,
+}
+
+/// The outcome of a prefetch run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Frames planned.
+    pub frames: u64,
+    /// Frames already cached (disk or memory): nothing fetched.
+    pub cached: u64,
+    /// Frames fetched by this run.
+    pub fetched: u64,
+    /// Stored bytes fetched by this run.
+    pub fetched_bytes: u64,
+    /// Frames that could not be fetched, with why.
+    pub failed: Vec<String>,
+    /// Why the run ended early, if it did (stop request, cache quota).
+    pub stopped: Option<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Fetcher {
+    /// Adds the frames holding bytes of chunks `run` (a file's chunk run)
+    /// to `plan`; with `ranges` (file byte ranges, end exclusive) only the
+    /// chunks overlapping one of them.
+    pub fn plan_chunks(&self, run: &[ChunkInfo], ranges: Option<&[(u64, u64)]>, plan: &mut Plan) {
+        for c in run.iter().filter(|c| !c.is_hole()) {
+            let (start, end) = (c.file_offset.get(), c.file_end());
+            if let Some(r) = ranges {
+                if !r.iter().any(|&(a, b)| a < end && start < b) {
+                    continue;
+                }
+            }
+            let blob = c.blob_index.get();
+            let fi = self
+                .index
+                .blobs
+                .get(blob as usize)
+                .and_then(|bf| bf.find(c.compressed_offset.get()));
+            if let Some(fi) = fi {
+                self.plan_frame(blob, fi, plan);
+            }
+        }
+    }
+
+    fn plan_frame(&self, blob: u32, fi: usize, plan: &mut Plan) {
+        if !plan.seen.insert((blob, fi)) {
+            return;
+        }
+        let bf = &self.index.blobs[blob as usize];
+        plan.bytes += u64::from(bf.frames[fi].clen);
+        plan.chunks += bf.members_of(fi).len() as u64;
+        plan.frames.push((blob, fi));
+    }
+
+    /// Adds the frames of regular file `ino`'s chunks (all, or those
+    /// overlapping `ranges`) to `plan`. Other inode types add nothing.
+    pub fn plan_file(
+        &self,
+        b: &Bootstrap<'_>,
+        ino: u32,
+        ranges: Option<&[(u64, u64)]>,
+        plan: &mut Plan,
+    ) {
+        if let Ok(run) = b.file_chunks(ino) {
+            self.plan_chunks(run, ranges, plan);
+        }
+    }
+
+    /// Every frame of every blob, in stored order (the most coalescable
+    /// order: `--all`).
+    pub fn plan_all(&self) -> Plan {
+        let mut plan = Plan::default();
+        for (blob, bf) in self.index.blobs.iter().enumerate() {
+            for fi in 0..bf.frames.len() {
+                self.plan_frame(blob as u32, fi, &mut plan);
+            }
+        }
+        plan
+    }
+
+    /// Whether frame `fi` of `blob` is cached: ready on disk, in memory or
+    /// waiting for the committer.
+    pub fn frame_cached(&self, blob: u32, fi: usize) -> bool {
+        let Some(f) = self
+            .index
+            .blobs
+            .get(blob as usize)
+            .and_then(|b| b.frames.get(fi))
+        else {
+            return false;
+        };
+        let key: Key = (blob, f.coff);
+        if let Some(cache) = self.disk(blob) {
+            if super::store::ready(cache, &f.cover(cache.data().size())) {
+                return true;
+            }
+        }
+        self.memory.get(&key).is_some()
+            || self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.pending(&key).is_some())
+    }
+
+    /// Fetches `plan` in the background lane, window by window, until done,
+    /// `stop` is set, or the cache quota would be exceeded. `progress` is
+    /// called after each window.
+    pub fn prefetch(
+        &self,
+        plan: &Plan,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Report {
+        let t0 = Instant::now();
+        let mut report = Report {
+            frames: plan.frames.len() as u64,
+            ..Report::default()
+        };
+        let mut p = Progress {
+            total_frames: report.frames,
+            total_bytes: plan.bytes,
+            ..Progress::default()
+        };
+        for window in plan.frames.chunks(WINDOW) {
+            if stop.load(Ordering::Relaxed) {
+                report.stopped = Some("stopped".into());
+                break;
+            }
+            let (need, cached): (Vec<(u32, usize)>, Vec<(u32, usize)>) = window
+                .iter()
+                .partition(|&&(b, fi)| !self.frame_cached(b, fi));
+            report.cached += cached.len() as u64;
+            let need_bytes: u64 = need.iter().map(|&(b, fi)| self.stored_len(b, fi)).sum();
+            if let Some(room) = self.store.as_ref().and_then(|s| s.room()) {
+                if need_bytes > room {
+                    report.stopped = Some("the cache quota (--cache-size) is reached".into());
+                    break;
+                }
+            }
+            self.fetch_window(&need, &mut report);
+            p.done_frames += window.len() as u64;
+            p.done_bytes += window
+                .iter()
+                .map(|&(b, fi)| self.stored_len(b, fi))
+                .sum::<u64>();
+            progress(p);
+        }
+        report.elapsed = t0.elapsed();
+        self.metrics
+            .prefetch_seconds
+            .set(report.elapsed.as_secs_f64());
+        report
+    }
+
+    fn stored_len(&self, blob: u32, fi: usize) -> u64 {
+        self.index.blobs[blob as usize]
+            .frames
+            .get(fi)
+            .map_or(0, |f| u64::from(f.clen))
+    }
+
+    /// Launches `need` in the background lane and waits for each frame.
+    fn fetch_window(&self, need: &[(u32, usize)], report: &mut Report) {
+        // Patient: a prefetch may wait behind on-demand reads.
+        let deadline = Instant::now() + self.cfg.read_timeout * 4;
+        self.launch(need.to_vec(), deadline, true);
+        for &(blob, fi) in need {
+            match self.wait_prefetched(blob, fi, deadline) {
+                Ok(()) => {
+                    report.fetched += 1;
+                    report.fetched_bytes += self.stored_len(blob, fi);
+                }
+                Err(e) => report.failed.push(format!(
+                    "blob {}, stored offset {}: {e}",
+                    self.blob_ids[blob as usize], self.index.blobs[blob as usize].frames[fi].coff
+                )),
+            }
+        }
+    }
+
+    /// Waits until frame `fi` is cached or failed.
+    fn wait_prefetched(
+        &self,
+        blob: u32,
+        fi: usize,
+        deadline: Instant,
+    ) -> Result<(), crate::chunk::FetchError> {
+        let key: Key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
+        for _ in 0..3 {
+            let flight = self
+                .flights
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&key)
+                .cloned();
+            if let Some(f) = flight {
+                return match f.wait(deadline) {
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => Err(crate::chunk::FetchError::Shared(e)),
+                    None => Err(crate::chunk::FetchError::Timeout(self.cfg.read_timeout * 4)),
+                };
+            }
+            if self.frame_cached(blob, fi) {
+                return Ok(());
+            }
+            self.launch(vec![(blob, fi)], deadline, true);
+        }
+        Err(crate::chunk::FetchError::Timeout(Duration::ZERO))
+    }
+
+    /// Waits (up to `timeout`) until every fetched frame is written to the
+    /// disk cache; false on timeout.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
+        let end = Instant::now() + timeout;
+        while store.busy() {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
