@@ -172,10 +172,12 @@ impl Fetcher {
                 report.stopped = Some("stopped".into());
                 break;
             }
-            let (need, cached): (Vec<(u32, usize)>, Vec<(u32, usize)>) = window
+            let need: Vec<(u32, usize)> = window
                 .iter()
-                .partition(|&&(b, fi)| !self.frame_cached(b, fi));
-            report.cached += cached.len() as u64;
+                .copied()
+                .filter(|&(b, fi)| !self.frame_cached(b, fi))
+                .collect();
+            report.cached += (window.len() - need.len()) as u64;
             let need_bytes: u64 = need.iter().map(|&(b, fi)| self.stored_len(b, fi)).sum();
             if let Some(room) = self.store.as_ref().and_then(|s| s.room()) {
                 if need_bytes > room {
