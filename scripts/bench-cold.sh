@@ -17,7 +17,13 @@
 #     (10) each way, RAFS_BENCH_RATE_MBIT (200) per direction.
 #
 # Scenarios, each RAFS_BENCH_REPS (3) times, page cache dropped before
-# every run, time = median:
+# every run, time = median (prefetch scenarios need a binary with
+# --record-access and `rafs prefetch`):
+#   listmount  a list recorded once with --record-access (untimed run),
+#             prefetched on mount (--prefetch-list) while the command runs;
+#   prefetched `rafs prefetch --list` into a fresh cache, then the mount and
+#             the command (both timed);
+#   all       --prefetch-all on mount.
 #   baseline  curl the tar.gz through the proxy piped into `tar -xzf` (download
 #             and extraction overlap: the strongest form of the baseline; no
 #             digest check), then `chroot DIR sh -c "$CMD"`.
@@ -329,18 +335,34 @@ rafs_supported() {
   grep -q 'registry+http' <<<"$help" || { log "rafs mount has no registry backend yet: rafs scenarios skipped"; return 1; }
 }
 
-run_rafs() { # SCENARIO REP (cold: fresh cache; warm: the cold run's cache)
+list=$work/access.list
+# Scenarios: cold (fresh cache), warm (the cold run's cache), record (fresh
+# cache, --record-access: writes the list the next three use), listmount
+# (fresh cache, --prefetch-list on mount), prefetched (`rafs prefetch
+# --list` into a fresh cache, timed, then the mount), all (--prefetch-all).
+run_rafs() { # SCENARIO REP
   local scen=$1 rep=$2 mnt=$work/mnt cache=$work/cache.$2 sock=$work/api.sock
   local out=$work/rafs.$1.$2.out err=$work/rafs.$1.$2.err b0 t0 t1 pid m i
+  local backend="registry+http://$proxy/$repo_name" extra=()
   mkdir -p "$mnt"
-  [ "$scen" = cold ] && rm -rf "$cache"
+  [ "$scen" = warm ] || rm -rf "$cache"
   mkdir -p "$cache"
   rm -f "$sock"
+  case $scen in
+    record) extra=(--record-access "$list") ;;
+    listmount) extra=(--prefetch-list "$list") ;;
+    all) extra=(--prefetch-all) ;;
+  esac
   drop_caches
   b0=$(proxy_bytes)
   t0=$(now_ns)
-  "$rafs" mount "$bootstrap" "$mnt" --backend "registry+http://$proxy/$repo_name" \
-    --cache-dir "$cache" --api-socket "$sock" ${RAFS_BENCH_MOUNT_ARGS:-} </dev/null >"$out" 2>"$err" &
+  if [ "$scen" = prefetched ]; then
+    "$rafs" prefetch "$bootstrap" --backend "$backend" --cache-dir "$cache" --list "$list" \
+      --no-progress >"$work/prefetch.$rep.out" 2>&1 || die "rafs prefetch failed: $(tail -5 "$work/prefetch.$rep.out")"
+  fi
+  # shellcheck disable=SC2086 # RAFS_BENCH_MOUNT_ARGS is a list of flags
+  "$rafs" mount "$bootstrap" "$mnt" --backend "$backend" --cache-dir "$cache" --api-socket "$sock" \
+    "${extra[@]}" ${RAFS_BENCH_MOUNT_ARGS:-} </dev/null >"$out" 2>"$err" &
   pid=$!
   pids+=("$pid")
   mounts+=("$mnt")
@@ -363,6 +385,9 @@ for ((r = 1; r <= reps; r++)); do
   log "baseline run $r/$reps"
   run_baseline "$r"
 done
+prefetch_supported() {
+  "$rafs" mount --help 2>&1 | grep -q -- '--record-access' && "$rafs" prefetch --help >/dev/null 2>&1
+}
 if rafs_supported; then
   scenarios+=(cold warm)
   for ((r = 1; r <= reps; r++)); do
@@ -373,6 +398,23 @@ if rafs_supported; then
     log "rafs warm run $r/$reps"
     run_rafs warm "$r"
   done
+  if prefetch_supported; then
+    log "recording the command's accesses"
+    run_rafs record 0
+    [ -s "$list" ] || die "--record-access wrote no list"
+    times[record]=
+    bytes[record]=
+    metric[record]=
+    scenarios+=(listmount prefetched all)
+    for s in listmount prefetched all; do
+      for ((r = 1; r <= reps; r++)); do
+        log "rafs $s run $r/$reps"
+        run_rafs "$s" "$r"
+      done
+    done
+  else
+    log "no prefetch support in this binary: prefetch scenarios skipped"
+  fi
 fi
 
 # ---- report
@@ -402,6 +444,11 @@ for s in "${scenarios[@]}"; do
   case $s in
     baseline) target="-" ;;
     cold) target="≥10x faster; ≤10% of image: $(python3 -c "print('met' if $base_ns >= 10 * $t and $b <= $image_bytes / 10 else 'NOT met')")" ;;
+    listmount)
+      # shellcheck disable=SC2086
+      cold_ns=$(median ${times[cold]})
+      target="≥30% faster than cold: $(python3 -c "print(f'{100 * (1 - $t / $cold_ns):.0f}% faster, ' + ('met' if $t <= 0.7 * $cold_ns else 'NOT met'))")" ;;
+    prefetched) target="time includes rafs prefetch" ;;
     warm) target="-" ;;
   esac
   [ "$mm" = - ] || mm=$(human "$mm")
