@@ -191,6 +191,9 @@ pub struct Fetcher {
     bucket: Option<Mutex<Bucket>>,
     /// Frames the background lane fetched that no read has used yet.
     prefetched: Mutex<HashSet<Key>>,
+    /// Per blob: (end of the last on-demand fetch in stored bytes, how many
+    /// misses in a row started there).
+    streams: Vec<Mutex<(u64, u64)>>,
     cfg: FetchConfig,
     metrics: Arc<FetchMetrics>,
     fs_metrics: Arc<Metrics>,
@@ -248,6 +251,7 @@ impl Fetcher {
             bg_jobs,
             bucket,
             prefetched: Mutex::default(),
+            streams: blobs.iter().map(|_| Mutex::new((u64::MAX, 0))).collect(),
             cfg,
             metrics,
             fs_metrics,
@@ -320,6 +324,7 @@ impl Fetcher {
                         launched = true;
                         let mut need = self.missing(&wants[i..]);
                         need.extend(self.missing(ahead));
+                        self.stream_ahead(&mut need);
                         self.launch(need, deadline, false);
                     }
                     self.wait(key, deadline).map_err(|e| (i, e))?
@@ -389,6 +394,45 @@ impl Fetcher {
             Metrics::add(&self.fs_metrics.lru_misses, 1);
         }
         pending
+    }
+
+    /// Sequential read-ahead across files: when a miss starts where the
+    /// previous miss of the same blob ended (a tree read in build order, a
+    /// `tar` of the mount), the frames that follow in the blob are fetched
+    /// too, in a window that doubles per sequential miss up to
+    /// `max_request`, from the third sequential miss in a row on. A miss
+    /// elsewhere resets it, so random access (a program starting) fetches
+    /// only what it reads.
+    fn stream_ahead(&self, need: &mut Vec<(u32, usize)>) {
+        let Some(&(blob, first)) = need.iter().min() else {
+            return;
+        };
+        let bf = &self.index.blobs[blob as usize];
+        let Some(last) = need.iter().filter(|f| f.0 == blob).map(|f| f.1).max() else {
+            return;
+        };
+        let mut stream = self.streams[blob as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let start = bf.frames[first].coff;
+        stream.1 = if stream.0 == start { stream.1 + 1 } else { 0 };
+        let mut budget = match stream.1 {
+            0 | 1 => 0,
+            n => (self.cfg.readahead.max(64 << 10) << (n - 2).min(16)).min(self.cfg.max_request),
+        };
+        let mut end = bf.frames[last].cend();
+        for fi in last + 1..bf.frames.len() {
+            let f = &bf.frames[fi];
+            if budget < u64::from(f.clen) || f.coff != end {
+                break;
+            }
+            budget -= u64::from(f.clen);
+            end = f.cend();
+            if !self.frame_cached(blob, fi) {
+                need.push((blob, fi));
+            }
+        }
+        stream.0 = end;
     }
 
     /// Frames of `wants` that are neither on disk nor in memory.
