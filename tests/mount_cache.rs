@@ -222,7 +222,7 @@ fn injected_faults_give_right_bytes_or_eio_never_wrong_bytes() {
         "--request-timeout",
         "2s",
         "--max-request-size",
-        "1M",
+        "128K",
     ]);
     let mnt = mount(&bootstrap, &work.path().join("mnt"), &opts);
     let files = regular_files(&src, &|_| false);
