@@ -570,6 +570,56 @@ mod tests {
         assert_eq!(api.respond(None).status, 431);
     }
 
+    struct Fake(Option<usize>);
+
+    impl Control for Fake {
+        fn prefetch_status(&self) -> Option<serde_json::Value> {
+            Some(serde_json::json!({"state": "running"}))
+        }
+
+        fn write_record(&self) -> Result<serde_json::Value, ControlError> {
+            match self.0 {
+                Some(n) => Ok(serde_json::json!({ "entries": n })),
+                None => Err(ControlError::Failed("disk on fire".into())),
+            }
+        }
+    }
+
+    #[test]
+    fn record_and_prefetch_status() {
+        let (plain, _) = api();
+        assert_eq!(get(&plain, b"POST /record HTTP/1.1\r\n\r\n").status, 409);
+        let s: serde_json::Value =
+            serde_json::from_slice(&get(&plain, b"GET /status HTTP/1.1\r\n\r\n").body).unwrap();
+        assert!(s.get("prefetch").is_none());
+
+        let (a, _) = api();
+        let a = a.with_control(Arc::new(Fake(Some(3))));
+        for m in ["POST", "PUT"] {
+            let r = get(&a, format!("{m} /record HTTP/1.1\r\n\r\n").as_bytes());
+            assert_eq!(r.status, 200);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["entries"], 3);
+        }
+        let r = get(&a, b"GET /record HTTP/1.1\r\n\r\n");
+        assert_eq!(r.status, 405);
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .contains("Allow: POST, PUT\r\n"));
+        let r = get(&a, b"PUT /metrics HTTP/1.1\r\n\r\n");
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .contains("Allow: GET, HEAD\r\n"));
+        let s: serde_json::Value =
+            serde_json::from_slice(&get(&a, b"GET /status HTTP/1.1\r\n\r\n").body).unwrap();
+        assert_eq!(s["prefetch"]["state"], "running");
+        assert_eq!(s["state"], "mounted");
+
+        let (b, _) = api();
+        let b = b.with_control(Arc::new(Fake(None)));
+        assert_eq!(get(&b, b"POST /record HTTP/1.1\r\n\r\n").status, 500);
+    }
+
     #[test]
     fn head_reading_is_bounded() {
         let mut r = &b"GET / HTTP/1.1\r\nA: b\r\n\r\nBODY"[..];

@@ -540,6 +540,89 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_settings() {
+        let merge = |a: &[&str], f: &str| {
+            let mut v = vec!["/b", "/m", "--blobs", "/d"];
+            v.extend_from_slice(a);
+            MountConfig::merge(&args(&v), file(f).unwrap(), false)
+        };
+        let c = merge(&[], "").unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::Table);
+        assert_eq!(c.record_access, None);
+        assert_eq!(
+            c.fetch.prefetch_threads,
+            FetchConfig::default().prefetch_threads
+        );
+        assert_eq!(c.fetch.prefetch_bandwidth, None);
+        let c = merge(
+            &[
+                "--prefetch-list",
+                "/l",
+                "--prefetch-threads",
+                "3",
+                "--prefetch-bandwidth",
+                "50MiB/s",
+                "--record-access",
+                "/r",
+            ],
+            "prefetch-all = true\nprefetch-bandwidth = '1K'\n",
+        )
+        .unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::List("/l".into()));
+        assert_eq!(c.fetch.prefetch_threads, 3);
+        assert_eq!(c.fetch.prefetch_bandwidth, Some(50 << 20));
+        assert_eq!(c.record_access.as_deref(), Some(Path::new("/r")));
+        let c = merge(
+            &[],
+            "prefetch_list = 'hot.list'\nrecord-access = 'rec'\nprefetch-threads = 4\n\
+             prefetch-bandwidth = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.prefetch,
+            PrefetchSource::List("/etc/rafs/hot.list".into())
+        );
+        assert_eq!(c.record_access.as_deref(), Some(Path::new("/etc/rafs/rec")));
+        assert_eq!(c.fetch.prefetch_threads, 4);
+        assert_eq!(c.fetch.prefetch_bandwidth, Some(1000));
+        let c = merge(&["--no-prefetch"], "prefetch-all = true").unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::Off);
+        let c = merge(&[], "no-prefetch = true").unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::Off);
+        assert_eq!(
+            merge(&["--prefetch-all"], "").unwrap().prefetch,
+            PrefetchSource::All
+        );
+        for (a, f) in [
+            (&["--prefetch-threads", "0"][..], ""),
+            (&["--prefetch-bandwidth", "0"][..], ""),
+            (&["--prefetch-bandwidth", "fast"][..], ""),
+            (&[][..], "prefetch-all = true\nno-prefetch = true"),
+            (&[][..], "prefetch-bandwidth = 0"),
+        ] {
+            assert!(matches!(merge(a, f), Err(MountError::Flag(_))), "{a:?} {f}");
+        }
+        for bad in [
+            &["--prefetch-all", "--no-prefetch"][..],
+            &["--prefetch-list", "/l", "--prefetch-all"][..],
+        ] {
+            let mut v = vec!["m", "/b", "/m", "--blobs", "/d"];
+            v.extend_from_slice(bad);
+            assert!(Cmd::try_parse_from(v).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50MiB/s"), Ok(50 << 20));
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate(" 4096 "), Ok(4096));
+        assert_eq!(parse_rate("1KB/s"), Ok(1024));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5 parsecs").is_err());
+    }
+
+    #[test]
     fn rejected() {
         let e = file("bootstrap = '/b'\nthread = 4\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `thread`"), "{e}");

@@ -552,6 +552,8 @@ mod tests {
             chunk_cache_bytes: 1,
             fetch: Default::default(),
             allow_other: true,
+            prefetch: PrefetchSource::Table,
+            record_access: None,
         };
         let c = session_config(&cfg, true);
         assert_eq!(c.n_threads, Some(6));
