@@ -259,6 +259,35 @@ fn recorded_list_prefetched_on_mount_serves_the_workload_without_backend_request
         mnt.describe()
     );
     assert!(common::metric(&sock, "rafs_prefetch_hits_total") > 0.0);
+    drop(mnt);
+
+    // Without a disk cache the prefetch warms the memory LRU instead.
+    let mut mnt = mount(
+        &bootstrap,
+        &w.join("mnt3"),
+        &[
+            "--backend".as_ref(),
+            backend.as_ref(),
+            "--chunk-cache-size".as_ref(),
+            "64M".as_ref(),
+            "--prefetch-list".as_ref(),
+            list_path.as_os_str(),
+            "--api-socket".as_ref(),
+            sock.as_os_str(),
+        ],
+    );
+    wait_prefetch_done(&sock, &mnt);
+    // Not recording: SIGUSR1 is logged and ignored, not fatal.
+    mnt.signal(libc::SIGUSR1);
+    let before = proxy.stats().requests;
+    run_workload(&src, &mnt);
+    assert_eq!(proxy.stats().requests, before, "{}", mnt.describe());
+    assert!(common::metric(&sock, "rafs_prefetch_hits_total") > 0.0);
+    assert!(
+        mnt.wait_exit(Duration::ZERO).is_none(),
+        "{}",
+        mnt.describe()
+    );
 }
 
 #[test]
@@ -282,6 +311,7 @@ fn prefetch_all_fills_the_cache_and_the_tree_reads_back_without_the_backend() {
             sock.as_os_str(),
             "--read-timeout".as_ref(),
             "5s".as_ref(),
+            "-v".as_ref(),
         ],
     );
     let p = wait_prefetch_done(&sock, &mnt);
@@ -295,6 +325,51 @@ fn prefetch_all_fills_the_cache_and_the_tree_reads_back_without_the_backend() {
     assert_same_tree(&src, &mnt.mountpoint, &exclude_sockets);
     assert_eq!(common::metric(&sock, "rafs_backend_errors_total"), 0.0);
     assert!(common::metric(&sock, "rafs_cache_hits_total") > 0.0);
+    eventually("the prefetch's info line", || {
+        mnt.stderr().contains("prefetch finished")
+    });
+}
+
+#[test]
+fn unmount_during_a_slow_prefetch_exits_promptly() {
+    let work = common::tempdir();
+    let w = work.path();
+    let (_src, bootstrap, blobs) = image(w, workload_tree, &[]);
+    let nginx = Nginx::serve(&blobs);
+    let backend = format!("{}/", nginx.url);
+    let (sock, cache) = (w.join("api.sock"), w.join("cache"));
+    let mut mnt = mount(
+        &bootstrap,
+        &w.join("mnt"),
+        &[
+            "--backend".as_ref(),
+            backend.as_ref(),
+            "--cache-dir".as_ref(),
+            cache.as_os_str(),
+            "--prefetch-all".as_ref(),
+            "--prefetch-bandwidth".as_ref(),
+            "256KiB/s".as_ref(),
+            "--prefetch-threads".as_ref(),
+            "1".as_ref(),
+            "--api-socket".as_ref(),
+            sock.as_os_str(),
+        ],
+    );
+    // At 256 KiB/s the ~23 MiB image takes a minute and a half.
+    eventually("prefetch progress", || {
+        common::metric(&sock, "rafs_prefetch_bytes_total") > 0.0
+    });
+    let p = status(&sock)["prefetch"].clone();
+    assert_eq!(p["state"], "running", "{p}");
+    assert!(p["fetched_bytes"].as_u64().unwrap() < p["planned_bytes"].as_u64().unwrap());
+    let t0 = Instant::now();
+    assert!(mnt.terminate().success(), "{}", mnt.describe());
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "exit took {:?}\n{}",
+        t0.elapsed(),
+        mnt.describe()
+    );
 }
 
 /// A workload tree plus the builder's prefetch list naming two of its

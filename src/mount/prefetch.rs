@@ -30,8 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How long unmount waits for the prefetch thread to notice its stop flag.
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long unmount waits for the prefetch thread to notice its stop flag
+/// (the engine checks it between windows of frames, so a thread waiting on
+/// a slow or rate-limited window is left behind).
+const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a finished prefetch waits for its frames to reach the disk.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
