@@ -1,9 +1,11 @@
 //! The mount daemon's HTTP API, on a Unix socket (`--api-socket`).
 //!
 //! Endpoints: `GET /status` (JSON: state, bootstrap, mountpoint, uptime,
-//! inode and blob counts) and `GET /metrics` (Prometheus/OpenMetrics text
-//! from a `prometheus-client` [`Registry`]). Anything else is 404 (405 for
-//! a method other than GET/HEAD on a known path).
+//! inode and blob counts, and a `prefetch` object when the mount has a
+//! [`Control`]), `GET /metrics` (Prometheus/OpenMetrics text from a
+//! `prometheus-client` [`Registry`]), and `POST /record` (or `PUT`: write
+//! the access record now; 409 when the mount is not recording). Anything
+//! else is 404 (405 for a method the path does not take).
 //!
 //! HTTP here is deliberately minimal and bounded, so a std
 //! `UnixListener` in one thread is enough: one request per connection
@@ -69,6 +71,24 @@ pub struct StatusInfo {
     pub inodes: u64,
     /// Blobs the image references.
     pub blobs: u64,
+}
+
+/// Why a [`Control`] action was not done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// The mount is not set up for it (409).
+    Unavailable(String),
+    /// It was tried and failed (500).
+    Failed(String),
+}
+
+/// What a running mount lets the API see and do beyond fixed status and
+/// metrics.
+pub trait Control: Send + Sync {
+    /// The `prefetch` object of `/status` (`None`: left out).
+    fn prefetch_status(&self) -> Option<serde_json::Value>;
+    /// Writes the access record now; returns what to report (JSON).
+    fn write_record(&self) -> Result<serde_json::Value, ControlError>;
 }
 
 /// Exposes the core's [`Metrics`] at scrape time.
@@ -145,6 +165,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Whether to send the body (false for HEAD).
     pub send_body: bool,
+    /// The methods of the path, for a 405's `Allow` header.
+    pub allow: &'static str,
 }
 
 impl Response {
@@ -154,6 +176,17 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             body: format!("{body}\n").into_bytes(),
             send_body: true,
+            allow: GET,
+        }
+    }
+
+    fn json(status: u16, body: &serde_json::Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: format!("{body}\n").into_bytes(),
+            send_body: true,
+            allow: GET,
         }
     }
 
@@ -163,6 +196,7 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
             431 => "Request Header Fields Too Large",
             _ => "Internal Server Error",
         }
@@ -178,7 +212,7 @@ impl Response {
             self.body.len()
         );
         if self.status == 405 {
-            out.push_str("Allow: GET, HEAD\r\n");
+            out.push_str(&format!("Allow: {}\r\n", self.allow));
         }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
@@ -189,16 +223,32 @@ impl Response {
     }
 }
 
-/// The API: status and a metrics registry.
+/// The methods of the read-only paths.
+const GET: &str = "GET, HEAD";
+/// The methods of the action paths.
+const POST: &str = "POST, PUT";
+
+/// The API: status, a metrics registry, and the mount's [`Control`].
 pub struct Api {
     status: StatusInfo,
     registry: Registry,
+    control: Option<Arc<dyn Control>>,
 }
 
 impl Api {
     /// An API reporting `status` and the metrics in `registry`.
     pub fn new(status: StatusInfo, registry: Registry) -> Api {
-        Api { status, registry }
+        Api {
+            status,
+            registry,
+            control: None,
+        }
+    }
+
+    /// Adds the mount's prefetch status and record action.
+    pub fn with_control(mut self, control: Arc<dyn Control>) -> Api {
+        self.control = Some(control);
+        self
     }
 
     /// A registry with the core's counters registered.
@@ -217,24 +267,40 @@ impl Api {
         let Some((method, path)) = parse_request_line(head) else {
             return Response::text(400, "bad request");
         };
+        let not_allowed = |allow| Response {
+            allow,
+            ..Response::text(405, "method not allowed")
+        };
+        match (path, method) {
+            ("/record", "POST" | "PUT") => return self.record(),
+            ("/record", _) => return not_allowed(POST),
+            ("/status" | "/metrics", "GET" | "HEAD") => {}
+            ("/status" | "/metrics", _) => return not_allowed(GET),
+            _ => return Response::text(404, "not found"),
+        }
         let mut resp = match path {
             "/status" => self.status(),
-            "/metrics" => self.metrics(),
-            _ => return Response::text(404, "not found"),
+            _ => self.metrics(),
         };
-        match method {
-            "GET" => resp,
-            "HEAD" => {
-                resp.send_body = false;
-                resp
-            }
-            _ => Response::text(405, "method not allowed"),
+        resp.send_body = method == "GET";
+        resp
+    }
+
+    fn record(&self) -> Response {
+        let r = match &self.control {
+            Some(c) => c.write_record(),
+            None => Err(ControlError::Unavailable("not recording".into())),
+        };
+        match r {
+            Ok(v) => Response::json(200, &v),
+            Err(ControlError::Unavailable(m)) => Response::text(409, &m),
+            Err(ControlError::Failed(m)) => Response::text(500, &m),
         }
     }
 
     fn status(&self) -> Response {
         let s = &self.status;
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "state": "mounted",
             "bootstrap": s.bootstrap.to_string_lossy(),
             "mountpoint": s.mountpoint.to_string_lossy(),
@@ -242,12 +308,10 @@ impl Api {
             "inodes": s.inodes,
             "blobs": s.blobs,
         });
-        Response {
-            status: 200,
-            content_type: "application/json",
-            body: format!("{body}\n").into_bytes(),
-            send_body: true,
+        if let Some(p) = self.control.as_ref().and_then(|c| c.prefetch_status()) {
+            body["prefetch"] = p;
         }
+        Response::json(200, &body)
     }
 
     fn metrics(&self) -> Response {
@@ -258,6 +322,7 @@ impl Api {
                 content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 body: text.into_bytes(),
                 send_body: true,
+                allow: GET,
             },
             Err(_) => Response::text(500, "metrics encoding failed"),
         }
@@ -503,6 +568,56 @@ mod tests {
             assert_eq!(get(&api, garbage).status, 400, "{garbage:?}");
         }
         assert_eq!(api.respond(None).status, 431);
+    }
+
+    struct Fake(Option<usize>);
+
+    impl Control for Fake {
+        fn prefetch_status(&self) -> Option<serde_json::Value> {
+            Some(serde_json::json!({"state": "running"}))
+        }
+
+        fn write_record(&self) -> Result<serde_json::Value, ControlError> {
+            match self.0 {
+                Some(n) => Ok(serde_json::json!({ "entries": n })),
+                None => Err(ControlError::Failed("disk on fire".into())),
+            }
+        }
+    }
+
+    #[test]
+    fn record_and_prefetch_status() {
+        let (plain, _) = api();
+        assert_eq!(get(&plain, b"POST /record HTTP/1.1\r\n\r\n").status, 409);
+        let s: serde_json::Value =
+            serde_json::from_slice(&get(&plain, b"GET /status HTTP/1.1\r\n\r\n").body).unwrap();
+        assert!(s.get("prefetch").is_none());
+
+        let (a, _) = api();
+        let a = a.with_control(Arc::new(Fake(Some(3))));
+        for m in ["POST", "PUT"] {
+            let r = get(&a, format!("{m} /record HTTP/1.1\r\n\r\n").as_bytes());
+            assert_eq!(r.status, 200);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["entries"], 3);
+        }
+        let r = get(&a, b"GET /record HTTP/1.1\r\n\r\n");
+        assert_eq!(r.status, 405);
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .contains("Allow: POST, PUT\r\n"));
+        let r = get(&a, b"PUT /metrics HTTP/1.1\r\n\r\n");
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .contains("Allow: GET, HEAD\r\n"));
+        let s: serde_json::Value =
+            serde_json::from_slice(&get(&a, b"GET /status HTTP/1.1\r\n\r\n").body).unwrap();
+        assert_eq!(s["prefetch"]["state"], "running");
+        assert_eq!(s["state"], "mounted");
+
+        let (b, _) = api();
+        let b = b.with_control(Arc::new(Fake(None)));
+        assert_eq!(get(&b, b"POST /record HTTP/1.1\r\n\r\n").status, 500);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 mod error;
 mod metrics;
 mod read;
+pub mod record;
 
 pub use error::FsError;
 pub use metrics::{Metrics, Op};
@@ -122,6 +123,8 @@ pub struct RafsFs {
     image: Arc<Image>,
     fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
+    /// The access record, when recording (`--record-access`).
+    recorder: Option<Arc<record::Recorder>>,
 }
 
 impl RafsFs {
@@ -140,7 +143,19 @@ impl RafsFs {
             image,
             fetcher,
             metrics,
+            recorder: None,
         })
+    }
+
+    /// Records every regular file read into `recorder`.
+    pub fn with_recorder(mut self, recorder: Arc<record::Recorder>) -> RafsFs {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The access record, if recording.
+    pub fn recorder(&self) -> Option<&Arc<record::Recorder>> {
+        self.recorder.as_ref()
     }
 
     /// The fetcher (its metrics, configuration).

@@ -26,6 +26,9 @@ impl RafsFs {
             return Err(FsError::Invalid);
         }
         let end = offset.saturating_add(u64::from(size)).min(inode.size.get());
+        if let Some(r) = &self.recorder {
+            r.note(ino, offset, end);
+        }
         let run = b.file_chunks(ino)?;
         let run_start = u64::from(inode.payload_start.get());
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);

@@ -78,6 +78,30 @@ pub struct MountArgs {
     /// Backend requests in flight at most [default: 8].
     #[arg(long, value_name = "N")]
     pub fetch_threads: Option<usize>,
+    /// After mounting, prefetch the paths of this list (the format
+    /// --record-access writes) in the background instead of the image's
+    /// prefetch table; paths not in the image are skipped.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prefetch_all", "no_prefetch"])]
+    pub prefetch_list: Option<PathBuf>,
+    /// After mounting, prefetch every blob in the background.
+    #[arg(long, conflicts_with = "no_prefetch")]
+    pub prefetch_all: bool,
+    /// Do not prefetch the image's prefetch table after mounting [default:
+    /// it is prefetched].
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// Prefetch requests in flight at most [default: 2].
+    #[arg(long, value_name = "N")]
+    pub prefetch_threads: Option<usize>,
+    /// Limit prefetch to RATE bytes per second, e.g. 50MiB/s [default: no
+    /// limit].
+    #[arg(long, value_name = "RATE")]
+    pub prefetch_bandwidth: Option<String>,
+    /// Record which files are read, in first-access order, with the byte
+    /// ranges read, and write them to FILE (a prefetch list) on unmount,
+    /// on SIGUSR1 and on POST /record.
+    #[arg(long, value_name = "FILE")]
+    pub record_access: Option<PathBuf>,
     /// Network backend settings.
     #[command(flatten)]
     pub net: BackendArgs,
@@ -117,6 +141,18 @@ struct FileConfig {
     #[serde(alias = "fetch-threads")]
     fetch_threads: Option<usize>,
     readahead: Option<Size>,
+    #[serde(alias = "prefetch-list")]
+    prefetch_list: Option<PathBuf>,
+    #[serde(alias = "prefetch-all")]
+    prefetch_all: Option<bool>,
+    #[serde(alias = "no-prefetch")]
+    no_prefetch: Option<bool>,
+    #[serde(alias = "prefetch-threads")]
+    prefetch_threads: Option<usize>,
+    #[serde(alias = "prefetch-bandwidth")]
+    prefetch_bandwidth: Option<Size>,
+    #[serde(alias = "record-access")]
+    record_access: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -132,6 +168,8 @@ impl FileConfig {
             &mut f.blobs,
             &mut f.api_socket,
             &mut f.cache_dir,
+            &mut f.prefetch_list,
+            &mut f.record_access,
         ]
         .into_iter()
         .flatten()
@@ -166,6 +204,23 @@ pub struct MountConfig {
     pub fetch: FetchConfig,
     /// Whether other users may access the mount.
     pub allow_other: bool,
+    /// What to prefetch after mounting.
+    pub prefetch: PrefetchSource,
+    /// Where to write the access record, if recording.
+    pub record_access: Option<PathBuf>,
+}
+
+/// What a mount prefetches in the background once it is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrefetchSource {
+    /// The image's prefetch table, if it has one (the default).
+    Table,
+    /// The entries of a list file.
+    List(PathBuf),
+    /// Every blob.
+    All,
+    /// Nothing (`--no-prefetch`).
+    Off,
 }
 
 /// The default worker count: max(4, cores).
@@ -211,6 +266,7 @@ impl MountConfig {
 
     fn merge(args: &MountArgs, file: FileConfig, is_root: bool) -> Result<MountConfig, MountError> {
         let fetch = fetch_config(args, &file)?;
+        let prefetch = prefetch_source(args, &file)?;
         let bootstrap = args
             .bootstrap
             .clone()
@@ -261,8 +317,71 @@ impl MountConfig {
                 ..fetch
             },
             allow_other,
+            prefetch,
+            record_access: args.record_access.clone().or(file.record_access),
         })
     }
+}
+
+/// The prefetch choice: any of the three flags, else the file's keys.
+fn prefetch_source(args: &MountArgs, file: &FileConfig) -> Result<PrefetchSource, MountError> {
+    let pick = |list: Option<&PathBuf>, all: bool, off: bool| match (list, all, off) {
+        (None, false, false) => Ok(None),
+        (Some(l), false, false) => Ok(Some(PrefetchSource::List(l.clone()))),
+        (None, true, false) => Ok(Some(PrefetchSource::All)),
+        (None, false, true) => Ok(Some(PrefetchSource::Off)),
+        _ => Err(MountError::Flag(
+            "set only one of prefetch-list, prefetch-all and no-prefetch".into(),
+        )),
+    };
+    let flags = pick(
+        args.prefetch_list.as_ref(),
+        args.prefetch_all,
+        args.no_prefetch,
+    )?;
+    let keys = pick(
+        file.prefetch_list.as_ref(),
+        file.prefetch_all.unwrap_or(false),
+        file.no_prefetch.unwrap_or(false),
+    )?;
+    Ok(flags.or(keys).unwrap_or(PrefetchSource::Table))
+}
+
+/// Parses a bandwidth like `50MiB/s`, `10M` or `1048576` (binary units,
+/// `/s` optional) into bytes per second; zero is refused.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    match parse_size(t) {
+        Ok(0) => Err(format!("rate '{s}' must be positive")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.replace("size", "rate")),
+    }
+}
+
+/// The prefetch lane's settings of flags and file.
+fn prefetch_tuning(
+    args: &MountArgs,
+    file: &FileConfig,
+    f: &mut FetchConfig,
+) -> Result<(), MountError> {
+    match args.prefetch_threads.or(file.prefetch_threads) {
+        Some(0) => {
+            return Err(MountError::Flag(
+                "prefetch threads must be at least 1".into(),
+            ))
+        }
+        Some(n) => f.prefetch_threads = n,
+        None => {}
+    }
+    let bad = |e: String| MountError::Flag(format!("prefetch bandwidth: {e}"));
+    f.prefetch_bandwidth = match (&args.prefetch_bandwidth, &file.prefetch_bandwidth) {
+        (Some(t), _) | (None, Some(Size::Text(t))) => Some(parse_rate(t).map_err(bad)?),
+        (None, Some(Size::Bytes(0))) => return Err(bad("rate must be positive".into())),
+        (None, Some(Size::Bytes(n))) => Some(*n),
+        (None, None) => None,
+    };
+    Ok(())
 }
 
 /// A size flag, else the file's key, else `None`.
@@ -321,6 +440,7 @@ fn fetch_config(args: &MountArgs, file: &FileConfig) -> Result<FetchConfig, Moun
         Some(n) => f.concurrency = n,
         None => {}
     }
+    prefetch_tuning(args, file, &mut f)?;
     Ok(f)
 }
 
@@ -417,6 +537,89 @@ mod tests {
         )
         .unwrap();
         assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn prefetch_settings() {
+        let merge = |a: &[&str], f: &str| {
+            let mut v = vec!["/b", "/m", "--blobs", "/d"];
+            v.extend_from_slice(a);
+            MountConfig::merge(&args(&v), file(f).unwrap(), false)
+        };
+        let c = merge(&[], "").unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::Table);
+        assert_eq!(c.record_access, None);
+        assert_eq!(
+            c.fetch.prefetch_threads,
+            FetchConfig::default().prefetch_threads
+        );
+        assert_eq!(c.fetch.prefetch_bandwidth, None);
+        let c = merge(
+            &[
+                "--prefetch-list",
+                "/l",
+                "--prefetch-threads",
+                "3",
+                "--prefetch-bandwidth",
+                "50MiB/s",
+                "--record-access",
+                "/r",
+            ],
+            "prefetch-all = true\nprefetch-bandwidth = '1K'\n",
+        )
+        .unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::List("/l".into()));
+        assert_eq!(c.fetch.prefetch_threads, 3);
+        assert_eq!(c.fetch.prefetch_bandwidth, Some(50 << 20));
+        assert_eq!(c.record_access.as_deref(), Some(Path::new("/r")));
+        let c = merge(
+            &[],
+            "prefetch_list = 'hot.list'\nrecord-access = 'rec'\nprefetch-threads = 4\n\
+             prefetch-bandwidth = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.prefetch,
+            PrefetchSource::List("/etc/rafs/hot.list".into())
+        );
+        assert_eq!(c.record_access.as_deref(), Some(Path::new("/etc/rafs/rec")));
+        assert_eq!(c.fetch.prefetch_threads, 4);
+        assert_eq!(c.fetch.prefetch_bandwidth, Some(1000));
+        let c = merge(&["--no-prefetch"], "prefetch-all = true").unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::Off);
+        let c = merge(&[], "no-prefetch = true").unwrap();
+        assert_eq!(c.prefetch, PrefetchSource::Off);
+        assert_eq!(
+            merge(&["--prefetch-all"], "").unwrap().prefetch,
+            PrefetchSource::All
+        );
+        for (a, f) in [
+            (&["--prefetch-threads", "0"][..], ""),
+            (&["--prefetch-bandwidth", "0"][..], ""),
+            (&["--prefetch-bandwidth", "fast"][..], ""),
+            (&[][..], "prefetch-all = true\nno-prefetch = true"),
+            (&[][..], "prefetch-bandwidth = 0"),
+        ] {
+            assert!(matches!(merge(a, f), Err(MountError::Flag(_))), "{a:?} {f}");
+        }
+        for bad in [
+            &["--prefetch-all", "--no-prefetch"][..],
+            &["--prefetch-list", "/l", "--prefetch-all"][..],
+        ] {
+            let mut v = vec!["m", "/b", "/m", "--blobs", "/d"];
+            v.extend_from_slice(bad);
+            assert!(Cmd::try_parse_from(v).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50MiB/s"), Ok(50 << 20));
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate(" 4096 "), Ok(4096));
+        assert_eq!(parse_rate("1KB/s"), Ok(1024));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5 parsecs").is_err());
     }
 
     #[test]

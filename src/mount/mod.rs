@@ -13,19 +13,28 @@
 //! (`fusermount3 -u`, `umount`). Both exit 0. A mount still busy at a
 //! signal is detached lazily (`MNT_DETACH`): it disappears from the
 //! namespace at once, and open files see ENOTCONN when we exit.
+//!
+//! After the ready line a background thread prefetches ([`prefetch`]);
+//! it is told to stop when the wait ends. With `--record-access FILE`
+//! the core records reads ([`crate::fs::record`]) and FILE is written on
+//! SIGUSR1 (which does not end the wait), on `POST /record`, and once more
+//! after the session has ended.
 
 pub mod config;
+pub mod prefetch;
 
-pub use config::{MountArgs, MountConfig};
+pub use config::{MountArgs, MountConfig, PrefetchSource};
 
-use crate::api::{Api, ApiError, ApiServer, StatusInfo};
+use crate::api::{Api, ApiError, ApiServer, Control, ControlError, StatusInfo};
 use crate::backend::url::UrlError;
+use crate::fs::record::{RecordError, Recorder};
 use crate::fs::RafsFs;
 use crate::fuse::FuseFs;
 use crate::image::{Image, ImageError};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use fuser::{MountOption, Session, SessionACL, SessionUnmounter};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use prefetch::{Prefetch, PrefetchStatus, Source};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -120,6 +129,9 @@ pub enum MountError {
     /// Threads or signal handlers could not be set up.
     #[error("setup: {0}")]
     Setup(std::io::Error),
+    /// The `--prefetch-list` file cannot be used.
+    #[error("prefetch list: {0}")]
+    PrefetchList(#[from] crate::prefetch::list::ListError),
     /// The FUSE session failed.
     #[error("FUSE session at {path}")]
     Session {
@@ -235,14 +247,18 @@ fn open_fs(cfg: &MountConfig) -> Result<(Arc<RafsFs>, u64, u64), MountError> {
         (u64::from(b.inode_count()), b.blobs().len() as u64)
     };
     let backend = cfg.backend.open(&cfg.backend_options)?;
-    let fs = RafsFs::new(image, backend, cfg.fetch.clone())?;
+    let mut fs = RafsFs::new(image, backend, cfg.fetch.clone())?;
+    if let Some(path) = &cfg.record_access {
+        fs = fs.with_recorder(Arc::new(Recorder::new(path.clone())));
+    }
     Ok((Arc::new(fs), inodes, blobs))
 }
 
-/// Forwards SIGINT, SIGTERM and SIGHUP to `tx` from a thread (signal-hook's
-/// self-pipe: the handler itself only writes a byte).
+/// Forwards SIGINT, SIGTERM, SIGHUP and SIGUSR1 to `tx` from a thread
+/// (signal-hook's self-pipe: the handler itself only writes a byte).
 fn forward_signals(tx: Sender<Event>) -> Result<signal_hook::iterator::Handle, MountError> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(MountError::Setup)?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1]).map_err(MountError::Setup)?;
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("rafs-signals".into())
@@ -272,15 +288,60 @@ fn print_ready(cfg: &MountConfig) {
     tracing::info!(mountpoint = %cfg.mountpoint.display(), "mounted");
 }
 
-/// Mounts, prints the ready line, and serves until a signal or an
-/// external unmount.
+/// Mounts, prints the ready line, starts the prefetch, and serves until
+/// a signal or an external unmount; then stops the prefetch and writes
+/// the access record.
 pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
     let (fs, inodes, blobs) = open_fs(cfg)?;
+    let source = Source::load(&cfg.prefetch)?;
     check_mountpoint(&cfg.mountpoint, probe_mountpoint(&cfg.mountpoint))?;
     let listener = cfg.api_socket.as_deref().map(ApiServer::bind).transpose()?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let signals = forward_signals(tx.clone())?;
+    let mut unmounter = start_session(cfg, is_root, &fs, tx)?;
+    if is_root {
+        raise_readahead(&cfg.mountpoint);
+    }
+    let mut prefetch = Prefetch::new(&fs);
+    let api = match (listener, &cfg.api_socket) {
+        (Some(l), Some(path)) => {
+            let status = StatusInfo {
+                bootstrap: cfg.bootstrap.clone(),
+                mountpoint: cfg.mountpoint.clone(),
+                started: Instant::now(),
+                inodes,
+                blobs,
+            };
+            let api = api_for(status, &fs, prefetch.status().clone());
+            Some(ApiServer::start(l, path, api).map_err(MountError::Setup)?)
+        }
+        _ => None,
+    };
+    print_ready(cfg);
+    if let Err(e) = prefetch.start(&fs, source) {
+        tracing::warn!("prefetch not started: {e}");
+    }
 
+    let result = wait(&rx, &mut unmounter, &cfg.mountpoint, &|| {
+        log_record(&fs, "SIGUSR1")
+    });
+    signals.close();
+    prefetch.stop();
+    log_record(&fs, "unmount");
+    if let Some(api) = api {
+        api.shutdown();
+    }
+    result
+}
+
+/// Mounts `fs` and runs its session on a thread that reports the end on
+/// `tx`; returns what unmounts it.
+fn start_session(
+    cfg: &MountConfig,
+    is_root: bool,
+    fs: &Arc<RafsFs>,
+    tx: Sender<Event>,
+) -> Result<SessionUnmounter, MountError> {
     let mount_err = |source: std::io::Error| match source.raw_os_error() {
         // The mountpoint went stale between the check and the mount.
         Some(libc::ENOTCONN) => MountError::Stale(cfg.mountpoint.clone()),
@@ -292,47 +353,89 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
     let adapter = FuseFs::new(fs.clone());
     let mut session =
         Session::new(adapter, &cfg.mountpoint, &session_config(cfg, is_root)).map_err(mount_err)?;
-    let mut unmounter = session.unmount_callable();
+    let unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("rafs-fuse".into())
         .spawn(move || {
             let _ = tx.send(Event::Ended(session.run()));
         })
         .map_err(MountError::Setup)?;
-    if is_root {
-        raise_readahead(&cfg.mountpoint);
-    }
-    let api = match (listener, &cfg.api_socket) {
-        (Some(l), Some(path)) => {
-            let status = StatusInfo {
-                bootstrap: cfg.bootstrap.clone(),
-                mountpoint: cfg.mountpoint.clone(),
-                started: Instant::now(),
-                inodes,
-                blobs,
-            };
-            let mut registry = Api::registry_for(fs.metrics().clone());
-            fs.fetcher().metrics().register(&mut registry);
-            let api = Api::new(status, registry);
-            Some(ApiServer::start(l, path, api).map_err(MountError::Setup)?)
-        }
-        _ => None,
-    };
-    print_ready(cfg);
-
-    let result = wait(&rx, &mut unmounter, &cfg.mountpoint);
-    signals.close();
-    if let Some(api) = api {
-        api.shutdown();
-    }
-    result
+    Ok(unmounter)
 }
 
-/// Waits for a signal or the end of the session; see the module doc.
+/// The API over `fs`: core, fetch and prefetch metrics, the prefetch
+/// status and the record action.
+fn api_for(status: StatusInfo, fs: &Arc<RafsFs>, prefetch: Arc<PrefetchStatus>) -> Api {
+    let mut registry = Api::registry_for(fs.metrics().clone());
+    let fetch = fs.fetcher().metrics();
+    fetch.register(&mut registry);
+    prefetch::register_metrics(fetch, &mut registry);
+    let control = MountControl {
+        fs: fs.clone(),
+        prefetch,
+    };
+    Api::new(status, registry).with_control(Arc::new(control))
+}
+
+/// What the API may see and do on a mount.
+struct MountControl {
+    fs: Arc<RafsFs>,
+    prefetch: Arc<PrefetchStatus>,
+}
+
+impl Control for MountControl {
+    fn prefetch_status(&self) -> Option<serde_json::Value> {
+        Some(self.prefetch.json())
+    }
+
+    fn write_record(&self) -> Result<serde_json::Value, ControlError> {
+        match save_record(&self.fs) {
+            Ok(Some((n, path))) => Ok(serde_json::json!({
+                "entries": n,
+                "path": path.to_string_lossy(),
+            })),
+            Ok(None) => Err(ControlError::Unavailable(
+                "not recording (mount with --record-access FILE)".into(),
+            )),
+            Err(e) => Err(ControlError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// Writes the access record if recording: entries written and where.
+fn save_record(fs: &RafsFs) -> Result<Option<(usize, PathBuf)>, RecordError> {
+    let Some(r) = fs.recorder() else {
+        return Ok(None);
+    };
+    let n = r.write(&fs.image().bootstrap()?)?;
+    Ok(Some((n, r.path().to_owned())))
+}
+
+/// [`save_record`], logged (`why`: what asked for it).
+fn log_record(fs: &RafsFs, why: &str) {
+    match save_record(fs) {
+        Ok(Some((n, path))) => {
+            tracing::info!(
+                entries = n,
+                "{why}: access record written to {}",
+                path.display()
+            )
+        }
+        Ok(None) if why == "SIGUSR1" => {
+            tracing::info!("SIGUSR1: not recording (mount with --record-access FILE)")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!("{why}: {e}"),
+    }
+}
+
+/// Waits for a terminating signal or the end of the session; see the
+/// module doc. SIGUSR1 calls `on_usr1` and goes on waiting.
 fn wait(
     rx: &Receiver<Event>,
     unmounter: &mut SessionUnmounter,
     mountpoint: &Path,
+    on_usr1: &dyn Fn(),
 ) -> Result<(), MountError> {
     let ended = |r: std::io::Result<()>| {
         r.map_err(|source| MountError::Session {
@@ -340,25 +443,39 @@ fn wait(
             source,
         })
     };
-    match rx.recv() {
-        Ok(Event::Signal(sig)) => {
-            tracing::info!(signal = sig, "unmounting {}", mountpoint.display());
-            unmount(unmounter, mountpoint);
-            match rx.recv_timeout(DRAIN_TIMEOUT) {
-                Ok(Event::Ended(r)) => ended(r),
-                Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) => {
-                    tracing::warn!("session still busy; exiting");
-                    Ok(())
-                }
-                Err(RecvTimeoutError::Disconnected) => Ok(()),
+    loop {
+        match rx.recv() {
+            Ok(Event::Signal(SIGUSR1)) => on_usr1(),
+            Ok(Event::Signal(sig)) => {
+                tracing::info!(signal = sig, "unmounting {}", mountpoint.display());
+                unmount(unmounter, mountpoint);
+                return drain(rx).map_or(Ok(()), ended);
             }
+            Ok(Event::Ended(r)) => {
+                tracing::info!("{} was unmounted", mountpoint.display());
+                return ended(r);
+            }
+            // Both senders gone: nothing can end the wait.
+            Err(_) => return Ok(()),
         }
-        Ok(Event::Ended(r)) => {
-            tracing::info!("{} was unmounted", mountpoint.display());
-            ended(r)
+    }
+}
+
+/// Waits up to [`DRAIN_TIMEOUT`] for the session to end after an unmount
+/// (SIGUSR1 is ignored meanwhile, another terminating signal ends the
+/// wait); `None` if it did not.
+fn drain(rx: &Receiver<Event>) -> Option<std::io::Result<()>> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(Event::Ended(r)) => return Some(r),
+            Ok(Event::Signal(SIGUSR1)) => {}
+            Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!("session still busy; exiting");
+                return None;
+            }
+            Err(RecvTimeoutError::Disconnected) => return None,
         }
-        // Both senders gone: nothing can end the wait.
-        Err(_) => Ok(()),
     }
 }
 
@@ -435,6 +552,8 @@ mod tests {
             chunk_cache_bytes: 1,
             fetch: Default::default(),
             allow_other: true,
+            prefetch: PrefetchSource::Table,
+            record_access: None,
         };
         let c = session_config(&cfg, true);
         assert_eq!(c.n_threads, Some(6));
