@@ -73,6 +73,12 @@ impl Fetcher {
     /// waits for nothing): two processes can never wait for each other.
     pub(super) fn run_job(&self, job: Job) {
         let (blob, background, deadline) = (job.blob, job.background, job.deadline);
+        if background {
+            // Throttle before claiming: a job waiting for bandwidth must not
+            // hold span locks that on-demand reads (here or in another
+            // process) would wait for.
+            self.throttle(&job);
+        }
         let (job, busy, locks) = self.claim(job);
         self.fetch_run(job, locks);
         for fi in busy {
@@ -115,6 +121,23 @@ impl Fetcher {
         }
     }
 
+    /// Waits for the bandwidth the job's stored bytes need.
+    fn throttle(&self, job: &Job) {
+        let Some(bucket) = &self.bucket else { return };
+        let bf = &self.index.blobs[job.blob as usize];
+        let len: u64 = job
+            .frames
+            .iter()
+            .filter_map(|&fi| bf.frames.get(fi))
+            .map(|f| u64::from(f.clen))
+            .sum();
+        let wait = bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(len);
+        std::thread::sleep(wait);
+    }
+
     /// Claims the job's frames in a shared disk cache, without waiting: a
     /// span lock per frame (see `SpanLock`). Returns the job with the
     /// frames claimed (and their locks), and the frames another process
@@ -135,6 +158,13 @@ impl Fetcher {
                 .lock_span(cover.start, cover.end - cover.start, false)
             {
                 Ok(Some(l)) => {
+                    // Another process may have cached it since the caller
+                    // looked: then read it from the disk instead.
+                    if super::store::ready(cache, &cover)
+                        && self.publish_from_disk(job.blob, fi, job.background)
+                    {
+                        continue;
+                    }
                     locks.insert(fi, l);
                     mine.push(fi);
                 }
@@ -209,13 +239,6 @@ impl Fetcher {
         let start = first.coff;
         let len = last.cend() - start;
         let id = self.blob_ids[job.blob as usize];
-        if let (true, Some(bucket)) = (job.background, &self.bucket) {
-            let wait = bucket
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(len);
-            std::thread::sleep(wait);
-        }
         self.metrics.backend_requests.inc();
         self.metrics.inflight.inc();
         let t0 = Instant::now();

@@ -119,6 +119,13 @@ impl ChunkCache {
         }
     }
 
+    /// Whether `key` is held, without touching its recency.
+    pub fn contains(&self, key: &Key) -> bool {
+        let lru = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        lru.map.contains(key)
+    }
+
+    /// Drops `key`.
     pub fn remove(&self, key: &Key) {
         let mut lru = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = lru.map.pop(key) {

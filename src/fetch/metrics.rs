@@ -146,6 +146,29 @@ impl FetchMetrics {
             "Reads failed at their deadline",
             &self.read_timeouts,
         );
+        c(
+            r,
+            "rafs_prefetch_bytes",
+            "Stored bytes fetched by the prefetch lane",
+            &self.prefetch_bytes,
+        );
+        c(
+            r,
+            "rafs_prefetch_chunks",
+            "Chunks fetched by the prefetch lane",
+            &self.prefetch_chunks,
+        );
+        c(
+            r,
+            "rafs_prefetch_hits",
+            "On-demand reads served by prefetched data",
+            &self.prefetch_hits,
+        );
+        r.register(
+            "rafs_prefetch_seconds",
+            "Duration of the last prefetch run",
+            self.prefetch_seconds.clone(),
+        );
         r.register(
             "rafs_backend_request_seconds",
             "Latency of backend range requests",

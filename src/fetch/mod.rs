@@ -188,6 +188,8 @@ pub struct Fetcher {
     flights: Mutex<HashMap<Key, Arc<Flight>>>,
     jobs: Sender<Job>,
     bg_jobs: Sender<Job>,
+    /// The background lane's queue, to drop what is queued on a stop.
+    bg_queue: Receiver<Job>,
     bucket: Option<Mutex<Bucket>>,
     /// Frames the background lane fetched that no read has used yet.
     prefetched: Mutex<HashSet<Key>>,
@@ -249,6 +251,7 @@ impl Fetcher {
             flights: Mutex::default(),
             jobs,
             bg_jobs,
+            bg_queue: bg_rx.clone(),
             bucket,
             prefetched: Mutex::default(),
             streams: blobs.iter().map(|_| Mutex::new((u64::MAX, 0))).collect(),
@@ -447,7 +450,7 @@ impl Fetcher {
                 let r = cache.ranges_touching(at, (w.to - w.from) as u64);
                 cache.bitmap().all_ready(r).unwrap_or(false)
             });
-            if ready || self.memory.get(&key).is_some() {
+            if ready || self.memory.contains(&key) {
                 continue;
             }
             if let Some(fi) = self
@@ -520,7 +523,7 @@ impl Fetcher {
                     continue;
                 };
                 let key = (blob, f.coff);
-                if flights.contains_key(&key) || self.memory.get(&key).is_some() {
+                if flights.contains_key(&key) || self.memory.contains(&key) {
                     continue;
                 }
                 if self
@@ -616,6 +619,17 @@ impl Fetcher {
             .unwrap_or_else(PoisonError::into_inner);
         if !p.is_empty() && p.remove(key) {
             self.metrics.prefetch_hits.inc();
+        }
+    }
+
+    /// Drops the background jobs not started yet (a stopped prefetch);
+    /// their frames' waiters get an error.
+    pub fn cancel_prefetch(&self) {
+        let err = Arc::new(FetchError::Timeout(Duration::ZERO));
+        while let Ok(job) = self.bg_queue.try_recv() {
+            for &fi in &job.frames {
+                self.publish_err(job.blob, fi, err.clone());
+            }
         }
     }
 

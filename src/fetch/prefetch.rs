@@ -54,7 +54,7 @@ pub struct Report {
     pub cached: u64,
     /// Frames fetched by this run.
     pub fetched: u64,
-    /// Stored bytes fetched by this run.
+    /// Stored bytes this process received from the backend for the run.
     pub fetched_bytes: u64,
     /// Frames that could not be fetched, with why.
     pub failed: Vec<String>,
@@ -141,7 +141,7 @@ impl Fetcher {
                 return true;
             }
         }
-        self.memory.get(&key).is_some()
+        self.memory.contains(&key)
             || self
                 .store
                 .as_ref()
@@ -158,6 +158,7 @@ impl Fetcher {
         progress: &mut dyn FnMut(Progress),
     ) -> Report {
         let t0 = Instant::now();
+        let received = self.metrics.prefetch_bytes.get();
         let mut report = Report {
             frames: plan.frames.len() as u64,
             ..Report::default()
@@ -185,7 +186,16 @@ impl Fetcher {
                     break;
                 }
             }
-            self.fetch_window(&need, &mut report);
+            if self.store.is_none() {
+                // Memory only: past the LRU's budget, prefetch would evict
+                // its own data.
+                let planned: u64 = report.fetched_bytes + need_bytes;
+                if planned > self.cfg.memory_bytes as u64 {
+                    report.stopped = Some("the memory cache (--chunk-cache-size) is full".into());
+                    break;
+                }
+            }
+            self.fetch_window(&need, stop, &mut report);
             p.done_frames += window.len() as u64;
             p.done_bytes += window
                 .iter()
@@ -193,7 +203,14 @@ impl Fetcher {
                 .sum::<u64>();
             progress(p);
         }
+        if report.stopped.is_some() || stop.load(Ordering::Relaxed) {
+            self.cancel_prefetch();
+            report.stopped.get_or_insert_with(|| "stopped".into());
+        }
         report.elapsed = t0.elapsed();
+        // What this process received (frames another process fetched and
+        // this one read from the shared cache are not counted).
+        report.fetched_bytes = self.metrics.prefetch_bytes.get() - received;
         self.metrics
             .prefetch_seconds
             .set(report.elapsed.as_secs_f64());
@@ -207,17 +224,23 @@ impl Fetcher {
             .map_or(0, |f| u64::from(f.clen))
     }
 
-    /// Launches `need` in the background lane and waits for each frame.
-    fn fetch_window(&self, need: &[(u32, usize)], report: &mut Report) {
-        // Patient: a prefetch may wait behind on-demand reads.
-        let deadline = Instant::now() + self.cfg.read_timeout * 4;
+    /// Launches `need` in the background lane and waits for each frame
+    /// (checking `stop` at least every 100 ms).
+    fn fetch_window(&self, need: &[(u32, usize)], stop: &AtomicBool, report: &mut Report) {
+        // Patient: a prefetch may wait behind on-demand reads, and for its
+        // bandwidth limit.
+        let bytes: u64 = need.iter().map(|&(b, fi)| self.stored_len(b, fi)).sum();
+        let throttle = self.cfg.prefetch_bandwidth.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
+        });
+        let deadline = Instant::now() + self.cfg.read_timeout * 4 + throttle;
         self.launch(need.to_vec(), deadline, true);
         for &(blob, fi) in need {
-            match self.wait_prefetched(blob, fi, deadline) {
-                Ok(()) => {
-                    report.fetched += 1;
-                    report.fetched_bytes += self.stored_len(blob, fi);
-                }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.wait_prefetched(blob, fi, deadline, stop) {
+                Ok(()) => report.fetched += 1,
                 Err(e) => report.failed.push(format!(
                     "blob {}, stored offset {}: {e}",
                     self.blob_ids[blob as usize], self.index.blobs[blob as usize].frames[fi].coff
@@ -227,33 +250,43 @@ impl Fetcher {
     }
 
     /// Waits until frame `fi` is cached or failed.
+    /// A frame counts as done once its flight succeeded, even if it was
+    /// evicted since (memory-only prefetch of more than fits).
     fn wait_prefetched(
         &self,
         blob: u32,
         fi: usize,
         deadline: Instant,
+        stop: &AtomicBool,
     ) -> Result<(), crate::chunk::FetchError> {
         let key: Key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
-        for _ in 0..3 {
+        let timeout = crate::chunk::FetchError::Timeout(self.cfg.read_timeout * 4);
+        let mut launched = false;
+        loop {
             let flight = self
                 .flights
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(&key)
                 .cloned();
-            if let Some(f) = flight {
-                return match f.wait(deadline) {
-                    Some(Ok(_)) => Ok(()),
-                    Some(Err(e)) => Err(crate::chunk::FetchError::Shared(e)),
-                    None => Err(crate::chunk::FetchError::Timeout(self.cfg.read_timeout * 4)),
-                };
+            match flight {
+                Some(f) => {
+                    let slice = (Instant::now() + Duration::from_millis(100)).min(deadline);
+                    match f.wait(slice) {
+                        Some(Ok(_)) => return Ok(()),
+                        Some(Err(e)) => return Err(crate::chunk::FetchError::Shared(e)),
+                        None if Instant::now() >= deadline => return Err(timeout),
+                        None if stop.load(Ordering::Relaxed) => return Ok(()),
+                        None => continue,
+                    }
+                }
+                None if self.frame_cached(blob, fi) || launched => return Ok(()),
+                None => {
+                    self.launch(vec![(blob, fi)], deadline, true);
+                    launched = true;
+                }
             }
-            if self.frame_cached(blob, fi) {
-                return Ok(());
-            }
-            self.launch(vec![(blob, fi)], deadline, true);
         }
-        Err(crate::chunk::FetchError::Timeout(Duration::ZERO))
     }
 
     /// Waits (up to `timeout`) until every fetched frame is written to the

@@ -367,9 +367,7 @@ fn start_session(
 /// status and the record action.
 fn api_for(status: StatusInfo, fs: &Arc<RafsFs>, prefetch: Arc<PrefetchStatus>) -> Api {
     let mut registry = Api::registry_for(fs.metrics().clone());
-    let fetch = fs.fetcher().metrics();
-    fetch.register(&mut registry);
-    prefetch::register_metrics(fetch, &mut registry);
+    fs.fetcher().metrics().register(&mut registry);
     let control = MountControl {
         fs: fs.clone(),
         prefetch,

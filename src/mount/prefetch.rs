@@ -25,7 +25,6 @@ use crate::mount::PrefetchSource;
 use crate::prefetch::list::{self, Entry, ListError};
 use crate::prefetch::{plan_entries, plan_table, PlanError};
 use crossbeam_channel::{bounded, Receiver};
-use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -275,30 +274,5 @@ fn log_report(plan: &Plan, report: &Report, chunks: u64) {
         "prefetch finished: {} bytes, {chunks} chunks fetched in {:.2?}",
         report.fetched_bytes,
         report.elapsed
-    );
-}
-
-/// Registers the prefetch metrics of `m`, which
-/// [`FetchMetrics::register`] leaves out.
-pub fn register_metrics(m: &FetchMetrics, r: &mut Registry) {
-    r.register(
-        "rafs_prefetch_bytes",
-        "Stored bytes fetched by prefetch",
-        m.prefetch_bytes.clone(),
-    );
-    r.register(
-        "rafs_prefetch_chunks",
-        "Chunks fetched by prefetch",
-        m.prefetch_chunks.clone(),
-    );
-    r.register(
-        "rafs_prefetch_hits",
-        "Reads served by data prefetch fetched",
-        m.prefetch_hits.clone(),
-    );
-    r.register(
-        "rafs_prefetch_seconds",
-        "Seconds the last prefetch run took",
-        m.prefetch_seconds.clone(),
     );
 }
