@@ -226,10 +226,29 @@ fn prefetch_racing_a_mount_fetches_each_frame_once() {
         sock.display().to_string(),
     ];
     let mnt = mount(&img.bootstrap, &work.path().join("mnt"), &opts);
-    let (src, root) = (img.src.clone(), mnt.mountpoint.clone());
-    let reader = std::thread::spawn(move || assert_same_tree(&src, &root, &exclude_sockets));
-    let r = prefetch(&img, &proxy.url(), &cache, &["--all", "--json"]).ok();
-    reader.join().expect("the reads through the mount");
+    // The prefetch is throttled to last about two seconds, so the reads
+    // (in tree order; the prefetch goes in stored order) overlap it.
+    let (url, cache2, boot) = (proxy.url(), cache.clone(), img.bootstrap.clone());
+    let bg = std::thread::spawn(move || {
+        let a = args![
+            "prefetch",
+            &boot,
+            "--backend",
+            format!("{url}/"),
+            "--cache-dir",
+            &cache2,
+            "--all",
+            "--json",
+            "--bandwidth",
+            "1MiB/s",
+            "--jobs",
+            "1"
+        ];
+        common::rafs(&a)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_same_tree(&img.src, &mnt.mountpoint, &exclude_sockets);
+    let r = bg.join().expect("the prefetch thread").ok();
     let v = json(&r);
     assert_eq!(v["complete"], true, "{v:#}");
     let daemon = common::metric(&sock, "rafs_backend_bytes_total");
