@@ -34,6 +34,9 @@ pub enum Command {
     Cache(crate::cache::tools::CacheArgs),
     /// Show a running mount's metrics (over its API socket).
     Stats(crate::stats::StatsArgs),
+    /// Fill a cache directory with an image's data (paths, a list, or all)
+    /// ahead of mounts.
+    Prefetch(Box<crate::prefetch::cli::PrefetchArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Mount(a) => crate::mount::run(a),
         Command::Cache(a) => crate::cache::tools::run(a),
         Command::Stats(a) => crate::stats::run(a),
+        Command::Prefetch(a) => crate::prefetch::cli::run(a),
     };
     match result {
         Ok(code) => code,

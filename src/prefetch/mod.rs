@@ -5,6 +5,7 @@
 //! paths (directories recursively), a list file ([`list`]), the image's
 //! prefetch table, or everything — into a [`Plan`] of frames in order.
 
+pub mod cli;
 pub mod list;
 
 use crate::fetch::prefetch::Plan;
