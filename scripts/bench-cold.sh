@@ -449,6 +449,7 @@ for s in "${scenarios[@]}"; do
       cold_ns=$(median ${times[cold]})
       target="≥30% faster than cold: $(python3 -c "print(f'{100 * (1 - $t / $cold_ns):.0f}% faster, ' + ('met' if $t <= 0.7 * $cold_ns else 'NOT met'))")" ;;
     prefetched) target="time includes rafs prefetch" ;;
+    all) target="-" ;;
     warm) target="-" ;;
   esac
   [ "$mm" = - ] || mm=$(human "$mm")
