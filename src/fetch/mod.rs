@@ -193,6 +193,8 @@ pub struct Fetcher {
     bucket: Option<Mutex<Bucket>>,
     /// Frames the background lane fetched that no read has used yet.
     prefetched: Mutex<HashSet<Key>>,
+    /// Whether `prefetched` ever held anything.
+    any_prefetched: std::sync::atomic::AtomicBool,
     /// Per blob: (end of the last on-demand fetch in stored bytes, how many
     /// misses in a row started there).
     streams: Vec<Mutex<(u64, u64)>>,
@@ -254,6 +256,7 @@ impl Fetcher {
             bg_queue: bg_rx.clone(),
             bucket,
             prefetched: Mutex::default(),
+            any_prefetched: Default::default(),
             streams: blobs.iter().map(|_| Mutex::new((u64::MAX, 0))).collect(),
             cfg,
             metrics,
@@ -594,6 +597,8 @@ impl Fetcher {
             self.memory.put(key, frame.clone());
         }
         if how.background {
+            self.any_prefetched
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.prefetched
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -613,6 +618,13 @@ impl Fetcher {
 
     /// Counts an on-demand read served by data the background lane fetched.
     fn note_use(&self, key: &Key) {
+        // The common case (nothing prefetched) costs one atomic load.
+        if !self
+            .any_prefetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let mut p = self
             .prefetched
             .lock()

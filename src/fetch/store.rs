@@ -56,6 +56,8 @@ pub struct Store {
     index: Arc<FrameIndex>,
     pending: Mutex<HashMap<Key, Arc<Frame>>>,
     quota: Mutex<Quota>,
+    /// `--cache-size` (also in `quota`; here to skip its lock on hits).
+    limit: Option<u64>,
     metrics: Arc<FetchMetrics>,
     logged: [AtomicBool; 2],
 }
@@ -124,6 +126,7 @@ impl Store {
             index,
             pending: Mutex::default(),
             quota: Mutex::new(quota),
+            limit,
             metrics,
             logged: [AtomicBool::new(false), AtomicBool::new(false)],
         }
@@ -174,6 +177,9 @@ impl Store {
 
     /// Marks frame `key` as just used (quota LRU).
     pub fn touch(&self, key: &Key) {
+        if self.limit.is_none() {
+            return; // no quota, no eviction order to keep
+        }
         let mut q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
         q.lru.get(key);
     }
