@@ -124,6 +124,16 @@ impl Fetcher {
         plan
     }
 
+    /// Whether the frame holding (non-hole) chunk `c` is cached.
+    pub fn chunk_cached(&self, c: &ChunkInfo) -> bool {
+        let blob = c.blob_index.get();
+        self.index
+            .blobs
+            .get(blob as usize)
+            .and_then(|bf| bf.find(c.compressed_offset.get()))
+            .is_some_and(|fi| self.frame_cached(blob, fi))
+    }
+
     /// Whether frame `fi` of `blob` is cached: ready on disk, in memory or
     /// waiting for the committer.
     pub fn frame_cached(&self, blob: u32, fi: usize) -> bool {

@@ -52,7 +52,7 @@ impl RafsFs {
             pos = c.file_offset.get() + to as u64;
             i += 1;
         }
-        let ahead = self.readahead(run, i);
+        let ahead = self.readahead(run, first, i);
         self.fetch_wants(&b, ino, run_start, &mut wants, &ahead, &mut out)?;
         Metrics::add(&self.metrics.bytes_read, out.len() as u64);
         Ok(out)
@@ -60,8 +60,21 @@ impl RafsFs {
 
     /// The data chunks of `run` from index `next` on, up to the read-ahead
     /// budget.
-    fn readahead<'b>(&self, run: &'b [ChunkInfo], next: usize) -> Vec<Want<'b>> {
-        let budget = self.fetcher.config().readahead;
+    ///
+    /// Only for a read that looks sequential: it starts in the file's
+    /// first chunk, or the chunk before it is cached (just read). Random
+    /// reads inside a large file get none: each miss would otherwise
+    /// fetch and decompress a chunk nobody asked for.
+    fn readahead<'b>(&self, run: &'b [ChunkInfo], first: usize, next: usize) -> Vec<Want<'b>> {
+        let sequential = match first.checked_sub(1).and_then(|p| run.get(p)) {
+            None => true,
+            Some(prev) => prev.is_hole() || self.fetcher.chunk_cached(prev),
+        };
+        let budget = if sequential {
+            self.fetcher.config().readahead
+        } else {
+            0
+        };
         let mut bytes = 0u64;
         let mut out = Vec::new();
         for c in run.iter().skip(next) {
