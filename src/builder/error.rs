@@ -54,6 +54,9 @@ pub enum BuildError {
         /// The path as written.
         path: String,
     },
+    /// The prefetch list cannot be read.
+    #[error("prefetch list: {0}")]
+    PrefetchList(#[from] crate::prefetch::list::ListError),
     /// The chunk dictionary cannot be used.
     #[error("chunk dictionary: {0}")]
     Dict(#[from] crate::image::ImageError),

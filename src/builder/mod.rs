@@ -326,20 +326,12 @@ fn progress_bar(opts: &Options) -> ProgressBar {
 /// A prefetch list: `(line number, path)` pairs.
 type PrefetchLines = Vec<(usize, Vec<u8>)>;
 
-/// Reads a prefetch list: one path per line, `#` comments and blank lines
-/// ignored, anything after a tab ignored (reserved for ranges).
+/// Reads a prefetch list (the format of [`crate::prefetch::list`], shared
+/// with `--record-access` and `rafs prefetch --list`); the image's table
+/// holds whole files, so ranges are ignored.
 pub fn read_prefetch_list(path: &Path) -> Result<PrefetchLines> {
-    let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.split(|&b| b == b'\t').next().unwrap_or(&[]);
-        let line = line.trim_ascii();
-        if line.is_empty() || line.starts_with(b"#") {
-            continue;
-        }
-        out.push((i + 1, line.to_vec()));
-    }
-    Ok(out)
+    let entries = crate::prefetch::list::read(path)?;
+    Ok(entries.into_iter().map(|e| (e.line, e.path)).collect())
 }
 
 fn resolve_prefetch(

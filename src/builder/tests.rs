@@ -382,6 +382,15 @@ fn prefetch_list_fills_the_table() {
         "failed build left {}",
         o.output.display()
     );
+    // The list format is shared with --record-access: bad ranges are errors.
+    fs::write(
+        &list,
+        "text	9-3
+",
+    )
+    .unwrap();
+    let err = build(&o).unwrap_err();
+    assert!(matches!(err, BuildError::PrefetchList(_)), "{err}");
 }
 
 #[test]
