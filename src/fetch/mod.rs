@@ -468,17 +468,20 @@ impl Fetcher {
         out
     }
 
+    /// The flight of frame `key`, if it is being fetched.
+    fn flight(&self, key: &Key) -> Option<Arc<Flight>> {
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
     /// The frame `key`, waiting for its flight (launching one if nobody
     /// is fetching it) until `deadline`.
     fn wait(&self, key: Key, deadline: Instant) -> Result<Arc<Frame>, FetchError> {
         for _ in 0..3 {
-            let flight = self
-                .flights
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&key)
-                .cloned();
-            match flight {
+            match self.flight(&key) {
                 Some(f) => {
                     return match f.wait(deadline) {
                         Some(Ok(frame)) => Ok(frame),

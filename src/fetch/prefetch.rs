@@ -273,13 +273,7 @@ impl Fetcher {
         let timeout = crate::chunk::FetchError::Timeout(self.cfg.read_timeout * 4);
         let mut launched = false;
         loop {
-            let flight = self
-                .flights
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&key)
-                .cloned();
-            match flight {
+            match self.flight(&key) {
                 Some(f) => {
                     let slice = (Instant::now() + Duration::from_millis(100)).min(deadline);
                     match f.wait(slice) {
