@@ -110,6 +110,9 @@ pub enum FetchError {
     /// or failing transiently).
     #[error("no data within the read deadline of {0:?} (backend slow or failing)")]
     Timeout(std::time::Duration),
+    /// The fetch was cancelled before it ran (a stopped prefetch).
+    #[error("fetch cancelled (prefetch stopped)")]
+    Cancelled,
     /// A failure shared by every reader of one fetch (single flight).
     #[error(transparent)]
     Shared(std::sync::Arc<FetchError>),

@@ -26,6 +26,7 @@
 
 pub mod bitmap;
 pub mod blobfile;
+mod shim;
 #[cfg(test)]
 mod tests;
 pub mod tools;

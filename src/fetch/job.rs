@@ -73,16 +73,19 @@ impl Fetcher {
     /// waits for nothing): two processes can never wait for each other.
     pub(super) fn run_job(&self, job: Job) {
         let (blob, background, deadline) = (job.blob, job.background, job.deadline);
+        let mut job = job;
         if background {
             // Throttle before claiming: a job waiting for bandwidth must not
             // hold span locks that on-demand reads (here or in another
-            // process) would wait for.
+            // process) would wait for. Its frames stay promotable until
+            // then; those an on-demand read took over are dropped here.
             self.throttle(&job);
+            job.frames = self.take_background(blob, &job.frames);
         }
         let (job, busy, locks) = self.claim(job);
         self.fetch_run(job, locks);
         for fi in busy {
-            if let Err(lock) = self.wait_claim(blob, fi, background) {
+            if let Err(lock) = self.wait_claim(blob, fi, background, deadline) {
                 let one = Job {
                     blob,
                     frames: vec![fi],
@@ -155,7 +158,7 @@ impl Fetcher {
             let cover = bf.frames[fi].cover(size);
             match cache
                 .data()
-                .lock_span(cover.start, cover.end - cover.start, false)
+                .try_lock_span(cover.start, cover.end - cover.start)
             {
                 Ok(Some(l)) => {
                     // Another process may have cached it since the caller
@@ -181,15 +184,40 @@ impl Fetcher {
 
     /// Waits for the other process fetching frame `fi`; publishes the frame
     /// from the disk if that process cached it (`Ok`), else returns the
-    /// lock (if it could be taken) for this process to fetch it.
-    fn wait_claim(&self, blob: u32, fi: usize, background: bool) -> Result<(), Option<SpanLock>> {
+    /// lock, if it could be taken, for this process to fetch the frame.
+    ///
+    /// The wait is bounded (a quarter of the read timeout, and half of
+    /// what is left before `deadline`): a stopped or frozen peer holding
+    /// the claim must not pin this worker. Without the lock the frame is
+    /// fetched all the same, but only for memory: every write to the cache
+    /// happens under its span lock.
+    fn wait_claim(
+        &self,
+        blob: u32,
+        fi: usize,
+        background: bool,
+        deadline: Instant,
+    ) -> Result<(), Option<SpanLock>> {
         let cache = self.disk(blob).ok_or(None)?;
         let cover = self.index.blobs[blob as usize].frames[fi].cover(cache.data().size());
-        let lock = cache
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        let until = now + (self.cfg.read_timeout / 4).min(left / 2);
+        let lock = match cache
             .data()
-            .lock_span(cover.start, cover.end - cover.start, true)
-            .ok()
-            .flatten();
+            .lock_span_until(cover.start, cover.end - cover.start, until)
+        {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                self.metrics.lock_timeouts.inc();
+                tracing::debug!(blob, fi, "another process holds the frame's claim too long");
+                None
+            }
+            Err(e) => {
+                tracing::debug!("cache span lock: {e}");
+                None
+            }
+        };
         if super::store::ready(cache, &cover) && self.publish_from_disk(blob, fi, background) {
             return Ok(());
         }
@@ -197,26 +225,11 @@ impl Fetcher {
     }
 
     /// Publishes frame `fi` from the disk cache (another process fetched
-    /// it); false if its bytes there do not verify.
+    /// it), verified; false if it is not there or does not verify.
     fn publish_from_disk(&self, blob: u32, fi: usize, background: bool) -> bool {
-        let Some(cache) = self.disk(blob) else {
+        let Some(frame) = self.load_verified(blob, fi) else {
             return false;
         };
-        let f = &self.index.blobs[blob as usize].frames[fi];
-        let Ok(data) = cache.data().read_at(f.ustart, f.ulen as usize) else {
-            return false;
-        };
-        let Ok(b) = self.image.bootstrap() else {
-            return false;
-        };
-        let frame = Arc::new(Frame::new(data));
-        let members = self.index.blobs[blob as usize].members_of(fi);
-        if members
-            .iter()
-            .any(|&m| frame.verify(&b.chunks()[m as usize]).is_err())
-        {
-            return false;
-        }
         let via = Via {
             background,
             lock: None,

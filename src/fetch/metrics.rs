@@ -54,6 +54,24 @@ pub struct FetchMetrics {
     pub prefetch_hits: Counter,
     /// Seconds the last prefetch run took, start to end.
     pub prefetch_seconds: Gauge<f64, AtomicU64>,
+    /// Frames queued in the background lane that an on-demand read took
+    /// over (fetched in the on-demand lane instead).
+    pub prefetch_promoted: Counter,
+    /// Fetched frames not written to the disk cache because the committer
+    /// was behind (a slow cache disk): reads are never held up by it.
+    pub commits_skipped: Counter,
+    /// Frames read from the disk cache and verified against the image's
+    /// digests (first use in this process, or after a change in the cache).
+    pub cache_verified: Counter,
+    /// Frames in the disk cache that failed verification (invalidated and
+    /// fetched again).
+    pub cache_corrupt: Counter,
+    /// Blobs served without the disk cache because the cache holds the
+    /// blob with another layout (another image claims the same blob id).
+    pub cache_conflicts: Counter,
+    /// Waits for another process's claim on a frame that hit the deadline
+    /// (the frame was then fetched without the claim).
+    pub lock_timeouts: Counter,
 }
 
 impl Default for FetchMetrics {
@@ -76,6 +94,12 @@ impl Default for FetchMetrics {
             prefetch_chunks: Counter::default(),
             prefetch_hits: Counter::default(),
             prefetch_seconds: Gauge::default(),
+            prefetch_promoted: Counter::default(),
+            commits_skipped: Counter::default(),
+            cache_verified: Counter::default(),
+            cache_corrupt: Counter::default(),
+            cache_conflicts: Counter::default(),
+            lock_timeouts: Counter::default(),
         }
     }
 }
@@ -164,6 +188,41 @@ impl FetchMetrics {
             "On-demand reads served by prefetched data",
             &self.prefetch_hits,
         );
+        let more: [(&str, &str, &Counter); 6] = [
+            (
+                "rafs_prefetch_promoted",
+                "Queued prefetch frames taken over by on-demand reads",
+                &self.prefetch_promoted,
+            ),
+            (
+                "rafs_cache_commits_skipped",
+                "Fetched frames not cached because the cache writer was behind",
+                &self.commits_skipped,
+            ),
+            (
+                "rafs_cache_verified",
+                "Frames read from the disk cache and verified",
+                &self.cache_verified,
+            ),
+            (
+                "rafs_cache_corrupt",
+                "Disk cache frames that failed verification",
+                &self.cache_corrupt,
+            ),
+            (
+                "rafs_cache_layout_conflicts",
+                "Blobs served without the disk cache: held there with another layout",
+                &self.cache_conflicts,
+            ),
+            (
+                "rafs_cache_lock_timeouts",
+                "Waits for another process's claim on a frame that timed out",
+                &self.lock_timeouts,
+            ),
+        ];
+        for (name, help, m) in more {
+            c(r, name, help, m);
+        }
         r.register(
             "rafs_prefetch_seconds",
             "Duration of the last prefetch run",

@@ -27,6 +27,7 @@ pub mod prefetch;
 pub mod store;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use crate::backend::{Backend, BlobId};
 use crate::cache::{BlobCache, CacheError};
@@ -146,14 +147,44 @@ impl Bucket {
     }
 }
 
+/// Which lane owns a flight. On-demand reads never wait on the
+/// background lane's throttle or queue: a flight still queued in the
+/// background lane is *promoted* by the first on-demand reader that needs
+/// it (the background worker then drops it from its job), and a background
+/// worker commits to a frame (`BG_RUNNING`) only after its bandwidth wait,
+/// right before the range request.
+const FG: u8 = 0;
+/// Queued (or throttled) in the background lane: may be promoted.
+const BG_QUEUED: u8 = 1;
+/// Being fetched by a background worker (its request is under way).
+const BG_RUNNING: u8 = 2;
+
 /// One frame being fetched; readers wait on it.
 #[derive(Default)]
 struct Flight {
     done: Mutex<Option<FlightResult>>,
     cv: Condvar,
+    /// [`FG`], [`BG_QUEUED`] or [`BG_RUNNING`].
+    lane: std::sync::atomic::AtomicU8,
 }
 
 impl Flight {
+    fn new(lane: u8) -> Flight {
+        Flight {
+            lane: lane.into(),
+            ..Flight::default()
+        }
+    }
+
+    /// Moves the flight from lane state `from` to `to`; false if it was
+    /// not in `from` (promoted, or already running).
+    fn take(&self, from: u8, to: u8) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        self.lane
+            .compare_exchange(from, to, AcqRel, Acquire)
+            .is_ok()
+    }
+
     fn set(&self, r: FlightResult) {
         *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
         self.cv.notify_all();
@@ -193,6 +224,9 @@ pub struct Fetcher {
     bucket: Option<Mutex<Bucket>>,
     /// Frames the background lane fetched that no read has used yet.
     prefetched: Mutex<HashSet<Key>>,
+    /// Disk frames verified by this process, and at which map generation
+    /// (see [`verify`]).
+    verified: verify::Verified,
     /// Whether `prefetched` ever held anything.
     any_prefetched: std::sync::atomic::AtomicBool,
     /// Per blob: (end of the last on-demand fetch in stored bytes, how many
@@ -242,6 +276,7 @@ impl Fetcher {
         let bucket = cfg
             .prefetch_bandwidth
             .map(|rate| Mutex::new(Bucket::new(rate)));
+        let verified = verify::memo(index.blobs.iter().map(|b| b.frames.len()));
         let fetcher = Arc::new(Fetcher {
             image,
             backend,
@@ -256,6 +291,7 @@ impl Fetcher {
             bg_queue: bg_rx.clone(),
             bucket,
             prefetched: Mutex::default(),
+            verified,
             any_prefetched: Default::default(),
             streams: blobs.iter().map(|_| Mutex::new((u64::MAX, 0))).collect(),
             cfg,
@@ -363,33 +399,6 @@ impl Fetcher {
         }
     }
 
-    /// A disk cache hit appended to `out`, if the bytes are ready.
-    fn read_disk(&self, w: &Want<'_>, out: &mut Vec<u8>) -> bool {
-        let c = w.c;
-        let Some(cache) = self.disk(c.blob_index.get()) else {
-            return false;
-        };
-        let offset = c.uncompressed_offset.get() + w.from as u64;
-        match cache.read_ready_into(offset, w.to - w.from, out) {
-            Ok(true) => {
-                self.metrics.cache_hits.inc();
-                if let Some(s) = &self.store {
-                    s.touch(&(c.blob_index.get(), c.compressed_offset.get()));
-                }
-                true
-            }
-            Ok(false) => {
-                self.metrics.cache_misses.inc();
-                false
-            }
-            Err(e) => {
-                tracing::debug!("cache read failed, fetching instead: {e}");
-                self.metrics.cache_misses.inc();
-                false
-            }
-        }
-    }
-
     fn in_memory(&self, key: &Key) -> Option<Arc<Frame>> {
         if let Some(f) = self.memory.get(key) {
             Metrics::add(&self.fs_metrics.lru_hits, 1);
@@ -410,6 +419,9 @@ impl Fetcher {
     /// elsewhere resets it, so random access (a program starting) fetches
     /// only what it reads.
     fn stream_ahead(&self, need: &mut Vec<(u32, usize)>) {
+        if self.cfg.readahead == 0 {
+            return; // `--readahead 0` turns every kind of read-ahead off
+        }
         let Some(&(blob, first)) = need.iter().min() else {
             return;
         };
@@ -424,7 +436,7 @@ impl Fetcher {
         stream.1 = if stream.0 == start { stream.1 + 1 } else { 0 };
         let mut budget = match stream.1 {
             0 | 1 => 0,
-            n => (self.cfg.readahead.max(64 << 10) << (n - 2).min(16)).min(self.cfg.max_request),
+            n => (self.cfg.readahead << (n - 2).min(16)).min(self.cfg.max_request),
         };
         let mut end = bf.frames[last].cend();
         for fi in last + 1..bf.frames.len() {
@@ -478,9 +490,21 @@ impl Fetcher {
     }
 
     /// The frame `key`, waiting for its flight (launching one if nobody
-    /// is fetching it) until `deadline`.
+    /// is fetching it, promoting it if the background lane only queued
+    /// it) until `deadline`.
     fn wait(&self, key: Key, deadline: Instant) -> Result<Arc<Frame>, FetchError> {
-        for _ in 0..3 {
+        let Some(fi) = self
+            .index
+            .blobs
+            .get(key.0 as usize)
+            .and_then(|b| b.find(key.1))
+        else {
+            return Err(self.chunk_error(key, ChunkError::Decompress("no such frame".into())));
+        };
+        loop {
+            // `launch` starts a flight, or promotes a queued background one,
+            // unless the frame is in memory already.
+            self.launch(vec![(key.0, fi)], deadline, false);
             match self.flight(&key) {
                 Some(f) => {
                     return match f.wait(deadline) {
@@ -496,32 +520,40 @@ impl Fetcher {
                     if let Some(f) = self.in_memory(&key) {
                         return Ok(f);
                     }
-                    let fi = self
-                        .index
-                        .blobs
-                        .get(key.0 as usize)
-                        .and_then(|b| b.find(key.1));
-                    match fi {
-                        Some(fi) => self.launch(vec![(key.0, fi)], deadline, false),
-                        None => break,
+                    if let Some(f) = self.load_verified(key.0, fi) {
+                        return Ok(f);
+                    }
+                    // Finished between `launch` and `flight` and already
+                    // gone from memory (a prefetched frame committed to the
+                    // disk): go round again, the next launch refetches.
+                    if Instant::now() >= deadline {
+                        self.metrics.read_timeouts.inc();
+                        return Err(FetchError::Timeout(self.cfg.read_timeout));
                     }
                 }
             }
         }
-        Err(FetchError::Timeout(Duration::ZERO))
     }
 
     /// Starts fetching `frames` that nobody fetches yet, coalesced into
     /// range requests, in the on-demand or the background lane.
-    pub(crate) fn launch(
+    pub(crate) fn launch(&self, frames: Vec<(u32, usize)>, deadline: Instant, background: bool) {
+        self.launch_flights(frames, deadline, background);
+    }
+
+    /// [`Fetcher::launch`], returning the flight of every frame that has
+    /// one now (new, joined or promoted); frames without one were in
+    /// memory already.
+    fn launch_flights(
         &self,
         mut frames: Vec<(u32, usize)>,
         deadline: Instant,
         background: bool,
-    ) {
+    ) -> HashMap<(u32, usize), Arc<Flight>> {
         frames.sort_unstable();
         frames.dedup();
         let mut new = Vec::with_capacity(frames.len());
+        let mut out = HashMap::with_capacity(frames.len());
         {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             for (blob, fi) in frames {
@@ -529,17 +561,28 @@ impl Fetcher {
                     continue;
                 };
                 let key = (blob, f.coff);
-                if flights.contains_key(&key) || self.memory.contains(&key) {
+                if let Some(flight) = flights.get(&key) {
+                    // An on-demand read takes over a frame the background
+                    // lane has only queued (or is throttling).
+                    if !background && flight.take(BG_QUEUED, FG) {
+                        self.metrics.prefetch_promoted.inc();
+                        new.push((blob, fi));
+                    }
+                    out.insert((blob, fi), flight.clone());
                     continue;
                 }
-                if self
-                    .store
-                    .as_ref()
-                    .is_some_and(|s| s.pending(&key).is_some())
-                {
+                let pending = || {
+                    self.store
+                        .as_ref()
+                        .is_some_and(|s| s.pending(&key).is_some())
+                };
+                if self.memory.contains(&key) || pending() {
                     continue;
                 }
-                flights.insert(key, Arc::default());
+                let lane = if background { BG_QUEUED } else { FG };
+                let flight = Arc::new(Flight::new(lane));
+                flights.insert(key, flight.clone());
+                out.insert((blob, fi), flight);
                 new.push((blob, fi));
             }
         }
@@ -552,6 +595,7 @@ impl Fetcher {
             // Workers live as long as the fetcher: the send cannot fail.
             let _ = lane.send(job);
         }
+        out
     }
 
     /// Groups sorted frames into jobs of adjacent frames of one blob, each
@@ -588,14 +632,18 @@ impl Fetcher {
         jobs
     }
 
-    /// Publishes a fetched frame: memory, disk (if `commit` and the blob
-    /// has a cache; `lock`, the cross-process claim on the frame, is
-    /// released once its bits are set), then its waiters. Prefetched
-    /// frames bound for the disk skip the memory LRU, which belongs to
-    /// on-demand reads.
+    /// Publishes a fetched frame: memory, then its waiters, then the disk
+    /// (if `commit` and the blob has a cache; `lock`, the cross-process
+    /// claim on the frame, is released once its bits are set). Readers are
+    /// woken before anything touches the disk, and a committer that is
+    /// behind (a slow or hung cache disk) costs the frame its caching,
+    /// never a reader its wait. Prefetched frames bound for the disk skip
+    /// the memory LRU, which belongs to on-demand reads.
     fn publish_ok(&self, blob: u32, fi: usize, frame: Arc<Frame>, commit: bool, how: Via) {
         let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
-        let to_disk = commit && self.disk(blob).is_some();
+        // Only under its span lock may a frame be written: nobody else then
+        // writes the same bytes, and the cache never writes over ready ones.
+        let to_disk = commit && how.lock.is_some() && self.disk(blob).is_some();
         if !(how.background && to_disk) {
             self.memory.put(key, frame.clone());
         }
@@ -607,16 +655,30 @@ impl Fetcher {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(key);
         }
-        if let (true, Some(store), Some(tx)) = (to_disk, &self.store, &self.commits) {
-            store.hold(key, frame.clone());
-            let _ = tx.send(Commit {
-                blob,
-                frame: fi,
-                data: frame.clone(),
-                lock: how.lock,
-            });
+        let (true, Some(store), Some(tx)) = (to_disk, &self.store, &self.commits) else {
+            self.finish(key, Ok(frame));
+            return;
+        };
+        // Readable from `pending` before the flight ends, so a reader that
+        // finds no flight finds the frame.
+        store.hold(key, frame.clone());
+        self.finish(key, Ok(frame.clone()));
+        let c = Commit {
+            blob,
+            frame: fi,
+            data: frame,
+            lock: how.lock,
+        };
+        if let Err(e) = tx.try_send(c) {
+            // Full (or gone): drop the frame's caching, and its claim.
+            let c = e.into_inner();
+            store.release(&key);
+            if how.background {
+                // It was kept out of the LRU for the disk's sake.
+                self.memory.put(key, c.data.clone());
+            }
+            self.metrics.commits_skipped.inc();
         }
-        self.finish(key, Ok(frame));
     }
 
     /// Counts an on-demand read served by data the background lane fetched.
@@ -638,14 +700,32 @@ impl Fetcher {
     }
 
     /// Drops the background jobs not started yet (a stopped prefetch);
-    /// their frames' waiters get an error.
+    /// their frames' waiters get [`FetchError::Cancelled`], except frames
+    /// an on-demand read has promoted meanwhile (fetched in its lane).
     pub fn cancel_prefetch(&self) {
-        let err = Arc::new(FetchError::Timeout(Duration::ZERO));
+        let err = Arc::new(FetchError::Cancelled);
         while let Ok(job) = self.bg_queue.try_recv() {
-            for &fi in &job.frames {
+            for fi in self.take_background(job.blob, &job.frames) {
                 self.publish_err(job.blob, fi, err.clone());
             }
         }
+    }
+
+    /// The frames of a background job this lane still owns, now marked
+    /// running (promoted frames are left to the on-demand lane).
+    fn take_background(&self, blob: u32, frames: &[usize]) -> Vec<usize> {
+        let bf = &self.index.blobs[blob as usize];
+        let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        frames
+            .iter()
+            .copied()
+            .filter(|&fi| {
+                bf.frames
+                    .get(fi)
+                    .and_then(|f| flights.get(&(blob, f.coff)))
+                    .is_some_and(|fl| fl.take(BG_QUEUED, BG_RUNNING))
+            })
+            .collect()
     }
 
     fn publish_err(&self, blob: u32, fi: usize, e: Arc<FetchError>) {

@@ -10,7 +10,8 @@
 //! manager all drive the same [`Fetcher::prefetch`].
 
 use super::memory::Key;
-use super::Fetcher;
+use super::{Fetcher, Flight};
+use crate::chunk::FetchError;
 use rafs_format::layout::ChunkInfo;
 use rafs_format::Bootstrap;
 use std::collections::HashSet;
@@ -19,6 +20,18 @@ use std::time::{Duration, Instant};
 
 /// Frames at most per window: launched together, then waited for.
 const WINDOW: usize = 64;
+
+/// How waiting for one prefetched frame ended.
+enum Waited {
+    /// This run's flight (or one it joined) delivered it.
+    Fetched,
+    /// It was cached before anything was fetched for it.
+    Cached,
+    /// The run was stopped first (counted neither way).
+    Stopped,
+    /// The fetch failed.
+    Failed(FetchError),
+}
 
 /// Frames to fetch, in order, without duplicates.
 #[derive(Debug, Default, Clone)]
@@ -244,14 +257,17 @@ impl Fetcher {
             Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
         });
         let deadline = Instant::now() + self.cfg.read_timeout * 4 + throttle;
-        self.launch(need.to_vec(), deadline, true);
+        let flights = self.launch_flights(need.to_vec(), deadline, true);
         for &(blob, fi) in need {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match self.wait_prefetched(blob, fi, deadline, stop) {
-                Ok(()) => report.fetched += 1,
-                Err(e) => report.failed.push(format!(
+            let waited = match flights.get(&(blob, fi)) {
+                Some(f) => self.wait_prefetched(f, deadline, stop),
+                None => Waited::Cached, // in memory by the time it launched
+            };
+            match waited {
+                Waited::Fetched => report.fetched += 1,
+                Waited::Cached => report.cached += 1,
+                Waited::Stopped => return,
+                Waited::Failed(e) => report.failed.push(format!(
                     "blob {}, stored offset {}: {e}",
                     self.blob_ids[blob as usize], self.index.blobs[blob as usize].frames[fi].coff
                 )),
@@ -259,36 +275,22 @@ impl Fetcher {
         }
     }
 
-    /// Waits until frame `fi` is cached or failed.
-    /// A frame counts as done once its flight succeeded, even if it was
-    /// evicted since (memory-only prefetch of more than fits).
-    fn wait_prefetched(
-        &self,
-        blob: u32,
-        fi: usize,
-        deadline: Instant,
-        stop: &AtomicBool,
-    ) -> Result<(), crate::chunk::FetchError> {
-        let key: Key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
-        let timeout = crate::chunk::FetchError::Timeout(self.cfg.read_timeout * 4);
-        let mut launched = false;
+    /// Waits for a frame's flight: fetched (even if evicted since, as a
+    /// memory-only prefetch of more than fits may be), failed, or `stop`.
+    fn wait_prefetched(&self, f: &Flight, deadline: Instant, stop: &AtomicBool) -> Waited {
         loop {
-            match self.flight(&key) {
-                Some(f) => {
-                    let slice = (Instant::now() + Duration::from_millis(100)).min(deadline);
-                    match f.wait(slice) {
-                        Some(Ok(_)) => return Ok(()),
-                        Some(Err(e)) => return Err(crate::chunk::FetchError::Shared(e)),
-                        None if Instant::now() >= deadline => return Err(timeout),
-                        None if stop.load(Ordering::Relaxed) => return Ok(()),
-                        None => continue,
-                    }
+            if stop.load(Ordering::Relaxed) {
+                return Waited::Stopped;
+            }
+            let slice = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            match f.wait(slice) {
+                Some(Ok(_)) => return Waited::Fetched,
+                Some(Err(e)) if matches!(*e, FetchError::Cancelled) => return Waited::Stopped,
+                Some(Err(e)) => return Waited::Failed(FetchError::Shared(e)),
+                None if Instant::now() >= deadline => {
+                    return Waited::Failed(FetchError::Timeout(self.cfg.read_timeout * 4))
                 }
-                None if self.frame_cached(blob, fi) || launched => return Ok(()),
-                None => {
-                    self.launch(vec![(blob, fi)], deadline, true);
-                    launched = true;
-                }
+                None => continue,
             }
         }
     }

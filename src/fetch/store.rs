@@ -18,10 +18,9 @@ use super::metrics::FetchMetrics;
 use crate::backend::BlobId;
 use crate::cache::{BlobCache, CacheError, Fill, MapParams, Opened, DEFAULT_GRANULARITY};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use lru::LruCache;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Frames a batch may hold before it is written.
@@ -42,11 +41,11 @@ pub struct Commit {
     pub lock: Option<crate::cache::blobfile::SpanLock>,
 }
 
-/// LRU of frames on disk, with their cover sizes.
+/// The `--cache-size` quota: bytes of frames on disk. Which frames those
+/// are, and when each was last used, lives in `Store::stamps` (no lock).
 struct Quota {
     limit: Option<u64>,
     usage: u64,
-    lru: LruCache<Key, (u32, usize, u64)>,
 }
 
 /// Disk cache state shared by readers, fetch workers and the committer.
@@ -56,8 +55,14 @@ pub struct Store {
     index: Arc<FrameIndex>,
     pending: Mutex<HashMap<Key, Arc<Frame>>>,
     quota: Mutex<Quota>,
-    /// `--cache-size` (also in `quota`; here to skip its lock on hits).
+    /// `--cache-size` (also in `quota`; here to skip the stamps on hits).
     limit: Option<u64>,
+    /// Per blob, per frame: 0 if the frame is not counted in the quota,
+    /// else the tick of its last use (an LRU clock a hit updates with one
+    /// atomic store, no lock). Only the committer adds or removes frames.
+    stamps: Vec<Vec<AtomicU64>>,
+    /// The LRU clock.
+    clock: AtomicU64,
     metrics: Arc<FetchMetrics>,
     logged: [AtomicBool; 2],
 }
@@ -103,21 +108,24 @@ impl Store {
         limit: Option<u64>,
         metrics: Arc<FetchMetrics>,
     ) -> Store {
-        let mut quota = Quota {
-            limit,
-            usage: 0,
-            lru: LruCache::unbounded(),
-        };
-        for (b, cache) in caches.iter().enumerate() {
-            let Some(cache) = cache else { continue };
-            for (i, f) in index.blobs[b].frames.iter().enumerate() {
+        let mut quota = Quota { limit, usage: 0 };
+        let mut tick = 0;
+        let mut stamps = Vec::with_capacity(index.blobs.len());
+        for (b, bf) in index.blobs.iter().enumerate() {
+            let cache = caches.get(b).and_then(Option::as_ref);
+            let mut v = Vec::with_capacity(if cache.is_some() { bf.frames.len() } else { 0 });
+            for f in bf.frames.iter().take(v.capacity()) {
+                let Some(cache) = cache else { break };
                 let cover = f.cover(cache.data().size());
+                let mut stamp = 0;
                 if ready(cache, &cover) {
-                    let len = cover.end - cover.start;
-                    quota.usage += len;
-                    quota.lru.put((b as u32, f.coff), (b as u32, i, len));
+                    quota.usage += cover.end - cover.start;
+                    tick += 1;
+                    stamp = tick;
                 }
+                v.push(AtomicU64::new(stamp));
             }
+            stamps.push(v);
         }
         metrics.cache_limit.set(limit.unwrap_or(0));
         metrics.cache_usage.set(quota.usage);
@@ -127,6 +135,8 @@ impl Store {
             pending: Mutex::default(),
             quota: Mutex::new(quota),
             limit,
+            stamps,
+            clock: AtomicU64::new(tick),
             metrics,
             logged: [AtomicBool::new(false), AtomicBool::new(false)],
         }
@@ -160,6 +170,14 @@ impl Store {
             .insert(key, frame);
     }
 
+    /// Forgets a held frame that will not be written after all.
+    pub fn release(&self, key: &Key) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+
     /// Bytes the quota still allows (`None`: no limit).
     pub fn room(&self) -> Option<u64> {
         let q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
@@ -175,13 +193,21 @@ impl Store {
             .is_empty()
     }
 
-    /// Marks frame `key` as just used (quota LRU).
-    pub fn touch(&self, key: &Key) {
+    /// Marks frame `fi` of `blob` as just used (quota LRU): one atomic
+    /// store, no lock; nothing without a quota.
+    pub fn touch(&self, blob: u32, fi: usize) {
         if self.limit.is_none() {
             return; // no quota, no eviction order to keep
         }
-        let mut q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
-        q.lru.get(key);
+        let Some(stamp) = self.stamps.get(blob as usize).and_then(|v| v.get(fi)) else {
+            return;
+        };
+        let old = stamp.load(Ordering::Relaxed);
+        if old != 0 {
+            let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+            // Lost to an eviction (0) or a newer touch: either is fine.
+            let _ = stamp.compare_exchange(old, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     fn run(&self, rx: Receiver<Commit>) {
@@ -249,22 +275,68 @@ impl Store {
         }
     }
 
-    /// Adds committed frames to the quota LRU and evicts down to the limit.
+    /// Counts committed frames in the quota and, past the limit, evicts
+    /// the least recently used frames down to 15/16 of it (so the scan
+    /// that picks them is paid once per sixteenth of the quota written).
+    /// The quota lock covers only the bookkeeping: the evictions (`msync`,
+    /// hole punching) run after it is released.
     fn account(&self, added: Vec<(Key, (u32, usize, u64))>) {
-        let mut q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, v) in added {
-            if q.lru.put(key, v).is_none() {
-                q.usage += v.2;
+        let victims = {
+            let mut q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
+            for (_, (blob, fi, len)) in added {
+                let Some(stamp) = self.stamps.get(blob as usize).and_then(|v| v.get(fi)) else {
+                    continue;
+                };
+                let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+                if stamp.swap(now, Ordering::Relaxed) == 0 {
+                    q.usage += len;
+                }
+            }
+            let victims = match q.limit {
+                Some(limit) if q.usage > limit => self.pick_victims(&mut q, limit - limit / 16),
+                _ => Vec::new(),
+            };
+            self.metrics.cache_usage.set(q.usage);
+            victims
+        };
+        for (blob, fi, len) in victims {
+            self.evict(blob, fi, len);
+        }
+    }
+
+    /// The least recently used frames to evict for usage to drop to
+    /// `target`; they leave the quota (stamp 0) here.
+    fn pick_victims(&self, q: &mut Quota, target: u64) -> Vec<(u32, usize, u64)> {
+        let mut all: Vec<(u64, u32, usize)> = Vec::new();
+        for (b, v) in self.stamps.iter().enumerate() {
+            for (fi, s) in v.iter().enumerate() {
+                let t = s.load(Ordering::Relaxed);
+                if t != 0 {
+                    all.push((t, b as u32, fi));
+                }
             }
         }
-        while q.limit.is_some_and(|l| q.usage > l) {
-            let Some((_, (blob, frame, len))) = q.lru.pop_lru() else {
+        all.sort_unstable();
+        let mut out = Vec::new();
+        for (_, blob, fi) in all {
+            if q.usage <= target {
                 break;
+            }
+            let Some(len) = self.cover_len(blob, fi) else {
+                continue;
             };
-            q.usage -= len;
-            self.evict(blob, frame, len);
+            self.stamps[blob as usize][fi].store(0, Ordering::Relaxed);
+            q.usage = q.usage.saturating_sub(len);
+            out.push((blob, fi, len));
         }
-        self.metrics.cache_usage.set(q.usage);
+        out
+    }
+
+    fn cover_len(&self, blob: u32, fi: usize) -> Option<u64> {
+        let cache = self.caches.get(blob as usize)?.as_ref()?;
+        let f = self.index.blobs.get(blob as usize)?.frames.get(fi)?;
+        let cover = f.cover(cache.data().size());
+        Some(cover.end - cover.start)
     }
 
     fn evict(&self, blob: u32, frame: usize, len: u64) {

@@ -1,0 +1,143 @@
+//! Disk cache hits are verified: every byte a read returns from the disk
+//! cache has been checked against the reader's own bootstrap digests.
+//!
+//! A cache is storage like any other (bit rot, a stray write, another tool,
+//! another image that claims the same blob id with a different chunk
+//! layout), so a set bit is not trusted by itself. The first time this
+//! process serves a frame from the disk, it reads the whole frame, checks
+//! every member chunk against its digest, and remembers that in
+//! `Store::verified` together with the map's *generation*. Later hits of
+//! the frame are one `pread` as before, as long as the generation has not
+//! moved.
+//!
+//! The generation (in the map's live block, shared by every process using
+//! the cache) is bumped before any process clears a bit — eviction, or the
+//! invalidation of a range that failed verification — and every write into
+//! a range that is ready is preceded by such an invalidation (the cache
+//! commits under the frame's span lock and never writes over ready bytes).
+//! So "bits set and the generation unchanged since I verified" means "the
+//! bytes I verified": a hit loads the generation before its bit check and
+//! again after its `pread`, and falls back to verification if it moved.
+//!
+//! A frame that fails verification is invalidated (its bits cleared, the
+//! generation bumped) and fetched again; the failure is counted
+//! (`rafs_cache_corrupt_total`).
+
+use super::memory::Frame;
+use super::{Fetcher, Want};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Per blob, per frame: 0 if never verified in this process, else the
+/// map generation at which it was, plus one.
+pub(super) type Verified = Vec<Vec<AtomicU64>>;
+
+/// The memo table for `frames[b]` frames per blob.
+pub(super) fn memo(frames: impl Iterator<Item = usize>) -> Verified {
+    frames
+        .map(|n| (0..n).map(|_| AtomicU64::new(0)).collect())
+        .collect()
+}
+
+impl Fetcher {
+    /// A disk cache hit appended to `out`, if the bytes are ready and
+    /// verified (now, or earlier at the current generation).
+    pub(super) fn read_disk(&self, w: &Want<'_>, out: &mut Vec<u8>) -> bool {
+        let c = w.c;
+        let blob = c.blob_index.get();
+        let (Some(cache), Some(store)) = (self.disk(blob), self.store.as_ref()) else {
+            return false;
+        };
+        let Some(fi) = self.index.blobs[blob as usize].find(c.compressed_offset.get()) else {
+            return false;
+        };
+        let g0 = cache.generation();
+        if self.verified_at(blob, fi) == Some(g0) {
+            let at = out.len();
+            let offset = c.uncompressed_offset.get() + w.from as u64;
+            match cache.read_ready_into(offset, w.to - w.from, out) {
+                Ok(true) if cache.generation() == g0 => {
+                    self.metrics.cache_hits.inc();
+                    store.touch(blob, fi);
+                    return true;
+                }
+                // Something was cleared meanwhile: verify again below.
+                Ok(true) => out.truncate(at),
+                Ok(false) => {
+                    self.metrics.cache_misses.inc();
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!("cache read failed, fetching instead: {e}");
+                    self.metrics.cache_misses.inc();
+                    return false;
+                }
+            }
+        }
+        let Some(frame) = self.load_verified(blob, fi) else {
+            self.metrics.cache_misses.inc();
+            return false;
+        };
+        let start = c.batch_offset.get() as usize;
+        match frame.data().get(start + w.from..start + w.to) {
+            Some(bytes) if frame.verify(c).is_ok() => {
+                out.extend_from_slice(bytes);
+                self.metrics.cache_hits.inc();
+                store.touch(blob, fi);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The generation at which frame `fi` was last verified, if ever.
+    fn verified_at(&self, blob: u32, fi: usize) -> Option<u64> {
+        let v = self.verified.get(blob as usize)?.get(fi)?;
+        v.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Frame `fi` read whole from the disk cache and verified (every
+    /// member chunk against its digest), or `None` if it is not ready, was
+    /// changed while being read, or failed (then it is invalidated, to be
+    /// fetched again).
+    pub(super) fn load_verified(&self, blob: u32, fi: usize) -> Option<Arc<Frame>> {
+        let cache = self.disk(blob)?;
+        let bf = &self.index.blobs[blob as usize];
+        let f = bf.frames.get(fi)?;
+        let g0 = cache.generation();
+        let cover = f.cover(cache.data().size());
+        if !super::store::ready(cache, &cover) {
+            return None;
+        }
+        let data = cache.data().read_at(f.ustart, f.ulen as usize).ok()?;
+        if !super::store::ready(cache, &cover) || cache.generation() != g0 {
+            return None; // evicted or rewritten while read: a miss
+        }
+        let b = self.image.bootstrap().ok()?;
+        let frame = Arc::new(Frame::new(data));
+        let chunks = b.chunks();
+        let bad = bf.members_of(fi).iter().any(|&m| {
+            chunks
+                .get(m as usize)
+                .is_none_or(|c| frame.verify(c).is_err())
+        });
+        if bad {
+            self.metrics.cache_corrupt.inc();
+            tracing::warn!(
+                blob = %self.blob_ids[blob as usize],
+                offset = f.ustart,
+                "disk cache frame failed verification: invalidated, fetching it again"
+            );
+            let ranges = cache.ranges_touching(cover.start, cover.end - cover.start);
+            if let Err(e) = cache.invalidate(ranges) {
+                tracing::warn!("invalidating a bad cache frame: {e}");
+            }
+            return None;
+        }
+        self.metrics.cache_verified.inc();
+        if let Some(v) = self.verified.get(blob as usize).and_then(|v| v.get(fi)) {
+            v.store(g0 + 1, Ordering::Release);
+        }
+        Some(frame)
+    }
+}
