@@ -202,15 +202,26 @@ impl Fetcher {
         let cover = self.index.blobs[blob as usize].frames[fi].cover(cache.data().size());
         let now = Instant::now();
         let left = deadline.saturating_duration_since(now);
-        let until = now + (self.cfg.read_timeout / 4).min(left / 2);
+        // After one claim outlived its wait, the peer is presumed stuck:
+        // claims are tried, not waited for, until it shows life again.
+        let until = match self.peer_stuck() {
+            true => now,
+            false => now + (self.cfg.read_timeout / 4).min(left / 2),
+        };
         let lock = match cache
             .data()
             .lock_span_until(cover.start, cover.end - cover.start, until)
         {
-            Ok(Some(l)) => Some(l),
+            Ok(Some(l)) => {
+                self.stuck_since
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                Some(l)
+            }
             Ok(None) => {
                 self.metrics.lock_timeouts.inc();
                 tracing::debug!(blob, fi, "another process holds the frame's claim too long");
+                self.stuck_since
+                    .store(self.clock_ms(), std::sync::atomic::Ordering::Relaxed);
                 None
             }
             Err(e) => {
@@ -222,6 +233,19 @@ impl Fetcher {
             return Ok(());
         }
         Err(lock)
+    }
+
+    /// Whether a claim held by another process outlived its wait less
+    /// than a read timeout ago.
+    fn peer_stuck(&self) -> bool {
+        let since = self.stuck_since.load(std::sync::atomic::Ordering::Relaxed);
+        since != 0
+            && self.clock_ms().saturating_sub(since) < self.cfg.read_timeout.as_millis() as u64
+    }
+
+    /// Milliseconds since the fetcher started, at least 1.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
     }
 
     /// Publishes frame `fi` from the disk cache (another process fetched

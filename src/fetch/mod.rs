@@ -227,6 +227,11 @@ pub struct Fetcher {
     /// Disk frames verified by this process, and at which map generation
     /// (see [`verify`]).
     verified: verify::Verified,
+    /// When (`clock_ms`) a claim of another process last outlived its
+    /// wait; 0: never, or it answered since.
+    stuck_since: std::sync::atomic::AtomicU64,
+    /// Start of the fetcher's clock.
+    started: Instant,
     /// Whether `prefetched` ever held anything.
     any_prefetched: std::sync::atomic::AtomicBool,
     /// Per blob: (end of the last on-demand fetch in stored bytes, how many
@@ -292,6 +297,8 @@ impl Fetcher {
             bucket,
             prefetched: Mutex::default(),
             verified,
+            stuck_since: Default::default(),
+            started: Instant::now(),
             any_prefetched: Default::default(),
             streams: blobs.iter().map(|_| Mutex::new((u64::MAX, 0))).collect(),
             cfg,

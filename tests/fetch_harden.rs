@@ -1,0 +1,324 @@
+//! The read path's promises, each tested where it used to break (issue 9):
+//! a disk cache byte is never served unverified (bit rot, or another image
+//! claiming the same blob id), an on-demand read never waits on a throttled
+//! prefetch, and a stopped peer holding claims on a shared cache does not
+//! stall this process's cold reads. Through the filesystem core (no FUSE),
+//! with real processes where another process is the point.
+
+mod common;
+
+use common::tree::random_bytes;
+use rafs::backend::file::FileBackend;
+use rafs::backend::{Backend, BackendError, BlobId};
+use rafs::fetch::FetchConfig;
+use rafs::fs::RafsFs;
+use rafs::image::Image;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const FILES: u64 = 8;
+const SIZE: usize = 256 << 10;
+
+/// A file backend that sleeps before every answer and counts requests.
+struct Slow {
+    inner: FileBackend,
+    delay: Duration,
+    requests: AtomicU64,
+}
+
+impl Backend for Slow {
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        self.inner.read_range(id, offset, len)
+    }
+
+    fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
+        self.inner.blob_size(id)
+    }
+}
+
+/// `FILES` incompressible files (stored raw: the blob layout depends only
+/// on the sizes), content from `seed`. Returns (source dir, bootstrap).
+fn image(work: &Path, seed: u64, size: usize) -> (PathBuf, PathBuf) {
+    let src = work.join(format!("src{seed}"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..FILES {
+        let data = random_bytes(seed * 1000 + i, size);
+        std::fs::write(src.join(format!("f{i:02}")), data).unwrap();
+    }
+    let out = work.join(format!("image{seed}"));
+    let bootstrap = common::create(&src, &out, &["--chunk-size", "64K"]);
+    (src, bootstrap)
+}
+
+fn fs(bootstrap: &Path, blobs: &Path, delay: Duration, cfg: FetchConfig) -> (RafsFs, Arc<Slow>) {
+    let backend = Arc::new(Slow {
+        inner: FileBackend::new(blobs),
+        delay,
+        requests: AtomicU64::new(0),
+    });
+    let fs = RafsFs::new(Image::open(bootstrap).unwrap(), backend.clone(), cfg).unwrap();
+    (fs, backend)
+}
+
+fn read_file(fs: &RafsFs, name: &str) -> Result<Vec<u8>, rafs::fs::FsError> {
+    let attr = fs.lookup(0, name.as_bytes())?;
+    let mut out = Vec::new();
+    while (out.len() as u64) < attr.size {
+        let part = fs.read(attr.ino, out.len() as u64, 128 << 10)?;
+        if part.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&part);
+    }
+    Ok(out)
+}
+
+fn assert_tree(fs: &RafsFs, src: &Path) {
+    for i in 0..FILES {
+        let name = format!("f{i:02}");
+        let want = std::fs::read(src.join(&name)).unwrap();
+        let got = read_file(fs, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(got == want, "{name}: wrong bytes");
+    }
+}
+
+fn cached(dir: &Path) -> FetchConfig {
+    FetchConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        readahead: 0,
+        ..FetchConfig::default()
+    }
+}
+
+fn data_file(cache: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .collect();
+    assert_eq!(files.len(), 1, "one blob, one data file: {files:?}");
+    files.pop().unwrap()
+}
+
+/// Fills the disk cache with every file of the image and waits for the
+/// committer.
+fn fill(bootstrap: &Path, blobs: &Path, cache: &Path, src: &Path) {
+    let (fs, _) = fs(bootstrap, blobs, Duration::ZERO, cached(cache));
+    assert_tree(&fs, src);
+    assert!(
+        fs.fetcher().flush(Duration::from_secs(30)),
+        "committer done"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_the_cache_data_file_is_never_served() {
+    let work = common::tempdir();
+    let (src, bootstrap) = image(work.path(), 1, SIZE);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let cache = work.path().join("cache");
+    fill(&bootstrap, &blobs, &cache, &src);
+
+    // 16 bytes flipped inside file f03's data (map untouched).
+    let data = data_file(&cache);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = 3 * SIZE + 1000;
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&data, &bytes).unwrap();
+
+    let (fs, backend) = fs(&bootstrap, &blobs, Duration::ZERO, cached(&cache));
+    assert_tree(&fs, &src);
+    let m = fs.fetcher().metrics();
+    assert_eq!(m.cache_corrupt.get(), 1, "the damaged frame was detected");
+    assert!(
+        backend.requests.load(Ordering::SeqCst) >= 1,
+        "and fetched again"
+    );
+    assert!(
+        m.cache_hits.get() > 0,
+        "the undamaged frames were served from the disk"
+    );
+}
+
+/// Replaces blob id `from` by `to` in a bootstrap and re-seals it.
+fn claim_blob_id(bootstrap: &Path, from: &[u8; 32], to: &[u8; 32]) {
+    let mut b = std::fs::read(bootstrap).unwrap();
+    let at = b
+        .windows(32)
+        .position(|w| w == from)
+        .expect("blob id in the bootstrap");
+    b[at..at + 32].copy_from_slice(to);
+    rafs_format::seal(&mut b);
+    std::fs::write(bootstrap, b).unwrap();
+}
+
+fn only_blob(bootstrap: &Path) -> [u8; 32] {
+    let image = Image::open(bootstrap).unwrap();
+    let b = image.bootstrap().unwrap();
+    assert_eq!(b.blobs().len(), 1);
+    b.blobs()[0].id
+}
+
+#[test]
+fn an_image_claiming_another_images_blob_id_never_gets_its_bytes() {
+    let work = common::tempdir();
+    let (src_a, boot_a) = image(work.path(), 1, SIZE);
+    let (src_b, boot_b) = image(work.path(), 2, SIZE);
+    let blobs_a = boot_a.parent().unwrap().join("blobs");
+    let id_a = only_blob(&boot_a);
+    let id_b = only_blob(&boot_b);
+    // Image B claims A's blob id, with the same layout (same sizes, stored
+    // raw), and its own backend serves B's bytes under that id.
+    claim_blob_id(&boot_b, &id_b, &id_a);
+    let blobs_b = work.path().join("blobs-b");
+    std::fs::create_dir_all(&blobs_b).unwrap();
+    std::fs::copy(
+        boot_b.parent().unwrap().join("blobs").join(hex(&id_b)),
+        blobs_b.join(hex(&id_a)),
+    )
+    .unwrap();
+
+    let cache = work.path().join("cache");
+    let (fs_a, _) = fs(&boot_a, &blobs_a, Duration::ZERO, cached(&cache));
+    assert_tree(&fs_a, &src_a);
+    assert!(fs_a.fetcher().flush(Duration::from_secs(30)));
+
+    // B on the same cache: A's bytes fail B's digests; B gets its own.
+    let (fs_b, _) = fs(&boot_b, &blobs_b, Duration::ZERO, cached(&cache));
+    assert_tree(&fs_b, &src_b);
+    assert!(fs_b.fetcher().flush(Duration::from_secs(30)));
+    assert!(fs_b.fetcher().metrics().cache_corrupt.get() > 0);
+
+    // A, still mounted (it verified its frames before B rewrote them), and
+    // a fresh A: right bytes again, never B's.
+    assert_tree(&fs_a, &src_a);
+    let (fresh_a, _) = fs(&boot_a, &blobs_a, Duration::ZERO, cached(&cache));
+    assert_tree(&fresh_a, &src_a);
+}
+
+fn hex(id: &[u8; 32]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Time to read file `name` in full.
+fn timed_read(fs: &RafsFs, name: &str, want: &[u8]) -> Duration {
+    let t0 = Instant::now();
+    let got = read_file(fs, name).unwrap();
+    let took = t0.elapsed();
+    assert!(got == want, "{name}: wrong bytes");
+    took
+}
+
+#[test]
+fn a_read_during_a_throttled_prefetch_does_not_wait_for_it() {
+    let work = common::tempdir();
+    let (src, bootstrap) = image(work.path(), 3, 1 << 20);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let want = std::fs::read(src.join("f02")).unwrap();
+    let delay = Duration::from_millis(20);
+    let memory = FetchConfig {
+        memory_bytes: 64 << 20,
+        ..FetchConfig::default()
+    };
+
+    let (plain, _) = fs(&bootstrap, &blobs, delay, memory.clone());
+    let baseline = timed_read(&plain, "f02", &want);
+
+    // 256 KiB/s with one worker: the prefetch reaches f02 (2 MiB into the
+    // blob) after about 8 s.
+    let throttled = FetchConfig {
+        prefetch_bandwidth: Some(256 << 10),
+        prefetch_threads: 1,
+        ..memory
+    };
+    let (fs, backend) = fs(&bootstrap, &blobs, delay, throttled);
+    let stop = AtomicBool::new(false);
+    let took = std::thread::scope(|s| {
+        let prefetch = s.spawn(|| {
+            let plan = fs.fetcher().plan_all();
+            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while backend.requests.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the prefetch never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = timed_read(&fs, "f02", &want);
+        stop.store(true, Ordering::SeqCst);
+        let report = prefetch.join().unwrap();
+        assert!(report.stopped.is_some(), "stopped early: {report:?}");
+        took
+    });
+    let bound = baseline * 3 + Duration::from_millis(500);
+    assert!(
+        took < bound,
+        "the read took {took:?} with a throttled prefetch, {baseline:?} without"
+    );
+    assert!(fs.fetcher().metrics().prefetch_promoted.get() > 0);
+}
+
+/// A TCP listener that accepts connections and never answers; counts them.
+fn black_hole() -> (String, Arc<AtomicU64>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let n = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            n.fetch_add(1, Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    (format!("http://{addr}/{{blob}}"), accepted)
+}
+
+#[test]
+fn a_stopped_peer_holding_claims_does_not_stall_cold_reads() {
+    let work = common::tempdir();
+    let (src, bootstrap) = image(work.path(), 4, SIZE);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let cache = work.path().join("cache");
+    // The peer: `rafs prefetch` on the same cache, stuck in a request to a
+    // server that never answers, holding its claims; then SIGSTOPped.
+    let (url, accepted) = black_hole();
+    let mut peer = std::process::Command::new(common::rafs_bin())
+        .arg("prefetch")
+        .arg(&bootstrap)
+        .args(["--all", "--no-progress", "--backend", &url])
+        .args(["--request-timeout", "600s", "--read-timeout", "600s"])
+        .arg("--cache-dir")
+        .arg(&cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the peer never sent a request");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = nix::unistd::Pid::from_raw(peer.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    let cfg = FetchConfig {
+        read_timeout: Duration::from_secs(8),
+        ..cached(&cache)
+    };
+    let (fs, _) = fs(&bootstrap, &blobs, Duration::ZERO, cfg);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_tree(&fs, &src);
+        assert!(fs.fetcher().metrics().lock_timeouts.get() > 0);
+    }));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = peer.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
