@@ -322,3 +322,79 @@ fn a_stopped_peer_holding_claims_does_not_stall_cold_reads() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn a_stopped_prefetch_reports_only_what_it_fetched() {
+    let work = common::tempdir();
+    // One 256 KiB frame per file (chunks of 1 MiB), 8 frames.
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..FILES {
+        std::fs::write(src.join(format!("f{i:02}")), random_bytes(50 + i, SIZE)).unwrap();
+    }
+    let bootstrap = common::create(&src, &work.path().join("image"), &["--chunk-size", "1M"]);
+    let blobs = work.path().join("image/blobs");
+    // 256 KiB/s: one frame per request, about one per second.
+    let cfg = FetchConfig {
+        prefetch_bandwidth: Some(256 << 10),
+        prefetch_threads: 1,
+        memory_bytes: 64 << 20,
+        ..FetchConfig::default()
+    };
+    let (fs, backend) = fs(&bootstrap, &blobs, Duration::ZERO, cfg);
+    let stop = AtomicBool::new(false);
+    let report = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let plan = fs.fetcher().plan_all();
+            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fs.fetcher().metrics().prefetch_chunks.get() == 0 {
+            assert!(Instant::now() < deadline, "nothing prefetched");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::SeqCst);
+        run.join().unwrap()
+    });
+    assert_eq!(report.frames, FILES);
+    assert!(report.stopped.is_some());
+    let delivered = fs.fetcher().metrics().prefetch_chunks.get();
+    assert!(
+        report.fetched <= delivered && report.fetched >= 1,
+        "report says {} fetched, the backend delivered {delivered} ({} requests)",
+        report.fetched,
+        backend.requests.load(Ordering::SeqCst)
+    );
+    assert!(report.fetched + report.cached < FILES, "{report:?}");
+}
+
+/// A backend whose every request fails for good.
+struct Gone;
+
+impl Backend for Gone {
+    fn read_range(&self, id: &BlobId, _: u64, _: u64) -> Result<Vec<u8>, BackendError> {
+        Err(BackendError::NotFound(*id))
+    }
+
+    fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
+        Err(BackendError::NotFound(*id))
+    }
+}
+
+#[test]
+fn a_failed_prefetch_reports_every_frame_failed_and_none_fetched() {
+    let work = common::tempdir();
+    let (_, bootstrap) = image(work.path(), 6, SIZE);
+    let fs = RafsFs::new(
+        Image::open(&bootstrap).unwrap(),
+        Arc::new(Gone),
+        FetchConfig::default(),
+    )
+    .unwrap();
+    let plan = fs.fetcher().plan_all();
+    let report = fs
+        .fetcher()
+        .prefetch(&plan, &AtomicBool::new(false), &mut |_| {});
+    assert_eq!(report.fetched, 0, "{report:?}");
+    assert_eq!(report.failed.len() as u64, report.frames, "{report:?}");
+}

@@ -1,7 +1,8 @@
 //! Cross-file sequential read-ahead, through the filesystem core with a
 //! counting backend: reading files in build order opens a read-ahead
 //! window (fewer requests than files); reading them in a scattered order
-//! fetches exactly the files read, one request each, nothing more.
+//! fetches exactly the files read, one request each, nothing more; and
+//! `--readahead 0` turns the window off.
 
 mod common;
 
@@ -51,17 +52,16 @@ fn image(work: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn mounted(bootstrap: &Path, blobs: &Path) -> (RafsFs, Arc<Counting>) {
+    mounted_with(bootstrap, blobs, FetchConfig::default())
+}
+
+fn mounted_with(bootstrap: &Path, blobs: &Path, cfg: FetchConfig) -> (RafsFs, Arc<Counting>) {
     let backend = Arc::new(Counting {
         inner: FileBackend::new(blobs),
         requests: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
     });
-    let fs = RafsFs::new(
-        Image::open(bootstrap).unwrap(),
-        backend.clone(),
-        FetchConfig::default(),
-    )
-    .unwrap();
+    let fs = RafsFs::new(Image::open(bootstrap).unwrap(), backend.clone(), cfg).unwrap();
     (fs, backend)
 }
 
@@ -108,5 +108,35 @@ fn sequential_files_share_requests_scattered_files_fetch_only_themselves() {
         bytes <= per_file * scattered.len() as u64 + 4096,
         "{bytes} bytes fetched for {} files of ~{per_file}",
         scattered.len()
+    );
+}
+
+#[test]
+fn readahead_zero_turns_off_the_cross_file_window_too() {
+    let work = common::tempdir();
+    let (src, bootstrap) = image(work.path());
+    let blobs = work.path().join("image/blobs");
+    let off = FetchConfig {
+        readahead: 0,
+        ..FetchConfig::default()
+    };
+    let (fs, backend) = mounted_with(&bootstrap, &blobs, off);
+    let read = FILES / 2;
+    for i in 0..read {
+        read_file(&fs, &src, i);
+    }
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        read,
+        "one request per file read, nothing ahead"
+    );
+    let stored: u64 = common::blobs_in(&blobs)
+        .iter()
+        .map(|b| b.1.len() as u64)
+        .sum();
+    let bytes = backend.bytes.load(Ordering::SeqCst);
+    assert!(
+        bytes <= stored / FILES * read + 4096,
+        "{bytes} bytes for {read} files"
     );
 }
