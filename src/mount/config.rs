@@ -6,6 +6,9 @@
 //! default. A flag overrides the file's value; `--blobs` and `--backend`
 //! are one setting (where blobs live), so either flag overrides either key.
 //! Relative paths in the file are relative to the file's directory.
+//! Of the network backend flags only `registry-token-realm` has a key (a
+//! string or a list); `allow-other`, `suid` and `dev` can only turn on
+//! what is off by default.
 
 use super::MountError;
 use crate::backend::args::BackendArgs;
