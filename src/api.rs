@@ -7,12 +7,13 @@
 //! the access record now; 409 when the mount is not recording). Anything
 //! else is 404 (405 for a method the path does not take).
 //!
-//! HTTP here is deliberately minimal and bounded, so a std
-//! `UnixListener` in one thread is enough: one request per connection
-//! (`Connection: close`), a request head of at most [`MAX_HEAD`] bytes,
-//! read and write timeouts, a request body ignored. Garbage gets a 400,
-//! never a panic. Requests are served one at a time: each is cheap, and a
-//! slow client can hold the thread for at most the timeouts.
+//! HTTP here is deliberately minimal and bounded: one request per
+//! connection (`Connection: close`), a request head of at most
+//! [`MAX_HEAD`] bytes, a request body ignored. Garbage gets a 400, never a
+//! panic. [`server`] serves it on a Unix socket: mode 0600, root and the
+//! daemon's own user only (`SO_PEERCRED`), one deadline per request, a
+//! thread per connection up to a small cap, and a shutdown that never
+//! waits on a client.
 //!
 //! Metrics are collected at scrape time: [`FsCollector`] reads the core's
 //! atomic counters, and later subsystems (cache, backend) register their
@@ -23,21 +24,18 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{ErrorKind, Read};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use thiserror::Error;
+
+pub mod server;
+
+pub use server::{ApiServer, Limits};
 
 /// Largest request head accepted (request line plus headers).
 pub const MAX_HEAD: usize = 8 << 10;
-
-/// Read and write timeout per connection.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors setting up the API socket.
 #[derive(Debug, Error)]
@@ -198,6 +196,7 @@ impl Response {
             405 => "Method Not Allowed",
             409 => "Conflict",
             431 => "Request Header Fields Too Large",
+            503 => "Service Unavailable",
             _ => "Internal Server Error",
         }
     }
@@ -327,24 +326,6 @@ impl Api {
             Err(_) => Response::text(500, "metrics encoding failed"),
         }
     }
-
-    /// Serves one connection: reads a bounded head, writes one response.
-    /// Errors (timeouts, resets) only end the connection.
-    pub fn serve(&self, mut conn: UnixStream) {
-        let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-        let head = match read_head(&mut conn) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!("API connection: {e}");
-                return;
-            }
-        };
-        let resp = self.respond(head.as_deref());
-        if let Err(e) = conn.write_all(&resp.to_bytes()) {
-            tracing::debug!("API connection: {e}");
-        }
-    }
 }
 
 /// Reads up to the end of the request head. `Ok(None)`: more than
@@ -398,83 +379,6 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
     Some((method, path))
-}
-
-/// The API served on a Unix socket by one thread.
-pub struct ApiServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ApiServer {
-    /// Binds `path`, replacing a stale socket file (one nobody accepts
-    /// on). A live socket or a non-socket file is an error.
-    pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-        let io = |source| ApiError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if !m.file_type().is_socket() => return Err(ApiError::NotSocket(path.into())),
-            Ok(_) if UnixStream::connect(path).is_ok() => return Err(ApiError::InUse(path.into())),
-            Ok(_) => std::fs::remove_file(path).map_err(io)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        UnixListener::bind(path).map_err(io)
-    }
-
-    /// Serves `api` on `listener` (bound at `path`) until [`shutdown`].
-    ///
-    /// [`shutdown`]: ApiServer::shutdown
-    pub fn start(listener: UnixListener, path: &Path, api: Api) -> std::io::Result<ApiServer> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("rafs-api".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Ordering::Acquire) {
-                        break;
-                    }
-                    match conn {
-                        Ok(c) => api.serve(c),
-                        Err(e) => tracing::debug!("API accept: {e}"),
-                    }
-                }
-            })?;
-        Ok(ApiServer {
-            path: path.to_owned(),
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops serving and removes the socket file.
-    pub fn shutdown(mut self) {
-        self.stop_and_remove();
-    }
-
-    fn stop_and_remove(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.stop.store(true, Ordering::Release);
-            // Wake the blocking accept; if that fails the thread is
-            // already gone (or stuck in a client it will time out of).
-            if UnixStream::connect(&self.path).is_ok() {
-                let _ = thread.join();
-            }
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!("removing API socket {}: {e}", self.path.display());
-            }
-        }
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.stop_and_remove();
-    }
 }
 
 #[cfg(test)]
@@ -631,50 +535,5 @@ mod tests {
         assert_eq!(read_head(&mut &big[..]).unwrap(), None);
         let mut short = &b"GET / HT"[..];
         assert_eq!(read_head(&mut short).unwrap().unwrap(), b"GET / HT");
-    }
-
-    fn request(path: &Path, req: &[u8]) -> String {
-        let mut c = UnixStream::connect(path).unwrap();
-        c.write_all(req).unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn over_a_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("api.sock");
-        // A stale socket file (nobody listening) is replaced.
-        drop(UnixListener::bind(&path).unwrap());
-        let (api, _) = api();
-        let server = ApiServer::start(ApiServer::bind(&path).unwrap(), &path, api).unwrap();
-        // A live one is not.
-        assert!(matches!(ApiServer::bind(&path), Err(ApiError::InUse(_))));
-        let out = request(&path, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        assert!(out.contains("\"state\":\"mounted\""), "{out}");
-        let out = request(&path, b"GET /other HTTP/1.1\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
-        let out = request(&path, b"\x00\x01garbage\n\n");
-        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
-        // A client that sends nothing and hangs up does not stop the server.
-        drop(UnixStream::connect(&path).unwrap());
-        let out = request(&path, b"GET /metrics HTTP/1.1\r\n\r\n");
-        assert!(out.contains("rafs_operations_total"), "{out}");
-        server.shutdown();
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn refuses_to_remove_other_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("file");
-        std::fs::write(&path, b"keep").unwrap();
-        assert!(matches!(
-            ApiServer::bind(&path),
-            Err(ApiError::NotSocket(_))
-        ));
-        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
     }
 }

@@ -1,11 +1,14 @@
 //! The HTTP backend: the conformance suite against a real nginx, plus the
 //! ways a server or the network can misbehave (a server that ignores
-//! `Range`, error statuses, nothing listening) and `--proxy`.
+//! `Range`, error statuses, nothing listening, redirect chains, loops and
+//! schemes rafs does not follow) and `--proxy`. (An HTTPS to HTTP redirect
+//! needs a TLS server the client trusts, which these tests do not have:
+//! `client::redirect_target`'s unit test covers that refusal.)
 
 mod common;
 
 use common::conformance::{check_backend, fixture};
-use common::httpd::{ConnectProxy, Httpd, Response};
+use common::httpd::{range_response, ConnectProxy, Httpd, Response};
 use common::nginx::{free_port, Nginx};
 use rafs::backend::url::BackendUrl;
 use rafs::backend::{Backend, BackendError, BackendOptions, BlobId};
@@ -155,4 +158,53 @@ fn proxy_option_routes_requests_through_the_proxy() {
         b.read_range(id, 0, 1),
         Err(BackendError::Transport { .. })
     ));
+}
+
+#[test]
+fn redirects_are_followed_hop_by_hop_within_limits() {
+    let fx = fixture();
+    let (id, bytes) = fx.blobs[1].clone();
+    let data = bytes.clone();
+    let storage = Httpd::start(move |req| range_response(req, &data));
+    let storage_url = storage.url();
+    let (good, looping, ftp) = (id.to_hex(), "22".repeat(32), "33".repeat(32));
+    let front = Httpd::start(move |req| {
+        let to = |status, loc: String| Response::new(status, "").with("Location", &loc);
+        match req.target.as_str() {
+            // Relative, then absolute-path, then absolute.
+            t if t == format!("/a/{good}") => to(302, format!("b/{good}")),
+            t if t == format!("/a/b/{good}") => to(307, format!("/c/{good}")),
+            t if t == format!("/c/{good}") => to(308, format!("{storage_url}/s/{good}")),
+            t if t == format!("/a/{looping}") => to(301, format!("/a/{looping}")),
+            t if t == format!("/a/{ftp}") => to(302, "ftp://127.0.0.1/x".into()),
+            _ => Response::new(404, ""),
+        }
+    });
+    let b = open(
+        &format!("{}/a/{{blob}}", front.url()),
+        &BackendOptions::default(),
+    );
+    assert_eq!(b.read_range(&id, 5, 100).unwrap(), &bytes[5..105]);
+    assert_eq!(
+        storage.seen().last().map(|r| r.target.clone()),
+        Some(format!("/s/{}", id.to_hex()))
+    );
+    match b.read_range(&BlobId([0x22; 32]), 0, 1) {
+        Err(e @ BackendError::Transport { timeout: false, .. }) => {
+            assert!(e.to_string().contains("redirects"), "{e}")
+        }
+        other => panic!("want Transport, got {:?}", other.map(|v| v.len())),
+    }
+    let hops = front
+        .seen()
+        .iter()
+        .filter(|r| r.target.contains(&"22".repeat(32)))
+        .count();
+    assert_eq!(hops, 6, "one request and five redirects");
+    match b.read_range(&BlobId([0x33; 32]), 0, 1) {
+        Err(e @ BackendError::RefusedRedirect { .. }) => {
+            assert_eq!((e.kind(), e.is_transient()), ("refused_redirect", false))
+        }
+        other => panic!("want RefusedRedirect, got {:?}", other.map(|v| v.len())),
+    }
 }

@@ -1,15 +1,24 @@
 //! The daemon's API socket, queried with `curl --unix-socket` like an
 //! operator would: `/status` is JSON saying the image is mounted, and
 //! `/metrics` is Prometheus text whose read counters move when files are
-//! read through the mount.
+//! read through the mount. The socket is the daemon's user's alone (mode
+//! 0600, and `SO_PEERCRED` refuses other users even on a socket opened up
+//! later), and a client that trickles its request holds up neither other
+//! clients nor the daemon's exit.
 
 #[macro_use]
 mod common;
 
-use common::mount::Mounted;
+use common::mount::{Mounted, EXIT_TIMEOUT};
 use common::tree::{random_bytes, write};
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `curl --unix-socket SOCKET http://localhost/PATH`, asserting success.
 fn get(socket: &Path, path: &str, mnt: &Mounted) -> String {
@@ -119,4 +128,82 @@ fn unknown_api_path_is_a_client_error() {
         r.stdout,
         m.describe()
     );
+}
+
+/// `curl` of `/status` on `socket` as uid/gid 65534.
+fn curl_as_nobody(socket: &Path) -> common::Run {
+    common::run_cmd(
+        std::ffi::OsStr::new("setpriv"),
+        args![
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--unix-socket",
+            socket,
+            "http://localhost/status"
+        ],
+        common::Input::Null,
+    )
+}
+
+#[test]
+fn other_users_cannot_use_the_api_socket() {
+    let work = common::tempdir();
+    let (m, socket) = mounted(work.path());
+    let mode = fs::symlink_metadata(&socket).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o600, "socket mode {mode:o}");
+    // Let uid 65534 reach the socket: only the socket decides.
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let r = curl_as_nobody(&socket);
+    assert!(!r.status.success(), "another user was served:\n{r}");
+    // A socket opened up by mistake: the peer check still refuses.
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let r = curl_as_nobody(&socket);
+    assert!(
+        !r.status.success() && !r.stdout.contains("mounted"),
+        "another user was served:\n{r}\n{}",
+        m.describe()
+    );
+    let metrics = get(&socket, "/metrics", &m);
+    assert_eq!(
+        metric_sum(&metrics, "rafs_api_refused_connections"),
+        1.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_trickling_client_holds_up_neither_others_nor_the_exit() {
+    let work = common::tempdir();
+    let (mut m, socket) = mounted(work.path());
+    let mut slow = UnixStream::connect(&socket).unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = cut.clone();
+    let trickler = std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
+            if slow.write_all(b"X").is_err() {
+                flag.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    });
+    // Served at once, while the trickler is connected.
+    let body = get(&socket, "/status", &m);
+    assert!(body.contains("mounted"), "{body}");
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(EXIT_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "daemon did not exit with a client trickling: {status:?}\n{}",
+        m.describe()
+    );
+    trickler.join().unwrap();
+    assert!(cut.load(Ordering::SeqCst), "the trickler was never cut off");
 }

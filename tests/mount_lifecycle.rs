@@ -2,7 +2,9 @@
 //! leaving no mount and no process behind; an unmount from outside
 //! (`fusermount3 -u`) ends the daemon cleanly; a mountpoint left stale by a
 //! killed daemon is refused with a hint to run `fusermount3 -u`; and the
-//! other ways to configure a mount (`--backend file://`, `--config`).
+//! other ways to configure a mount (`--backend file://`, `--config`); a
+//! mount is `nosuid,nodev` and private to its user unless `--suid`,
+//! `--dev` and `--allow-other` ask otherwise.
 
 #[macro_use]
 mod common;
@@ -202,4 +204,88 @@ fn missing_blobs_dir_or_bootstrap_fails_cleanly() {
         }
         assert!(!is_mounted(&img.mnt()), "failed mount left a mount");
     }
+}
+
+/// The per-mount options (`nosuid`, `nodev`, ...) and the superblock
+/// options (`allow_other`, ...) of the one mount on `mnt`.
+fn mount_options(mnt: &Path) -> (Vec<String>, Vec<String>) {
+    let entries = mountinfo_entries(mnt);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let line = &entries[0];
+    let (before, after) = line.split_once(" - ").expect("mountinfo separator");
+    let split = |s: &str| s.split(',').map(str::to_owned).collect::<Vec<_>>();
+    let per_mount = split(before.split(' ').nth(5).expect("mount options"));
+    let super_opts = split(after.split(' ').nth(2).expect("super options"));
+    (per_mount, super_opts)
+}
+
+/// `cat PATH` as uid/gid 65534 with no supplementary groups.
+fn cat_as_nobody(path: &Path) -> common::Run {
+    common::run_cmd(
+        std::ffi::OsStr::new("setpriv"),
+        args![
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "cat",
+            path
+        ],
+        common::Input::Null,
+    )
+}
+
+#[test]
+fn mount_is_nosuid_nodev_and_private_unless_asked() {
+    let img = image();
+    // Let uid 65534 reach the mountpoint, so only the mount decides.
+    chmod_path(img.work.path(), 0o755);
+    let hello = img.mnt().join("dir/hello");
+
+    let m = Mounted::start(&img.bootstrap, &img.blobs, &img.mnt(), &[]);
+    img.assert_reads(&m);
+    let (per_mount, super_opts) = mount_options(&img.mnt());
+    for want in ["ro", "nosuid", "nodev"] {
+        assert!(
+            per_mount.iter().any(|o| o == want),
+            "default mount lacks {want}: {per_mount:?}\n{}",
+            m.describe()
+        );
+    }
+    assert!(
+        !super_opts.iter().any(|o| o == "allow_other"),
+        "default mount has allow_other: {super_opts:?}"
+    );
+    let r = cat_as_nobody(&hello);
+    assert!(
+        !r.status.success() && r.stderr.contains("Permission denied"),
+        "another user read the default mount:\n{r}"
+    );
+    drop(m);
+
+    let m = Mounted::start(
+        &img.bootstrap,
+        &img.blobs,
+        &img.mnt(),
+        &["--suid", "--dev", "--allow-other"],
+    );
+    let (per_mount, super_opts) = mount_options(&img.mnt());
+    for unwanted in ["nosuid", "nodev"] {
+        assert!(
+            !per_mount.iter().any(|o| o == unwanted),
+            "--suid --dev mount has {unwanted}: {per_mount:?}\n{}",
+            m.describe()
+        );
+    }
+    assert!(
+        super_opts.iter().any(|o| o == "allow_other"),
+        "--allow-other mount lacks allow_other: {super_opts:?}"
+    );
+    let r = cat_as_nobody(&hello);
+    assert!(r.status.success(), "--allow-other: {r}\n{}", m.describe());
+    assert_eq!(r.stdout, "hello\n");
+}
+
+fn chmod_path(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }

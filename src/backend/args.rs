@@ -23,6 +23,12 @@ pub struct BackendArgs {
     /// Registry password [default: RAFS_REGISTRY_PASSWORD].
     #[arg(long, value_name = "PASSWORD")]
     pub registry_password: Option<String>,
+    /// A token server on another host that may receive the registry
+    /// credentials (repeatable; the registry's own host always may, any
+    /// other gets an anonymous token request; checked when the registry
+    /// backend opens).
+    #[arg(long, value_name = "URL")]
+    pub registry_token_realm: Vec<String>,
     /// Docker config file with registry credentials [default:
     /// $DOCKER_CONFIG/config.json, else ~/.docker/config.json].
     #[arg(long, value_name = "FILE")]
@@ -55,6 +61,8 @@ impl BackendArgs {
         o.registry_user.clone_from(&self.registry_user);
         o.registry_password.clone_from(&self.registry_password);
         o.docker_config.clone_from(&self.docker_config);
+        o.registry_token_realms
+            .clone_from(&self.registry_token_realm);
         o.s3_endpoint.clone_from(&self.s3_endpoint);
         o.s3_region.clone_from(&self.s3_region);
         o.s3_path_style = self.s3_path_style;

@@ -19,23 +19,31 @@
 //!   `404` is `NotFound`; `401`/`403` are `Auth`; everything else is
 //!   `Status` (transient if 5xx or 429).
 //!
-//! Redirects are followed (up to 5) and the `Authorization` header is never
-//! sent to the redirect target (`RedirectAuthHeaders::Never`): a registry's
-//! token must not leak to the storage it redirects to.
+//! Redirects (301, 302, 303, 307, 308) are followed here, not by ureq, so
+//! each hop passes [`redirect_target`]: at most 5 of them, never from HTTPS
+//! to plain HTTP nor to another scheme (a final
+//! [`BackendError::RefusedRedirect`]), and the `Authorization` header is
+//! never sent to a redirect target: a registry's token must not leak to the
+//! storage it redirects to. One deadline (`--request-timeout`) covers all
+//! the hops of a request.
 
 use super::{BackendError, BackendOptions, BlobId};
-use std::time::Duration;
-use ureq::config::RedirectAuthHeaders;
-use ureq::http::{HeaderMap, Response, StatusCode};
+use std::time::{Duration, Instant};
+use ureq::http::{HeaderMap, Response, StatusCode, Uri};
 use ureq::{Agent, Body, Proxy};
 
 /// The most bytes of an error body kept for messages.
 const ERROR_BODY_LIMIT: u64 = 4096;
 
+/// Redirects followed at most per request.
+const MAX_REDIRECTS: usize = 5;
+
 /// A pooled HTTP agent with the backend's timeouts and proxy.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     agent: Agent,
+    /// The deadline of one request, all its redirects included.
+    timeout: Duration,
 }
 
 /// A response whose status the caller interprets (auth flows).
@@ -61,8 +69,8 @@ impl HttpClient {
         let agent = Agent::config_builder()
             .http_status_as_error(false)
             .proxy(proxy)
-            .max_redirects(5)
-            .redirect_auth_headers(RedirectAuthHeaders::Never)
+            // Followed by `send`, hop by hop (see the module docs).
+            .max_redirects(0)
             .timeout_connect(Some(opts.connect_timeout))
             .timeout_global(Some(opts.request_timeout))
             .max_idle_connections_per_host(16)
@@ -70,7 +78,10 @@ impl HttpClient {
             .user_agent(concat!("rafs/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        Ok(HttpClient { agent })
+        Ok(HttpClient {
+            agent,
+            timeout: opts.request_timeout,
+        })
     }
 
     /// GET `url` with `headers`, without interpreting the status. Bodies
@@ -91,17 +102,58 @@ impl HttpClient {
         read_raw(blob, url, resp, cap)
     }
 
+    /// GETs `url`, following redirects as the module docs say.
     fn send(
         &self,
         blob: &BlobId,
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response<Body>, BackendError> {
-        let mut req = self.agent.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+        let deadline = Instant::now() + self.timeout;
+        let mut current = url.to_owned();
+        let mut hop_headers: Vec<(&str, &str)> = headers.to_vec();
+        for _ in 0..=MAX_REDIRECTS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out(blob, &current));
+            }
+            let mut req = self
+                .agent
+                .get(&current)
+                .config()
+                .timeout_global(Some(left))
+                .build();
+            for (k, v) in &hop_headers {
+                req = req.header(*k, *v);
+            }
+            let resp = req.call().map_err(|e| transport(blob, &current, e))?;
+            let follow = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = resp.headers().get("location").and_then(|v| v.to_str().ok());
+            let (true, Some(location)) = (follow, location) else {
+                return Ok(resp);
+            };
+            let next = redirect_target(&current, location).map_err(|why| {
+                BackendError::RefusedRedirect {
+                    blob: *blob,
+                    detail: format!(
+                        "from {} to {}: {why}",
+                        without_query(&current),
+                        without_query(location)
+                    )
+                    .into(),
+                }
+            })?;
+            hop_headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+            current = next;
         }
-        req.call().map_err(|e| transport(blob, url, e))
+        Err(BackendError::Transport {
+            blob: *blob,
+            detail: format!(
+                "{}: more than {MAX_REDIRECTS} redirects",
+                without_query(url)
+            ),
+            timeout: false,
+        })
     }
 
     /// Range GET of `len` bytes at `offset` (see the module docs for every
@@ -339,6 +391,68 @@ pub fn status_error(blob: &BlobId, url: &str, raw: &Raw) -> BackendError {
     }
 }
 
+/// Where a redirect from `from` to `location` leads, as an absolute URL, or
+/// why it is not followed: only http(s) targets, and never from HTTPS to
+/// plain HTTP. `location` may be absolute, scheme-relative (`//host/p`),
+/// absolute-path (`/p`) or relative (`p`, resolved against `from`'s
+/// directory).
+pub fn redirect_target(from: &str, location: &str) -> Result<String, &'static str> {
+    let base: Uri = from
+        .parse()
+        .map_err(|_| "the redirecting URL is not valid")?;
+    let scheme = base
+        .scheme_str()
+        .ok_or("the redirecting URL has no scheme")?;
+    let authority = base.authority().ok_or("the redirecting URL has no host")?;
+    let location = location.trim();
+    let target = if location.starts_with("//") {
+        format!("{scheme}:{location}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else if has_scheme(location) {
+        location.to_owned()
+    } else {
+        let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{scheme}://{authority}{dir}/{location}")
+    };
+    let parsed: Uri = target
+        .parse()
+        .map_err(|_| "the target is not a valid URL")?;
+    let to = parsed.scheme_str().unwrap_or("").to_ascii_lowercase();
+    if parsed.host().is_none_or(str::is_empty) {
+        return Err("the target has no host");
+    }
+    match (scheme.to_ascii_lowercase().as_str(), to.as_str()) {
+        ("https", "http") => Err("it leaves HTTPS for plain HTTP"),
+        (_, "http" | "https") => Ok(target),
+        _ => Err("only http(s) redirects are followed"),
+    }
+}
+
+/// Whether `s` starts with `scheme:` (RFC 3986: a letter, then letters,
+/// digits, `+`, `-`, `.`).
+fn has_scheme(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once(':') else {
+        return false;
+    };
+    let mut bytes = scheme.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
+/// `url` without its query and fragment (they may hold signatures).
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+fn timed_out(blob: &BlobId, url: &str) -> BackendError {
+    BackendError::Transport {
+        blob: *blob,
+        detail: format!("{}: request deadline passed", without_query(url)),
+        timeout: true,
+    }
+}
+
 fn transport(blob: &BlobId, url: &str, e: ureq::Error) -> BackendError {
     let timeout = matches!(e, ureq::Error::Timeout(_))
         || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut);
@@ -398,5 +512,38 @@ mod tests {
             assert_eq!(content_range(&headers(bad)), None, "{bad}");
         }
         assert_eq!(content_range(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn redirect_policy() {
+        let ok = |from: &str, loc: &str| redirect_target(from, loc).unwrap();
+        assert_eq!(
+            ok("https://a/x/y", "https://b/z?sig=1"),
+            "https://b/z?sig=1"
+        );
+        assert_eq!(ok("http://a/x/y", "https://b/z"), "https://b/z");
+        assert_eq!(ok("http://a/x/y", "http://b:81/z"), "http://b:81/z");
+        assert_eq!(ok("https://a:8443/x/y", "/z"), "https://a:8443/z");
+        assert_eq!(ok("https://a/x/y", "//c/z"), "https://c/z");
+        assert_eq!(ok("https://a/x/y?q", "z"), "https://a/x/z");
+        assert_eq!(ok("http://a/x/y", "HTTPS://b/z"), "HTTPS://b/z");
+        for (from, loc) in [
+            ("https://a/x", "http://b/z"),
+            ("https://a/x", "HTTP://a/x"),
+            ("HTTPS://a/x", "http://a/x"),
+            ("https://a/x", "ftp://b/z"),
+            ("http://a/x", "file:///etc/passwd"),
+            ("https://a/x", "http:/z"),
+        ] {
+            assert!(redirect_target(from, loc).is_err(), "{from} -> {loc}");
+        }
+        assert_eq!(
+            redirect_target("https://a/x", "http://b/z"),
+            Err("it leaves HTTPS for plain HTTP")
+        );
+        assert_eq!(
+            without_query("https://b/z?X-Amz-Signature=s"),
+            "https://b/z"
+        );
     }
 }

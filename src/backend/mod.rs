@@ -124,6 +124,17 @@ pub enum BackendError {
     /// ...): no request can succeed.
     #[error("{0}")]
     Config(String),
+    /// A redirect that is not followed: from HTTPS to plain HTTP (the data
+    /// would cross the network in clear text) or to a scheme other than
+    /// http(s).
+    #[error("blob {blob}: refused redirect {detail}")]
+    RefusedRedirect {
+        /// Blob.
+        blob: BlobId,
+        /// From where to where (URLs without their query, which may hold
+        /// a signature) and why.
+        detail: Box<str>,
+    },
 }
 
 impl BackendError {
@@ -141,7 +152,8 @@ impl BackendError {
             BackendError::NotFound(_)
             | BackendError::OutOfRange { .. }
             | BackendError::Auth { .. }
-            | BackendError::Config(_) => false,
+            | BackendError::Config(_)
+            | BackendError::RefusedRedirect { .. } => false,
         }
     }
 
@@ -159,6 +171,7 @@ impl BackendError {
             BackendError::Transport { .. } => "transport",
             BackendError::ShortBody { .. } => "short_body",
             BackendError::Config(_) => "config",
+            BackendError::RefusedRedirect { .. } => "refused_redirect",
         }
     }
 }
@@ -202,6 +215,10 @@ pub struct BackendOptions {
     /// Docker config file (`--docker-config`, else `$DOCKER_CONFIG/config.json`,
     /// else `~/.docker/config.json`).
     pub docker_config: Option<std::path::PathBuf>,
+    /// Token servers on other hosts that may receive the registry
+    /// credentials (`--registry-token-realm`), as URLs; only their scheme,
+    /// host and port count. The registry's own host always may.
+    pub registry_token_realms: Vec<String>,
     /// S3 endpoint URL (`--s3-endpoint`, else `AWS_ENDPOINT_URL`, else
     /// `https://s3.<region>.amazonaws.com`).
     pub s3_endpoint: Option<String>,
@@ -226,6 +243,7 @@ impl Default for BackendOptions {
             registry_user: None,
             registry_password: None,
             docker_config: None,
+            registry_token_realms: Vec::new(),
             s3_endpoint: None,
             s3_region: None,
             s3_path_style: false,

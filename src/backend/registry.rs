@@ -17,7 +17,8 @@
 //! The token lives behind one mutex, held while a token is fetched, so a
 //! burst of readers that all find the token stale waits for one fetch
 //! instead of each fetching its own. A token is refreshed before use when
-//! its `expires_in` (default 60 s) is nearly over, and after a 401.
+//! its `expires_in` (default 60 s) is nearly over (by the backend's
+//! [`Clock`], replaceable in tests), and after a 401.
 //!
 //! Registries often redirect blob GETs to object storage; the shared
 //! [`HttpClient`] follows redirects without forwarding `Authorization`.
@@ -26,15 +27,20 @@
 
 pub mod auth;
 
-use self::auth::{Challenge, Credentials, Token};
+use self::auth::{Challenge, Clock, Credentials, SystemClock, Token};
 use super::client::{answer_locally, status_error, HttpClient};
+use super::url::origin;
 use super::{Backend, BackendError, BackendOptions, BlobId};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The largest token response read.
 const TOKEN_BODY_LIMIT: u64 = 64 << 10;
+
+/// Docker Hub's registry hosts and the token server they use.
+const DOCKER_HUB: [&str; 3] = ["registry-1.docker.io", "docker.io", "index.docker.io"];
+const DOCKER_HUB_AUTH: &str = "https://auth.docker.io:443";
 
 /// What the registry asked for, and the token if it wants one.
 #[derive(Debug)]
@@ -56,13 +62,42 @@ enum AuthState {
 #[derive(Debug)]
 pub struct RegistryBackend {
     client: HttpClient,
-    tls: bool,
     /// `scheme://host/v2/<repo>/blobs/sha256:`
     base: String,
     repo: String,
     creds: Option<Credentials>,
+    /// Origins (`scheme://host:port`) of token realms that may receive
+    /// `creds`: the registry's own, the allowed ones.
+    trusted_realms: Vec<String>,
+    /// Whether withholding credentials from a realm was logged.
+    warned_realm: AtomicBool,
     auth: Mutex<AuthState>,
     sizes: Mutex<HashMap<BlobId, u64>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The realm origins `creds` may go to for a registry at `host`.
+fn trusted_realms(
+    tls: bool,
+    host: &str,
+    opts: &BackendOptions,
+) -> Result<Vec<String>, BackendError> {
+    let scheme = if tls { "https" } else { "http" };
+    let own = origin(&format!("{scheme}://{host}/"))
+        .ok_or_else(|| BackendError::Config(format!("registry host '{host}' is not valid")))?;
+    let mut out = vec![own];
+    for realm in &opts.registry_token_realms {
+        out.push(origin(realm).ok_or_else(|| {
+            BackendError::Config(format!(
+                "--registry-token-realm '{realm}': not an http(s) URL with a host"
+            ))
+        })?);
+    }
+    let bare = host.split(':').next().unwrap_or(host);
+    if tls && DOCKER_HUB.iter().any(|h| h.eq_ignore_ascii_case(bare)) {
+        out.push(DOCKER_HUB_AUTH.to_owned());
+    }
+    Ok(out)
 }
 
 impl RegistryBackend {
@@ -78,13 +113,37 @@ impl RegistryBackend {
         let scheme = if tls { "https" } else { "http" };
         Ok(RegistryBackend {
             client: HttpClient::new(opts)?,
-            tls,
             base: format!("{scheme}://{host}/v2/{repo}/blobs/sha256:"),
             repo: repo.to_owned(),
             creds,
+            trusted_realms: trusted_realms(tls, host, opts)?,
+            warned_realm: AtomicBool::new(false),
             auth: Mutex::new(AuthState::Anonymous),
             sizes: Mutex::new(HashMap::new()),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same backend measuring token lifetimes with `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> RegistryBackend {
+        self.clock = clock;
+        self
+    }
+
+    /// The credentials to send to token server `realm`: `None` (an
+    /// anonymous token request) unless its origin is trusted.
+    fn creds_for_realm(&self, realm: &str) -> Option<&Credentials> {
+        let creds = self.creds.as_ref()?;
+        if origin(realm).is_some_and(|o| self.trusted_realms.contains(&o)) {
+            return Some(creds);
+        }
+        if !self.warned_realm.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "registry credentials withheld from token realm {realm}: not the \
+                 registry's host; allow it with --registry-token-realm"
+            );
+        }
+        None
     }
 
     fn url(&self, id: &BlobId) -> String {
@@ -115,10 +174,8 @@ impl RegistryBackend {
                 scope,
                 token,
             } => {
-                let fresh = token
-                    .as_ref()
-                    .filter(|t| Instant::now() < t.refresh_at)
-                    .cloned();
+                let now = self.clock.now();
+                let fresh = token.as_ref().filter(|t| now < t.refresh_at).cloned();
                 let t = match fresh {
                     Some(t) => t,
                     None => {
@@ -167,7 +224,7 @@ impl RegistryBackend {
         } = &*state
         {
             let header = format!("Bearer {}", t.value);
-            if *r == realm && Some(header.as_str()) != sent && Instant::now() < t.refresh_at {
+            if *r == realm && Some(header.as_str()) != sent && self.clock.now() < t.refresh_at {
                 return Ok(Some(header));
             }
         }
@@ -199,24 +256,19 @@ impl RegistryBackend {
         if !lower.starts_with("https://") && !lower.starts_with("http://") {
             return Err(refuse("not an http(s) URL"));
         }
-        if self.tls && !lower.starts_with("https://") && self.creds.is_some() {
-            return Err(refuse(
-                "plain HTTP for an HTTPS registry; refusing to send credentials",
-            ));
-        }
         let mut url = realm.to_owned();
         url.push(if realm.contains('?') { '&' } else { '?' });
         if let Some(service) = service {
             url.push_str(&format!("service={}&", auth::query_escape(service)));
         }
         url.push_str(&format!("scope={}", auth::query_escape(scope)));
-        let basic = self.creds.as_ref().map(Credentials::basic_header);
+        let basic = self.creds_for_realm(realm).map(Credentials::basic_header);
         let headers: Vec<(&str, &str)> = basic
             .as_deref()
             .map(|b| ("Authorization", b))
             .into_iter()
             .collect();
-        let started = Instant::now();
+        let started = self.clock.now();
         let raw = self.client.get(id, &url, &headers, TOKEN_BODY_LIMIT)?;
         if raw.status.as_u16() != 200 {
             return Err(status_error(id, &url, &raw));
@@ -336,15 +388,47 @@ mod tests {
     }
 
     #[test]
-    fn refuses_plain_http_realm_for_https_registry_with_credentials() {
-        let b = RegistryBackend::open(true, "h", "r", &opts()).unwrap();
-        let id = BlobId([1; 32]);
+    fn credentials_go_only_to_trusted_realms() {
+        let b = RegistryBackend::open(true, "reg.example:5000", "r", &opts()).unwrap();
+        let sent = |realm: &str| b.creds_for_realm(realm).is_some();
+        assert!(sent("https://reg.example:5000/token?x=1"));
+        assert!(sent("HTTPS://REG.example:5000/t"));
+        for other in [
+            "http://reg.example:5000/token",
+            "https://reg.example/token",
+            "https://reg.example:5001/token",
+            "https://evil.example/token",
+            "https://auth.docker.io/token",
+            "not a url",
+        ] {
+            assert!(!sent(other), "{other}");
+        }
+        let allowed = BackendOptions {
+            registry_token_realms: vec!["https://auth.example/token".into()],
+            ..opts()
+        };
+        let b = RegistryBackend::open(true, "reg.example", "r", &allowed).unwrap();
+        assert!(b.creds_for_realm("https://auth.example/other").is_some());
+        assert!(b.creds_for_realm("https://reg.example:443/t").is_some());
+        assert!(b.creds_for_realm("http://auth.example/t").is_none());
+        let hub = RegistryBackend::open(true, "registry-1.docker.io", "r", &opts()).unwrap();
+        assert!(hub
+            .creds_for_realm("https://auth.docker.io/token")
+            .is_some());
+        let plain = RegistryBackend::open(false, "registry-1.docker.io", "r", &opts()).unwrap();
+        assert!(plain
+            .creds_for_realm("https://auth.docker.io/token")
+            .is_none());
+        let bad = BackendOptions {
+            registry_token_realms: vec!["auth.example".into()],
+            ..opts()
+        };
+        assert!(matches!(
+            RegistryBackend::open(true, "h", "r", &bad),
+            Err(BackendError::Config(_))
+        ));
         let e = b
-            .fetch_token(&id, "http://evil.example/token", None, "s")
-            .unwrap_err();
-        assert!(matches!(e, BackendError::Auth { .. }), "{e}");
-        let e = b
-            .fetch_token(&id, "file:///etc/passwd", None, "s")
+            .fetch_token(&BlobId([1; 32]), "file:///etc/passwd", None, "s")
             .unwrap_err();
         assert!(matches!(e, BackendError::Auth { .. }), "{e}");
     }

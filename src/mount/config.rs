@@ -6,6 +6,9 @@
 //! default. A flag overrides the file's value; `--blobs` and `--backend`
 //! are one setting (where blobs live), so either flag overrides either key.
 //! Relative paths in the file are relative to the file's directory.
+//! Of the network backend flags only `registry-token-realm` has a key (a
+//! string or a list); `allow-other`, `suid` and `dev` can only turn on
+//! what is off by default.
 
 use super::MountError;
 use crate::backend::args::BackendArgs;
@@ -48,13 +51,18 @@ pub struct MountArgs {
     /// Memory budget of the decompressed-chunk cache [default: 16M].
     #[arg(long, value_name = "SIZE")]
     pub chunk_cache_size: Option<String>,
-    /// Let users other than the mounting one access the mount [default:
-    /// on when run as root, off otherwise].
-    #[arg(long, overrides_with = "no_allow_other")]
+    /// Let users other than the mounting one access the mount (FUSE
+    /// `allow_other`) [default: off, only the mounting user may].
+    #[arg(long)]
     pub allow_other: bool,
-    /// Only the mounting user (and root) may access the mount.
-    #[arg(long, overrides_with = "allow_other")]
-    pub no_allow_other: bool,
+    /// Honour the image's setuid and setgid bits (root only) [default:
+    /// off, the mount is `nosuid`].
+    #[arg(long)]
+    pub suid: bool,
+    /// Make the image's device nodes usable (root only) [default: off, the
+    /// mount is `nodev`].
+    #[arg(long)]
+    pub dev: bool,
     /// Keep fetched data in DIR (sparse files + range bitmaps, reused
     /// across mounts and crash-safe) [default: memory only].
     #[arg(long, value_name = "DIR")]
@@ -115,6 +123,23 @@ enum Size {
     Text(String),
 }
 
+/// A key that takes one string or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// The `--config` file.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +155,8 @@ struct FileConfig {
     chunk_cache_size: Option<Size>,
     #[serde(alias = "allow-other")]
     allow_other: Option<bool>,
+    suid: Option<bool>,
+    dev: Option<bool>,
     #[serde(alias = "cache-dir")]
     cache_dir: Option<PathBuf>,
     #[serde(alias = "cache-size")]
@@ -153,6 +180,8 @@ struct FileConfig {
     prefetch_bandwidth: Option<Size>,
     #[serde(alias = "record-access")]
     record_access: Option<PathBuf>,
+    #[serde(alias = "registry-token-realm")]
+    registry_token_realm: Option<OneOrMany>,
 }
 
 impl FileConfig {
@@ -202,8 +231,12 @@ pub struct MountConfig {
     /// Disk cache, deadlines and fetch tuning (its `memory_bytes` is
     /// `chunk_cache_bytes`).
     pub fetch: FetchConfig,
-    /// Whether other users may access the mount.
+    /// Whether other users may access the mount (`allow_other`).
     pub allow_other: bool,
+    /// Whether setuid/setgid bits are honoured (else `nosuid`).
+    pub suid: bool,
+    /// Whether device nodes work (else `nodev`).
+    pub dev: bool,
     /// What to prefetch after mounting.
     pub prefetch: PrefetchSource,
     /// Where to write the access record, if recording.
@@ -249,7 +282,7 @@ fn size_of(s: &Size) -> Result<u64, MountError> {
 
 impl MountConfig {
     /// Reads `--config` if given and merges it under the flags.
-    /// `is_root` picks the `allow_other` default.
+    /// `is_root`: whether `suid` and `dev` may be asked for.
     pub fn resolve(args: &MountArgs, is_root: bool) -> Result<MountConfig, MountError> {
         let file = match &args.config {
             Some(path) => {
@@ -267,6 +300,16 @@ impl MountConfig {
     fn merge(args: &MountArgs, file: FileConfig, is_root: bool) -> Result<MountConfig, MountError> {
         let fetch = fetch_config(args, &file)?;
         let prefetch = prefetch_source(args, &file)?;
+        let access = access_policy(args, &file, is_root)?;
+        let mut backend_options = args
+            .net
+            .options()
+            .map_err(|e| MountError::Flag(format!("--request-timeout: {e}")))?;
+        if backend_options.registry_token_realms.is_empty() {
+            if let Some(realms) = file.registry_token_realm.clone() {
+                backend_options.registry_token_realms = realms.into_vec();
+            }
+        }
         let bootstrap = args
             .bootstrap
             .clone()
@@ -294,21 +337,11 @@ impl MountConfig {
             (None, Some(s)) => size_of(s)?,
             (None, None) => parse_size(DEFAULT_CHUNK_CACHE).map_err(MountError::Size)?,
         };
-        let allow_other = if args.allow_other {
-            true
-        } else if args.no_allow_other {
-            false
-        } else {
-            file.allow_other.unwrap_or(is_root)
-        };
         Ok(MountConfig {
             bootstrap,
             mountpoint,
             backend,
-            backend_options: args
-                .net
-                .options()
-                .map_err(|e| MountError::Flag(format!("--request-timeout: {e}")))?,
+            backend_options,
             threads,
             api_socket: args.api_socket.clone().or(file.api_socket),
             chunk_cache_bytes,
@@ -316,11 +349,40 @@ impl MountConfig {
                 memory_bytes: usize::try_from(chunk_cache_bytes).unwrap_or(usize::MAX),
                 ..fetch
             },
-            allow_other,
+            allow_other: access.allow_other,
+            suid: access.suid,
+            dev: access.dev,
             prefetch,
             record_access: args.record_access.clone().or(file.record_access),
         })
     }
+}
+
+/// Who may use the mount and what of the image is honoured; each is off
+/// unless its flag or key turns it on.
+struct Access {
+    allow_other: bool,
+    suid: bool,
+    dev: bool,
+}
+
+/// The opt-in access settings. An untrusted image's setuid binaries and
+/// device nodes must not be live by default, and only root can make them
+/// live at all (fusermount3 forces `nosuid,nodev`), so asking for them
+/// without root is an error rather than a silent no-op.
+fn access_policy(args: &MountArgs, file: &FileConfig, is_root: bool) -> Result<Access, MountError> {
+    let on = |flag: bool, key: Option<bool>| flag || key.unwrap_or(false);
+    let a = Access {
+        allow_other: on(args.allow_other, file.allow_other),
+        suid: on(args.suid, file.suid),
+        dev: on(args.dev, file.dev),
+    };
+    for (set, name) in [(a.suid, "suid"), (a.dev, "dev")] {
+        if set && !is_root {
+            return Err(MountError::Flag(format!("{name} needs root")));
+        }
+    }
+    Ok(a)
 }
 
 /// The prefetch choice: any of the three flags, else the file's keys.
@@ -486,7 +548,8 @@ mod tests {
             true,
         )
         .unwrap();
-        assert!(root.allow_other);
+        // Root too: other users, setuid bits and devices are opt-in.
+        assert!(!root.allow_other && !root.suid && !root.dev);
         assert_eq!(root.backend, BackendUrl::File("/x".into()));
         assert_eq!(root.threads, default_threads());
         assert!(root.threads >= 4);
@@ -530,13 +593,54 @@ mod tests {
         assert_eq!(c.threads, 2);
         assert_eq!(c.chunk_cache_bytes, 1024);
         assert!(c.allow_other);
-        let c = MountConfig::merge(
-            &args(&["/b", "/m", "--blobs", "/d", "--no-allow-other"]),
-            file("allow_other = true").unwrap(),
-            true,
-        )
-        .unwrap();
-        assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn access_is_opt_in() {
+        let merge = |a: &[&str], f: &str, root: bool| {
+            let mut v = vec!["/b", "/m", "--blobs", "/d"];
+            v.extend_from_slice(a);
+            MountConfig::merge(&args(&v), file(f).unwrap(), root)
+        };
+        let access = |c: MountConfig| (c.allow_other, c.suid, c.dev);
+        assert_eq!(access(merge(&[], "", true).unwrap()), (false, false, false));
+        assert_eq!(
+            access(merge(&["--allow-other", "--suid", "--dev"], "", true).unwrap()),
+            (true, true, true)
+        );
+        assert_eq!(
+            access(merge(&["--suid"], "", true).unwrap()),
+            (false, true, false)
+        );
+        assert_eq!(
+            access(merge(&[], "allow-other = true\nsuid = true\ndev = true", true).unwrap()),
+            (true, true, true)
+        );
+        assert_eq!(
+            access(merge(&[], "suid = false\ndev = false\nallow_other = false", true).unwrap()),
+            (false, false, false)
+        );
+        // A flag turns on what the file leaves off.
+        assert_eq!(
+            access(merge(&["--dev"], "dev = false", true).unwrap()),
+            (false, false, true)
+        );
+        // allow_other is the FUSE configuration's business for a user;
+        // setuid bits and devices can only ever be live for root.
+        assert!(merge(&["--allow-other"], "", false).unwrap().allow_other);
+        for (a, f) in [
+            (&["--suid"][..], ""),
+            (&["--dev"][..], ""),
+            (&[][..], "dev = true"),
+        ] {
+            assert!(
+                matches!(merge(a, f, false), Err(MountError::Flag(_))),
+                "{a:?} {f}"
+            );
+        }
+        // The old opt-out flag is gone: allow_other is never on by default.
+        let v = ["m", "/b", "/m", "--blobs", "/d", "--no-allow-other"];
+        assert!(Cmd::try_parse_from(v).is_err());
     }
 
     #[test]
@@ -610,6 +714,40 @@ mod tests {
             v.extend_from_slice(bad);
             assert!(Cmd::try_parse_from(v).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn token_realms_from_flags_or_file() {
+        let merge = |a: &[&str], f: &str| {
+            let mut v = vec!["/b", "/m", "--backend", "registry://r/x"];
+            v.extend_from_slice(a);
+            MountConfig::merge(&args(&v), file(f).unwrap(), false).unwrap()
+        };
+        let realms = |c: MountConfig| c.backend_options.registry_token_realms;
+        assert!(realms(merge(&[], "")).is_empty());
+        assert_eq!(
+            realms(merge(&[], "registry-token-realm = 'https://a/t'")),
+            ["https://a/t"]
+        );
+        assert_eq!(
+            realms(merge(
+                &[],
+                "registry_token_realm = ['https://a/t', 'https://b/t']"
+            )),
+            ["https://a/t", "https://b/t"]
+        );
+        assert_eq!(
+            realms(merge(
+                &[
+                    "--registry-token-realm",
+                    "https://c/t",
+                    "--registry-token-realm",
+                    "https://d/t"
+                ],
+                "registry-token-realm = 'https://a/t'"
+            )),
+            ["https://c/t", "https://d/t"]
+        );
     }
 
     #[test]

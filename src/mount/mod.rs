@@ -173,9 +173,11 @@ pub fn check_mountpoint(
     }
 }
 
-/// The fuser session settings for `cfg` (`is_root`: whether devices and
-/// setuid bits may be honoured).
-pub fn session_config(cfg: &MountConfig, is_root: bool) -> fuser::Config {
+/// The fuser session settings for `cfg`. The mount is `nosuid,nodev` and
+/// only the mounting user may enter it unless `cfg` opts in (`--suid`,
+/// `--dev`, `--allow-other`): an image is untrusted input, and its setuid
+/// binaries and device nodes must not be live for every local user.
+pub fn session_config(cfg: &MountConfig) -> fuser::Config {
     let mut options = vec![
         MountOption::RO,
         MountOption::FSName("rafs".into()),
@@ -187,11 +189,16 @@ pub fn session_config(cfg: &MountConfig, is_root: bool) -> fuser::Config {
         MountOption::NoAtime,
         MountOption::Exec,
     ];
-    if is_root {
-        // A container rootfs has device nodes and setuid binaries; only
-        // root may ask for them (fusermount3 forces nodev,nosuid).
-        options.extend([MountOption::Dev, MountOption::Suid]);
-    }
+    options.push(if cfg.suid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    options.push(if cfg.dev {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
     let mut c = fuser::Config::default();
     c.mount_options = options;
     c.acl = if cfg.allow_other {
@@ -298,7 +305,7 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
     let listener = cfg.api_socket.as_deref().map(ApiServer::bind).transpose()?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let signals = forward_signals(tx.clone())?;
-    let mut unmounter = start_session(cfg, is_root, &fs, tx)?;
+    let mut unmounter = start_session(cfg, &fs, tx)?;
     if is_root {
         raise_readahead(&cfg.mountpoint);
     }
@@ -338,7 +345,6 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
 /// `tx`; returns what unmounts it.
 fn start_session(
     cfg: &MountConfig,
-    is_root: bool,
     fs: &Arc<RafsFs>,
     tx: Sender<Event>,
 ) -> Result<SessionUnmounter, MountError> {
@@ -352,7 +358,7 @@ fn start_session(
     };
     let adapter = FuseFs::new(fs.clone());
     let mut session =
-        Session::new(adapter, &cfg.mountpoint, &session_config(cfg, is_root)).map_err(mount_err)?;
+        Session::new(adapter, &cfg.mountpoint, &session_config(cfg)).map_err(mount_err)?;
     let unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("rafs-fuse".into())
@@ -549,31 +555,41 @@ mod tests {
             api_socket: None,
             chunk_cache_bytes: 1,
             fetch: Default::default(),
-            allow_other: true,
+            allow_other: false,
+            suid: false,
+            dev: false,
             prefetch: PrefetchSource::Table,
             record_access: None,
         };
-        let c = session_config(&cfg, true);
+        let c = session_config(&cfg);
         assert_eq!(c.n_threads, Some(6));
         assert!(c.clone_fd);
-        assert_eq!(c.acl, SessionACL::All);
+        assert_eq!(c.acl, SessionACL::Owner);
         for o in [
             MountOption::RO,
             MountOption::DefaultPermissions,
-            MountOption::Dev,
-            MountOption::Suid,
+            MountOption::NoDev,
+            MountOption::NoSuid,
             MountOption::NoAtime,
         ] {
             assert!(c.mount_options.contains(&o), "{o:?}");
         }
-        let user = session_config(
-            &MountConfig {
-                allow_other: false,
-                ..cfg
-            },
-            false,
-        );
-        assert_eq!(user.acl, SessionACL::Owner);
-        assert!(!user.mount_options.contains(&MountOption::Suid));
+        for o in [MountOption::Dev, MountOption::Suid] {
+            assert!(!c.mount_options.contains(&o), "{o:?}");
+        }
+        let open = session_config(&MountConfig {
+            allow_other: true,
+            suid: true,
+            dev: true,
+            ..cfg
+        });
+        assert_eq!(open.acl, SessionACL::All);
+        for (on, off) in [
+            (MountOption::Suid, MountOption::NoSuid),
+            (MountOption::Dev, MountOption::NoDev),
+        ] {
+            assert!(open.mount_options.contains(&on), "{on:?}");
+            assert!(!open.mount_options.contains(&off), "{off:?}");
+        }
     }
 }

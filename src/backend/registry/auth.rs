@@ -11,12 +11,16 @@
 //!
 //! Secrets never reach a log: [`Credentials`] and [`Token`] print as
 //! `<redacted>` in their `Debug` output.
+//!
+//! Token lifetimes are measured with a [`Clock`], so tests can move time
+//! instead of sleeping ([`ManualClock`]).
 
 use crate::backend::{BackendError, BackendOptions};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The largest docker `config.json` read (they are a few KiB).
@@ -45,6 +49,51 @@ impl Credentials {
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.user, self.password);
         format!("Basic {}", STANDARD.encode(raw))
+    }
+}
+
+/// The time source of token lifetimes.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// The real monotonic clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that only moves when told to (for tests).
+#[derive(Debug)]
+pub struct ManualClock {
+    start: Instant,
+    offset: Mutex<Duration>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock {
+            start: Instant::now(),
+            offset: Mutex::new(Duration::ZERO),
+        }
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        *self.offset.lock().unwrap_or_else(|e| e.into_inner()) += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.start + *self.offset.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
