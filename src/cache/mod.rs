@@ -26,7 +26,6 @@
 
 pub mod bitmap;
 pub mod blobfile;
-mod shim;
 #[cfg(test)]
 mod tests;
 pub mod tools;
