@@ -155,7 +155,7 @@ impl Fetcher {
             let cover = bf.frames[fi].cover(size);
             match cache
                 .data()
-                .lock_span(cover.start, cover.end - cover.start, false)
+                .try_lock_span(cover.start, cover.end - cover.start)
             {
                 Ok(Some(l)) => {
                     // Another process may have cached it since the caller
@@ -187,7 +187,11 @@ impl Fetcher {
         let cover = self.index.blobs[blob as usize].frames[fi].cover(cache.data().size());
         let lock = cache
             .data()
-            .lock_span(cover.start, cover.end - cover.start, true)
+            .lock_span_until(
+                cover.start,
+                cover.end - cover.start,
+                Instant::now() + Duration::from_secs(5),
+            )
             .ok()
             .flatten();
         if super::store::ready(cache, &cover) && self.publish_from_disk(blob, fi, background) {

@@ -70,7 +70,7 @@ pub fn open_caches(
     blobs: &[(BlobId, u64)],
     index: &FrameIndex,
 ) -> Result<Vec<Option<BlobCache>>, CacheError> {
-    std::fs::create_dir_all(dir).map_err(|e| crate::cache::io_err(dir, e))?;
+    crate::cache::create_dir(dir)?;
     let mut out = Vec::with_capacity(blobs.len());
     for (i, (id, usize)) in blobs.iter().enumerate() {
         if !index.blobs.get(i).is_some_and(|b| b.cacheable) {
