@@ -44,6 +44,8 @@ pub mod bitmap;
 pub mod blobfile;
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod hardening_tests;
 pub mod io;
 #[cfg(test)]
 mod tests;
