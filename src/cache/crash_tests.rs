@@ -32,16 +32,14 @@ fn span(v: u8, ranges: std::ops::Range<u64>) -> Vec<u8> {
     ranges.flat_map(|r| bytes(v, r)).collect()
 }
 
-/// A cache over a crash double in a fresh directory, with `ready` ranges
-/// filled with version `v`, made durable, and checkpointed.
-fn setup(v: u8, ready: &[std::ops::Range<u64>]) -> (tempfile::TempDir, Arc<Crash>, BlobCache) {
+/// A cache over a crash double in a fresh directory, with the `ready`
+/// ranges filled with version `v`, made durable, and checkpointed.
+fn setup(v: u8, ready: std::ops::Range<u64>) -> (tempfile::TempDir, Arc<Crash>, BlobCache) {
     let dir = tempfile::tempdir().unwrap();
     let crash = Crash::new();
     let (c, opened) = BlobCache::open_with(dir.path(), params(), crash.clone()).unwrap();
     assert_eq!(opened, Opened::Created);
-    for r in ready {
-        c.commit(&[(r.start * G, &span(v, r.clone()))]).unwrap();
-    }
+    c.commit(&[(ready.start * G, &span(v, ready))]).unwrap();
     c.bitmap().flush().unwrap();
     crash.checkpoint(dir.path()).unwrap();
     (dir, crash, c)
@@ -88,7 +86,7 @@ fn check_all(crash: &Crash, versions: &[u8], seed: u64) -> Result<usize, String>
 
 #[test]
 fn crash_during_commits_never_exposes_unsynced_bytes() {
-    let (_dir, crash, c) = setup(0, &[]);
+    let (_dir, crash, c) = setup(0, 0..0);
     c.commit(&[(0, &span(1, 0..2))]).unwrap();
     c.commit(&[(3 * G, &bytes(1, 3)), (5 * G, &span(1, 5..7))])
         .unwrap();
@@ -108,7 +106,7 @@ fn crash_during_commits_never_exposes_unsynced_bytes() {
 
 #[test]
 fn crash_during_eviction_never_exposes_a_hole() {
-    let (_dir, crash, c) = setup(1, &[0..RANGES]);
+    let (_dir, crash, c) = setup(1, 0..RANGES);
     c.punch(2..4).unwrap();
     c.punch(7..8).unwrap();
     c.commit(&[(2 * G, &span(1, 2..4))]).unwrap();
@@ -122,7 +120,7 @@ fn crash_during_eviction_never_exposes_a_hole() {
 fn crash_during_invalidation_and_refill_never_exposes_a_mix() {
     // Version 0 is what another writer left (say, bytes that failed
     // verification); version 1 replaces it.
-    let (_dir, crash, c) = setup(0, &[0..5]);
+    let (_dir, crash, c) = setup(0, 0..5);
     c.invalidate(1..3).unwrap();
     c.commit(&[(G, &span(1, 1..3))]).unwrap();
     // Ranges 3 and 4 are ready with version 0, 5 is not: the commit must
@@ -141,7 +139,7 @@ fn crash_during_invalidation_and_refill_never_exposes_a_mix() {
 /// The checker must fail on a commit that sets the bits before the sync.
 #[test]
 fn checker_catches_bits_set_before_the_sync() {
-    let (_dir, crash, c) = setup(0, &[]);
+    let (_dir, crash, c) = setup(0, 0..0);
     c.data().write_at(2 * G, &span(1, 2..4)).unwrap();
     c.bitmap().mark_ready(2).unwrap();
     c.bitmap().mark_ready(3).unwrap();
@@ -154,7 +152,7 @@ fn checker_catches_bits_set_before_the_sync() {
 /// bits are durable.
 #[test]
 fn checker_catches_a_punch_before_the_msync() {
-    let (_dir, crash, c) = setup(1, &[0..4]);
+    let (_dir, crash, c) = setup(1, 0..4);
     c.bitmap().clear_ranges(1..3).unwrap();
     c.data().punch_hole(G, 2 * G).unwrap();
     c.bitmap().flush_ranges(1..3).unwrap();
@@ -166,7 +164,7 @@ fn checker_catches_a_punch_before_the_msync() {
 /// without invalidating it first.
 #[test]
 fn checker_catches_a_write_into_a_ready_range() {
-    let (_dir, crash, c) = setup(0, &[0..4]);
+    let (_dir, crash, c) = setup(0, 0..4);
     c.data().write_at(G, &bytes(1, 1)).unwrap();
     c.data().sync().unwrap();
     let err = check_all(&crash, &[0, 1], 6).unwrap_err();
