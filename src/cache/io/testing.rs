@@ -66,7 +66,10 @@ struct Log {
 
 /// The crash double (see the module docs). Use: open the cache through it,
 /// [`Crash::checkpoint`] once the files are in a known durable state, run
-/// the operations under test, then [`Crash::for_each_crash`].
+/// the operations under test, then [`Crash::for_each_crash`]. Only data
+/// writes, syncs, punches and msyncs are modelled after the checkpoint: a
+/// creation, rename or fsync there makes [`Crash::for_each_crash`] panic.
+/// Single-threaded use: map snapshots are plain reads of the map files.
 #[derive(Debug)]
 pub struct Crash {
     log: Mutex<Log>,
@@ -235,84 +238,36 @@ impl Crash {
         events: &[Event],
         mem: &BTreeMap<String, Vec<u8>>,
     ) -> Uncertain {
-        let mut durable = base.clone();
-        let mut pending: Vec<Piece> = Vec::new();
-        // Per map byte: bits seen set / seen clear since their last msync.
-        let mut seen: BTreeMap<String, (Vec<u8>, Vec<u8>)> = BTreeMap::new();
-        for (n, b) in base.iter().filter(|(n, _)| n.ends_with(".map")) {
-            seen.insert(n.clone(), (b.clone(), b.iter().map(|x| !x).collect()));
-        }
-        let observe = |seen: &mut BTreeMap<String, (Vec<u8>, Vec<u8>)>, maps: &BTreeMap<_, _>| {
-            for (n, (one, zero)) in seen.iter_mut() {
-                let Some(m): Option<&Vec<u8>> = maps.get(n) else {
-                    continue;
-                };
-                for (i, &b) in m.iter().enumerate().take(one.len()) {
-                    one[i] |= b;
-                    zero[i] |= !b;
-                }
-            }
+        let mut r = Replay {
+            durable: base.clone(),
+            pending: Vec::new(),
+            seen: base
+                .iter()
+                .filter(|(n, _)| n.ends_with(".map"))
+                .map(|(n, b)| (n.clone(), (b.clone(), b.iter().map(|x| !x).collect())))
+                .collect(),
         };
         for e in events {
-            observe(&mut seen, &e.maps);
+            r.observe(&e.maps);
             match &e.op {
                 Op::Write {
                     name,
                     offset,
                     bytes,
-                } => pending.extend(self.sectors(name, *offset, bytes)),
+                } => r.pending.extend(self.sectors(name, *offset, bytes)),
                 Op::Punch { name, offset, len } => {
                     let zeros = vec![0u8; usize::try_from(*len).unwrap_or(0)];
-                    pending.extend(self.sectors(name, *offset, &zeros));
+                    r.pending.extend(self.sectors(name, *offset, &zeros));
                 }
-                Op::SyncData { name } => {
-                    let (done, rest) = pending.into_iter().partition(|p| &p.name == name);
-                    pending = rest;
-                    let d = durable.entry(name.clone()).or_default();
-                    for p in done {
-                        apply(d, &p);
-                    }
-                }
-                Op::Msync { name, offset, len } => {
-                    let (Some(m), Some(d), Some((one, zero))) =
-                        (e.maps.get(name), durable.get_mut(name), seen.get_mut(name))
-                    else {
-                        continue;
-                    };
-                    let end = (offset + len).min(m.len()).min(d.len());
-                    for i in (*offset).min(end)..end {
-                        d[i] = m[i];
-                        one[i] = m[i];
-                        zero[i] = !m[i];
-                    }
-                }
+                Op::SyncData { name } => r.sync_data(name),
+                Op::Msync { name, offset, len } => r.msync(&e.maps, name, *offset, *len),
                 Op::Namespace(what) => {
                     panic!("crash double: {what} after the checkpoint is not modelled")
                 }
             }
         }
-        observe(&mut seen, mem);
-        let mut bits = Vec::new();
-        for (n, (one, zero)) in &seen {
-            for (i, (&o, &z)) in one.iter().zip(zero).enumerate().skip(MAP_BITS_OFFSET) {
-                for b in 0..8 {
-                    if o & z & (1 << b) != 0 {
-                        bits.push((n.clone(), i, 1u8 << b));
-                    }
-                }
-            }
-            // Outside the bits (header, live block) take the memory bytes:
-            // the header never changes, the live block is not trusted.
-            if let (Some(m), Some(d)) = (mem.get(n), durable.get_mut(n)) {
-                let end = MAP_BITS_OFFSET.min(m.len()).min(d.len());
-                d[..end].copy_from_slice(&m[..end]);
-            }
-        }
-        Uncertain {
-            durable,
-            pieces: pending,
-            bits,
-        }
+        r.observe(mem);
+        r.finish(mem)
     }
 
     fn sectors(&self, name: &str, offset: u64, bytes: &[u8]) -> Vec<Piece> {
@@ -340,6 +295,82 @@ fn apply(file: &mut Vec<u8>, p: &Piece) {
         file.resize(end, 0);
     }
     file[start..end].copy_from_slice(&p.bytes);
+}
+
+/// The state of the disk while replaying the recorded operations.
+#[derive(Debug)]
+struct Replay {
+    durable: BTreeMap<String, Vec<u8>>,
+    pending: Vec<Piece>,
+    /// Per map file and byte: bits seen set / seen clear since their last
+    /// msync (a bit in both may be found either way).
+    seen: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+}
+
+impl Replay {
+    fn observe(&mut self, maps: &BTreeMap<String, Vec<u8>>) {
+        for (n, (one, zero)) in self.seen.iter_mut() {
+            let Some(m) = maps.get(n) else {
+                continue;
+            };
+            for (i, &b) in m.iter().enumerate().take(one.len()) {
+                one[i] |= b;
+                zero[i] |= !b;
+            }
+        }
+    }
+
+    fn sync_data(&mut self, name: &str) {
+        let (done, rest) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.name == name);
+        self.pending = rest;
+        let d = self.durable.entry(name.to_string()).or_default();
+        for p in done {
+            apply(d, &p);
+        }
+    }
+
+    /// `mem` holds the mapping as the msync saw it.
+    fn msync(&mut self, mem: &BTreeMap<String, Vec<u8>>, name: &str, offset: usize, len: usize) {
+        let (Some(m), Some(d), Some((one, zero))) = (
+            mem.get(name),
+            self.durable.get_mut(name),
+            self.seen.get_mut(name),
+        ) else {
+            return;
+        };
+        let end = (offset + len).min(m.len()).min(d.len());
+        for i in offset.min(end)..end {
+            d[i] = m[i];
+            one[i] = m[i];
+            zero[i] = !m[i];
+        }
+    }
+
+    fn finish(mut self, mem: &BTreeMap<String, Vec<u8>>) -> Uncertain {
+        let mut bits = Vec::new();
+        for (n, (one, zero)) in &self.seen {
+            for (i, (&o, &z)) in one.iter().zip(zero).enumerate().skip(MAP_BITS_OFFSET) {
+                for b in 0..8 {
+                    if o & z & (1 << b) != 0 {
+                        bits.push((n.clone(), i, 1u8 << b));
+                    }
+                }
+            }
+            // Outside the bits (header, live block) take the memory bytes:
+            // the header never changes, the live block is not trusted.
+            if let (Some(m), Some(d)) = (mem.get(n), self.durable.get_mut(n)) {
+                let end = MAP_BITS_OFFSET.min(m.len()).min(d.len());
+                d[..end].copy_from_slice(&m[..end]);
+            }
+        }
+        Uncertain {
+            durable: self.durable,
+            pieces: self.pending,
+            bits,
+        }
+    }
 }
 
 impl Uncertain {
