@@ -398,3 +398,82 @@ fn a_failed_prefetch_reports_every_frame_failed_and_none_fetched() {
     assert_eq!(report.fetched, 0, "{report:?}");
     assert_eq!(report.failed.len() as u64, report.frames, "{report:?}");
 }
+
+#[test]
+fn an_image_claiming_a_blob_id_with_another_layout_gets_no_share_of_its_cache() {
+    let work = common::tempdir();
+    let (src_a, boot_a) = image(work.path(), 1, SIZE);
+    let (src_b, boot_b) = image(work.path(), 2, SIZE + 8192);
+    let blobs_a = boot_a.parent().unwrap().join("blobs");
+    let id_a = only_blob(&boot_a);
+    let id_b = only_blob(&boot_b);
+    claim_blob_id(&boot_b, &id_b, &id_a);
+    let blobs_b = work.path().join("blobs-b");
+    std::fs::create_dir_all(&blobs_b).unwrap();
+    std::fs::copy(
+        boot_b.parent().unwrap().join("blobs").join(hex(&id_b)),
+        blobs_b.join(hex(&id_a)),
+    )
+    .unwrap();
+    let cache = work.path().join("cache");
+    fill(&boot_a, &blobs_a, &cache, &src_a);
+
+    let (fs_b, _) = fs(&boot_b, &blobs_b, Duration::ZERO, cached(&cache));
+    assert_eq!(fs_b.fetcher().metrics().cache_conflicts.get(), 1);
+    assert_tree(&fs_b, &src_b);
+    assert!(fs_b.fetcher().flush(Duration::from_secs(30)));
+    drop(fs_b);
+
+    // A's cache is whole: served from the disk, nothing fetched.
+    let (fs_a, backend) = fs(&boot_a, &blobs_a, Duration::ZERO, cached(&cache));
+    assert_tree(&fs_a, &src_a);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(fs_a.fetcher().metrics().cache_corrupt.get(), 0);
+}
+
+#[test]
+fn reads_of_fetched_data_do_not_wait_for_a_stalled_cache_disk() {
+    use rafs::cache::io::testing::Stall;
+    let work = common::tempdir();
+    // 8 files of 1 MiB in 64 KiB chunks: 128 frames, more than the
+    // committer's batch and queue together.
+    let (src, bootstrap) = image(work.path(), 7, 1 << 20);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let stall = Stall::new(rafs::cache::io::real());
+    let cfg = FetchConfig {
+        read_timeout: Duration::from_secs(5),
+        memory_bytes: 64 << 20,
+        ..cached(&work.path().join("cache"))
+    };
+    let backend = Arc::new(Slow {
+        inner: FileBackend::new(&blobs),
+        delay: Duration::ZERO,
+        requests: AtomicU64::new(0),
+    });
+    let fs = RafsFs::with_storage(Image::open(&bootstrap).unwrap(), backend, cfg, stall.clone())
+        .unwrap();
+    stall.block();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for i in 0..FILES {
+                    let name = format!("f{i:02}");
+                    let want = std::fs::read(src.join(&name)).unwrap();
+                    assert!(read_file(&fs, &name).unwrap() == want, "{name}");
+                }
+            }));
+            tx.send(r.is_ok()).unwrap();
+        });
+        // The reads finish while the disk is stalled (or the test fails
+        // here, and releases the disk so that nothing hangs).
+        let done = rx.recv_timeout(Duration::from_secs(60));
+        let stalled = stall.waiting();
+        stall.release();
+        assert_eq!(done, Ok(true), "reads finished while the cache disk stalled");
+        assert!(stalled >= 1, "the committer was stuck on the disk");
+    });
+    let m = fs.fetcher().metrics();
+    assert!(m.commits_skipped.get() > 0, "frames the committer could not take");
+    assert!(fs.fetcher().flush(Duration::from_secs(30)));
+}

@@ -1,6 +1,6 @@
 //! Fuzzes the cache range bitmap header check. The input is a whole map file;
-//! the expected parameters come from its own header bytes half the time (so
-//! the comparisons and the length check are reached) and are fixed otherwise.
+//! the expected parameters (layout included) come from its own header bytes
+//! half the time (so the comparisons and the length check are reached) and are fixed otherwise.
 //! Inputs with a valid checksum are rare, so half of them get resealed.
 //! Nothing may panic, and an accepted file must have exactly the length the
 //! parameters imply.
@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         let id: [u8; 32] = b.get(16..48)?.try_into().ok()?;
         let size = u64::from_le_bytes(b.get(48..56)?.try_into().ok()?);
         let g = u32::from_le_bytes(b.get(56..60)?.try_into().ok()?);
-        MapParams::new(BlobId(id), size, g).ok()
+        let layout: [u8; 16] = b.get(72..88)?.try_into().ok()?;
+        Some(MapParams::new(BlobId(id), size, g).ok()?.with_layout(layout))
     };
     let fixed = MapParams::new(BlobId([0; 32]), 1 << 20, 64 << 10).unwrap();
     let expect = if data.get(1).is_some_and(|b| b & 1 == 1) {

@@ -7,14 +7,16 @@
 //! (see [`super::BlobCache`]). The file holds no metadata of its own: whether
 //! a byte is valid is the bitmap's business alone.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use nix::fcntl::{fallocate, fcntl, FallocateFlags, FcntlArg};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use nix::fcntl::{fcntl, FcntlArg};
+
+use super::io::{self, Storage};
 use super::{io_err, CacheError};
 use crate::backend::BlobId;
 
@@ -35,6 +37,7 @@ pub struct CacheFile {
     file: Arc<File>,
     size: u64,
     path: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 /// `DIR/<blob hex>.data`. The hex comes from a [`BlobId`], never from a string.
@@ -49,29 +52,60 @@ impl CacheFile {
         blob: &BlobId,
         size: u64,
     ) -> Result<(CacheFile, DataState), CacheError> {
+        Self::open_with(dir, blob, size, io::real())
+    }
+
+    /// [`CacheFile::open`] over `storage`. The file is opened with
+    /// `O_NOFOLLOW` (a symlink there is an error, `ELOOP`, and is left
+    /// alone) and, if missing, created with `O_EXCL`, mode 0600.
+    pub fn open_with(
+        dir: &Path,
+        blob: &BlobId,
+        size: u64,
+        storage: Arc<dyn Storage>,
+    ) -> Result<(CacheFile, DataState), CacheError> {
         let path = data_path(dir, blob);
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true);
-        let (file, mut state) = match opts.open(&path) {
-            Ok(f) => (f, DataState::Existing),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let f = opts
-                    .create(true)
-                    .open(&path)
-                    .map_err(|e| io_err(&path, e))?;
-                (f, DataState::Created)
+        let mut created = None;
+        // Two tries: a concurrent creator may win the race for `O_EXCL`.
+        for _ in 0..2 {
+            match io::open_existing(&path) {
+                Ok(f) => {
+                    created = Some((f, DataState::Existing));
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, e)),
             }
-            Err(e) => return Err(io_err(&path, e)),
+            match storage.create_new(&path) {
+                Ok(f) => {
+                    created = Some((f, DataState::Created));
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        }
+        let Some((file, mut state)) = created else {
+            return Err(io_err(&path, ErrorKind::AlreadyExists.into()));
         };
-        let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
-        if len != size {
+        let meta = file.metadata().map_err(|e| io_err(&path, e))?;
+        if !meta.is_file() {
+            return Err(io_err(&path, ErrorKind::InvalidInput.into()));
+        }
+        if meta.len() != size {
             file.set_len(size).map_err(|e| io_err(&path, e))?;
             if state == DataState::Existing {
                 state = DataState::Resized;
             }
         }
         let file = Arc::new(file);
-        Ok((CacheFile { file, size, path }, state))
+        let cache = CacheFile {
+            file,
+            size,
+            path,
+            storage,
+        };
+        Ok((cache, state))
     }
 
     /// The blob's uncompressed size (the file's length).
@@ -93,8 +127,8 @@ impl CacheFile {
     /// Writes `data` at `offset`. Not durable until [`CacheFile::sync`].
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), CacheError> {
         self.check(offset, data.len() as u64)?;
-        self.file
-            .write_all_at(data, offset)
+        self.storage
+            .write_at(&self.file, &self.path, offset, data)
             .map_err(|e| io_err(&self.path, e))
     }
 
@@ -121,7 +155,9 @@ impl CacheFile {
     /// `fdatasync`: everything written so far (and the block allocation
     /// needed to read it back) is on stable storage when this returns.
     pub fn sync(&self) -> Result<(), CacheError> {
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+        self.storage
+            .sync_data(&self.file, &self.path)
+            .map_err(|e| io_err(&self.path, e))
     }
 
     /// Frees `len` bytes at `offset` (`FALLOC_FL_PUNCH_HOLE | KEEP_SIZE`);
@@ -132,15 +168,9 @@ impl CacheFile {
         if len == 0 {
             return Ok(());
         }
-        let too_large = |_| CacheError::OutOfBounds {
-            offset,
-            len,
-            size: self.size,
-        };
-        let off = i64::try_from(offset).map_err(too_large)?;
-        let n = i64::try_from(len).map_err(too_large)?;
-        let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        fallocate(&*self.file, mode, off, n).map_err(|e| io_err(&self.path, e.into()))
+        self.storage
+            .punch_hole(&self.file, &self.path, offset, len)
+            .map_err(|e| io_err(&self.path, e))
     }
 }
 
@@ -148,8 +178,10 @@ impl CacheFile {
 /// cross-process half of single flight. A process fetching a frame for a
 /// shared cache holds the lock on the frame's span until its bits are set
 /// (or it gave up); another process that wants the same frame waits for
-/// the lock, then finds the bits set. The kernel drops the lock if the
-/// holder dies. Released on drop.
+/// the lock *with a deadline* ([`CacheFile::lock_span_until`]: a stopped
+/// or frozen holder must not pin it), then finds the bits set or fetches
+/// the frame itself. The kernel drops the lock if the holder dies.
+/// Released on drop.
 #[derive(Debug)]
 pub struct SpanLock {
     file: Arc<File>,
@@ -168,24 +200,19 @@ fn flock_of(kind: libc::c_int, start: u64, len: u64) -> libc::flock {
     fl
 }
 
+/// First and last pause between two attempts of
+/// [`CacheFile::lock_span_until`].
+const LOCK_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(20));
+
 impl CacheFile {
-    /// Locks `start..start + len` exclusively: `Some` once held, `None` if
-    /// `wait` is false and another process holds part of it.
-    pub fn lock_span(
-        &self,
-        start: u64,
-        len: u64,
-        wait: bool,
-    ) -> Result<Option<SpanLock>, CacheError> {
+    /// Locks `start..start + len` exclusively without waiting: `Some` once
+    /// held, `None` if another open file description (another process)
+    /// holds part of it.
+    pub fn try_lock_span(&self, start: u64, len: u64) -> Result<Option<SpanLock>, CacheError> {
         self.check(start, len)?;
         let fl = flock_of(libc::F_WRLCK, start, len);
         loop {
-            let arg = if wait {
-                FcntlArg::F_OFD_SETLKW(&fl)
-            } else {
-                FcntlArg::F_OFD_SETLK(&fl)
-            };
-            match fcntl(&*self.file, arg) {
+            match fcntl(&*self.file, FcntlArg::F_OFD_SETLK(&fl)) {
                 Ok(_) => {
                     return Ok(Some(SpanLock {
                         file: self.file.clone(),
@@ -194,11 +221,33 @@ impl CacheFile {
                     }))
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) if !wait => {
-                    return Ok(None)
-                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => return Ok(None),
                 Err(e) => return Err(io_err(&self.path, e.into())),
             }
+        }
+    }
+
+    /// Like [`CacheFile::try_lock_span`], retrying (pauses of 1 ms doubling
+    /// to 20 ms) until the lock is held (`Some`) or `deadline` passes
+    /// (`None`). Never blocks in the kernel, so a stopped holder costs at
+    /// most the time to the deadline.
+    pub fn lock_span_until(
+        &self,
+        start: u64,
+        len: u64,
+        deadline: Instant,
+    ) -> Result<Option<SpanLock>, CacheError> {
+        let mut pause = LOCK_POLL.0;
+        loop {
+            if let Some(l) = self.try_lock_span(start, len)? {
+                return Ok(Some(l));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(LOCK_POLL.1);
         }
     }
 }

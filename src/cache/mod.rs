@@ -11,30 +11,54 @@
 //!
 //! The crash rule (normative text in `docs/FORMAT.md`, "Cache files"): bytes
 //! are written, then made durable with one `fdatasync` per batch, and only
-//! then are the bits of the ranges they fully cover set. Eviction runs the
-//! other way: clear the bits, `msync` them, then punch the hole. So after a
+//! then are the bits of the ranges they fully cover set. Eviction and
+//! invalidation run the other way: bump the generation, clear the bits,
+//! `msync` them, then (eviction) punch the hole. Bytes are never written into
+//! a ready range: a fill over ready ranges invalidates them first. So after a
 //! power loss every set bit still names durable, verified bytes; a bit that
-//! was lost costs a re-fetch. A bitmap whose header is doubtful in any way is
-//! replaced by an all-clear one ([`Opened::Reset`]); opening a cache never
+//! was lost costs a re-fetch. Every durable operation goes through the
+//! [`io::Storage`] seam, so tests can simulate a power loss after each one
+//! ([`io::testing::Crash`], `tests.rs` / `crash_tests.rs`).
+//!
+//! A bitmap whose header is doubtful in any way is replaced by an all-clear
+//! one ([`Opened::Reset`]); the one exception is a valid header for the same
+//! blob with another `layout` (another image claims this blob id with a
+//! different layout): that cache is not ours to destroy, and opening it
+//! fails with [`CacheError::LayoutConflict`]. Otherwise opening a cache never
 //! fails because of what is in the files, only on I/O errors.
 //!
-//! Files are named from a [`BlobId`] (hex of 32 bytes), never from a string
-//! taken from outside.
+//! The generation counter in the map ([`BlobCache::generation`]) lets a
+//! reader detect that a range it read may have been cleared (and rewritten)
+//! meanwhile: it changes before any bit is cleared, by any process.
 //!
-//! Not here yet (issue 4): wiring into the read path, single flight, quota
-//! and LRU eviction, sharing fds with a blob manager.
+//! Files are named from a [`BlobId`] (hex of 32 bytes), never from a string
+//! taken from outside. The directory is created 0700 ([`create_dir`]), files
+//! 0600 with `O_EXCL | O_NOFOLLOW`, and existing files are opened with
+//! `O_NOFOLLOW`: a planted symlink is replaced (map) or refused (data file),
+//! never written through.
+//!
+//! The read path, single flight, quota and eviction policy live in
+//! `src/fetch/`; this module is the on-disk mechanism they drive.
 
 pub mod bitmap;
 pub mod blobfile;
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod hardening_tests;
+pub mod io;
 #[cfg(test)]
 mod tests;
 pub mod tools;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
+
+use crate::backend::BlobId;
 
 pub use bitmap::{MapParams, Opened, RangeBitmap, ResetReason, DEFAULT_GRANULARITY};
 pub use blobfile::{CacheFile, DataState};
@@ -78,6 +102,22 @@ pub enum CacheError {
         /// Blob size.
         blob_size: u64,
     },
+    /// The blob's map is valid but was filled for another layout (another
+    /// image claims the same blob id with a different layout). It is left
+    /// alone; serve this blob without the disk cache.
+    #[error(
+        "cache of blob {blob} was filled for layout {}, not {}",
+        hex::encode(found),
+        hex::encode(expected)
+    )]
+    LayoutConflict {
+        /// The blob.
+        blob: BlobId,
+        /// The layout in the map.
+        found: [u8; 16],
+        /// The layout asked for.
+        expected: [u8; 16],
+    },
 }
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> CacheError {
@@ -87,10 +127,14 @@ pub(crate) fn io_err(path: &Path, source: std::io::Error) -> CacheError {
     }
 }
 
-/// fsync a directory, making a rename or a creation in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), CacheError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+/// Creates a cache directory (and missing parents) with mode 0700. An
+/// existing directory is left as it is.
+pub fn create_dir(dir: &Path) -> Result<(), CacheError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(io::DIR_MODE)
+        .create(dir)
         .map_err(|e| io_err(dir, e))
 }
 
@@ -125,14 +169,31 @@ impl BlobCache {
     /// If the data file is missing or has the wrong length, the bitmap is
     /// reset *before* the data file is created or resized: the other order
     /// could leave, after a crash, old set bits over a fresh file of holes.
+    /// A map filled for another layout fails with
+    /// [`CacheError::LayoutConflict`] and is left alone.
     pub fn open(dir: &Path, params: MapParams) -> Result<(BlobCache, Opened), CacheError> {
-        let data_ok = std::fs::metadata(blobfile::data_path(dir, &params.blob))
+        Self::open_with(dir, params, io::real())
+    }
+
+    /// [`BlobCache::open`] with every durable operation going through
+    /// `storage` (tests: [`io::testing`]).
+    pub fn open_with(
+        dir: &Path,
+        params: MapParams,
+        storage: Arc<dyn io::Storage>,
+    ) -> Result<(BlobCache, Opened), CacheError> {
+        let data_ok = std::fs::symlink_metadata(blobfile::data_path(dir, &params.blob))
             .is_ok_and(|m| m.is_file() && m.len() == params.blob_size);
         let (map, opened) = if data_ok {
-            RangeBitmap::open(dir, params)?
+            RangeBitmap::open_with(dir, params, storage.clone())?
         } else {
-            let existed = bitmap::map_path(dir, &params.blob).exists();
-            let map = RangeBitmap::create(dir, params)?;
+            let path = bitmap::map_path(dir, &params.blob);
+            let existed = std::fs::symlink_metadata(&path).is_ok();
+            if existed {
+                // A conflicting layout is refused even with a bad data file.
+                bitmap::check_layout(dir, &params)?;
+            }
+            let map = RangeBitmap::create_with(dir, params, storage.clone())?;
             let opened = match existed {
                 true => Opened::Reset {
                     reason: ResetReason::DataFile,
@@ -141,9 +202,9 @@ impl BlobCache {
             };
             (map, opened)
         };
-        let (data, _) = CacheFile::open(dir, &params.blob, params.blob_size)?;
+        let (data, _) = CacheFile::open_with(dir, &params.blob, params.blob_size, storage)?;
         let path = bitmap::map_path(dir, &params.blob);
-        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
+        let file = map.file().try_clone().map_err(|e| io_err(&path, e))?;
         let lock =
             Flock::lock(file, FlockArg::LockShared).map_err(|(_, e)| io_err(&path, e.into()))?;
         Ok((
@@ -164,6 +225,14 @@ impl BlobCache {
     /// The data file.
     pub fn data(&self) -> &CacheFile {
         &self.data
+    }
+
+    /// The map's generation counter ([`RangeBitmap::generation`]): it
+    /// changes before any range is cleared (evicted or invalidated), by any
+    /// process. Load it before the bit check and again after the read; if
+    /// it did not change, the bytes read are those the bits vouched for.
+    pub fn generation(&self) -> u64 {
+        self.map.generation()
     }
 
     /// The ranges touched by the byte span `offset..offset + len`.
@@ -192,12 +261,15 @@ impl BlobCache {
     /// Stores verified bytes and marks them ready, in the order the crash
     /// rule requires: `pwrite` every span, one `fdatasync`, then set the bit
     /// of every range the spans (merged) cover entirely. Returns the number
-    /// of ranges marked.
+    /// of ranges newly marked.
     ///
     /// A range only partly covered stays unset, even if an earlier commit
     /// wrote its other part: the fetcher writes whole ranges (the
     /// uncompressed layout puts a blob's chunks back to back, so a range is
     /// a contiguous run of chunk data).
+    ///
+    /// Bytes are never written into a ready range: see
+    /// [`BlobCache::commit_covering`].
     pub fn commit(&self, writes: &[(u64, &[u8])]) -> Result<u64, CacheError> {
         let fills: Vec<Fill<'_>> = writes
             .iter()
@@ -211,15 +283,18 @@ impl BlobCache {
     }
 
     /// [`BlobCache::commit`] with explicit cover spans (see [`Fill`]).
+    ///
+    /// A fill whose every range (of its cover) is already ready is skipped:
+    /// another process or an earlier commit filled it. In a fill whose
+    /// cover is partly ready, the ready ranges its bytes touch are
+    /// invalidated ([`BlobCache::invalidate`]: generation bumped, bits
+    /// cleared and flushed) before anything is written.
     pub fn commit_covering(&self, fills: &[Fill<'_>]) -> Result<u64, CacheError> {
         let size = self.data.size();
-        let mut spans = Vec::with_capacity(fills.len());
         for f in fills {
             let len = f.bytes.len() as u64;
             match f.offset.checked_add(len) {
-                Some(end) if end <= f.cover_end && f.cover_end <= size => {
-                    spans.push((f.offset, f.cover_end))
-                }
+                Some(end) if end <= f.cover_end && f.cover_end <= size => {}
                 _ => {
                     return Err(CacheError::OutOfBounds {
                         offset: f.offset,
@@ -229,10 +304,24 @@ impl BlobCache {
                 }
             }
         }
+        let mut todo = Vec::with_capacity(fills.len());
         for f in fills {
+            let cover = self.ranges_touching(f.offset, f.cover_end - f.offset);
+            if !cover.is_empty() && self.map.all_ready(cover)? {
+                continue;
+            }
+            let touched = self.ranges_touching(f.offset, f.bytes.len() as u64);
+            self.invalidate_ready(touched)?;
+            todo.push(f);
+        }
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        for f in &todo {
             self.data.write_at(f.offset, f.bytes)?;
         }
         self.data.sync()?;
+        let mut spans: Vec<(u64, u64)> = todo.iter().map(|f| (f.offset, f.cover_end)).collect();
         spans.sort_unstable();
         let mut marked = 0;
         let mut merged: Option<(u64, u64)> = None;
@@ -241,8 +330,7 @@ impl BlobCache {
                 Some((s, e)) if start <= e => merged = Some((s, e.max(end))),
                 Some((s, e)) => {
                     for r in self.ranges_covered(s, e) {
-                        self.map.mark_ready(r)?;
-                        marked += 1;
+                        marked += u64::from(self.map.mark_ready(r)?);
                     }
                     merged = Some((start, end));
                 }
@@ -250,6 +338,26 @@ impl BlobCache {
             }
         }
         Ok(marked)
+    }
+
+    /// Invalidates the ready ranges among `ranges` (each maximal run of
+    /// them), if any.
+    fn invalidate_ready(&self, ranges: Range<u64>) -> Result<(), CacheError> {
+        let mut run: Option<u64> = None;
+        for r in ranges.clone() {
+            match (self.map.is_ready(r)?, run) {
+                (true, None) => run = Some(r),
+                (false, Some(s)) => {
+                    self.invalidate(s..r)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        match run {
+            Some(s) => self.invalidate(s..ranges.end),
+            None => Ok(()),
+        }
     }
 
     /// Appends the bytes `offset..offset + len` to `out` if every range
@@ -296,9 +404,22 @@ impl BlobCache {
         Ok(self.read_ready_into(offset, len, &mut out)?.then_some(out))
     }
 
-    /// Evicts `ranges`: clear their bits, `msync` the bitmap, then punch the
-    /// hole. The other order could, after a crash, leave a set bit over a
-    /// hole (the punch durable, the cleared bit not), which reads as zeros.
+    /// Marks `ranges` not ready: bump the generation, clear their bits,
+    /// `msync` them. Their bytes stay in the data file, meaningless; a
+    /// later [`BlobCache::commit`] may rewrite them. A reader that loaded
+    /// the generation before this started sees it changed.
+    pub fn invalidate(&self, ranges: Range<u64>) -> Result<(), CacheError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        self.map.clear_ranges(ranges.clone())?;
+        self.map.flush_ranges(ranges)
+    }
+
+    /// Evicts `ranges`: bump the generation, clear their bits, `msync` the
+    /// bitmap, then punch the hole. The other order could, after a crash,
+    /// leave a set bit over a hole (the punch durable, the cleared bit
+    /// not), which reads as zeros.
     pub fn punch(&self, ranges: Range<u64>) -> Result<(), CacheError> {
         if ranges.is_empty() {
             return Ok(());
@@ -309,10 +430,7 @@ impl BlobCache {
                 count: self.map.range_count(),
             });
         }
-        for r in ranges.clone() {
-            self.map.clear(r)?;
-        }
-        self.map.flush_ranges(ranges.clone())?;
+        self.invalidate(ranges.clone())?;
         let g = u64::from(self.map.params().granularity);
         let start = ranges.start * g;
         let end = (ranges.end * g).min(self.data.size());

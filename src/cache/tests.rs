@@ -34,9 +34,15 @@ fn header_offsets_match_format_doc() {
     assert_eq!(offset_of!(MapHeader, granularity), 56);
     assert_eq!(offset_of!(MapHeader, reserved0), 60);
     assert_eq!(offset_of!(MapHeader, range_count), 64);
-    assert_eq!(offset_of!(MapHeader, reserved1), 72);
+    assert_eq!(offset_of!(MapHeader, layout), 72);
+    assert_eq!(offset_of!(MapHeader, reserved1), 88);
     assert_eq!(offset_of!(MapHeader, checksum), MAP_CHECKSUM_OFFSET);
+    assert_eq!(MAP_CHECKSUM_OFFSET, 96);
     assert_eq!(size_of::<MapHeader>(), MAP_HEADER_SIZE);
+    assert_eq!(MAP_HEADER_SIZE, 128);
+    assert_eq!(bitmap::MAP_LIVE_OFFSET, 128);
+    assert_eq!(bitmap::MAP_BITS_OFFSET, 192);
+    assert_eq!(bitmap::MAP_VERSION, 2);
 }
 
 #[test]
@@ -134,11 +140,11 @@ fn torn_or_mismatched_header_resets() {
     // A well-formed header of another version (checksum resealed).
     let version = |path: &Path| {
         let mut h = p.header();
-        h.version = 2.into();
+        h.version = 1.into();
         h.checksum = *blake3::hash(&h.as_bytes()[..MAP_CHECKSUM_OFFSET]).as_bytes();
         write_bytes(path, 0, h.as_bytes());
     };
-    assert_eq!(reason(reset_after(version, p)), ResetReason::Version(2));
+    assert_eq!(reason(reset_after(version, p)), ResetReason::Version(1));
     let reserved = |path: &Path| {
         let mut h = p.header();
         h.reserved1[3] = 1;
@@ -233,7 +239,7 @@ fn out_of_range_is_an_error() {
     let m = c.bitmap();
     let oob = |r: Result<_, CacheError>| matches!(r, Err(CacheError::RangeOutOfBounds { .. }));
     assert!(oob(m.is_ready(3).map(drop)));
-    assert!(oob(m.mark_ready(3)));
+    assert!(oob(m.mark_ready(3).map(drop)));
     assert!(oob(m.clear(u64::MAX)));
     assert!(oob(m.all_ready(0..4).map(drop)));
     assert!(oob(c.punch(2..4)));
@@ -370,13 +376,13 @@ fn span_locks_exclude_other_openers_until_dropped() {
     // Two opens: two open file descriptions, as in two processes.
     let (a, _) = CacheFile::open(dir.path(), &blob(7), 1 << 20).unwrap();
     let (b, _) = CacheFile::open(dir.path(), &blob(7), 1 << 20).unwrap();
-    let held = a.lock_span(4096, 8192, false).unwrap().expect("free span");
-    assert!(b.lock_span(8192, 4096, false).unwrap().is_none(), "overlap");
-    assert!(b.lock_span(0, 4096, false).unwrap().is_some(), "disjoint");
+    let held = a.try_lock_span(4096, 8192).unwrap().expect("free span");
+    assert!(b.try_lock_span(8192, 4096).unwrap().is_none(), "overlap");
+    assert!(b.try_lock_span(0, 4096).unwrap().is_some(), "disjoint");
     drop(held);
-    assert!(b.lock_span(8192, 4096, false).unwrap().is_some());
+    assert!(b.try_lock_span(8192, 4096).unwrap().is_some());
     assert!(matches!(
-        a.lock_span(1 << 20, 1, false),
+        a.try_lock_span(1 << 20, 1),
         Err(CacheError::OutOfBounds { .. })
     ));
 }

@@ -2,9 +2,12 @@
 //!
 //! - `verify` re-reads every chunk whose ranges are all ready, hashes it
 //!   with blake3 and compares it with the chunk table of the given
-//!   bootstraps. A bad chunk has the bits of every range it touches cleared
-//!   (and flushed), so the next read refetches it; the data file is left as
-//!   it is (a clear bit makes its bytes meaningless).
+//!   bootstraps. A bad chunk has every range it touches invalidated
+//!   (generation bumped, bits cleared and flushed), so the next read
+//!   refetches it and a reader that raced the check re-verifies; the data
+//!   file is left as it is (a clear bit makes its bytes meaningless). The
+//!   map is opened with the layout its own header records: the bytes are
+//!   checked against the given bootstraps' digests whatever it is.
 //! - `ls` describes every blob in the directory from the file names and the
 //!   map headers, read-only: it never opens a cache through [`BlobCache`],
 //!   which could reset a map.
@@ -36,7 +39,7 @@ use rafs_format::FormatError;
 use thiserror::Error;
 use zerocopy::FromBytes;
 
-use super::bitmap::{check_header, map_path, MapHeader, MAP_HEADER_SIZE};
+use super::bitmap::{check_header, map_path, MapHeader, MAP_HEADER_SIZE, MAP_LIVE_SIZE};
 use super::blobfile::data_path;
 use super::{BlobCache, CacheError, MapParams, Opened, ResetReason, DEFAULT_GRANULARITY};
 use crate::backend::BlobId;
@@ -252,10 +255,11 @@ pub enum BlobVerify {
     },
 }
 
-/// The granularity recorded in an existing map's header, if it is a valid
-/// one: a cache filled with another granularity than today's default is
-/// verified as it is rather than reset.
-fn header_granularity(path: &Path) -> Result<Option<u32>, ToolError> {
+/// The granularity and layout recorded in an existing map's header, if the
+/// granularity is a valid one: a cache filled with another granularity than
+/// today's default, or for any layout, is verified as it is rather than
+/// reset or refused.
+fn header_params(path: &Path) -> Result<Option<(u32, [u8; 16])>, ToolError> {
     let file = File::open(path).map_err(io_err(path))?;
     let mut head = [0u8; MAP_HEADER_SIZE];
     let mut n = 0;
@@ -271,7 +275,9 @@ fn header_granularity(path: &Path) -> Result<Option<u32>, ToolError> {
         return Ok(None);
     };
     let g = h.granularity.get();
-    Ok(MapParams::new(BlobId([0; 32]), 0, g).is_ok().then_some(g))
+    Ok(MapParams::new(BlobId([0; 32]), 0, g)
+        .is_ok()
+        .then_some((g, h.layout)))
 }
 
 /// Verifies the cache of blob `id` in `dir` against `chunks`; clears the
@@ -286,8 +292,8 @@ fn verify_chunks(
     if !map.try_exists().map_err(io_err(&map))? {
         return Ok(BlobVerify::NotCached);
     }
-    let granularity = header_granularity(&map)?.unwrap_or(DEFAULT_GRANULARITY);
-    let params = MapParams::new(*id, blob_size, granularity)?;
+    let (granularity, layout) = header_params(&map)?.unwrap_or((DEFAULT_GRANULARITY, [0; 16]));
+    let params = MapParams::new(*id, blob_size, granularity)?.with_layout(layout);
     let (cache, opened) = BlobCache::open(dir, params)?;
     match opened {
         Opened::Reused => {}
@@ -298,11 +304,7 @@ fn verify_chunks(
     let ready = cache.bitmap().ready_count();
     let (checked, bad) = check_chunks(&cache, chunks)?;
     for b in &bad {
-        let ranges = cache.ranges_touching(b.offset, u64::from(b.size));
-        for r in ranges.clone() {
-            cache.bitmap().clear(r)?;
-        }
-        cache.bitmap().flush_ranges(ranges)?;
+        cache.invalidate(cache.ranges_touching(b.offset, u64::from(b.size)))?;
     }
     Ok(BlobVerify::Checked {
         ready,
@@ -428,7 +430,8 @@ enum Name {
     Data(BlobId),
     /// `<hex>.map`.
     Map(BlobId),
-    /// `.<hex>.map.tmp.<pid>`: a map being created (by `RangeBitmap::create`).
+    /// `.<hex>.map.tmp.<pid>[.<16 hex>]`: a map being created (by
+    /// `RangeBitmap::create`).
     Temp(u32),
     /// Not ours.
     Other,
@@ -447,8 +450,15 @@ fn classify(name: &str) -> Name {
         return parse_hex_id(hex).map_or(Name::Other, Name::Map);
     }
     let temp = name.strip_prefix('.').and_then(|rest| {
-        let (hex, pid) = rest.split_once(".map.tmp.")?;
+        let (hex, tail) = rest.split_once(".map.tmp.")?;
         parse_hex_id(hex)?;
+        let pid = match tail.split_once('.') {
+            Some((pid, salt)) => {
+                let ok = salt.len() == 16 && salt.bytes().all(|b| b.is_ascii_hexdigit());
+                ok.then_some(pid)?
+            }
+            None => tail,
+        };
         let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
         digits.then(|| pid.parse().ok()).flatten()
     });
@@ -514,11 +524,16 @@ pub enum MapInfo {
         ready: u64,
         /// Bytes of the ready ranges.
         ready_bytes: u64,
+        /// The layout digest recorded in the header.
+        layout: [u8; 16],
+        /// The generation counter (bumped whenever ranges are cleared).
+        generation: u64,
     },
 }
 
 /// Reads the map of `id` in `dir`: header checked against itself and the
-/// file name, bits counted from a snapshot read (no mmap, no writes).
+/// file name, bits counted from a snapshot read (no mmap, no writes). The
+/// map's own layout is accepted, whatever it is.
 pub fn read_map(dir: &Path, id: &BlobId) -> Result<MapInfo, ToolError> {
     let path = map_path(dir, id);
     let mut file = match File::open(&path) {
@@ -536,12 +551,15 @@ pub fn read_map(dir: &Path, id: &BlobId) -> Result<MapInfo, ToolError> {
         return Ok(MapInfo::Invalid(ResetReason::Short(len).to_string()));
     };
     let params = match MapParams::new(*id, h.blob_size.get(), h.granularity.get()) {
-        Ok(p) => p,
+        Ok(p) => p.with_layout(h.layout),
         Err(e) => return Ok(MapInfo::Invalid(e.to_string())),
     };
     if let Err(reason) = check_header(&head, len, &params) {
         return Ok(MapInfo::Invalid(reason.to_string()));
     }
+    let mut live = [0u8; MAP_LIVE_SIZE];
+    file.read_exact(&mut live).map_err(io_err(&path))?;
+    let generation = u64::from_le_bytes(live[..8].try_into().unwrap_or([0; 8]));
     let (ready, ready_bytes) = count_bits(&mut file, &params).map_err(io_err(&path))?;
     Ok(MapInfo::Valid {
         blob_size: params.blob_size,
@@ -549,10 +567,12 @@ pub fn read_map(dir: &Path, id: &BlobId) -> Result<MapInfo, ToolError> {
         ranges: params.range_count(),
         ready,
         ready_bytes,
+        layout: h.layout,
+        generation,
     })
 }
 
-/// Reads the words following the header (the reader is positioned there)
+/// Reads the words following the live block (the reader is positioned there)
 /// and returns the number of set bits below the range count and the bytes
 /// of those ranges (the last range may be short).
 fn count_bits(r: &mut impl Read, params: &MapParams) -> std::io::Result<(u64, u64)> {
@@ -596,6 +616,8 @@ struct LsRow {
     has_data: bool,
     map: String,
     used: Option<bool>,
+    layout: Option<String>,
+    generation: Option<u64>,
 }
 
 fn ls_row(
@@ -622,6 +644,8 @@ fn ls_row(
         has_data,
         map: "ok".into(),
         used: refs.map(|r| r.contains_key(id)),
+        layout: None,
+        generation: None,
     };
     match info {
         MapInfo::Missing => row.map = "missing".into(),
@@ -632,7 +656,11 @@ fn ls_row(
             ranges,
             ready,
             ready_bytes,
+            layout,
+            generation,
         } => {
+            row.layout = Some(hex::encode(layout));
+            row.generation = Some(generation);
             row.blob_size = Some(blob_size);
             row.granularity = Some(granularity);
             row.ranges = Some(ranges);

@@ -47,6 +47,10 @@ fn names_are_classified_strictly() {
         Name::Map(BlobId([0xab; 32]))
     );
     assert_eq!(classify(&format!(".{hex}.map.tmp.42")), Name::Temp(42));
+    assert_eq!(
+        classify(&format!(".{hex}.map.tmp.42.0123456789abcdef")),
+        Name::Temp(42)
+    );
     for other in [
         format!("{}.data", "AB".repeat(32)),
         format!("{}.data", &hex[1..]),
@@ -54,6 +58,8 @@ fn names_are_classified_strictly() {
         format!("{hex}.map.bak"),
         format!(".{hex}.map.tmp."),
         format!(".{hex}.map.tmp.-1"),
+        format!(".{hex}.map.tmp.42.xyz"),
+        format!(".{hex}.map.tmp.42."),
         format!(".{hex}.map.tmp.99999999999"),
         "lost+found".to_string(),
         ".data".to_string(),
@@ -188,7 +194,9 @@ fn read_map_reports_without_modifying() {
             granularity: G,
             ranges: 4,
             ready: 4,
-            ready_bytes: 15_000
+            ready_bytes: 15_000,
+            layout: [0; 16],
+            generation: 0,
         }
     );
     // A flipped header byte: invalid, and the file is left as it was.

@@ -251,6 +251,18 @@ impl Fetcher {
         cfg: FetchConfig,
         fs_metrics: Arc<Metrics>,
     ) -> Result<Arc<Fetcher>, CacheError> {
+        Fetcher::with_storage(image, backend, cfg, fs_metrics, crate::cache::io::real())
+    }
+
+    /// [`Fetcher::new`] with the disk cache's durable operations going
+    /// through `storage` (a test double, see `cache::io::testing`).
+    pub fn with_storage(
+        image: Arc<Image>,
+        backend: Arc<dyn Backend>,
+        cfg: FetchConfig,
+        fs_metrics: Arc<Metrics>,
+        storage: Arc<dyn crate::cache::io::Storage>,
+    ) -> Result<Arc<Fetcher>, CacheError> {
         let b = image.bootstrap().map_err(|e| CacheError::Io {
             path: PathBuf::from("bootstrap"),
             source: std::io::Error::other(e),
@@ -264,7 +276,7 @@ impl Fetcher {
         let metrics = Arc::new(FetchMetrics::default());
         let (store, commits) = match &cfg.cache_dir {
             Some(dir) => {
-                let caches = store::open_caches(dir, &blobs, &index)?;
+                let caches = store::open_caches(dir, b.blobs(), &index, storage, &metrics)?;
                 let store = Arc::new(Store::new(
                     caches,
                     index.clone(),

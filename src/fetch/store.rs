@@ -16,6 +16,8 @@ use super::index::FrameIndex;
 use super::memory::{Frame, Key};
 use super::metrics::FetchMetrics;
 use crate::backend::BlobId;
+use crate::cache::io::Storage;
+use rafs_format::layout::BlobInfo;
 use crate::cache::{BlobCache, CacheError, Fill, MapParams, Opened, DEFAULT_GRANULARITY};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::HashMap;
@@ -67,29 +69,57 @@ pub struct Store {
     logged: [AtomicBool; 2],
 }
 
-/// Opens the cache of every cacheable blob in `dir`. A blob whose cache
-/// cannot be opened is served without one (logged); only a missing or
-/// unusable directory is an error.
+/// The layout identity of a blob's cache: a digest of what the blob-table
+/// entry says about the blob's two address spaces (sizes, flags,
+/// compressor). Every image that references the blob honestly has the same
+/// entry; an image that claims the same id with another entry gets
+/// [`CacheError::LayoutConflict`] and no disk cache for it.
+pub fn layout_of(b: &BlobInfo) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"rafs cache layout v1");
+    h.update(&b.id);
+    h.update(&b.compressed_size.get().to_le_bytes());
+    h.update(&b.uncompressed_size.get().to_le_bytes());
+    h.update(&b.flags.get().to_le_bytes());
+    h.update(&b.compressor.get().to_le_bytes());
+    let mut out = [0; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+/// Opens the cache of every cacheable blob in `dir`, durable operations
+/// going through `storage`. A blob whose cache cannot be opened, or is held
+/// there with another layout, is served without one (logged and counted);
+/// only a missing or unusable directory is an error.
 pub fn open_caches(
     dir: &Path,
-    blobs: &[(BlobId, u64)],
+    blobs: &[BlobInfo],
     index: &FrameIndex,
+    storage: Arc<dyn Storage>,
+    metrics: &FetchMetrics,
 ) -> Result<Vec<Option<BlobCache>>, CacheError> {
-    std::fs::create_dir_all(dir).map_err(|e| crate::cache::io_err(dir, e))?;
+    crate::cache::create_dir(dir)?;
     let mut out = Vec::with_capacity(blobs.len());
-    for (i, (id, usize)) in blobs.iter().enumerate() {
+    for (i, blob) in blobs.iter().enumerate() {
+        let id = BlobId(blob.id);
         if !index.blobs.get(i).is_some_and(|b| b.cacheable) {
             tracing::info!(blob = %id, "blob not ALIGNED (or inconsistent): served without the disk cache");
             out.push(None);
             continue;
         }
-        let params = MapParams::new(*id, *usize, DEFAULT_GRANULARITY)?;
-        match BlobCache::open(dir, params) {
+        let params = MapParams::new(id, blob.uncompressed_size.get(), DEFAULT_GRANULARITY)?
+            .with_layout(layout_of(blob));
+        match BlobCache::open_with(dir, params, storage.clone()) {
             Ok((c, Opened::Reset { reason })) => {
                 tracing::warn!(blob = %id, ?reason, "cache bitmap reset");
                 out.push(Some(c));
             }
             Ok((c, _)) => out.push(Some(c)),
+            Err(e @ CacheError::LayoutConflict { .. }) => {
+                metrics.cache_conflicts.inc();
+                tracing::warn!(blob = %id, "served without the disk cache: {e}");
+                out.push(None);
+            }
             Err(e) => {
                 tracing::warn!(blob = %id, "disk cache unavailable for this blob: {e}");
                 out.push(None);

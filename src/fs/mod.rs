@@ -136,9 +136,21 @@ impl RafsFs {
         backend: Arc<dyn Backend>,
         config: FetchConfig,
     ) -> Result<RafsFs, CacheError> {
+        RafsFs::with_storage(image, backend, config, crate::cache::io::real())
+    }
+
+    /// [`RafsFs::new`] with the disk cache's durable operations going
+    /// through `storage` (a test double, see `cache::io::testing`).
+    pub fn with_storage(
+        image: Image,
+        backend: Arc<dyn Backend>,
+        config: FetchConfig,
+        storage: Arc<dyn crate::cache::io::Storage>,
+    ) -> Result<RafsFs, CacheError> {
         let image = Arc::new(image);
         let metrics: Arc<Metrics> = Arc::default();
-        let fetcher = Fetcher::new(image.clone(), backend, config, metrics.clone())?;
+        let fetcher =
+            Fetcher::with_storage(image.clone(), backend, config, metrics.clone(), storage)?;
         Ok(RafsFs {
             image,
             fetcher,
