@@ -67,7 +67,9 @@ fn in_chroot(mnt: &Mounted, argv: &[&str]) -> String {
 #[test]
 fn programs_run_from_the_mounted_rootfs() {
     let work = common::tempdir();
-    let (_src, mnt) = mounted_rootfs(work.path(), &[], &[]);
+    // A bare chroot uses the image's own /dev (a container runtime would
+    // mount its own): device nodes must be opted in.
+    let (_src, mnt) = mounted_rootfs(work.path(), &[], &["--dev"]);
     let shout = in_chroot(
         &mnt,
         &["/bin/sh", "-c", "echo hello | tr a-z A-Z | grep HELLO"],

@@ -655,8 +655,9 @@ impl Fetcher {
     /// (if `commit` and the blob has a cache; `lock`, the cross-process
     /// claim on the frame, is released once its bits are set). Readers are
     /// woken before anything touches the disk, and a committer that is
-    /// behind (a slow or hung cache disk) costs the frame its caching,
-    /// never a reader its wait. Prefetched frames bound for the disk skip
+    /// behind (a slow or hung cache disk) costs an on-demand frame its
+    /// caching, never a reader its wait; the background lane waits for the
+    /// committer instead (its frames are fetched for the disk). Prefetched frames bound for the disk skip
     /// the memory LRU, which belongs to on-demand reads.
     fn publish_ok(&self, blob: u32, fi: usize, frame: Arc<Frame>, commit: bool, how: Via) {
         let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
@@ -688,9 +689,15 @@ impl Fetcher {
             data: frame,
             lock: how.lock,
         };
-        if let Err(e) = tx.try_send(c) {
+        // The background lane waits for the disk (prefetching is for the
+        // disk, and back-pressure is what throttles it); an on-demand
+        // worker never does.
+        let sent = match how.background {
+            true => tx.send(c).map_err(|e| e.into_inner()),
+            false => tx.try_send(c).map_err(|e| e.into_inner()),
+        };
+        if let Err(c) = sent {
             // Full (or gone): drop the frame's caching, and its claim.
-            let c = e.into_inner();
             store.release(&key);
             if how.background {
                 // It was kept out of the LRU for the disk's sake.
