@@ -4,8 +4,8 @@
 //! normal image of about the same bootstrap size, in the same run: the
 //! hostile time must stay within a generous ratio of the normal one.
 //!
-//! - the frame index of a blob whose one batch frame has thousands of
-//!   distinct, overlapping members;
+//! - the frame index of a blob whose one batch frame has tens of thousands
+//!   of distinct, overlapping members;
 //! - `getattr` of thousands of files whose chunk runs are prefixes of one
 //!   long run (a valid bootstrap may share runs, so the sum of run lengths
 //!   is quadratic in the table size);
@@ -223,25 +223,28 @@ fn mount(dir: &Path, bootstrap: &[u8], blob_bytes: &[u8]) -> RafsFs {
 
 #[test]
 fn frame_index_of_overlapping_batch_members() {
-    let n = 30_000;
-    let normal = batch(n, 1 << 20, false, false);
+    let n = 60_000;
+    let normal = normal(n, vec![]);
+    let tiled = batch(n, 1 << 20, false, false);
     let hostile = batch(n, 1 << 20, true, false);
-    let (normal_b, hostile_b) = (
-        Bootstrap::open(&normal.bootstrap).unwrap(),
-        Bootstrap::open(&hostile.bootstrap).unwrap(),
-    );
-    let (ni, tn) = time(|| FrameIndex::build(&normal_b));
+    let normal_b = Bootstrap::open(&normal).unwrap();
+    let tiled_b = Bootstrap::open(&tiled.bootstrap).unwrap();
+    let hostile_b = Bootstrap::open(&hostile.bootstrap).unwrap();
+    let (_, tn) = time(|| FrameIndex::build(&normal_b));
     let (hi, th) = time(|| FrameIndex::build(&hostile_b));
     assert_ratio("frame index", tn, th);
-    assert_eq!(ni.blobs[0].members.len(), n as usize);
     assert_eq!(hi.blobs[0].members.len(), n as usize);
-    assert!(ni.blobs[0].cacheable, "tiling members are honest");
     assert!(!hi.blobs[0].cacheable, "overlapping members: no disk cache");
+    assert!(!hi.blobs[0].frames[0].disjoint);
+    let ti = FrameIndex::build(&tiled_b);
+    assert_eq!(ti.blobs[0].members.len(), n as usize);
+    assert!(ti.blobs[0].cacheable, "tiling members are honest");
+    assert!(ti.blobs[0].frames[0].disjoint);
 }
 
 #[test]
 fn getattr_of_files_sharing_prefix_runs() {
-    let n = 20_000;
+    let n = 30_000;
     let work = tempfile::tempdir().unwrap();
     let fs_n = mount(&work.path().join("n"), &normal(n, vec![]), &[]);
     let fs_h = mount(&work.path().join("h"), &prefixes(n, vec![]), &[]);
@@ -298,7 +301,7 @@ fn prefetch_of_files_sharing_prefix_runs() {
 
 #[test]
 fn reads_of_overlapping_batch_members() {
-    let (n, reads) = (256, 16);
+    let (n, reads) = (1024, 8);
     let work = tempfile::tempdir().unwrap();
     let normal = batch(n, 1 << 20, false, true);
     let hostile = batch(n, 1 << 20, true, true);
