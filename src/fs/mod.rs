@@ -120,6 +120,13 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// Uncompressed bytes of all blobs (saturating: sizes are untrusted).
+fn blob_bytes(b: &Bootstrap<'_>) -> u64 {
+    b.blobs()
+        .iter()
+        .fold(0u64, |n, x| n.saturating_add(x.uncompressed_size.get()))
+}
+
 /// The hole chunks of the chunk table, for O(log n) stored-size sums over
 /// any run (`st_blocks`): nothing at all for an image without holes.
 #[derive(Debug, Default)]
@@ -163,6 +170,9 @@ pub const W_OK: u32 = 2;
 pub struct RafsFs {
     image: Arc<Image>,
     holes: Holes,
+    /// Uncompressed bytes of all blobs (`statfs`: the blob table may be
+    /// long, so summed once).
+    blob_bytes: u64,
     /// Where each inode is named, built on the first data error.
     names: std::sync::OnceLock<read::Names>,
     fetcher: Arc<Fetcher>,
@@ -183,13 +193,14 @@ impl RafsFs {
         let image = Arc::new(image);
         let metrics: Arc<Metrics> = Arc::default();
         let fetcher = Fetcher::new(image.clone(), backend, config, metrics.clone())?;
-        let holes = image
-            .bootstrap()
-            .map(|b| Holes::new(b.chunks()))
-            .unwrap_or_default();
+        let (holes, blob_bytes) = match image.bootstrap() {
+            Ok(b) => (Holes::new(b.chunks()), blob_bytes(&b)),
+            Err(_) => (Holes::default(), 0),
+        };
         Ok(RafsFs {
             image,
             holes,
+            blob_bytes,
             names: std::sync::OnceLock::new(),
             fetcher,
             metrics,
@@ -405,9 +416,8 @@ impl RafsFs {
     pub fn statfs(&self) -> Result<StatFs, FsError> {
         self.metrics.op(Op::Other);
         let b = self.boot()?;
-        let bytes: u64 = b.blobs().iter().map(|x| x.uncompressed_size.get()).sum();
         Ok(StatFs {
-            blocks: bytes.div_ceil(4096),
+            blocks: self.blob_bytes.div_ceil(4096),
             files: u64::from(b.inode_count()),
             bsize: 4096,
             namelen: MAX_NAME_LEN as u32,

@@ -12,6 +12,10 @@ use crate::fetch::Want;
 use rafs_format::layout::ChunkInfo;
 use rafs_format::Bootstrap;
 
+/// Chunks of read-ahead per read at most (honest chunks are KiBs or MiBs,
+/// so the byte budget ends read-ahead long before).
+const MAX_AHEAD_CHUNKS: usize = 1024;
+
 impl RafsFs {
     /// Reads up to `size` bytes of regular file `ino` at `offset`; short
     /// only at the end of the file.
@@ -77,7 +81,9 @@ impl RafsFs {
         };
         let mut bytes = 0u64;
         let mut out = Vec::new();
-        for c in run.iter().skip(next) {
+        // Also capped in chunks: a hostile run of 1-byte chunks must not
+        // turn each read into a million chunk look-ups.
+        for c in run.iter().skip(next).take(MAX_AHEAD_CHUNKS) {
             if bytes >= budget {
                 break;
             }
