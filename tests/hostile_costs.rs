@@ -206,17 +206,21 @@ fn batch(n: u32, frame: u32, overlap: bool, real: bool) -> Batch {
 /// Writes the bootstrap and (if any) the blob; opens a memory-only
 /// filesystem without read-ahead or frame LRU (every read fetches).
 fn mount(dir: &Path, bootstrap: &[u8], blob_bytes: &[u8]) -> RafsFs {
+    let cfg = FetchConfig {
+        readahead: 0,
+        memory_bytes: 0,
+        ..FetchConfig::default()
+    };
+    mount_with(dir, bootstrap, blob_bytes, cfg)
+}
+
+fn mount_with(dir: &Path, bootstrap: &[u8], blob_bytes: &[u8], cfg: FetchConfig) -> RafsFs {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("bootstrap");
     std::fs::write(&path, bootstrap).unwrap();
     let blobs = dir.join("blobs");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(blobs.join(hex::encode(BLOB_ID)), blob_bytes).unwrap();
-    let cfg = FetchConfig {
-        readahead: 0,
-        memory_bytes: 0,
-        ..FetchConfig::default()
-    };
     let image = Image::open(&path).unwrap();
     RafsFs::new(image, Arc::new(FileBackend::new(blobs)), cfg).unwrap()
 }
@@ -321,4 +325,53 @@ fn reads_of_overlapping_batch_members() {
     use rafs::fs::Metrics;
     assert!(Metrics::get(&mn.chunk_decompressions) >= u64::from(reads));
     assert!(Metrics::get(&mh.chunk_decompressions) >= u64::from(reads));
+}
+
+/// One file of `n` raw chunks of `len` bytes; with `shared`, every chunk
+/// is the same `len` bytes at blob offset 0 (deduplicated data), else
+/// chunk `i` is stored at `i * len`.
+fn raw_file(n: u32, len: u32, shared: bool) -> (Vec<u8>, Vec<u8>) {
+    let count = if shared { 1 } else { n };
+    let data: Vec<u8> = (0..count * len).map(|i| (i % 251) as u8).collect();
+    let chunks = (0..n)
+        .map(|i| {
+            let at = if shared { 0 } else { i * len };
+            let bytes = &data[at as usize..(at + len) as usize];
+            ChunkSpec {
+                digest: *blake3::hash(bytes).as_bytes(),
+                compressed_offset: at.into(),
+                uncompressed_offset: at.into(),
+                compressed_size: len,
+                uncompressed_size: len,
+                ..ChunkSpec::default()
+            }
+        })
+        .collect();
+    let mut b = blob(data.len() as u64, data.len() as u64, COMPRESSOR_NONE);
+    b.flags = 0.into();
+    (image(vec![chunks], b, Vec::new()), data)
+}
+
+#[test]
+fn sequential_reads_of_one_byte_chunks() {
+    let (n, reads): (u32, u32) = (150_000, 1500);
+    let work = tempfile::tempdir().unwrap();
+    let (normal, normal_blob) = raw_file(n, CHUNK, true);
+    let (hostile, hostile_blob) = raw_file(n, 1, false);
+    let cfg = FetchConfig::default();
+    let fs_n = mount_with(&work.path().join("n"), &normal, &normal_blob, cfg.clone());
+    let fs_h = mount_with(&work.path().join("h"), &hostile, &hostile_blob, cfg);
+    // One chunk per read, sequential: each read may look ahead.
+    let (_, tn) = time(|| {
+        for k in 0..reads {
+            let at = u64::from(k) * u64::from(CHUNK);
+            assert_eq!(fs_n.read(1, at, CHUNK).unwrap().len(), CHUNK as usize);
+        }
+    });
+    let (_, th) = time(|| {
+        for k in 0..reads {
+            assert_eq!(fs_h.read(1, u64::from(k), 1).unwrap(), [(k % 251) as u8]);
+        }
+    });
+    assert_ratio("one-byte chunk reads", tn, th);
 }
