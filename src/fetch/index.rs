@@ -2,13 +2,15 @@
 //! the image references, where each lies in the blob's compressed and
 //! uncompressed spaces, and which chunk entries are its members.
 //!
-//! Built once per mount from the chunk table (O(n log n)); the fetcher uses
-//! it to coalesce adjacent frames into one range request, to verify every
-//! member of a frame before the frame is cached on disk, and to know the
-//! cache ranges a frame owns. A blob whose frames are not `ALIGNED`, or
-//! whose frames overlap in the uncompressed space (only a hostile bootstrap
-//! does that), gets no disk cache: a cached range must belong to exactly
-//! one frame.
+//! Built once per mount from the chunk table (O(n log n), whatever the
+//! bootstrap: no per-frame scans); the fetcher uses it to coalesce adjacent
+//! frames into one range request, to verify every member of a frame before
+//! the frame is cached on disk, and to know the cache ranges a frame owns.
+//! A blob whose frames are not `ALIGNED`, whose frames overlap in the
+//! uncompressed space, or whose batch frames have overlapping members
+//! (only a hostile bootstrap does either) gets no disk cache: a cached
+//! range must belong to exactly one frame, and verifying a frame's members
+//! must cost no more than one pass over it.
 
 use rafs_format::layout::{ChunkInfo, BLOB_ALIGNED, BLOB_FRAME_ALIGN};
 use rafs_format::Bootstrap;
@@ -29,6 +31,11 @@ pub struct FrameInfo {
     pub rep: u64,
     /// This frame's members in [`BlobFrames::members`].
     pub members: Range<usize>,
+    /// Its distinct members do not overlap in the frame (as in every
+    /// honest image), so verifying them all hashes each byte of the frame
+    /// at most once. A hostile bootstrap can make thousands of distinct
+    /// members each span almost the whole frame.
+    pub disjoint: bool,
 }
 
 impl FrameInfo {
@@ -52,9 +59,11 @@ pub struct BlobFrames {
     /// Frames by `coff`.
     pub frames: Vec<FrameInfo>,
     /// Chunk-table indices of members, distinct by (batch offset, size,
-    /// digest) within each frame.
+    /// digest) within each frame, in batch-offset order.
     pub members: Vec<u64>,
-    /// Whether the disk cache may hold this blob (ALIGNED, no overlaps).
+    /// Whether the disk cache may hold this blob (ALIGNED, no frames
+    /// overlapping, every frame [`FrameInfo::disjoint`], its entries
+    /// agreeing on it).
     pub cacheable: bool,
 }
 
@@ -86,57 +95,92 @@ fn frame_start(c: &ChunkInfo) -> u64 {
         .saturating_sub(u64::from(c.batch_offset.get()))
 }
 
+/// What makes two member entries the same member: (batch offset, size,
+/// digest).
+fn member_key(c: &ChunkInfo) -> (u32, u32, [u8; 32]) {
+    (c.batch_offset.get(), c.uncompressed_size.get(), c.digest)
+}
+
 impl FrameIndex {
-    /// Indexes every non-hole chunk of a validated bootstrap.
+    /// Indexes every non-hole chunk of a validated bootstrap, in
+    /// O(n log n): one sort of the chunk table by (blob, stored offset,
+    /// member identity), then one pass.
     pub fn build(b: &Bootstrap<'_>) -> FrameIndex {
         let chunks = b.chunks();
         let nblobs = b.blobs().len();
-        let mut keyed: Vec<(u32, u64, u64)> = chunks
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.is_hole() && (c.blob_index.get() as usize) < nblobs)
-            .map(|(i, c)| (c.blob_index.get(), c.compressed_offset.get(), i as u64))
+        let mut order: Vec<usize> = (0..chunks.len())
+            .filter(|&i| !chunks[i].is_hole() && (chunks[i].blob_index.get() as usize) < nblobs)
             .collect();
-        keyed.sort_unstable();
+        // Within a frame, equal members are adjacent (lowest index first)
+        // and distinct ones ascend by batch offset.
+        order.sort_unstable_by_key(|&i| {
+            let c = &chunks[i];
+            let (boff, size, digest) = member_key(c);
+            (
+                c.blob_index.get(),
+                c.compressed_offset.get(),
+                boff,
+                size,
+                digest,
+                i,
+            )
+        });
         let mut blobs: Vec<BlobFrames> = (0..nblobs).map(|_| BlobFrames::default()).collect();
-        let mut seen: Vec<(u32, u32, [u8; 32])> = Vec::new();
         let mut odd = vec![false; nblobs];
-        for (blob, coff, idx) in keyed {
-            let c = &chunks[idx as usize];
-            let bf = &mut blobs[blob as usize];
-            let new_frame = bf.frames.last().is_none_or(|f| f.coff != coff);
-            if new_frame {
-                let at = bf.members.len();
-                bf.frames.push(FrameInfo {
-                    coff,
-                    clen: c.compressed_size.get(),
-                    ustart: frame_start(c),
-                    ulen: c.frame_size(),
-                    rep: idx,
-                    members: at..at,
-                });
-                seen.clear();
-            } else if let Some(f) = bf.frames.last() {
-                let r = &chunks[f.rep as usize];
-                odd[blob as usize] |= frame_start(c) != f.ustart
-                    || c.frame_size() != f.ulen
-                    || c.compressed_size.get() != f.clen
-                    || c.flags.get() != r.flags.get();
-            }
-            let key = (c.batch_offset.get(), c.uncompressed_size.get(), c.digest);
-            if !seen.contains(&key) {
-                seen.push(key);
-                bf.members.push(idx);
-                if let Some(f) = bf.frames.last_mut() {
-                    f.members.end = bf.members.len();
-                }
-            }
+        for group in order.chunk_by(|&x, &y| {
+            let (a, c) = (&chunks[x], &chunks[y]);
+            (a.blob_index.get(), a.compressed_offset.get())
+                == (c.blob_index.get(), c.compressed_offset.get())
+        }) {
+            let blob = chunks[group[0]].blob_index.get() as usize;
+            odd[blob] |= !add_frame(&mut blobs[blob], chunks, group);
         }
         for (i, bf) in blobs.iter_mut().enumerate() {
             bf.cacheable = b.blobs()[i].flags.get() & BLOB_ALIGNED != 0 && !odd[i] && disjoint(bf);
         }
         FrameIndex { blobs }
     }
+}
+
+/// Adds the frame whose entries are `group` (chunk-table indices sorted
+/// by member identity) to `bf`. False if the frame is inconsistent: its
+/// entries disagree on the frame, or its distinct members overlap (an
+/// honest batch frame is its members side by side).
+fn add_frame(bf: &mut BlobFrames, chunks: &[ChunkInfo], group: &[usize]) -> bool {
+    // The representative is the lowest chunk-table index.
+    let rep = group.iter().copied().min().unwrap_or(0);
+    let r = &chunks[rep];
+    let (mut agree, mut disjoint) = (true, true);
+    let at = bf.members.len();
+    let mut end = 0u64;
+    let mut prev: Option<(u32, u32, [u8; 32])> = None;
+    for &i in group {
+        let c = &chunks[i];
+        agree &= frame_start(c) == frame_start(r)
+            && c.frame_size() == r.frame_size()
+            && c.compressed_size.get() == r.compressed_size.get()
+            && c.flags.get() == r.flags.get();
+        let key = member_key(c);
+        if prev == Some(key) {
+            continue;
+        }
+        prev = Some(key);
+        // Sorted by start: disjoint iff each starts after the previous.
+        let start = u64::from(key.0);
+        disjoint &= start >= end;
+        end = start + u64::from(key.1);
+        bf.members.push(i as u64);
+    }
+    bf.frames.push(FrameInfo {
+        coff: r.compressed_offset.get(),
+        clen: r.compressed_size.get(),
+        ustart: frame_start(r),
+        ulen: r.frame_size(),
+        rep: rep as u64,
+        members: at..bf.members.len(),
+        disjoint,
+    });
+    agree && disjoint
 }
 
 /// No two frames overlap in the uncompressed space.

@@ -7,9 +7,15 @@
 //! turns results into replies and [`FsError`]s into errnos, so the core is
 //! tested directly against a reference model (`tests/fs_model.rs`).
 //!
-//! Memory does not grow with the image: metadata is read in place from the
-//! mmapped bootstrap on every call; the only heap state is the bounded LRU
-//! of decompressed chunks (see [`read`]).
+//! Memory barely grows with the image: metadata is read in place from the
+//! mmapped bootstrap on every call; the heap holds the bounded LRU of
+//! decompressed chunks (see [`read`]), the fetcher's frame index, and one
+//! entry per hole chunk ([`Holes`]).
+//!
+//! Every call costs O(log n) in the bootstrap size plus what it returns: a
+//! valid bootstrap may share chunk runs and xattr sets between inodes, so
+//! nothing may scan a whole run or set per call (`getattr` of thousands of
+//! files sharing one long run would be quadratic).
 
 mod error;
 mod metrics;
@@ -114,6 +120,48 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// Uncompressed bytes of all blobs (saturating: sizes are untrusted).
+fn blob_bytes(b: &Bootstrap<'_>) -> u64 {
+    b.blobs()
+        .iter()
+        .fold(0u64, |n, x| n.saturating_add(x.uncompressed_size.get()))
+}
+
+/// The hole chunks of the chunk table, for O(log n) stored-size sums over
+/// any run (`st_blocks`): nothing at all for an image without holes.
+#[derive(Debug, Default)]
+struct Holes {
+    /// Chunk-table indices of holes, ascending.
+    at: Vec<usize>,
+    /// `sum[k]`: bytes of the holes `at[..k]`.
+    sum: Vec<u64>,
+}
+
+impl Holes {
+    fn new(chunks: &[ChunkInfo]) -> Holes {
+        let mut h = Holes {
+            at: Vec::new(),
+            sum: vec![0],
+        };
+        let mut total = 0u64;
+        for (i, c) in chunks.iter().enumerate().filter(|(_, c)| c.is_hole()) {
+            total = total.saturating_add(u64::from(c.uncompressed_size.get()));
+            h.at.push(i);
+            h.sum.push(total);
+        }
+        h
+    }
+
+    /// Bytes of the holes among chunk-table entries `r`.
+    fn bytes(&self, r: std::ops::Range<usize>) -> u64 {
+        let sum_before = |i: usize| {
+            let k = self.at.partition_point(|&h| h < i);
+            self.sum.get(k).copied().unwrap_or(0)
+        };
+        sum_before(r.end).saturating_sub(sum_before(r.start))
+    }
+}
+
 /// Access modes for [`RafsFs::access`] (the `access(2)` mask bits).
 pub const W_OK: u32 = 2;
 
@@ -121,6 +169,12 @@ pub const W_OK: u32 = 2;
 /// counters.
 pub struct RafsFs {
     image: Arc<Image>,
+    holes: Holes,
+    /// Uncompressed bytes of all blobs (`statfs`: the blob table may be
+    /// long, so summed once).
+    blob_bytes: u64,
+    /// Where each inode is named, built on the first data error.
+    names: std::sync::OnceLock<read::Names>,
     fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
     /// The access record, when recording (`--record-access`).
@@ -151,8 +205,15 @@ impl RafsFs {
         let metrics: Arc<Metrics> = Arc::default();
         let fetcher =
             Fetcher::with_storage(image.clone(), backend, config, metrics.clone(), storage)?;
+        let (holes, blob_bytes) = match image.bootstrap() {
+            Ok(b) => (Holes::new(b.chunks()), blob_bytes(&b)),
+            Err(_) => (Holes::default(), 0),
+        };
         Ok(RafsFs {
             image,
+            holes,
+            blob_bytes,
+            names: std::sync::OnceLock::new(),
             fetcher,
             metrics,
             recorder: None,
@@ -192,13 +253,13 @@ impl RafsFs {
     fn attr_of(&self, b: &Bootstrap<'_>, ino: u32) -> Result<Attr, FsError> {
         let i = b.inode(ino).map_err(|_| FsError::NotFound)?;
         let blocks = if i.is_reg() {
-            let stored: u64 = b
-                .file_chunks(ino)?
-                .iter()
-                .filter(|c| !c.is_hole())
-                .map(|c| u64::from(c.uncompressed_size.get()))
-                .sum();
-            stored.div_ceil(512)
+            // The run tiles [0, size) (validated): stored = size - holes.
+            b.file_chunks(ino)?;
+            let start = i.payload_start.get() as usize;
+            let holes = self
+                .holes
+                .bytes(start..start + i.payload_count.get() as usize);
+            i.size.get().saturating_sub(holes).div_ceil(512)
         } else {
             0
         };
@@ -335,7 +396,18 @@ impl RafsFs {
         self.metrics.op(Op::Xattr);
         let b = self.image.bootstrap()?;
         b.inode(ino).map_err(|_| FsError::NotFound)?;
-        b.get_xattr(ino, name)?.ok_or(FsError::NoAttr)
+        // Names are sorted, strictly ascending (validated): binary search.
+        let xattrs = b.xattrs(ino)?;
+        let (mut lo, mut hi) = (0, xattrs.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match b.xattr_name(&xattrs[mid])?.cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(b.xattr_value(&xattrs[mid])?),
+            }
+        }
+        Err(FsError::NoAttr)
     }
 
     /// The xattr names of `ino`, each followed by NUL (the `listxattr(2)`
@@ -356,9 +428,8 @@ impl RafsFs {
     pub fn statfs(&self) -> Result<StatFs, FsError> {
         self.metrics.op(Op::Other);
         let b = self.boot()?;
-        let bytes: u64 = b.blobs().iter().map(|x| x.uncompressed_size.get()).sum();
         Ok(StatFs {
-            blocks: bytes.div_ceil(4096),
+            blocks: self.blob_bytes.div_ceil(4096),
             files: u64::from(b.inode_count()),
             bsize: 4096,
             namelen: MAX_NAME_LEN as u32,

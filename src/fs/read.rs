@@ -12,6 +12,10 @@ use crate::fetch::Want;
 use rafs_format::layout::ChunkInfo;
 use rafs_format::Bootstrap;
 
+/// Chunks of read-ahead per read at most (honest chunks are KiBs or MiBs,
+/// so the byte budget ends read-ahead long before).
+const MAX_AHEAD_CHUNKS: usize = 1024;
+
 impl RafsFs {
     /// Reads up to `size` bytes of regular file `ino` at `offset`; short
     /// only at the end of the file.
@@ -77,7 +81,9 @@ impl RafsFs {
         };
         let mut bytes = 0u64;
         let mut out = Vec::new();
-        for c in run.iter().skip(next) {
+        // Also capped in chunks: a hostile run of 1-byte chunks must not
+        // turn each read into a million chunk look-ups.
+        for c in run.iter().skip(next).take(MAX_AHEAD_CHUNKS) {
             if bytes >= budget {
                 break;
             }
@@ -127,7 +133,9 @@ impl RafsFs {
             .chunk_blob(c)
             .map(|x| BlobId(x.id))
             .unwrap_or(BlobId([0; 32]));
-        let path = path_of(b, ino).map(|p| String::from_utf8_lossy(&p).into_owned());
+        let path = self
+            .path_of(b, ino)
+            .map(|p| String::from_utf8_lossy(&p).into_owned());
         tracing::error!(
             blob = %blob,
             chunk,
@@ -144,23 +152,72 @@ impl RafsFs {
     }
 }
 
-/// The first path of `ino` in name order (for error messages only: it walks
-/// the tree).
-pub(crate) fn path_of(b: &Bootstrap<'_>, ino: u32) -> Option<Vec<u8>> {
-    struct Found(Vec<u8>);
-    impl From<rafs_format::FormatError> for Found {
-        fn from(_: rafs_format::FormatError) -> Self {
-            Found(Vec::new())
+/// Where each inode is first named, in the depth-first name order of
+/// [`crate::unpack::walk`]: (directory, index of the entry in the dirent
+/// table). Built by one walk, on the first data error, so that naming the
+/// file of each later error costs O(depth), not a walk of the tree.
+pub(crate) struct Names(Vec<Option<(u32, usize)>>);
+
+impl Names {
+    fn build(b: &Bootstrap<'_>) -> Names {
+        let mut first = vec![None; b.inode_count() as usize];
+        // (directory, its first entry's dirent index, next entry).
+        let mut stack: Vec<(u32, usize, usize)> = Vec::new();
+        let enter = |dir: u32, stack: &mut Vec<_>| {
+            if let Ok(i) = b.inode(dir) {
+                stack.push((dir, i.payload_start.get() as usize, 0));
+            }
+        };
+        enter(0, &mut stack);
+        while let Some(top) = stack.last_mut() {
+            let (dir, start, k) = *top;
+            let Some(e) = b.dir_entries(dir).ok().and_then(|es| es.get(k)) else {
+                stack.pop();
+                continue;
+            };
+            top.2 += 1;
+            let child = e.ino.get();
+            let Some(slot) = first.get_mut(child as usize) else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some((dir, start + k));
+                if b.inode(child).is_ok_and(|i| i.is_dir()) {
+                    enter(child, &mut stack);
+                }
+            }
         }
+        Names(first)
     }
-    match crate::unpack::walk::walk(b, |v| {
-        if v.ino == ino {
-            Err(Found(v.path.to_vec()))
-        } else {
-            Ok(())
+
+    /// The first path of `ino`.
+    fn path(&self, b: &Bootstrap<'_>, ino: u32) -> Option<Vec<u8>> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut at = ino;
+        // A validated tree has no cycles; the bound is for safety only.
+        for _ in 0..=self.0.len() {
+            if at == 0 {
+                let mut path = Vec::new();
+                for name in parts.iter().rev() {
+                    path.push(b'/');
+                    path.extend_from_slice(name);
+                }
+                if path.is_empty() {
+                    path.push(b'/');
+                }
+                return Some(path);
+            }
+            let (dir, entry) = (*self.0.get(at as usize)?)?;
+            parts.push(b.entry_name(b.dirents().get(entry)?).ok()?);
+            at = dir;
         }
-    }) {
-        Err(Found(p)) if !p.is_empty() => Some(p),
-        _ => None,
+        None
+    }
+}
+
+impl RafsFs {
+    /// The first path of `ino` in name order (for error messages).
+    pub(crate) fn path_of(&self, b: &Bootstrap<'_>, ino: u32) -> Option<Vec<u8>> {
+        self.names.get_or_init(|| Names::build(b)).path(b, ino)
     }
 }

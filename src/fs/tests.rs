@@ -196,3 +196,47 @@ fn symlinks_xattrs_statfs_and_writes() {
     ));
     assert!(fs.access(ino::HELLO, 4).is_ok());
 }
+
+#[test]
+fn error_paths_are_first_paths_in_name_order() {
+    let mut b = Builder::new();
+    let d = b.dir(0, "d", 0o755);
+    let e = b.dir(d, "e", 0o755);
+    let f = b.file(e, "f", 0o644, vec![Part::Hole(10)]);
+    b.link(0, "z", f);
+    b.link(0, "a", f);
+    let t = b.finish();
+    let fs = open(&t);
+    let boot = fs.image().bootstrap().unwrap();
+    // The reference: the first visit of each inode in the tree walk.
+    let mut want: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+    crate::unpack::walk::walk(&boot, |v| {
+        want.entry(v.ino).or_insert_with(|| v.path.to_vec());
+        Ok::<(), rafs_format::FormatError>(())
+    })
+    .unwrap();
+    assert_eq!(want[&f], b"/a");
+    for ino in 0..boot.inode_count() {
+        assert_eq!(fs.path_of(&boot, ino).as_ref(), want.get(&ino), "{ino}");
+    }
+    assert_eq!(fs.path_of(&boot, e).unwrap(), b"/d/e");
+    assert_eq!(fs.path_of(&boot, 9999), None);
+}
+
+#[test]
+fn getxattr_finds_every_name_of_a_large_set() {
+    let mut b = Builder::new();
+    let f = b.file(0, "f", 0o644, vec![Part::Hole(10)]);
+    b.node(f).meta.xattrs = (0..300u32)
+        .map(|i| (format!("user.{i}").into_bytes(), i.to_le_bytes().to_vec()))
+        .collect();
+    let t = b.finish();
+    let fs = open(&t);
+    for i in 0..300u32 {
+        let name = format!("user.{i}");
+        assert_eq!(fs.getxattr(f, name.as_bytes()).unwrap(), i.to_le_bytes());
+    }
+    for missing in [&b"user."[..], b"user.3000", b"a", b"zzz", b""] {
+        assert!(matches!(fs.getxattr(f, missing), Err(FsError::NoAttr)));
+    }
+}
