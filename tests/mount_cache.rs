@@ -23,6 +23,8 @@ use common::reads::{regular_files, Rng};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn mount(bootstrap: &Path, mnt: &Path, opts: &[String]) -> Mounted {
@@ -46,10 +48,11 @@ fn verify_cache(cache: &Path, bootstrap: &Path) -> u64 {
 }
 
 /// Reads every file of `files` under `mnt`, ignoring errors (the daemon
-/// may die at any moment).
-fn read_all_ignoring_errors(mnt: &Path, files: &[(PathBuf, u64)]) {
+/// may die at any moment), counting the files read in `done`.
+fn read_all_ignoring_errors(mnt: &Path, files: &[(PathBuf, u64)], done: &AtomicUsize) {
     for (rel, _) in files {
         let _ = std::fs::read(mnt.join(rel));
+        done.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -79,11 +82,18 @@ fn kill_9_during_cold_reads_never_leaves_bad_ready_ranges() {
             .chain(&files[..start])
             .cloned()
             .collect();
+        let done = Arc::new(AtomicUsize::new(0));
         let reader = {
-            let m = mnt_path.clone();
-            std::thread::spawn(move || read_all_ignoring_errors(&m, &order))
+            let (m, done) = (mnt_path.clone(), done.clone());
+            std::thread::spawn(move || read_all_ignoring_errors(&m, &order, &done))
         };
-        std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+        // Kill during the reads: once they are under way (the first file
+        // was read), after a random pause that paces the kill point (not a
+        // wait for anything).
+        common::wait_until("the first read", Duration::from_secs(30), || {
+            done.load(Ordering::SeqCst) > 0
+        });
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
         signal(mnt.pid(), libc::SIGKILL);
         assert!(
             mnt.wait_exit(Duration::from_secs(10)).is_some(),
@@ -147,40 +157,50 @@ fn cache_size_limit_holds_while_reads_stay_correct() {
     let mnt = mount(&bootstrap, &work.path().join("mnt"), &opts);
     for _ in 0..2 {
         assert_same_tree(&src, &mnt.mountpoint, &exclude_none);
-        std::process::Command::new("sh")
-            .args(["-c", "echo 3 > /proc/sys/vm/drop_caches"])
-            .status()
-            .unwrap();
+        drop_page_cache();
     }
-    // Writes are asynchronous: give the committer a moment to finish.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while allocated(&cache) > LIMIT && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        allocated(&cache) <= LIMIT,
-        "cache holds {} bytes, limit {LIMIT}",
-        allocated(&cache)
+    // Writes are asynchronous: wait for the committer to evict.
+    common::wait_until(
+        &format!("the cache to shrink to {LIMIT} bytes"),
+        Duration::from_secs(10),
+        || allocated(&cache) <= LIMIT,
     );
     assert!(common::metric(&sock, "rafs_cache_usage_bytes") <= LIMIT as f64);
     assert!(common::metric(&sock, "rafs_cache_evictions_total") > 0.0);
     // A scan larger than an LRU misses every time; a file read twice in a
-    // row is served from the disk the second time.
-    let drop_caches = || {
-        std::process::Command::new("sh")
-            .args(["-c", "echo 3 > /proc/sys/vm/drop_caches"])
-            .status()
-            .unwrap()
-    };
+    // row is served from the disk the second time, once the committer has
+    // written it (until then, re-reads come from memory).
     let want = std::fs::read(src.join("f005")).unwrap();
-    assert!(std::fs::read(mnt.mountpoint.join("f005")).unwrap() == want);
-    std::thread::sleep(Duration::from_millis(500)); // the committer
-    drop_caches();
-    let hits = common::metric(&sock, "rafs_cache_hits_total");
-    assert!(std::fs::read(mnt.mountpoint.join("f005")).unwrap() == want);
-    assert!(common::metric(&sock, "rafs_cache_hits_total") > hits);
+    let file = mnt.mountpoint.join("f005");
+    assert!(std::fs::read(&file).unwrap() == want);
+    common::wait_until(
+        "a re-read served from the disk",
+        Duration::from_secs(10),
+        || reread_from_disk(&sock, &file, &want),
+    );
     drop(mnt);
     assert!(verify_cache(&cache, &bootstrap) > 0);
+}
+
+/// Drops the page cache and reads `file` again (checking its bytes):
+/// whether the disk cache served the whole read (hits, no new misses).
+fn reread_from_disk(sock: &Path, file: &Path, want: &[u8]) -> bool {
+    drop_page_cache();
+    let hits = common::metric(sock, "rafs_cache_hits_total");
+    let misses = common::metric(sock, "rafs_cache_misses_total");
+    assert!(
+        std::fs::read(file).unwrap() == want,
+        "wrong bytes in {file:?}"
+    );
+    common::metric(sock, "rafs_cache_hits_total") > hits
+        && common::metric(sock, "rafs_cache_misses_total") == misses
+}
+
+fn drop_page_cache() {
+    std::process::Command::new("sh")
+        .args(["-c", "echo 3 > /proc/sys/vm/drop_caches"])
+        .status()
+        .unwrap();
 }
 
 /// A generated tree plus a few multi-chunk files, as an image served by

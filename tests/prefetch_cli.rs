@@ -229,6 +229,7 @@ fn prefetch_racing_a_mount_fetches_each_frame_once() {
     // The prefetch is throttled to last about two seconds, so the reads
     // (in tree order; the prefetch goes in stored order) overlap it.
     let (url, cache2, boot) = (proxy.url(), cache.clone(), img.bootstrap.clone());
+    let before = proxy.stats().requests;
     let bg = std::thread::spawn(move || {
         let a = args![
             "prefetch",
@@ -246,7 +247,14 @@ fn prefetch_racing_a_mount_fetches_each_frame_once() {
         ];
         common::rafs(&a)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The reads start once the prefetch is fetching (its first request
+    // reached the proxy; the mount has read nothing yet), or has ended
+    // (then its own output says why).
+    common::wait_until(
+        "the prefetch's first request",
+        Duration::from_secs(30),
+        || proxy.stats().requests > before || bg.is_finished(),
+    );
     assert_same_tree(&img.src, &mnt.mountpoint, &exclude_sockets);
     let r = bg.join().expect("the prefetch thread").ok();
     let v = json(&r);

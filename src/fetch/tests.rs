@@ -8,7 +8,7 @@ use crate::fs::{FsError, RafsFs};
 use crate::image::Image;
 use crate::unpack::testimage::{ino, noise, sample, TestImage};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A file backend that counts calls and bytes, sleeps before answering,
@@ -117,21 +117,92 @@ fn status(code: u16) -> BackendError {
     }
 }
 
+/// A backend whose first call waits, after saying it arrived, until the
+/// test opens the gate.
+struct Gated {
+    inner: Arc<Instrumented>,
+    arrived: Mutex<Option<mpsc::Sender<()>>>,
+    gate: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl Backend for Gated {
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let arrived = self.arrived.lock().unwrap().take();
+        let gate = self.gate.lock().unwrap().take();
+        if let (Some(arrived), Some(gate)) = (arrived, gate) {
+            let _ = arrived.send(());
+            let _ = gate.recv_timeout(Duration::from_secs(20));
+        }
+        self.inner.read_range(id, offset, len)
+    }
+
+    fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
+        self.inner.blob_size(id)
+    }
+}
+
+/// Whether thread `tid` of this process is asleep (blocked in a wait).
+fn asleep(tid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('S')))
+        .unwrap_or(false)
+}
+
+/// Runs `fs.read(ino, 0, size)` on a thread with the backend's first call
+/// held until the reader waits for it: the reader that launched a fetch is
+/// then always the one that gets its result. (Unheld, a fetch that fails
+/// before its reader starts waiting leaves no flight behind, and the
+/// reader launches the frame again: a second backend call.)
+fn read_with_reader_waiting(
+    t: &TestImage,
+    backend: Arc<Instrumented>,
+    size: u32,
+) -> (RafsFs, Result<Vec<u8>, FsError>) {
+    let (arrived_tx, arrived) = mpsc::channel();
+    let (open, gate) = mpsc::channel();
+    let gated = Arc::new(Gated {
+        inner: backend,
+        arrived: Mutex::new(Some(arrived_tx)),
+        gate: Mutex::new(Some(gate)),
+    });
+    let fs = RafsFs::new(Image::open(&t.bootstrap).unwrap(), gated, no_readahead()).unwrap();
+    let r = std::thread::scope(|s| {
+        let (tid_tx, tid) = mpsc::channel();
+        let fs = &fs;
+        let reader = s.spawn(move || {
+            // SAFETY: gettid(2) has no arguments and cannot fail.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            fs.read(ino::SUID, 0, size)
+        });
+        let tid = tid.recv().unwrap();
+        arrived
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the read sent no backend request");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !asleep(tid) {
+            assert!(Instant::now() < deadline, "the reader never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        open.send(()).unwrap();
+        reader.join().unwrap()
+    });
+    (fs, r)
+}
+
 #[test]
 fn transient_errors_are_retried_and_final_ones_are_not() {
     let t = sample();
     let backend = Instrumented::new(&t, Duration::ZERO, vec![status(429), status(503)]);
-    let fs = fs_with(&t, backend.clone(), no_readahead());
-    assert_eq!(fs.read(ino::SUID, 0, 8192).unwrap(), suid_data());
+    let (fs, r) = read_with_reader_waiting(&t, backend.clone(), 8192);
+    assert_eq!(r.unwrap(), suid_data());
     assert_eq!(backend.calls(), 3);
     assert_eq!(fs.fetcher().metrics().retries.get(), 2);
     let backend = Instrumented::new(&t, Duration::ZERO, vec![status(404), status(403)]);
-    let fs = fs_with(&t, backend.clone(), no_readahead());
-    assert!(matches!(
-        fs.read(ino::SUID, 0, 8192),
-        Err(FsError::Data { .. })
-    ));
+    let (fs, r) = read_with_reader_waiting(&t, backend.clone(), 8192);
+    assert!(matches!(r, Err(FsError::Data { .. })), "{r:?}");
     assert_eq!(backend.calls(), 1, "403 is final");
+    assert_eq!(fs.fetcher().metrics().retries.get(), 0);
 }
 
 #[test]

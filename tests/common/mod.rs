@@ -327,3 +327,17 @@ pub fn metric(socket: &Path, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Polls `cond` (every 20 ms, and at once) until it holds; panics naming
+/// `what` if it still does not after `timeout`. For waiting on a condition
+/// instead of sleeping a fixed time.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
