@@ -450,8 +450,13 @@ fn reads_of_fetched_data_do_not_wait_for_a_stalled_cache_disk() {
         delay: Duration::ZERO,
         requests: AtomicU64::new(0),
     });
-    let fs = RafsFs::with_storage(Image::open(&bootstrap).unwrap(), backend, cfg, stall.clone())
-        .unwrap();
+    let fs = RafsFs::with_storage(
+        Image::open(&bootstrap).unwrap(),
+        backend,
+        cfg,
+        stall.clone(),
+    )
+    .unwrap();
     stall.block();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
@@ -470,10 +475,17 @@ fn reads_of_fetched_data_do_not_wait_for_a_stalled_cache_disk() {
         let done = rx.recv_timeout(Duration::from_secs(60));
         let stalled = stall.waiting();
         stall.release();
-        assert_eq!(done, Ok(true), "reads finished while the cache disk stalled");
+        assert_eq!(
+            done,
+            Ok(true),
+            "reads finished while the cache disk stalled"
+        );
         assert!(stalled >= 1, "the committer was stuck on the disk");
     });
     let m = fs.fetcher().metrics();
-    assert!(m.commits_skipped.get() > 0, "frames the committer could not take");
+    assert!(
+        m.commits_skipped.get() > 0,
+        "frames the committer could not take"
+    );
     assert!(fs.fetcher().flush(Duration::from_secs(30)));
 }
