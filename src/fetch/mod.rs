@@ -368,6 +368,10 @@ impl Fetcher {
     ) -> Result<(), (usize, FetchError)> {
         let deadline = Instant::now() + self.cfg.read_timeout;
         let mut launched = false;
+        // The flights this read launched or joined: their results, errors
+        // included, are this read's (a flight that failed before the read
+        // waited must not be launched again behind its back).
+        let mut mine = HashMap::new();
         for (i, w) in wants.iter().enumerate() {
             let c = w.c;
             let key = (c.blob_index.get(), c.compressed_offset.get());
@@ -386,9 +390,15 @@ impl Fetcher {
                         let mut need = self.missing(&wants[i..]);
                         need.extend(self.missing(ahead));
                         self.stream_ahead(&mut need);
-                        self.launch(need, deadline, false);
+                        mine = self.launch_flights(need, deadline, false);
                     }
-                    self.wait(key, deadline).map_err(|e| (i, e))?
+                    let fi = self.index.blobs[key.0 as usize].find(key.1);
+                    let flight = fi.and_then(|fi| mine.get(&(key.0, fi)));
+                    match flight {
+                        Some(f) => self.wait_flight(f, deadline),
+                        None => self.wait(key, deadline),
+                    }
+                    .map_err(|e| (i, e))?
                 }
             };
             if let Err(e) = frame.verify(c) {
@@ -525,16 +535,7 @@ impl Fetcher {
             // unless the frame is in memory already.
             self.launch(vec![(key.0, fi)], deadline, false);
             match self.flight(&key) {
-                Some(f) => {
-                    return match f.wait(deadline) {
-                        Some(Ok(frame)) => Ok(frame),
-                        Some(Err(e)) => Err(FetchError::Shared(e)),
-                        None => {
-                            self.metrics.read_timeouts.inc();
-                            Err(FetchError::Timeout(self.cfg.read_timeout))
-                        }
-                    }
-                }
+                Some(f) => return self.wait_flight(&f, deadline),
                 None => {
                     if let Some(f) = self.in_memory(&key) {
                         return Ok(f);
@@ -550,6 +551,18 @@ impl Fetcher {
                         return Err(FetchError::Timeout(self.cfg.read_timeout));
                     }
                 }
+            }
+        }
+    }
+
+    /// The result of flight `f`, or a timeout at `deadline`.
+    fn wait_flight(&self, f: &Flight, deadline: Instant) -> Result<Arc<Frame>, FetchError> {
+        match f.wait(deadline) {
+            Some(Ok(frame)) => Ok(frame),
+            Some(Err(e)) => Err(FetchError::Shared(e)),
+            None => {
+                self.metrics.read_timeouts.inc();
+                Err(FetchError::Timeout(self.cfg.read_timeout))
             }
         }
     }
