@@ -169,20 +169,10 @@ fn only_blob(bootstrap: &Path) -> [u8; 32] {
 fn an_image_claiming_another_images_blob_id_never_gets_its_bytes() {
     let work = common::tempdir();
     let (src_a, boot_a) = image(work.path(), 1, SIZE);
-    let (src_b, boot_b) = image(work.path(), 2, SIZE);
     let blobs_a = boot_a.parent().unwrap().join("blobs");
-    let id_a = only_blob(&boot_a);
-    let id_b = only_blob(&boot_b);
     // Image B claims A's blob id, with the same layout (same sizes, stored
     // raw), and its own backend serves B's bytes under that id.
-    claim_blob_id(&boot_b, &id_b, &id_a);
-    let blobs_b = work.path().join("blobs-b");
-    std::fs::create_dir_all(&blobs_b).unwrap();
-    std::fs::copy(
-        boot_b.parent().unwrap().join("blobs").join(hex(&id_b)),
-        blobs_b.join(hex(&id_a)),
-    )
-    .unwrap();
+    let (src_b, boot_b, blobs_b) = impostor(work.path(), &boot_a, SIZE);
 
     let cache = work.path().join("cache");
     let (fs_a, _) = fs(&boot_a, &blobs_a, Duration::ZERO, cached(&cache));
@@ -200,6 +190,20 @@ fn an_image_claiming_another_images_blob_id_never_gets_its_bytes() {
     assert_tree(&fs_a, &src_a);
     let (fresh_a, _) = fs(&boot_a, &blobs_a, Duration::ZERO, cached(&cache));
     assert_tree(&fresh_a, &src_a);
+}
+
+/// Image B (files of `size`) claiming the blob id of image `victim`: its
+/// bootstrap names that id, and its own blob directory serves B's blob
+/// under it. Returns (B's source, B's bootstrap, B's blob directory).
+fn impostor(work: &Path, victim: &Path, size: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let (src, boot) = image(work, 2, size);
+    let (id_a, id_b) = (only_blob(victim), only_blob(&boot));
+    claim_blob_id(&boot, &id_b, &id_a);
+    let blobs = work.join("blobs-b");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let from = boot.parent().unwrap().join("blobs").join(hex(&id_b));
+    std::fs::copy(from, blobs.join(hex(&id_a))).unwrap();
+    (src, boot, blobs)
 }
 
 fn hex(id: &[u8; 32]) -> String {
@@ -403,18 +407,9 @@ fn a_failed_prefetch_reports_every_frame_failed_and_none_fetched() {
 fn an_image_claiming_a_blob_id_with_another_layout_gets_no_share_of_its_cache() {
     let work = common::tempdir();
     let (src_a, boot_a) = image(work.path(), 1, SIZE);
-    let (src_b, boot_b) = image(work.path(), 2, SIZE + 8192);
     let blobs_a = boot_a.parent().unwrap().join("blobs");
-    let id_a = only_blob(&boot_a);
-    let id_b = only_blob(&boot_b);
-    claim_blob_id(&boot_b, &id_b, &id_a);
-    let blobs_b = work.path().join("blobs-b");
-    std::fs::create_dir_all(&blobs_b).unwrap();
-    std::fs::copy(
-        boot_b.parent().unwrap().join("blobs").join(hex(&id_b)),
-        blobs_b.join(hex(&id_a)),
-    )
-    .unwrap();
+    // Other sizes: another blob-table entry under the same id.
+    let (src_b, boot_b, blobs_b) = impostor(work.path(), &boot_a, SIZE + 8192);
     let cache = work.path().join("cache");
     fill(&boot_a, &blobs_a, &cache, &src_a);
 

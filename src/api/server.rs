@@ -579,6 +579,15 @@ mod tests {
         }
     }
 
+    /// Polls until the server counts a client as active.
+    fn wait_accepted(server: &ApiServer) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.shared.active.load(Ordering::Acquire) == 0 {
+            assert!(Instant::now() < deadline, "trickler never accepted");
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn trickling_client_is_cut_off_and_does_not_block_others() {
         let dir = tempfile::tempdir().unwrap();
@@ -591,11 +600,7 @@ mod tests {
         let trickler = std::thread::spawn(move || trickle(&p));
         // Served while the trickler is connected (it is accepted first:
         // wait until the server counts it as active).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.shared.active.load(Ordering::Acquire) == 0 {
-            assert!(Instant::now() < deadline, "trickler never accepted");
-            std::thread::yield_now();
-        }
+        wait_accepted(&server);
         let t = Instant::now();
         let out = request(&path, b"GET /status HTTP/1.1\r\n\r\n");
         let other = t.elapsed();
@@ -618,11 +623,7 @@ mod tests {
         let (server, path) = serve(dir.path(), limits);
         let p = path.clone();
         let trickler = std::thread::spawn(move || trickle(&p));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.shared.active.load(Ordering::Acquire) == 0 {
-            assert!(Instant::now() < deadline, "trickler never accepted");
-            std::thread::yield_now();
-        }
+        wait_accepted(&server);
         let t = Instant::now();
         server.shutdown();
         let took = t.elapsed();
