@@ -37,13 +37,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use thiserror::Error;
 
 /// Arguments of `rafs check`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct CheckArgs {
     /// The bootstrap.
     pub bootstrap: PathBuf,
     /// Also verify every blob and chunk, reading blobs from this directory
     /// (files named by their sha256 hex).
-    #[arg(long, value_name = "DIR")]
     pub blobs: Option<PathBuf>,
 }
 

@@ -32,19 +32,16 @@ use std::process::ExitCode;
 use thiserror::Error;
 
 /// Arguments of `rafs inspect`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct InspectArgs {
     /// The bootstrap.
     pub bootstrap: PathBuf,
     /// Print JSON instead of text.
-    #[arg(long)]
     pub json: bool,
     /// List every entry of the tree, depth-first in name order.
-    #[arg(long, conflicts_with = "file")]
     pub tree: bool,
     /// Show one file's metadata and chunks (image path, leading `/`
     /// optional).
-    #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
 }
 

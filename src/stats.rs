@@ -35,12 +35,11 @@ pub const MAX_RESPONSE: usize = 16 << 20;
 pub const MAX_SAMPLES: usize = 1 << 20;
 
 /// Arguments of `rafs stats`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct StatsArgs {
     /// The mount daemon's API socket (`rafs mount --api-socket`).
     pub socket: PathBuf,
     /// Print the parsed samples and histogram summaries as JSON.
-    #[arg(long)]
     pub json: bool,
 }
 

@@ -5,7 +5,6 @@
 //! [`crate::chunk`]), so a backend may be wrong or hostile without a wrong
 //! byte reaching a reader.
 
-pub mod args;
 pub mod client;
 pub mod file;
 pub mod http;

@@ -49,7 +49,7 @@ pub const DEFAULT_CHUNK_SIZE: &str = "1M";
 pub const DEFAULT_LEVEL: i32 = 10;
 
 /// Chunking algorithm names on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkerKind {
     /// Fixed-size chunks (`--chunk-size`).
     Fixed,
@@ -57,66 +57,46 @@ pub enum ChunkerKind {
     Cdc,
 }
 
-fn size_arg(s: &str) -> std::result::Result<u64, String> {
-    parse_size(s)
-}
-
 /// Arguments of `rafs create`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct CreateArgs {
     /// A directory, a tar file (plain, gzip or zstd), or `-` for a tar
     /// stream on stdin.
     pub source: PathBuf,
     /// Output directory: receives `bootstrap` and `blobs/<sha256>`.
-    #[arg(short = 'o', long = "output", value_name = "OUTDIR")]
     pub output: PathBuf,
     /// Chunking algorithm [default: cdc, or fixed when --chunk-size is
     /// given].
-    #[arg(long, value_enum)]
     pub chunker: Option<ChunkerKind>,
     /// Fixed chunk size: a power of two, 4K..16M [default: 1M].
-    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub chunk_size: Option<u64>,
     /// FastCDC minimum chunk size [default: avg/4].
-    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub cdc_min: Option<u64>,
     /// FastCDC average chunk size [default: 1M].
-    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub cdc_avg: Option<u64>,
     /// FastCDC maximum chunk size, at most 16M [default: avg*4].
-    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub cdc_max: Option<u64>,
     /// zstd compression level.
-    #[arg(long, default_value_t = DEFAULT_LEVEL, value_name = "N", allow_hyphen_values = true)]
     pub compression_level: i32,
     /// Pack chunks shorter than --batch-threshold into shared zstd frames of
     /// up to SIZE bytes (0: no batching) [default: 1M].
-    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub batch_size: Option<u64>,
     /// Chunks shorter than SIZE (small files, tails) are batched
     /// [default: 256K, at most --batch-size].
-    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub batch_threshold: Option<u64>,
     /// zstd level for batch frames [default: --compression-level].
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub batch_level: Option<i32>,
     /// Reuse chunks of this bootstrap instead of storing them again.
-    #[arg(long, value_name = "BOOTSTRAP")]
     pub chunk_dict: Option<PathBuf>,
     /// Start a new blob before one would grow past SIZE.
-    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
     pub blob_size_limit: Option<u64>,
     /// Paths to prefetch, one per line, in priority order.
-    #[arg(long, value_name = "FILE")]
     pub prefetch_list: Option<PathBuf>,
     /// Show a progress bar [default: if stderr is a terminal].
-    #[arg(long, overrides_with = "no_progress")]
     pub progress: bool,
     /// Never show a progress bar.
-    #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
     /// Compression threads [default: available parallelism].
-    #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
 

@@ -437,14 +437,8 @@ fn missing_source_names_the_path() {
 }
 
 fn args(extra: &[&str]) -> Result<Options> {
-    use clap::Parser;
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        a: CreateArgs,
-    }
-    let argv = ["rafs", "src", "-o", "out"].iter().chain(extra);
-    Options::from_args(&Cli::try_parse_from(argv).expect("parse").a)
+    let argv: Vec<&str> = ["src", "-o", "out"].iter().chain(extra).copied().collect();
+    Options::from_args(&crate::cli::tool_args::parse_create(&argv).expect("parse"))
 }
 
 #[test]

@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use clap::Subcommand;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use rafs_format::FormatError;
@@ -47,15 +46,14 @@ use crate::image::{Image, ImageError};
 use crate::util::human_bytes;
 
 /// Arguments of `rafs cache`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct CacheArgs {
     /// The cache subcommand.
-    #[command(subcommand)]
     pub command: CacheCommand,
 }
 
 /// `rafs cache` subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Debug)]
 pub enum CacheCommand {
     /// Re-hash every ready chunk against the bootstraps; clear bad ones.
     Verify(VerifyArgs),
@@ -66,38 +64,33 @@ pub enum CacheCommand {
 }
 
 /// Arguments of `rafs cache verify`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct VerifyArgs {
     /// The cache directory.
     pub dir: PathBuf,
     /// A bootstrap whose blobs to verify (repeatable).
-    #[arg(long = "bootstrap", value_name = "BOOTSTRAP", required = true)]
     pub bootstraps: Vec<PathBuf>,
 }
 
 /// Arguments of `rafs cache ls`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct LsArgs {
     /// The cache directory.
     pub dir: PathBuf,
     /// Mark which blobs these bootstraps use (repeatable).
-    #[arg(long = "bootstrap", value_name = "BOOTSTRAP")]
     pub bootstraps: Vec<PathBuf>,
     /// Print JSON instead of a table.
-    #[arg(long)]
     pub json: bool,
 }
 
 /// Arguments of `rafs cache gc`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct GcArgs {
     /// The cache directory.
     pub dir: PathBuf,
     /// A bootstrap whose blobs to keep (repeatable; at least one).
-    #[arg(long = "bootstrap", value_name = "BOOTSTRAP", required = true)]
     pub bootstraps: Vec<PathBuf>,
     /// Print what would be removed, remove nothing.
-    #[arg(long)]
     pub dry_run: bool,
 }
 

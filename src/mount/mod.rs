@@ -1,6 +1,6 @@
 //! `rafs mount`: serve an image read-only over FUSE, in the foreground.
 //!
-//! Lifecycle: resolve the settings ([`config`]), open the image and the
+//! Lifecycle: given the resolved settings ([`config`]), open the image and the
 //! backend, check the mountpoint (a stale FUSE mount left by a dead daemon
 //! gets its own error and the command that clears it), bind the API socket,
 //! mount (fuser's handshake completes before we go on), then print exactly
@@ -23,7 +23,7 @@
 pub mod config;
 pub mod prefetch;
 
-pub use config::{MountArgs, MountConfig, PrefetchSource};
+pub use config::{default_threads, MountConfig, PrefetchSource};
 
 use crate::api::{Api, ApiError, ApiServer, Control, ControlError, StatusInfo};
 use crate::backend::url::UrlError;
@@ -228,12 +228,15 @@ fn tune_malloc() {
     }
 }
 
-/// Entry point of `rafs mount`.
-pub fn run(args: &MountArgs) -> anyhow::Result<ExitCode> {
+/// Whether this process may ask for `suid` and `dev` (is root).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Entry point of `rafs mount`, with its resolved settings.
+pub fn run(cfg: &MountConfig) -> anyhow::Result<ExitCode> {
     tune_malloc();
-    let is_root = nix::unistd::geteuid().is_root();
-    let cfg = MountConfig::resolve(args, is_root)?;
-    serve(&cfg, is_root)?;
+    serve(cfg, is_root())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,23 +5,24 @@
 //! It drives the same engine as a mount's background prefetch
 //! ([`Fetcher::prefetch`]): single flight across processes through the
 //! cache's span locks (a mount reading the same cache never fetches a frame
-//! twice with it), coalesced range requests, `--jobs` background workers
-//! and an optional `--bandwidth` token bucket. The work is planned first
+//! twice with it), coalesced range requests, `--prefetch-threads`
+//! background workers and an optional `--prefetch-bandwidth` token bucket. The work is planned first
 //! (a missing path fails before a byte is fetched); after the run the
 //! committer is flushed and each planned frame is looked up in the cache
-//! bitmaps. The fetcher keeps no frame in memory here (`memory_bytes` 0),
+//! bitmaps. The flags are parsed in `crate::cli::prefetch_args`, into a
+//! [`PrefetchJob`]. The fetcher keeps no frame in memory here (`memory_bytes` 0),
 //! so "cached" can only mean "on disk". The command succeeds only if every
 //! planned frame is there.
 
 use super::{list, plan_entries, PlanError};
-use crate::backend::args::BackendArgs;
 use crate::backend::url::{BackendUrl, UrlError};
+use crate::backend::BackendOptions;
 use crate::cache::CacheError;
 use crate::fetch::index::FrameIndex;
 use crate::fetch::prefetch::{Plan, Progress, Report};
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::image::{Image, ImageError};
-use crate::util::{human_bytes, parse_duration, parse_size};
+use crate::util::human_bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
@@ -32,8 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Background workers when `--jobs` is not given.
-const DEFAULT_JOBS: usize = 4;
+/// Background workers when `--prefetch-threads` is not given.
+pub const DEFAULT_PREFETCH_THREADS: usize = 4;
 
 /// How long to wait for the committer to write the last frames.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -41,64 +42,42 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Failures listed at most in the text summary (all are in `--json`).
 const SHOW_FAILURES: usize = 10;
 
-/// Arguments of `rafs prefetch`.
-#[derive(Debug, clap::Args)]
-#[command(group(
-    clap::ArgGroup::new("work").required(true).multiple(true).args(["paths", "list", "all"])
-))]
-#[command(group(
-    clap::ArgGroup::new("source").required(true).args(["blobs", "backend"])
-))]
-pub struct PrefetchArgs {
+/// A `rafs prefetch` run, resolved (the CLI layer builds it from flags).
+#[derive(Debug, Clone)]
+pub struct PrefetchJob {
     /// The image's bootstrap.
     pub bootstrap: PathBuf,
     /// Paths inside the image (leading `/` optional); directories are
     /// prefetched recursively.
-    #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Also prefetch the paths of a list file (one path per line, optional
-    /// tab and byte ranges, as `rafs mount --record-access` writes).
-    #[arg(long, value_name = "FILE")]
+    /// Also prefetch the paths of this list file.
     pub list: Option<PathBuf>,
     /// Prefetch every chunk of the image.
-    #[arg(long, conflicts_with_all = ["paths", "list"])]
     pub all: bool,
-    /// Blobs are files named by their sha256 hex in DIR.
-    #[arg(long, value_name = "DIR")]
-    pub blobs: Option<PathBuf>,
-    /// Where blobs live, as a URL (as for `rafs mount`).
-    #[arg(long, value_name = "URL")]
-    pub backend: Option<String>,
-    /// The cache directory to fill (the `--cache-dir` of the mounts).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: PathBuf,
-    /// Keep the disk cache under SIZE; the run stops when it is reached.
-    #[arg(long, value_name = "SIZE")]
-    pub cache_size: Option<String>,
-    /// Backend requests in flight at most [default: 4].
-    #[arg(long, value_name = "N")]
-    pub jobs: Option<usize>,
-    /// Bandwidth limit, e.g. 50MiB/s, 10M or 500K/s (binary units).
-    #[arg(long, value_name = "RATE")]
-    pub bandwidth: Option<String>,
-    /// Give up on a frame that has not arrived after 4 x DURATION (plus
-    /// the time the bandwidth limit needs) [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub read_timeout: Option<String>,
-    /// Print what would be fetched and what is already cached; fetch
-    /// nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print the summary as a JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Never show a progress bar (it is shown only when stderr is a
-    /// terminal).
-    #[arg(long)]
-    pub no_progress: bool,
+    /// Where blobs live.
+    pub backend: BackendUrl,
     /// Network backend settings.
-    #[command(flatten)]
-    pub net: BackendArgs,
+    pub backend_options: BackendOptions,
+    /// Engine settings; `cache_dir` is the directory to fill (required),
+    /// `prefetch_threads` and `prefetch_bandwidth` drive the run, and
+    /// `read_timeout` is stretched by the time the bandwidth limit needs.
+    pub fetch: FetchConfig,
+    /// Print the plan and what is cached; fetch nothing.
+    pub dry_run: bool,
+    /// Print the summary as JSON on stdout.
+    pub json: bool,
+    /// Never show a progress bar.
+    pub no_progress: bool,
+}
+
+/// The engine defaults of `rafs prefetch`: no frame kept in memory (so
+/// "cached" means on disk), [`DEFAULT_PREFETCH_THREADS`] workers.
+pub fn default_config() -> FetchConfig {
+    FetchConfig {
+        memory_bytes: 0,
+        prefetch_threads: DEFAULT_PREFETCH_THREADS,
+        ..FetchConfig::default()
+    }
 }
 
 /// Why `rafs prefetch` failed.
@@ -127,90 +106,25 @@ pub enum PrefetchError {
     Incomplete(String),
 }
 
-/// The settings of the flags, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Settings {
-    jobs: usize,
-    bandwidth: Option<u64>,
-    cache_limit: Option<u64>,
-    read_timeout: Duration,
-}
-
-/// Parses a bandwidth like `50MiB/s`, `10M` or `500K/s` into bytes per
-/// second (binary units; the `/s` is optional; zero is refused).
-pub fn parse_bandwidth(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let t = match lower.strip_suffix("/s") {
-        Some(_) => &t[..t.len() - 2],
-        None => t,
-    };
-    let n = parse_size(t).map_err(|e| format!("--bandwidth: {e}"))?;
-    if n == 0 {
-        return Err("--bandwidth must be positive".into());
-    }
-    Ok(n)
-}
-
-impl Settings {
-    fn of(a: &PrefetchArgs) -> Result<Settings, PrefetchError> {
-        let jobs = a.jobs.unwrap_or(DEFAULT_JOBS);
-        if jobs == 0 {
-            return Err(PrefetchError::Flag("--jobs must be at least 1".into()));
-        }
-        let bandwidth = a
-            .bandwidth
-            .as_deref()
-            .map(parse_bandwidth)
-            .transpose()
-            .map_err(PrefetchError::Flag)?;
-        let cache_limit = a
-            .cache_size
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(|e| PrefetchError::Flag(format!("--cache-size: {e}")))?;
-        let read_timeout = match &a.read_timeout {
-            Some(t) => parse_duration(t)
-                .map_err(|e| PrefetchError::Flag(format!("--read-timeout: {e}")))?,
-            None => FetchConfig::default().read_timeout,
-        };
-        if read_timeout.is_zero() {
-            return Err(PrefetchError::Flag(
-                "--read-timeout must be positive".into(),
-            ));
-        }
-        Ok(Settings {
-            jobs,
-            bandwidth,
-            cache_limit,
-            read_timeout,
-        })
-    }
-
+impl PrefetchJob {
     /// The fetch configuration for a plan of `bytes` stored bytes: the
     /// engine gives each window of frames 4 x `read_timeout`, which a slow
     /// bandwidth limit alone could exceed, so the time the limit needs for
     /// the whole plan is added (a limit is honoured, not a failure).
-    fn fetch_config(&self, cache_dir: PathBuf, bytes: u64) -> FetchConfig {
-        let throttle = self.bandwidth.map_or(Duration::ZERO, |r| {
+    fn fetch_config(&self, bytes: u64) -> FetchConfig {
+        let throttle = self.fetch.prefetch_bandwidth.map_or(Duration::ZERO, |r| {
             Duration::from_secs_f64(bytes as f64 / r as f64)
         });
         FetchConfig {
-            cache_dir: Some(cache_dir),
-            cache_limit: self.cache_limit,
-            memory_bytes: 0,
-            read_timeout: self.read_timeout.saturating_add(throttle),
-            prefetch_threads: self.jobs,
-            prefetch_bandwidth: self.bandwidth,
-            ..FetchConfig::default()
+            read_timeout: self.fetch.read_timeout.saturating_add(throttle),
+            ..self.fetch.clone()
         }
     }
 }
 
 /// The frames of the work named by the flags. `f` only plans: any fetcher
 /// over the same image gives the same frame numbers.
-fn plan(a: &PrefetchArgs, f: &Fetcher, image: &Image) -> Result<Plan, PrefetchError> {
+fn plan(a: &PrefetchJob, f: &Fetcher, image: &Image) -> Result<Plan, PrefetchError> {
     let b = image.bootstrap().map_err(|source| ImageError::Format {
         path: a.bootstrap.clone(),
         source,
@@ -236,24 +150,17 @@ fn plan(a: &PrefetchArgs, f: &Fetcher, image: &Image) -> Result<Plan, PrefetchEr
 }
 
 /// Entry point of `rafs prefetch`.
-pub fn run(a: &PrefetchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: &PrefetchJob) -> anyhow::Result<ExitCode> {
     run_checked(a)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_checked(a: &PrefetchArgs) -> Result<(), PrefetchError> {
-    let settings = Settings::of(a)?;
-    let url = match (&a.blobs, &a.backend) {
-        (Some(dir), _) => BackendUrl::from_dir(dir),
-        (None, Some(u)) => BackendUrl::parse(u)?,
-        (None, None) => return Err(PrefetchError::Flag("no --blobs or --backend given".into())),
-    };
-    let opts = a
-        .net
-        .options()
-        .map_err(|e| PrefetchError::Flag(format!("--request-timeout: {e}")))?;
+fn run_checked(a: &PrefetchJob) -> Result<(), PrefetchError> {
+    if a.fetch.cache_dir.is_none() {
+        return Err(PrefetchError::Flag("--cache-dir is required".into()));
+    }
     let image = Arc::new(Image::open(&a.bootstrap)?);
-    let backend = url.open(&opts)?;
+    let backend = a.backend.open(&a.backend_options)?;
     let metrics = Arc::new(crate::fs::Metrics::default());
     // A planner without cache or workers to speak of: the real fetcher's
     // deadlines depend on the plan's size.
@@ -266,7 +173,7 @@ fn run_checked(a: &PrefetchArgs) -> Result<(), PrefetchError> {
     let planner = Fetcher::new(image.clone(), backend.clone(), planner_cfg, metrics.clone())?;
     let plan = plan(a, &planner, &image)?;
     drop(planner);
-    let cfg = settings.fetch_config(a.cache_dir.clone(), plan.bytes);
+    let cfg = a.fetch_config(plan.bytes);
     let fetcher = Fetcher::new(image.clone(), backend, cfg, metrics.clone())?;
     let sizes = FrameSizes::of(&image, &a.bootstrap)?;
     if a.dry_run {
@@ -371,7 +278,7 @@ impl ChunkCounter {
 
 /// A bar of stored bytes with the chunk count as its message; hidden with
 /// `--no-progress`, `--json`, or when stderr is not a terminal.
-fn progress_bar(a: &PrefetchArgs, plan: &Plan) -> ProgressBar {
+fn progress_bar(a: &PrefetchJob, plan: &Plan) -> ProgressBar {
     if a.no_progress || a.json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -388,7 +295,7 @@ fn progress_bar(a: &PrefetchArgs, plan: &Plan) -> ProgressBar {
 }
 
 /// `--dry-run`: the plan and how much of it is cached already.
-fn dry_run(a: &PrefetchArgs, f: &Fetcher, plan: &Plan, sizes: &FrameSizes) {
+fn dry_run(a: &PrefetchJob, f: &Fetcher, plan: &Plan, sizes: &FrameSizes) {
     let (mut frames, mut chunks, mut bytes) = (0u64, 0u64, 0u64);
     for &(b, fi) in &plan.frames {
         if f.frame_cached(b, fi) {
@@ -527,103 +434,41 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: PrefetchArgs,
-    }
-
-    fn parse(argv: &[&str]) -> Result<PrefetchArgs, clap::Error> {
-        let mut v = vec!["prefetch"];
-        v.extend_from_slice(argv);
-        Cmd::try_parse_from(v).map(|c| c.args)
-    }
 
     #[test]
-    fn prefetch_bandwidth_units() {
-        assert_eq!(parse_bandwidth("50MiB/s"), Ok(50 << 20));
-        assert_eq!(parse_bandwidth("10M"), Ok(10 << 20));
-        assert_eq!(parse_bandwidth("500K/s"), Ok(500 << 10));
-        assert_eq!(parse_bandwidth("2mib/S"), Ok(2 << 20));
-        assert_eq!(parse_bandwidth("1"), Ok(1));
-        assert_eq!(parse_bandwidth(" 64KiB/s "), Ok(64 << 10));
-        for bad in ["0", "0K/s", "fast", "/s", "", "10X/s", "-1M"] {
-            assert!(parse_bandwidth(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn prefetch_work_and_source_are_required() {
-        let base = ["/b", "--cache-dir", "/c"];
-        let with = |extra: &[&str]| {
-            let mut v = base.to_vec();
-            v.extend_from_slice(extra);
-            parse(&v)
-        };
-        assert!(with(&["--blobs", "/d"]).is_err(), "no work");
-        assert!(with(&["--all"]).is_err(), "no source");
-        assert!(with(&["--all", "--blobs", "/d", "--backend", "file:///d"]).is_err());
-        assert!(
-            with(&["/x", "--all", "--blobs", "/d"]).is_err(),
-            "paths and --all"
-        );
-        assert!(with(&["--list", "/l", "--all", "--blobs", "/d"]).is_err());
-        assert!(
-            parse(&["/b", "/x", "--blobs", "/d"]).is_err(),
-            "no --cache-dir"
-        );
-        let a = with(&["/x", "y", "--list", "/l", "--blobs", "/d"]).unwrap();
-        assert_eq!(a.paths, [PathBuf::from("/x"), PathBuf::from("y")]);
-        let s = Settings::of(&a).unwrap();
-        assert_eq!(s.jobs, DEFAULT_JOBS);
-        assert_eq!(s.bandwidth, None);
-        assert!(with(&["--all", "--blobs", "/d"]).is_ok());
-    }
-
-    #[test]
-    fn prefetch_settings() {
-        let a = parse(&[
-            "/b",
-            "--all",
-            "--blobs",
-            "/d",
-            "--cache-dir",
-            "/c",
-            "--jobs",
-            "2",
-            "--bandwidth",
-            "1MiB/s",
-            "--cache-size",
-            "64M",
-            "--read-timeout",
-            "2s",
-        ])
-        .unwrap();
-        let s = Settings::of(&a).unwrap();
-        assert_eq!(
-            s,
-            Settings {
-                jobs: 2,
-                bandwidth: Some(1 << 20),
-                cache_limit: Some(64 << 20),
+    fn read_timeout_stretches_with_the_bandwidth_limit() {
+        let job = PrefetchJob {
+            bootstrap: "/b".into(),
+            paths: Vec::new(),
+            list: None,
+            all: true,
+            backend: BackendUrl::File("/d".into()),
+            backend_options: BackendOptions::default(),
+            fetch: FetchConfig {
+                cache_dir: Some("/c".into()),
                 read_timeout: Duration::from_secs(2),
-            }
-        );
-        // 10 MiB at 1 MiB/s: ten more seconds of patience.
-        let cfg = s.fetch_config(PathBuf::from("/c"), 10 << 20);
-        assert_eq!(cfg.read_timeout, Duration::from_secs(12));
-        assert_eq!(cfg.prefetch_threads, 2);
-        assert_eq!(cfg.memory_bytes, 0);
-        assert_eq!(cfg.cache_limit, Some(64 << 20));
-        let bad = |flag: &str, v: &str| {
-            let a = parse(&["/b", "--all", "--blobs", "/d", "--cache-dir", "/c", flag, v]).unwrap();
-            Settings::of(&a).unwrap_err().to_string()
+                prefetch_bandwidth: Some(1 << 20),
+                ..default_config()
+            },
+            dry_run: false,
+            json: false,
+            no_progress: false,
         };
-        assert!(bad("--jobs", "0").contains("--jobs"));
-        assert!(bad("--bandwidth", "0").contains("--bandwidth"));
-        assert!(bad("--cache-size", "lots").contains("--cache-size"));
-        assert!(bad("--read-timeout", "0s").contains("--read-timeout"));
+        // 10 MiB at 1 MiB/s: ten more seconds of patience.
+        let cfg = job.fetch_config(10 << 20);
+        assert_eq!(cfg.read_timeout, Duration::from_secs(12));
+        assert_eq!(cfg.prefetch_threads, DEFAULT_PREFETCH_THREADS);
+        assert_eq!(cfg.memory_bytes, 0);
+        let unlimited = PrefetchJob {
+            fetch: FetchConfig {
+                prefetch_bandwidth: None,
+                ..job.fetch.clone()
+            },
+            ..job
+        };
+        assert_eq!(
+            unlimited.fetch_config(10 << 20).read_timeout,
+            Duration::from_secs(2)
+        );
     }
 }

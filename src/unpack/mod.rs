@@ -30,18 +30,16 @@ use std::process::ExitCode;
 use thiserror::Error;
 
 /// Arguments of `rafs unpack`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct UnpackArgs {
     /// The bootstrap.
     pub bootstrap: PathBuf,
     /// Directory holding the blobs, named by their sha256 hex.
-    #[arg(long)]
     pub blobs: PathBuf,
     /// Destination: a directory (created if missing, must be empty), or
     /// with --tar a file path or `-` for stdout.
     pub dest: PathBuf,
     /// Write a PAX tar archive instead of restoring into a directory.
-    #[arg(long)]
     pub tar: bool,
 }
 

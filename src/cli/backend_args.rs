@@ -3,7 +3,8 @@
 //! [`BackendOptions`]. Environment fallbacks are applied by the backends
 //! themselves, so a library user gets them too.
 
-use super::BackendOptions;
+use super::fetch_args::SettingError;
+use crate::backend::BackendOptions;
 use crate::util::parse_duration;
 use std::path::PathBuf;
 
@@ -52,10 +53,11 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     /// The options these flags give (defaults for the rest).
-    pub fn options(&self) -> Result<BackendOptions, String> {
+    pub fn options(&self) -> Result<BackendOptions, SettingError> {
         let mut o = BackendOptions::default();
         if let Some(t) = &self.request_timeout {
-            o.request_timeout = parse_duration(t)?;
+            o.request_timeout = parse_duration(t)
+                .map_err(|e| SettingError(format!("--request-timeout: {e}")))?;
         }
         o.proxy.clone_from(&self.proxy);
         o.registry_user.clone_from(&self.registry_user);

@@ -1,6 +1,17 @@
 //! Command-line interface: parses arguments and dispatches to the
-//! subsystems. Each subcommand's arguments are defined next to the code that
-//! implements it.
+//! subsystems. This is the only module that knows clap: each subcommand's
+//! flags are defined here and turned into the plain settings of the module
+//! that implements it (engine settings into [`FetchConfig`] and
+//! [`BackendOptions`], one flag name per setting for every command).
+//!
+//! [`FetchConfig`]: crate::fetch::FetchConfig
+//! [`BackendOptions`]: crate::backend::BackendOptions
+
+pub mod backend_args;
+pub mod fetch_args;
+pub mod mount_args;
+pub mod prefetch_args;
+pub mod tool_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,22 +32,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image (bootstrap + blobs) from a directory or tar stream.
-    Create(crate::builder::CreateArgs),
+    Create(tool_args::CreateArgs),
     /// Describe an image: summary, tree, a file's chunks.
-    Inspect(crate::inspect::InspectArgs),
+    Inspect(tool_args::InspectArgs),
     /// Validate an image, and with --blobs every chunk of data.
-    Check(crate::check::CheckArgs),
+    Check(tool_args::CheckArgs),
     /// Restore an image's tree into a directory or a tar stream.
-    Unpack(crate::unpack::UnpackArgs),
+    Unpack(tool_args::UnpackArgs),
     /// Serve an image read-only over FUSE, in the foreground.
-    Mount(Box<crate::mount::MountArgs>),
+    Mount(Box<mount_args::MountArgs>),
     /// Inspect, verify and clean a cache directory.
-    Cache(crate::cache::tools::CacheArgs),
+    Cache(tool_args::CacheArgs),
     /// Show a running mount's metrics (over its API socket).
-    Stats(crate::stats::StatsArgs),
+    Stats(tool_args::StatsArgs),
     /// Fill a cache directory with an image's data (paths, a list, or all)
     /// ahead of mounts.
-    Prefetch(Box<crate::prefetch::cli::PrefetchArgs>),
+    Prefetch(Box<prefetch_args::PrefetchArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -60,22 +71,26 @@ fn init_logging(verbose: u8) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let result = match &cli.command {
-        Command::Create(a) => crate::builder::run(a),
-        Command::Inspect(a) => crate::inspect::run(a),
-        Command::Check(a) => crate::check::run(a),
-        Command::Unpack(a) => crate::unpack::run(a),
-        Command::Mount(a) => crate::mount::run(a),
-        Command::Cache(a) => crate::cache::tools::run(a),
-        Command::Stats(a) => crate::stats::run(a),
-        Command::Prefetch(a) => crate::prefetch::cli::run(a),
-    };
-    match result {
+    match dispatch(&cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rafs: {}", render(&e));
             error_code(&cli.command)
         }
+    }
+}
+
+/// Runs the command.
+fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Create(a) => crate::builder::run(&a.into()),
+        Command::Inspect(a) => crate::inspect::run(&a.into()),
+        Command::Check(a) => crate::check::run(&a.into()),
+        Command::Unpack(a) => crate::unpack::run(&a.into()),
+        Command::Mount(a) => crate::mount::run(&a.resolve(crate::mount::is_root())?),
+        Command::Cache(a) => crate::cache::tools::run(&a.into()),
+        Command::Stats(a) => crate::stats::run(&a.into()),
+        Command::Prefetch(a) => crate::prefetch::cli::run(&a.to_job()?),
     }
 }
 
@@ -123,5 +138,43 @@ mod tests {
         // A cause the message does not contain is still shown.
         let e = anyhow::Error::from(std::io::Error::other("disk on fire")).context("reading blob");
         assert_eq!(render(&e), "reading blob: disk on fire");
+    }
+
+    /// Rust files under `dir`, recursively.
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// Only the CLI layer knows clap: the engine and the commands'
+    /// implementations take plain settings, so the blob manager (or any
+    /// library user) can drive them without it.
+    #[test]
+    fn clap_only_in_the_cli_layer() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&root, &mut files);
+        assert!(files.len() > 20, "{} files under {}", files.len(), root.display());
+        let mut offenders = Vec::new();
+        for f in &files {
+            let rel = f.strip_prefix(&root).unwrap();
+            if rel.starts_with("cli") || rel == std::path::Path::new("main.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                if code.contains("clap::") || code.contains("use clap") {
+                    offenders.push(format!("{}:{}: {}", rel.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "clap outside src/cli/:\n{}", offenders.join("\n"));
     }
 }
