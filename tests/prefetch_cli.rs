@@ -2,7 +2,7 @@
 //! - a prefetched directory is served by a mount whose server is gone,
 //!   while a file outside it fails with EIO;
 //! - a second run fetches nothing (no request reaches the server);
-//! - `--bandwidth` is honoured from above and not grossly undershot;
+//! - `--prefetch-bandwidth` is honoured from above and not grossly undershot;
 //! - a prefetch racing a mount on one cache dir fetches each frame once
 //!   across both processes, and the cache verifies;
 //! - usage: a missing path, no work, `--dry-run`.
@@ -188,7 +188,7 @@ fn bandwidth_limit_is_honoured() {
         &img,
         &nginx.url,
         &cache,
-        &["--all", "--bandwidth", "2MiB/s", "--json"],
+        &["--all", "--prefetch-bandwidth", "2MiB/s", "--json"],
     )
     .ok();
     let wall = t0.elapsed().as_secs_f64();
@@ -240,9 +240,9 @@ fn prefetch_racing_a_mount_fetches_each_frame_once() {
             &cache2,
             "--all",
             "--json",
-            "--bandwidth",
+            "--prefetch-bandwidth",
             "1MiB/s",
-            "--jobs",
+            "--prefetch-threads",
             "1"
         ];
         common::rafs(&a)

@@ -56,8 +56,8 @@ impl BackendArgs {
     pub fn options(&self) -> Result<BackendOptions, SettingError> {
         let mut o = BackendOptions::default();
         if let Some(t) = &self.request_timeout {
-            o.request_timeout = parse_duration(t)
-                .map_err(|e| SettingError(format!("--request-timeout: {e}")))?;
+            o.request_timeout =
+                parse_duration(t).map_err(|e| SettingError(format!("--request-timeout: {e}")))?;
         }
         o.proxy.clone_from(&self.proxy);
         o.registry_user.clone_from(&self.registry_user);

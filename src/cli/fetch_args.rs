@@ -267,7 +267,11 @@ mod tests {
             fetch_threads: Some(0),
             ..ReadArgs::default()
         };
-        assert!(r.to_config(FetchConfig::default()).unwrap_err().0.contains("--fetch-threads"));
+        assert!(r
+            .to_config(FetchConfig::default())
+            .unwrap_err()
+            .0
+            .contains("--fetch-threads"));
     }
 
     #[test]
@@ -295,7 +299,17 @@ mod tests {
         assert_eq!(parse_rate(" 4096 "), Ok(4096));
         assert_eq!(parse_rate("1KB/s"), Ok(1024));
         assert_eq!(parse_rate(" 64KiB/s "), Ok(64 << 10));
-        for bad in ["0", "0/s", "0K/s", "fast", "/s", "", "10X/s", "-1M", "5 parsecs"] {
+        for bad in [
+            "0",
+            "0/s",
+            "0K/s",
+            "fast",
+            "/s",
+            "",
+            "10X/s",
+            "-1M",
+            "5 parsecs",
+        ] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
     }

@@ -160,7 +160,12 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = Vec::new();
         rust_files(&root, &mut files);
-        assert!(files.len() > 20, "{} files under {}", files.len(), root.display());
+        assert!(
+            files.len() > 20,
+            "{} files under {}",
+            files.len(),
+            root.display()
+        );
         let mut offenders = Vec::new();
         for f in &files {
             let rel = f.strip_prefix(&root).unwrap();
@@ -175,6 +180,10 @@ mod tests {
                 }
             }
         }
-        assert!(offenders.is_empty(), "clap outside src/cli/:\n{}", offenders.join("\n"));
+        assert!(
+            offenders.is_empty(),
+            "clap outside src/cli/:\n{}",
+            offenders.join("\n")
+        );
     }
 }

@@ -374,7 +374,8 @@ mod tests {
 
     #[test]
     fn flags_only() {
-        let c = merge_of(args(&["/b", "/m", "--blobs", "/blobs", "--threads", "3"]),
+        let c = merge_of(
+            args(&["/b", "/m", "--blobs", "/blobs", "--threads", "3"]),
             FileConfig::default(),
             false,
         )
@@ -386,7 +387,8 @@ mod tests {
         assert_eq!(c.chunk_cache_bytes, 16 << 20);
         assert_eq!(c.api_socket, None);
         assert!(!c.allow_other);
-        let root = merge_of(args(&["/b", "/m", "--backend", "file:///x"]),
+        let root = merge_of(
+            args(&["/b", "/m", "--backend", "file:///x"]),
             FileConfig::default(),
             true,
         )
@@ -418,7 +420,8 @@ mod tests {
         assert!(!c.allow_other);
 
         let f = file("blobs = '/fileblobs'\nthreads = 8\nchunk-cache-size = 1024\n").unwrap();
-        let c = merge_of(args(&[
+        let c = merge_of(
+            args(&[
                 "/b",
                 "/m",
                 "--backend",
@@ -666,7 +669,11 @@ mod tests {
             .collect();
         let mut flags: Vec<String> = Cmd::command()
             .get_arguments()
-            .filter_map(|a| a.get_long().map(str::to_owned).or(Some(a.get_id().to_string())))
+            .filter_map(|a| {
+                a.get_long()
+                    .map(str::to_owned)
+                    .or(Some(a.get_id().to_string()))
+            })
             .filter(|l| l != "config" && !net.contains(l))
             .map(|l| l.replace('-', "_"))
             .collect();

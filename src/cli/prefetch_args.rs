@@ -65,7 +65,9 @@ impl PrefetchArgs {
         let backend = match (&self.blobs, &self.backend) {
             (Some(dir), _) => BackendUrl::from_dir(dir),
             (None, Some(u)) => BackendUrl::parse(u)?,
-            (None, None) => return Err(PrefetchError::Flag("no --blobs or --backend given".into())),
+            (None, None) => {
+                return Err(PrefetchError::Flag("no --blobs or --backend given".into()))
+            }
         };
         let fetch = self.fetch.to_config(default_config()).map_err(flag)?;
         if fetch.cache_dir.is_none() {

@@ -56,4 +56,3 @@ pub enum PrefetchSource {
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
 }
-
