@@ -8,7 +8,9 @@
 //! Relative paths in the file are relative to the file's directory.
 //! Of the network backend flags only `registry-token-realm` has a key (a
 //! string or a list); `allow-other`, `suid` and `dev` can only turn on
-//! what is off by default.
+//! what is off by default. The engine settings are the shared
+//! [`FetchArgs`] and [`ReadArgs`]: the file's values go through the same
+//! parsers as the flags'.
 
 use super::backend_args::BackendArgs;
 use super::fetch_args::{FetchArgs, ReadArgs, SettingError};
