@@ -430,14 +430,15 @@ fn an_image_claiming_a_blob_id_with_another_layout_gets_no_share_of_its_cache() 
 fn reads_of_fetched_data_do_not_wait_for_a_stalled_cache_disk() {
     use rafs::cache::io::testing::Stall;
     let work = common::tempdir();
-    // 8 files of 1 MiB in 64 KiB chunks: 128 frames, more than the
-    // committer's batch and queue together.
+    // 8 files of 1 MiB in 64 KiB chunks: 8 MiB, more than the 1 MiB the
+    // committer may fall behind by.
     let (src, bootstrap) = image(work.path(), 7, 1 << 20);
     let blobs = bootstrap.parent().unwrap().join("blobs");
     let stall = Stall::new(rafs::cache::io::real());
     let cfg = FetchConfig {
         read_timeout: Duration::from_secs(5),
         memory_bytes: 64 << 20,
+        commit_backlog: 1 << 20,
         ..cached(&work.path().join("cache"))
     };
     let backend = Arc::new(Slow {

@@ -68,6 +68,10 @@ pub struct FetchConfig {
     pub prefetch_threads: usize,
     /// Prefetch bandwidth limit, bytes per second (`None`: unlimited).
     pub prefetch_bandwidth: Option<u64>,
+    /// Fetched bytes waiting to be written to the disk cache at most: past
+    /// it (a slow or hung cache disk) on-demand frames are served but not
+    /// cached, and prefetch waits.
+    pub commit_backlog: u64,
     /// First retry delay (doubles per retry, full jitter).
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -86,6 +90,7 @@ impl Default for FetchConfig {
             concurrency: 8,
             prefetch_threads: 2,
             prefetch_bandwidth: None,
+            commit_backlog: 64 << 20,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
         }
@@ -281,6 +286,7 @@ impl Fetcher {
                     caches,
                     index.clone(),
                     cfg.cache_limit,
+                    cfg.commit_backlog,
                     metrics.clone(),
                 ));
                 let tx = store.start().map_err(|e| crate::cache::io_err(dir, e))?;
@@ -668,9 +674,10 @@ impl Fetcher {
     /// (if `commit` and the blob has a cache; `lock`, the cross-process
     /// claim on the frame, is released once its bits are set). Readers are
     /// woken before anything touches the disk, and a committer that is
-    /// behind (a slow or hung cache disk) costs an on-demand frame its
-    /// caching, never a reader its wait; the background lane waits for the
-    /// committer instead (its frames are fetched for the disk). Prefetched frames bound for the disk skip
+    /// behind by more than `commit_backlog` bytes (a slow or hung cache
+    /// disk) costs an on-demand frame its caching, never a reader its wait;
+    /// the background lane waits for room instead, up to a read timeout
+    /// (its frames are fetched for the disk). Prefetched frames bound for the disk skip
     /// the memory LRU, which belongs to on-demand reads.
     fn publish_ok(&self, blob: u32, fi: usize, frame: Arc<Frame>, commit: bool, how: Via) {
         let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
@@ -693,8 +700,18 @@ impl Fetcher {
             return;
         };
         // Readable from `pending` before the flight ends, so a reader that
-        // finds no flight finds the frame.
-        store.hold(key, frame.clone());
+        // finds no flight finds the frame. The background lane waits for
+        // room in the backlog (prefetch is for the disk, and the disk's pace
+        // is its back-pressure); an on-demand frame skips caching instead.
+        let wait = match how.background {
+            true => self.cfg.read_timeout,
+            false => Duration::ZERO,
+        };
+        if !store.try_hold(key, frame.clone(), wait) {
+            self.metrics.commits_skipped.inc();
+            self.finish(key, Ok(frame));
+            return; // the claim (`how.lock`) is dropped: nothing written
+        }
         self.finish(key, Ok(frame.clone()));
         let c = Commit {
             blob,
@@ -702,21 +719,10 @@ impl Fetcher {
             data: frame,
             lock: how.lock,
         };
-        // The background lane waits for the disk (prefetching is for the
-        // disk, and back-pressure is what throttles it); an on-demand
-        // worker never does.
-        let sent = match how.background {
-            true => tx.send(c).map_err(|e| e.into_inner()),
-            false => tx.try_send(c).map_err(|e| e.into_inner()),
-        };
-        if let Err(c) = sent {
-            // Full (or gone): drop the frame's caching, and its claim.
+        if let Err(e) = tx.send(c) {
+            // The committer is gone (shutting down): not cached.
             store.release(&key);
-            if how.background {
-                // It was kept out of the LRU for the disk's sake.
-                self.memory.put(key, c.data.clone());
-            }
-            self.metrics.commits_skipped.inc();
+            drop(e);
         }
     }
 

@@ -18,7 +18,7 @@ use super::metrics::FetchMetrics;
 use crate::backend::BlobId;
 use crate::cache::io::Storage;
 use crate::cache::{BlobCache, CacheError, Fill, MapParams, Opened, DEFAULT_GRANULARITY};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use rafs_format::layout::BlobInfo;
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,8 +27,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Frames a batch may hold before it is written.
 const BATCH: usize = 32;
-/// Frames queued for the committer at most (back-pressure on fetchers).
-const QUEUE: usize = 16;
+/// Frames fetched and waiting for the committer, with their bytes.
+#[derive(Default)]
+struct Pending {
+    frames: HashMap<Key, Arc<Frame>>,
+    bytes: u64,
+}
 
 /// A fetched, fully verified frame to write.
 pub struct Commit {
@@ -55,7 +59,9 @@ pub struct Store {
     /// Per blob index; `None` for blobs without a disk cache.
     pub caches: Vec<Option<BlobCache>>,
     index: Arc<FrameIndex>,
-    pending: Mutex<HashMap<Key, Arc<Frame>>>,
+    pending: Mutex<Pending>,
+    /// Bytes `pending` may hold at most (`FetchConfig::commit_backlog`).
+    backlog: u64,
     quota: Mutex<Quota>,
     /// `--cache-size` (also in `quota`; here to skip the stamps on hits).
     limit: Option<u64>,
@@ -136,6 +142,7 @@ impl Store {
         caches: Vec<Option<BlobCache>>,
         index: Arc<FrameIndex>,
         limit: Option<u64>,
+        backlog: u64,
         metrics: Arc<FetchMetrics>,
     ) -> Store {
         let mut quota = Quota { limit, usage: 0 };
@@ -163,6 +170,7 @@ impl Store {
             caches,
             index,
             pending: Mutex::default(),
+            backlog,
             quota: Mutex::new(quota),
             limit,
             stamps,
@@ -175,7 +183,7 @@ impl Store {
     /// Starts the committer thread; frames sent to the returned channel
     /// are written in batches. The thread ends when every sender is gone.
     pub fn start(self: &Arc<Store>) -> std::io::Result<Sender<Commit>> {
-        let (tx, rx) = bounded(QUEUE);
+        let (tx, rx) = unbounded();
         let store = self.clone();
         std::thread::Builder::new()
             .name("rafs-commit".into())
@@ -185,27 +193,43 @@ impl Store {
 
     /// A frame fetched but not yet on disk.
     pub fn pending(&self, key: &Key) -> Option<Arc<Frame>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
+        self.lock_pending().frames.get(key).cloned()
     }
 
-    /// Holds `frame` in memory until the committer has written it.
-    pub fn hold(&self, key: Key, frame: Arc<Frame>) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, frame);
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Forgets a held frame that will not be written after all.
+    /// Holds `frame` in memory until the committer has written it, if the
+    /// backlog has room for it (or is empty), waiting up to `wait` for
+    /// room. The backlog bounds the memory a slow disk can pin.
+    pub fn try_hold(&self, key: Key, frame: Arc<Frame>, wait: std::time::Duration) -> bool {
+        let len = frame.data().len() as u64;
+        let until = std::time::Instant::now() + wait;
+        loop {
+            {
+                let mut p = self.lock_pending();
+                if p.frames.is_empty() || p.bytes + len <= self.backlog {
+                    if let Some(old) = p.frames.insert(key, frame) {
+                        p.bytes -= old.data().len() as u64;
+                    }
+                    p.bytes += len;
+                    return true;
+                }
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Forgets a held frame (written, or not to be written after all).
     pub fn release(&self, key: &Key) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        let mut p = self.lock_pending();
+        if let Some(old) = p.frames.remove(key) {
+            p.bytes -= old.data().len() as u64;
+        }
     }
 
     /// Bytes the quota still allows (`None`: no limit).
@@ -216,11 +240,7 @@ impl Store {
 
     /// Whether frames are still waiting for the committer.
     pub fn busy(&self) -> bool {
-        !self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        !self.lock_pending().frames.is_empty()
     }
 
     /// Marks frame `fi` of `blob` as just used (quota LRU): one atomic
@@ -255,10 +275,9 @@ impl Store {
             }
             for (blob, commits) in by_blob {
                 self.write(blob, &commits);
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
                 for c in &commits {
                     if let Some(f) = self.index.blobs[c.blob as usize].frames.get(c.frame) {
-                        pending.remove(&(c.blob, f.coff));
+                        self.release(&(c.blob, f.coff));
                     }
                 }
             }
