@@ -29,5 +29,7 @@ pub mod inspect;
 pub mod mount;
 pub mod prefetch;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod testimage;
 pub mod unpack;
 pub mod util;
