@@ -6,7 +6,7 @@
 //! worst a violation can cause is a wrong answer or an error, except that
 //! truncation can raise SIGBUS, as with any mmap.
 //!
-//! Also here, for every command that sees an image's tree: [`walk`] (the
+//! Also here, for every command that sees an image's tree: `walk` (the
 //! tree in name order, paths rebuilt) and [`list`] (the prefetch list
 //! format).
 
