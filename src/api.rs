@@ -123,25 +123,25 @@ impl Collector for FsCollector {
             &mut e,
             "rafs_chunk_decompressions",
             "Chunks or batch frames fetched and decompressed",
-            g(&m.chunk_decompressions),
+            g(&m.chunks.chunk_decompressions),
         )?;
         counter(
             &mut e,
             "rafs_backend_bytes",
             "Bytes fetched from the backend",
-            g(&m.backend_bytes),
+            g(&m.chunks.backend_bytes),
         )?;
         counter(
             &mut e,
             "rafs_chunk_cache_hits",
             "Chunk reads served by the decompressed-chunk LRU",
-            g(&m.lru_hits),
+            g(&m.chunks.lru_hits),
         )?;
         counter(
             &mut e,
             "rafs_chunk_cache_misses",
             "Chunk reads that missed the LRU",
-            g(&m.lru_misses),
+            g(&m.chunks.lru_misses),
         )?;
         counter(
             &mut e,
@@ -424,7 +424,7 @@ mod tests {
         m.op(Op::Lookup);
         m.op(Op::Lookup);
         Metrics::add(&m.bytes_read, 4096);
-        Metrics::add(&m.lru_misses, 3);
+        Metrics::add(&m.chunks.lru_misses, 3);
         let r = get(&api, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
         assert_eq!(r.status, 200);
         let text = String::from_utf8(r.body).unwrap();

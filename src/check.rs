@@ -22,8 +22,8 @@
 use crate::backend::file::FileBackend;
 use crate::backend::BackendError;
 use crate::chunk::{fetch_chunk, FetchError};
+use crate::image::walk::{all_paths, escape};
 use crate::image::{Image, ImageError};
-use crate::unpack::walk::{all_paths, escape};
 use rafs_format::layout::ChunkInfo;
 use rafs_format::{Bootstrap, FormatError};
 use sha2::{Digest, Sha256};
@@ -478,7 +478,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unpack::testimage::{self, hello_data, TestImage};
+    use crate::testimage::{self, hello_data, TestImage};
 
     fn run_check(img: &TestImage) -> Report {
         let image = Image::open(&img.bootstrap).unwrap();

@@ -8,7 +8,7 @@
 //! - `--file PATH`: one inode's metadata and chunk list.
 //!
 //! The format stores no paths; they are rebuilt by walking the tree
-//! ([`crate::unpack::walk`]). Paths, symlink targets and xattr names are
+//! ([`crate::image::walk`]). Paths, symlink targets and xattr names are
 //! printed with [`escape`]: UTF-8 unchanged, `\` doubled, control characters
 //! and invalid bytes as `\xNN`; the same strings appear in JSON. Xattr
 //! values are printed as text when they are printable UTF-8 not starting
@@ -18,8 +18,8 @@
 //! two identical files (sharing one chunk run in the table) count twice:
 //! that is what makes `dedup_ratio` meaningful. See [`Summary`].
 
+use crate::image::walk::{all_paths, dev_split, escape, walk};
 use crate::image::{Image, ImageError};
-use crate::unpack::walk::{all_paths, dev_split, escape, walk};
 use crate::util::human_bytes;
 use rafs_format::layout::*;
 use rafs_format::{Bootstrap, FormatError};
@@ -680,7 +680,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unpack::testimage::{self, ino};
+    use crate::testimage::{self, ino};
 
     fn open(img: &testimage::TestImage) -> Image {
         Image::open(&img.bootstrap).unwrap()

@@ -1,14 +1,23 @@
 //! rafs: a lazy-loading image filesystem.
 //!
-//! The library behind the `rafs` binary, split by concern:
-//! - [`builder`]: a directory or tar stream to a bootstrap plus blobs;
-//! - [`image`]: opening and validating a bootstrap file;
+//! The library behind the `rafs` binary, in two layers (checked by
+//! `tests/layering.rs`). The engine imports nothing above it, nor clap or
+//! fuser, so every command (and a blob manager) can use it:
+//! - [`image`]: opening and validating a bootstrap file, its tree walk and
+//!   the prefetch list format;
 //! - [`backend`]: where blobs live (one trait, one file per backend);
 //! - [`cache`]: the on-disk blob cache (sparse data file, range bitmap);
 //! - [`chunk`]: stored bytes back to verified data;
+//! - [`fetch`]: the read path over backend and cache (single flight,
+//!   retries, deadlines, the background lane); [`util`]: small helpers.
+//!
+//! The front ends sit on the engine, with no import cycle between modules;
+//! the two cores, [`builder`] and [`fs`], use the engine only:
+//! - [`builder`]: a directory or tar stream to a bootstrap plus blobs;
 //! - [`fs`]: the filesystem core a mount serves (no FUSE in it);
 //! - [`fuse`], [`mount`], [`api`]: `rafs mount`: the FUSE adapter over [`fs`],
 //!   the daemon's lifecycle, and its HTTP API on a Unix socket;
+//! - [`prefetch`], [`stats`]: `rafs prefetch` and `rafs stats`;
 //! - [`inspect`], [`check`], [`unpack`]: the verification and restore tools;
 //! - [`cli`]: argument parsing and dispatch.
 //!
@@ -29,5 +38,7 @@ pub mod inspect;
 pub mod mount;
 pub mod prefetch;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod testimage;
 pub mod unpack;
 pub mod util;

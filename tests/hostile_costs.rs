@@ -323,8 +323,8 @@ fn reads_of_overlapping_batch_members() {
     assert_ratio("batch reads", tn, th);
     // Nothing is kept in memory: every read fetched (and decoded) the frame.
     use rafs::fs::Metrics;
-    assert!(Metrics::get(&mn.chunk_decompressions) >= u64::from(reads));
-    assert!(Metrics::get(&mh.chunk_decompressions) >= u64::from(reads));
+    assert!(Metrics::get(&mn.chunks.chunk_decompressions) >= u64::from(reads));
+    assert!(Metrics::get(&mh.chunks.chunk_decompressions) >= u64::from(reads));
 }
 
 /// One file of `n` raw chunks of `len` bytes; with `shared`, every chunk

@@ -20,7 +20,7 @@ use common::compare::{assert_same_tree, exclude_sockets};
 use common::faultproxy::{FaultMix, FaultProxy};
 use common::mount::Mounted;
 use common::nginx::Nginx;
-use rafs::prefetch::list;
+use rafs::image::list;
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;

@@ -463,6 +463,22 @@ fn transport(blob: &BlobId, url: &str, e: ureq::Error) -> BackendError {
     }
 }
 
+/// The origin of an http(s) URL, `scheme://host:port` in lower case with
+/// the default port filled in: what decides whether two URLs are the same
+/// server (for credentials and redirects). `None` for anything else.
+pub fn origin(url: &str) -> Option<String> {
+    let uri: ureq::http::Uri = url.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let host = uri.host().filter(|h| !h.is_empty())?.to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(default);
+    Some(format!("{scheme}://{host}:{port}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,5 +561,28 @@ mod tests {
             without_query("https://b/z?X-Amz-Signature=s"),
             "https://b/z"
         );
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            origin("https://Auth.Example/token?x=1").as_deref(),
+            Some("https://auth.example:443")
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:5000/t").as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
+        assert_eq!(origin("HTTP://h").as_deref(), Some("http://h:80"));
+        assert_eq!(
+            origin("https://h:443/a"),
+            origin("https://h/b"),
+            "default port"
+        );
+        assert_ne!(origin("http://h/"), origin("https://h/"), "scheme");
+        assert_ne!(origin("http://h:1/"), origin("http://h:2/"), "port");
+        for bad in ["ftp://h/", "h/token", "", "file:///x", "https://"] {
+            assert_eq!(origin(bad), None, "{bad}");
+        }
     }
 }

@@ -1,19 +1,28 @@
 //! `http://` / `https://`: blobs behind plain HTTP range requests (a web
 //! server's directory, a CDN, presigned URLs).
 //!
-//! Blob `hex` lives at [`BackendUrl::http_blob_url`]: the URL with `{blob}`
-//! replaced, or `/<hex>` appended. Every read is one range GET through the
-//! shared [`HttpClient`], which checks the answer strictly (`206` with a
+//! Blob `hex` lives at [`blob_url`]: the URL with `{blob}` replaced, or
+//! `/<hex>` appended. Every read is one range GET through the shared
+//! [`HttpClient`], which checks the answer strictly (`206` with a
 //! matching `Content-Range` and body length). Sizes come from a one-byte
 //! range GET and are cached for the backend's life: blobs are immutable,
 //! so a size never changes. A cached size also answers zero-length reads
 //! and refuses ranges past the end without a request.
 
 use super::client::{answer_locally, HttpClient};
-use super::url::BackendUrl;
 use super::{Backend, BackendError, BackendOptions, BlobId};
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// The URL of blob `hex` under an HTTP template: `{blob}` replaced by
+/// the id, or `/<hex>` appended when the template has no `{blob}`.
+pub fn blob_url(template: &str, hex: &str) -> String {
+    if template.contains("{blob}") {
+        template.replace("{blob}", hex)
+    } else {
+        format!("{}/{hex}", template.trim_end_matches('/'))
+    }
+}
 
 /// Blobs behind a URL template.
 #[derive(Debug)]
@@ -40,7 +49,7 @@ impl HttpBackend {
     }
 
     fn url(&self, id: &BlobId) -> String {
-        BackendUrl::http_blob_url(&self.template, &id.to_hex())
+        blob_url(&self.template, &id.to_hex())
     }
 
     fn cached_size(&self, id: &BlobId) -> Option<u64> {
@@ -87,5 +96,13 @@ mod tests {
             HttpBackend::open("ftp://h/", &opts),
             Err(BackendError::Config(_))
         ));
+        assert_eq!(
+            blob_url("https://cdn.example/blobs/", "ab"),
+            "https://cdn.example/blobs/ab"
+        );
+        assert_eq!(
+            blob_url("http://h/b/{blob}.bin?x=1", "ab"),
+            "http://h/b/ab.bin?x=1"
+        );
     }
 }

@@ -4,6 +4,10 @@
 //! A backend only reads byte ranges; verification happens above it (see
 //! [`crate::chunk`]), so a backend may be wrong or hostile without a wrong
 //! byte reaching a reader.
+//!
+//! Inside, [`url`] alone knows every backend (it selects one by scheme);
+//! the network backends share [`client`] (HTTP transport, strict answers,
+//! origins) and import neither [`url`] nor one another.
 
 pub mod client;
 pub mod file;

@@ -28,8 +28,7 @@
 pub mod auth;
 
 use self::auth::{Challenge, Clock, Credentials, SystemClock, Token};
-use super::client::{answer_locally, status_error, HttpClient};
-use super::url::origin;
+use super::client::{answer_locally, origin, status_error, HttpClient};
 use super::{Backend, BackendError, BackendOptions, BlobId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

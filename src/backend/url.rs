@@ -68,7 +68,7 @@ pub enum BackendUrl {
     /// Blobs as files in a local directory.
     File(PathBuf),
     /// Blobs over HTTP(S) range requests: `template` is the URL as given;
-    /// see [`BackendUrl::http_blob_url`].
+    /// see [`super::http::blob_url`].
     Http {
         /// The URL as given (`http://` or `https://`).
         template: String,
@@ -196,16 +196,6 @@ impl BackendUrl {
         BackendUrl::File(dir.to_owned())
     }
 
-    /// The URL of blob `hex` under an HTTP template: `{blob}` replaced by
-    /// the id, or `/<hex>` appended when the template has no `{blob}`.
-    pub fn http_blob_url(template: &str, hex: &str) -> String {
-        if template.contains("{blob}") {
-            template.replace("{blob}", hex)
-        } else {
-            format!("{}/{hex}", template.trim_end_matches('/'))
-        }
-    }
-
     /// Opens the backend. A file backend's directory must exist (a typo
     /// should fail the mount, not every read); network backends check only
     /// their configuration here, not the network.
@@ -245,22 +235,6 @@ impl std::fmt::Display for BackendUrl {
             BackendUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
-}
-
-/// The origin of an http(s) URL, `scheme://host:port` in lower case with
-/// the default port filled in: what decides whether two URLs are the same
-/// server (for credentials and redirects). `None` for anything else.
-pub fn origin(url: &str) -> Option<String> {
-    let uri: ureq::http::Uri = url.trim().parse().ok()?;
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let default = match scheme.as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let host = uri.host().filter(|h| !h.is_empty())?.to_ascii_lowercase();
-    let port = uri.port_u16().unwrap_or(default);
-    Some(format!("{scheme}://{host}:{port}"))
 }
 
 #[cfg(test)]
@@ -312,14 +286,6 @@ mod tests {
         );
         let http = BackendUrl::parse("https://cdn.example/blobs/").unwrap();
         assert_eq!(http.to_string(), "https://cdn.example/blobs/");
-        assert_eq!(
-            BackendUrl::http_blob_url("https://cdn.example/blobs/", "ab"),
-            "https://cdn.example/blobs/ab"
-        );
-        assert_eq!(
-            BackendUrl::http_blob_url("http://h/b/{blob}.bin?x=1", "ab"),
-            "http://h/b/ab.bin?x=1"
-        );
     }
 
     #[test]
@@ -367,28 +333,5 @@ mod tests {
         let opts = BackendOptions::default();
         assert!(matches!(missing.open(&opts), Err(UrlError::NotDir(_))));
         assert!(BackendUrl::parse("file:///").unwrap().open(&opts).is_ok());
-    }
-
-    #[test]
-    fn origins() {
-        assert_eq!(
-            origin("https://Auth.Example/token?x=1").as_deref(),
-            Some("https://auth.example:443")
-        );
-        assert_eq!(
-            origin("http://127.0.0.1:5000/t").as_deref(),
-            Some("http://127.0.0.1:5000")
-        );
-        assert_eq!(origin("HTTP://h").as_deref(), Some("http://h:80"));
-        assert_eq!(
-            origin("https://h:443/a"),
-            origin("https://h/b"),
-            "default port"
-        );
-        assert_ne!(origin("http://h/"), origin("https://h/"), "scheme");
-        assert_ne!(origin("http://h:1/"), origin("http://h:2/"), "port");
-        for bad in ["ftp://h/", "h/token", "", "file:///x", "https://"] {
-            assert_eq!(origin(bad), None, "{bad}");
-        }
     }
 }

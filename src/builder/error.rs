@@ -56,7 +56,7 @@ pub enum BuildError {
     },
     /// The prefetch list cannot be read.
     #[error("prefetch list: {0}")]
-    PrefetchList(#[from] crate::prefetch::list::ListError),
+    PrefetchList(#[from] crate::image::list::ListError),
     /// The chunk dictionary cannot be used.
     #[error("chunk dictionary: {0}")]
     Dict(#[from] crate::image::ImageError),

@@ -306,11 +306,11 @@ fn progress_bar(opts: &Options) -> ProgressBar {
 /// A prefetch list: `(line number, path)` pairs.
 type PrefetchLines = Vec<(usize, Vec<u8>)>;
 
-/// Reads a prefetch list (the format of [`crate::prefetch::list`], shared
+/// Reads a prefetch list (the format of [`crate::image::list`], shared
 /// with `--record-access` and `rafs prefetch --list`); the image's table
 /// holds whole files, so ranges are ignored.
 pub fn read_prefetch_list(path: &Path) -> Result<PrefetchLines> {
-    let entries = crate::prefetch::list::read(path)?;
+    let entries = crate::image::list::read(path)?;
     Ok(entries.into_iter().map(|e| (e.line, e.path)).collect())
 }
 

@@ -13,6 +13,7 @@
 
 use super::index::FrameInfo;
 use super::memory::Frame;
+use super::metrics::ChunkCounters;
 use super::{Fetcher, Via};
 use crate::backend::{BackendError, BlobId};
 use crate::cache::blobfile::SpanLock;
@@ -296,7 +297,7 @@ impl Fetcher {
                 };
             }
         };
-        crate::fs::Metrics::add(&self.fs_metrics.backend_bytes, len);
+        ChunkCounters::add(&self.counters.backend_bytes, len);
         let mut bad = Vec::new();
         let mut why = String::new();
         for (&fi, f) in job.frames.iter().zip(&frames) {
@@ -344,7 +345,7 @@ impl Fetcher {
         let chunks = b.chunks();
         let f = &bf.frames[fi];
         let rep = &chunks[f.rep as usize];
-        crate::fs::Metrics::add(&self.fs_metrics.chunk_decompressions, 1);
+        ChunkCounters::add(&self.counters.chunk_decompressions, 1);
         let data = decode_frame(rep, stored).map_err(|e| {
             self.metrics.error("decode");
             format!("frame at {}: {e}", f.coff)

@@ -1,6 +1,9 @@
-//! Prometheus metrics of the fetch layer and the disk cache, registered on
-//! the mount's API socket next to the filesystem counters. Names are part
-//! of the operator interface (`rafs stats`, dashboards): keep them stable.
+//! Metrics of the fetch layer and the disk cache. [`FetchMetrics`] are
+//! Prometheus metrics the fetcher owns, registered on the mount's API
+//! socket next to the filesystem counters; [`ChunkCounters`] are plain
+//! counters the fetcher updates for its owner (the filesystem core renders
+//! them, `rafs prefetch` reports them). Names are part of the operator
+//! interface (`rafs stats`, dashboards): keep them stable.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,7 +11,35 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the read path (relaxed atomics: each is an independent
+/// statistic). The fetcher's owner hands them in and may share them: the
+/// filesystem core renders them as `rafs_chunk_decompressions_total`,
+/// `rafs_backend_bytes_total`, `rafs_chunk_cache_hits_total` and
+/// `rafs_chunk_cache_misses_total`.
+#[derive(Debug, Default)]
+pub struct ChunkCounters {
+    /// Chunks (or batch frames) fetched from the backend and decompressed.
+    pub chunk_decompressions: AtomicU64,
+    /// Bytes fetched from the backend.
+    pub backend_bytes: AtomicU64,
+    /// Chunk reads served by the decompressed-chunk LRU.
+    pub lru_hits: AtomicU64,
+    /// Chunk reads that missed the LRU.
+    pub lru_misses: AtomicU64,
+}
+
+impl ChunkCounters {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Reads `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
 
 /// A `kind` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

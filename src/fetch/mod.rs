@@ -32,13 +32,12 @@ mod verify;
 use crate::backend::{Backend, BlobId};
 use crate::cache::{BlobCache, CacheError};
 use crate::chunk::{ChunkError, FetchError};
-use crate::fs::Metrics;
 use crate::image::Image;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use index::FrameIndex;
 use job::Job;
 use memory::{ChunkCache, Frame, Key};
-use metrics::FetchMetrics;
+use metrics::{ChunkCounters, FetchMetrics};
 use rafs_format::layout::ChunkInfo;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -244,19 +243,20 @@ pub struct Fetcher {
     streams: Vec<Mutex<(u64, u64)>>,
     cfg: FetchConfig,
     metrics: Arc<FetchMetrics>,
-    fs_metrics: Arc<Metrics>,
+    counters: Arc<ChunkCounters>,
 }
 
 impl Fetcher {
     /// A fetcher over a validated image; opens the disk caches and starts
-    /// the worker and committer threads (they end when it is dropped).
+    /// the worker and committer threads (they end when it is dropped). It
+    /// counts its reads into `counters` (shared with the caller).
     pub fn new(
         image: Arc<Image>,
         backend: Arc<dyn Backend>,
         cfg: FetchConfig,
-        fs_metrics: Arc<Metrics>,
+        counters: Arc<ChunkCounters>,
     ) -> Result<Arc<Fetcher>, CacheError> {
-        Fetcher::with_storage(image, backend, cfg, fs_metrics, crate::cache::io::real())
+        Fetcher::with_storage(image, backend, cfg, counters, crate::cache::io::real())
     }
 
     /// [`Fetcher::new`] with the disk cache's durable operations going
@@ -265,7 +265,7 @@ impl Fetcher {
         image: Arc<Image>,
         backend: Arc<dyn Backend>,
         cfg: FetchConfig,
-        fs_metrics: Arc<Metrics>,
+        counters: Arc<ChunkCounters>,
         storage: Arc<dyn crate::cache::io::Storage>,
     ) -> Result<Arc<Fetcher>, CacheError> {
         let b = image.bootstrap().map_err(|e| CacheError::Io {
@@ -321,7 +321,7 @@ impl Fetcher {
             streams: blobs.iter().map(|_| Mutex::new((u64::MAX, 0))).collect(),
             cfg,
             metrics,
-            fs_metrics,
+            counters,
         });
         let lanes = [
             ("fetch", fetcher.cfg.concurrency.max(1), rx),
@@ -346,6 +346,11 @@ impl Fetcher {
     /// The fetch and disk cache metrics.
     pub fn metrics(&self) -> &Arc<FetchMetrics> {
         &self.metrics
+    }
+
+    /// The read-path counters given to [`Fetcher::new`].
+    pub fn counters(&self) -> &Arc<ChunkCounters> {
+        &self.counters
     }
 
     /// The configuration.
@@ -436,12 +441,12 @@ impl Fetcher {
 
     fn in_memory(&self, key: &Key) -> Option<Arc<Frame>> {
         if let Some(f) = self.memory.get(key) {
-            Metrics::add(&self.fs_metrics.lru_hits, 1);
+            ChunkCounters::add(&self.counters.lru_hits, 1);
             return Some(f);
         }
         let pending = self.store.as_ref().and_then(|s| s.pending(key));
         if pending.is_none() {
-            Metrics::add(&self.fs_metrics.lru_misses, 1);
+            ChunkCounters::add(&self.counters.lru_misses, 1);
         }
         pending
     }

@@ -6,7 +6,7 @@ use crate::backend::file::FileBackend;
 use crate::backend::{Backend, BackendError, BlobId};
 use crate::fs::{FsError, RafsFs};
 use crate::image::Image;
-use crate::unpack::testimage::{ino, noise, sample, TestImage};
+use crate::testimage::{ino, noise, sample, TestImage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};

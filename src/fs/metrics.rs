@@ -1,7 +1,11 @@
 //! Counters of the filesystem core, lock-free (relaxed atomics: each is an
 //! independent statistic). The API socket renders them as Prometheus text.
+//! The counters of the read path below the core (chunk LRU, backend bytes,
+//! decompressions) are the fetcher's [`ChunkCounters`], shared here.
 
+use crate::fetch::metrics::ChunkCounters;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Operations counted by [`Metrics::op`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +58,8 @@ pub struct Metrics {
     ops: [AtomicU64; 7],
     /// Bytes returned by reads.
     pub bytes_read: AtomicU64,
-    /// Chunks (or batch frames) fetched from the backend and decompressed.
-    pub chunk_decompressions: AtomicU64,
-    /// Bytes fetched from the backend.
-    pub backend_bytes: AtomicU64,
-    /// Chunk reads served by the decompressed-chunk LRU.
-    pub lru_hits: AtomicU64,
-    /// Chunk reads that missed the LRU.
-    pub lru_misses: AtomicU64,
+    /// The fetcher's counters (the core hands them to its fetcher).
+    pub chunks: Arc<ChunkCounters>,
     /// Operations that failed with an I/O error (bad or missing data).
     pub io_errors: AtomicU64,
 }

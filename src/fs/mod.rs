@@ -203,8 +203,13 @@ impl RafsFs {
     ) -> Result<RafsFs, CacheError> {
         let image = Arc::new(image);
         let metrics: Arc<Metrics> = Arc::default();
-        let fetcher =
-            Fetcher::with_storage(image.clone(), backend, config, metrics.clone(), storage)?;
+        let fetcher = Fetcher::with_storage(
+            image.clone(),
+            backend,
+            config,
+            metrics.chunks.clone(),
+            storage,
+        )?;
         let (holes, blob_bytes) = match image.bootstrap() {
             Ok(b) => (Holes::new(b.chunks()), blob_bytes(&b)),
             Err(_) => (Holes::default(), 0),

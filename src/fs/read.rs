@@ -153,7 +153,7 @@ impl RafsFs {
 }
 
 /// Where each inode is first named, in the depth-first name order of
-/// [`crate::unpack::walk`]: (directory, index of the entry in the dirent
+/// [`crate::image::walk`]: (directory, index of the entry in the dirent
 /// table). Built by one walk, on the first data error, so that naming the
 /// file of each later error costs O(depth), not a walk of the tree.
 pub(crate) struct Names(Vec<Option<(u32, usize)>>);

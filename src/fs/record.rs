@@ -9,14 +9,14 @@
 //! and one range per file.
 //!
 //! [`Recorder::write`] turns the record into a prefetch list
-//! ([`crate::prefetch::list`]): each inode under its first path in name
+//! ([`crate::image::list`]): each inode under its first path in name
 //! order (a hardlinked file appears once), found by one walk of the tree
 //! that stops as soon as every recorded inode has a path; paths are kept,
 //! so later writes walk only for inodes they have not seen. The file is
 //! replaced atomically (a temporary file in the same directory, fsync,
 //! rename), so a reader never sees half a list.
 
-use crate::prefetch::list::{self, Entry};
+use crate::image::list::{self, Entry};
 use rafs_format::{Bootstrap, FormatError};
 use std::collections::HashMap;
 use std::io::Write;
@@ -170,7 +170,7 @@ fn find_paths(
             Stop::Format(e)
         }
     }
-    let r = crate::unpack::walk::walk(b, |v| {
+    let r = crate::image::walk::walk(b, |v| {
         if missing.remove(&v.ino) {
             paths.insert(v.ino, v.path.to_vec());
             if missing.is_empty() {

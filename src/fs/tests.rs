@@ -3,9 +3,9 @@
 
 use super::*;
 use crate::backend::file::FileBackend;
-use crate::unpack::testimage::{hello_data, ino, noise, sample, Builder, Part};
+use crate::testimage::{hello_data, ino, noise, sample, Builder, Part};
 
-fn open(t: &crate::unpack::testimage::TestImage) -> RafsFs {
+fn open(t: &crate::testimage::TestImage) -> RafsFs {
     let image = Image::open(&t.bootstrap).unwrap();
     RafsFs::new(
         image,
@@ -114,10 +114,10 @@ fn reads_match_the_data() {
     assert!(matches!(fs.read(ino::LINK, 0, 1), Err(FsError::Invalid)));
     // The second read of a chunk is an LRU hit, not a decompression.
     let m = fs.metrics();
-    let before = Metrics::get(&m.chunk_decompressions);
+    let before = Metrics::get(&m.chunks.chunk_decompressions);
     fs.read(ino::HELLO, 0, 100).unwrap();
-    assert_eq!(Metrics::get(&m.chunk_decompressions), before);
-    assert!(Metrics::get(&m.lru_hits) > 0);
+    assert_eq!(Metrics::get(&m.chunks.chunk_decompressions), before);
+    assert!(Metrics::get(&m.chunks.lru_hits) > 0);
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn holes_never_touch_a_blob() {
     let t = b.finish();
     let fs = open(&t);
     assert_eq!(fs.read(f, 12345, 4096).unwrap(), vec![0; 4096]);
-    assert_eq!(Metrics::get(&fs.metrics().backend_bytes), 0);
+    assert_eq!(Metrics::get(&fs.metrics().chunks.backend_bytes), 0);
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn error_paths_are_first_paths_in_name_order() {
     let boot = fs.image().bootstrap().unwrap();
     // The reference: the first visit of each inode in the tree walk.
     let mut want: std::collections::HashMap<u32, Vec<u8>> = Default::default();
-    crate::unpack::walk::walk(&boot, |v| {
+    crate::image::walk::walk(&boot, |v| {
         want.entry(v.ino).or_insert_with(|| v.path.to_vec());
         Ok::<(), rafs_format::FormatError>(())
     })

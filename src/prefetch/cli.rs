@@ -161,7 +161,7 @@ fn run_checked(a: &PrefetchJob) -> Result<(), PrefetchError> {
     }
     let image = Arc::new(Image::open(&a.bootstrap)?);
     let backend = a.backend.open(&a.backend_options)?;
-    let metrics = Arc::new(crate::fs::Metrics::default());
+    let metrics = Arc::new(crate::fetch::metrics::ChunkCounters::default());
     // A planner without cache or workers to speak of: the real fetcher's
     // deadlines depend on the plan's size.
     let planner_cfg = FetchConfig {
@@ -349,7 +349,7 @@ impl Outcome {
         sizes: &FrameSizes,
         report: Report,
         flushed: bool,
-        metrics: &crate::fs::Metrics,
+        metrics: &crate::fetch::metrics::ChunkCounters,
     ) -> Outcome {
         let missing = plan
             .frames
@@ -361,7 +361,7 @@ impl Outcome {
             report,
             missing,
             flushed,
-            backend_bytes: crate::fs::Metrics::get(&metrics.backend_bytes),
+            backend_bytes: crate::fetch::metrics::ChunkCounters::get(&metrics.backend_bytes),
         }
     }
 

@@ -9,7 +9,9 @@
 //! bootstrap or list repeats itself: see `Planner`.
 
 pub mod cli;
-pub mod list;
+
+/// The list format, at home in [`crate::image::list`].
+pub use crate::image::list;
 
 use crate::fetch::prefetch::Plan;
 use crate::fetch::Fetcher;
@@ -189,7 +191,7 @@ mod tests {
     use crate::fetch::FetchConfig;
     use crate::fs::RafsFs;
     use crate::image::Image;
-    use crate::unpack::testimage::{noise, Builder, Part};
+    use crate::testimage::{noise, Builder, Part};
     use std::sync::Arc;
 
     /// The plan without any sharing: each entry planned on its own

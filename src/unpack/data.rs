@@ -7,10 +7,10 @@
 //! contents, holes as zeros, for a tar entry. Neither holds more than one
 //! chunk in memory.
 
-use super::walk::escape;
 use super::UnpackError;
 use crate::backend::Backend;
 use crate::chunk::fetch_chunk;
+use crate::image::walk::escape;
 use rafs_format::layout::ChunkInfo;
 use rafs_format::Bootstrap;
 use std::fs::File;

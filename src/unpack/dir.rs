@@ -17,9 +17,9 @@
 //! are skipped with one warning instead of failing the unpack.
 
 use super::data::write_sparse;
-use super::walk::{walk, Visit};
 use super::{Stats, UnpackError};
 use crate::backend::Backend;
+use crate::image::walk::{walk, Visit};
 use filetime::FileTime;
 use nix::sys::stat::{mknod, Mode, SFlag};
 use rafs_format::layout::*;

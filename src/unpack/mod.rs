@@ -1,7 +1,7 @@
 //! `rafs unpack`: restores an image's tree, with all its metadata, into a
 //! directory or a POSIX (PAX) tar stream.
 //!
-//! Both outputs walk the tree in name order ([`walk`]) and read file data
+//! Both outputs walk the tree in name order (`crate::image::walk`) and read file data
 //! through [`crate::chunk::fetch_chunk`], so every byte written was verified
 //! against its chunk digest; a chunk that fails verification aborts the
 //! unpack with an error naming the file and the chunk. Holes are never
@@ -9,16 +9,14 @@
 //! zeros into a tar.
 //!
 //! [`dir`] restores into a directory, [`tar`] writes the archive. The tree
-//! walk and path escaping in [`walk`] are shared with `inspect` and `check`.
+//! walk and path escaping are shared with `inspect`, `check` and the
+//! filesystem core (`crate::image::walk`).
 
 mod data;
 mod dir;
 mod tar;
 #[cfg(test)]
-pub(crate) mod testimage;
-#[cfg(test)]
 mod tests;
-pub(crate) mod walk;
 
 use crate::backend::file::FileBackend;
 use crate::chunk::FetchError;
@@ -69,7 +67,7 @@ pub enum UnpackError {
     /// A data chunk could not be read or failed verification.
     #[error("{path}: chunk {index} (file offset {offset}): {source}")]
     Chunk {
-        /// Image path of the file (escaped, see [`walk::escape`]).
+        /// Image path of the file (escaped, see `crate::image::walk::escape`).
         path: String,
         /// Index of the chunk within the file.
         index: usize,

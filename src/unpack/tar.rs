@@ -16,9 +16,9 @@
 //! depend on file sizes.
 
 use super::data::FileReader;
-use super::walk::{dev_split, escape, walk, Visit};
 use super::{Stats, UnpackError};
 use crate::backend::Backend;
+use crate::image::walk::{dev_split, escape, walk, Visit};
 use rafs_format::layout::*;
 use rafs_format::{Bootstrap, FormatError};
 use std::collections::HashMap;

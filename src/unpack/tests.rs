@@ -2,10 +2,10 @@
 //! [`testimage::sample`] image. They run as root (chown, mknod, trusted.*
 //! xattrs) and need GNU tar for the tar round trip.
 
-use super::testimage::{self, hello_data, noise, Builder, Part, TestImage};
 use super::{dir, tar, UnpackError};
 use crate::backend::file::FileBackend;
 use crate::image::Image;
+use crate::testimage::{self, hello_data, noise, Builder, Part, TestImage};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

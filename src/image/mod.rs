@@ -5,6 +5,13 @@
 //! in place). Modified contents are still decoded with bounds checks, so the
 //! worst a violation can cause is a wrong answer or an error, except that
 //! truncation can raise SIGBUS, as with any mmap.
+//!
+//! Also here, for every command that sees an image's tree: `walk` (the
+//! tree in name order, paths rebuilt) and [`list`] (the prefetch list
+//! format).
+
+pub mod list;
+pub(crate) mod walk;
 
 use memmap2::Mmap;
 use rafs_format::{Bootstrap, FormatError};

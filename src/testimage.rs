@@ -1,6 +1,6 @@
 //! Test fixture: builds small images (bootstrap + one blob) directly with
-//! `rafs_format::encode`, independent of the builder, for the tests of
-//! `inspect`, `check` and `unpack`.
+//! `rafs_format::encode`, independent of the builder, for the unit tests
+//! (`fs`, `fetch`, `prefetch`, `inspect`, `check`, `unpack`).
 
 use rafs_format::layout::*;
 use rafs_format::{encode, ChunkSpec, Chunking, ImageSpec, Meta, Name, NodeKind, NodeSpec};

@@ -5,7 +5,8 @@
 //! [`walk`] visits the root (`/`), then every directory entry in pre-order,
 //! children in the (sorted) order of the directory, so a hardlinked inode is
 //! visited once per name and its first visit is its first path in that
-//! order. `inspect`, `check` and `unpack` all see the tree through it.
+//! order. `inspect`, `check`, `unpack` and the access record of the
+//! filesystem core all see the tree through it.
 //!
 //! Also here: [`escape`] and [`dev_split`], display helpers the three
 //! tools share.
