@@ -9,7 +9,8 @@
 //! - [`cache`]: the on-disk blob cache (sparse data file, range bitmap);
 //! - [`chunk`]: stored bytes back to verified data;
 //! - [`fetch`]: the read path over backend and cache (single flight,
-//!   retries, deadlines, the background lane); [`util`]: small helpers.
+//!   retries, deadlines, the background lane); [`util`]: small helpers;
+//! - [`blobmgr`]: the blob manager's wire protocol (`docs/PROTOCOL.md`).
 //!
 //! The front ends sit on the engine, with no import cycle between modules;
 //! the two cores, [`builder`] and [`fs`], use the engine only:
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod blobmgr;
 pub mod builder;
 pub mod cache;
 pub mod check;

@@ -1,6 +1,6 @@
 //! The library's layering, checked from the source text.
 //!
-//! The engine (`backend`, `cache`, `chunk`, `fetch`, `image` and the
+//! The engine (`backend`, `blobmgr`, `cache`, `chunk`, `fetch`, `image` and the
 //! `util` helpers) is what a mount, `rafs prefetch` and a blob manager all
 //! build on: it must not reach up into a front end (`fs`, `fuse`, `mount`,
 //! `api`, `cli`, `prefetch`, `stats`, `builder`, `unpack`, ...) nor use
@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Top-level modules of the engine.
-const ENGINE: &[&str] = &["backend", "cache", "chunk", "fetch", "image", "util"];
+const ENGINE: &[&str] = &[
+    "backend", "blobmgr", "cache", "chunk", "fetch", "image", "util",
+];
 
 /// The cores over the engine: they may use the engine, nothing above it.
 const CORE: &[&str] = &["fs", "builder"];

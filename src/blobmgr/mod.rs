@@ -1,0 +1,11 @@
+//! The blob manager: one process per node that owns the cache directory,
+//! fetches misses for every mount and `rafs prefetch`, and hands each
+//! client read-only file descriptors of a blob's data file and range
+//! bitmap so that cache hits need no message at all.
+//!
+//! So far this is the wire protocol only: [`protocol`] is the codec of
+//! `docs/PROTOCOL.md` (framing, handshake, messages, error codes, which
+//! message carries file descriptors). It is part of the engine: it imports
+//! no front end, clap or fuser (`tests/layering.rs`).
+
+pub mod protocol;
