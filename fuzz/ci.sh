@@ -46,7 +46,12 @@ boot=$work/out/bootstrap
 "$rafs" prefetch "$boot" --blobs "$work/out/blobs" --cache-dir "$work/cache" --all \
   --no-progress >/dev/null
 
-mkdir -p corpus/bootstrap corpus/fetch_read corpus/cache_header artifacts
+mkdir -p corpus/bootstrap corpus/fetch_read corpus/cache_header corpus/blobmgr_message artifacts
+# Blob-manager packets (docs/PROTOCOL.md): a Ping, and a CloseBlob of handle 7.
+printf 'RFBM\x01\x00\x0a\x00\0\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0' \
+  >corpus/blobmgr_message/seed-ping
+printf 'RFBM\x01\x00\x09\x00\0\0\0\0\x08\0\0\0\x02\0\0\0\0\0\0\0\x07\0\0\0\0\0\0\0' \
+  >corpus/blobmgr_message/seed-close
 cp "$boot" corpus/bootstrap/seed-create
 cp "$boot" corpus/fetch_read/seed-bootstrap
 cat "$boot" "$work"/out/blobs/* >corpus/fetch_read/seed-bootstrap-blob
