@@ -9,8 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use rafs::blobmgr::protocol::{
-    decode, encode, HEADER_SIZE, MAGIC, MAX_VERSION, OFF_BODY_LEN, OFF_FLAGS, OFF_KIND,
-    OFF_MAGIC, OFF_RESERVED, OFF_VERSION,
+    decode, encode, HEADER_SIZE, MAGIC, MAX_VERSION, OFF_BODY_LEN, OFF_FLAGS, OFF_KIND, OFF_MAGIC,
+    OFF_RESERVED, OFF_VERSION,
 };
 
 fuzz_target!(|data: &[u8]| {
