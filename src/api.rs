@@ -382,10 +382,11 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn api() -> (Api, Arc<Metrics>) {
+    /// An API over fresh metrics, for tests (here and in `server`).
+    pub(crate) fn api() -> (Api, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let status = StatusInfo {
             bootstrap: "/img/boot".into(),

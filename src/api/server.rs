@@ -460,18 +460,9 @@ impl Drop for ApiServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::StatusInfo;
-    use crate::fs::Metrics;
 
     fn api() -> Api {
-        let status = StatusInfo {
-            bootstrap: "/img/boot".into(),
-            mountpoint: "/mnt/x".into(),
-            started: Instant::now(),
-            inodes: 42,
-            blobs: 2,
-        };
-        Api::new(status, Api::registry_for(Arc::new(Metrics::default())))
+        crate::api::tests::api().0
     }
 
     fn request(path: &Path, req: &[u8]) -> String {
