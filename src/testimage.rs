@@ -206,6 +206,21 @@ impl Builder {
 
 pub(crate) use crate::util::noise;
 
+/// Polls `cond` (at once, then every millisecond) until it holds; panics
+/// naming `what` if it still does not after `timeout`. Unit tests wait for
+/// conditions with this, never with a fixed sleep (`tests/common` has the
+/// same helper for the integration tests).
+pub(crate) fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Inode numbers of [`sample`].
 pub(crate) mod ino {
     pub const ETC: u32 = 1;

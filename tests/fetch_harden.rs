@@ -248,11 +248,9 @@ fn a_read_during_a_throttled_prefetch_does_not_wait_for_it() {
             let plan = fs.fetcher().plan_all();
             fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while backend.requests.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "the prefetch never started");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::wait_until("the prefetch to start", Duration::from_secs(10), || {
+            backend.requests.load(Ordering::SeqCst) > 0
+        });
         let took = timed_read(&fs, "f02", &want);
         stop.store(true, Ordering::SeqCst);
         let report = prefetch.join().unwrap();
@@ -303,11 +301,9 @@ fn a_stopped_peer_holding_claims_does_not_stall_cold_reads() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while accepted.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the peer never sent a request");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until("the peer's request", Duration::from_secs(30), || {
+        accepted.load(Ordering::SeqCst) > 0
+    });
     let pid = nix::unistd::Pid::from_raw(peer.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
 
@@ -352,11 +348,9 @@ fn a_stopped_prefetch_reports_only_what_it_fetched() {
             let plan = fs.fetcher().plan_all();
             fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while fs.fetcher().metrics().prefetch_chunks.get() == 0 {
-            assert!(Instant::now() < deadline, "nothing prefetched");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::wait_until("a prefetched frame", Duration::from_secs(20), || {
+            fs.fetcher().metrics().prefetch_chunks.get() > 0
+        });
         stop.store(true, Ordering::SeqCst);
         run.join().unwrap()
     });

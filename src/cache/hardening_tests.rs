@@ -233,11 +233,15 @@ fn lock_span_until_gives_up_at_the_deadline_and_takes_a_released_lock() {
     assert!(took < wait * 20, "gave up late: {took:?}");
     // Released while the other waits: acquired well before the deadline.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let started = std::sync::Barrier::new(2);
     std::thread::scope(|s| {
-        let waiter = s.spawn(|| b.lock_span_until(4096, 4096, deadline).unwrap());
-        // Let the waiter reach its retry loop (not required for
-        // correctness: it takes the lock whenever it is free).
-        std::thread::sleep(Duration::from_millis(30));
+        let waiter = s.spawn(|| {
+            started.wait();
+            b.lock_span_until(4096, 4096, deadline).unwrap()
+        });
+        // Released once the waiter is about to ask (it takes the lock
+        // whenever it is free, so the exact moment does not matter).
+        started.wait();
         drop(held);
         assert!(waiter.join().unwrap().is_some());
     });
@@ -253,14 +257,11 @@ fn a_stalled_disk_blocks_commits_but_not_hits() {
     stall.block();
     std::thread::scope(|s| {
         let writer = s.spawn(|| c.commit(&[(G, &vec![2u8; G as usize])]).unwrap());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while stall.waiting() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the commit never reached the disk"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        crate::testimage::wait_until(
+            "the commit to reach the disk",
+            Duration::from_secs(10),
+            || stall.waiting() > 0,
+        );
         // The commit is stuck in its write; hits are still served.
         assert_eq!(c.read_if_ready(0, 2).unwrap(), Some(vec![1, 1]));
         assert_eq!(c.read_if_ready(G, 2).unwrap(), None);

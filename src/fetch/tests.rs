@@ -179,11 +179,9 @@ fn read_with_reader_waiting(
         arrived
             .recv_timeout(Duration::from_secs(20))
             .expect("the read sent no backend request");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !asleep(tid) {
-            assert!(Instant::now() < deadline, "the reader never waited");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        crate::testimage::wait_until("the reader to wait", Duration::from_secs(20), || {
+            asleep(tid)
+        });
         open.send(()).unwrap();
         reader.join().unwrap()
     });
