@@ -602,7 +602,7 @@ fn le<T: Into<u64>>(v: T, n: usize) -> Vec<u8> {
 
 #[test]
 fn header_offsets_match_protocol_doc() {
-    let doc = include_str!("../../docs/PROTOCOL.md");
+    let doc = include_str!("../../../docs/PROTOCOL.md");
     let all = samples();
     let b = enc(&all[7]);
     let head = [
@@ -660,7 +660,7 @@ fn header_offsets_match_protocol_doc() {
 
 #[test]
 fn body_offsets_match_protocol_doc() {
-    let doc = include_str!("../../docs/PROTOCOL.md");
+    let doc = include_str!("../../../docs/PROTOCOL.md");
     let all = samples();
     let body = |i: usize| enc(&all[i])[HEADER_SIZE..].to_vec();
     let n = check_table(
