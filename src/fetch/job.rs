@@ -164,9 +164,7 @@ impl Fetcher {
                 Ok(Some(l)) => {
                     // Another process may have cached it since the caller
                     // looked: then read it from the disk instead.
-                    if super::store::ready(cache, &cover)
-                        && self.publish_from_disk(job.blob, fi, job.background)
-                    {
+                    if self.publish_from_disk(job.blob, fi, job.background) {
                         continue;
                     }
                     locks.insert(fi, l);
@@ -230,7 +228,7 @@ impl Fetcher {
                 None
             }
         };
-        if super::store::ready(cache, &cover) && self.publish_from_disk(blob, fi, background) {
+        if self.publish_from_disk(blob, fi, background) {
             return Ok(());
         }
         Err(lock)

@@ -62,6 +62,8 @@ pub struct Store {
     pending: Mutex<Pending>,
     /// Bytes `pending` may hold at most (`FetchConfig::commit_backlog`).
     backlog: u64,
+    /// Signalled when `pending` shrinks (room in the backlog).
+    room: std::sync::Condvar,
     quota: Mutex<Quota>,
     /// `--cache-size` (also in `quota`; here to skip the stamps on hits).
     limit: Option<u64>,
@@ -171,6 +173,7 @@ impl Store {
             index,
             pending: Mutex::default(),
             backlog,
+            room: std::sync::Condvar::new(),
             quota: Mutex::new(quota),
             limit,
             stamps,
@@ -206,22 +209,22 @@ impl Store {
     pub fn try_hold(&self, key: Key, frame: Arc<Frame>, wait: std::time::Duration) -> bool {
         let len = frame.data().len() as u64;
         let until = std::time::Instant::now() + wait;
-        loop {
-            {
-                let mut p = self.lock_pending();
-                if p.frames.is_empty() || p.bytes + len <= self.backlog {
-                    if let Some(old) = p.frames.insert(key, frame) {
-                        p.bytes -= old.data().len() as u64;
-                    }
-                    p.bytes += len;
-                    return true;
-                }
-            }
-            if std::time::Instant::now() >= until {
+        let mut p = self.lock_pending();
+        while !(p.frames.is_empty() || p.bytes + len <= self.backlog) {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
                 return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            };
+            p = self
+                .room
+                .wait_timeout(p, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        if let Some(old) = p.frames.insert(key, frame) {
+            p.bytes -= old.data().len() as u64;
+        }
+        p.bytes += len;
+        true
     }
 
     /// Forgets a held frame (written, or not to be written after all).
@@ -229,6 +232,7 @@ impl Store {
         let mut p = self.lock_pending();
         if let Some(old) = p.frames.remove(key) {
             p.bytes -= old.data().len() as u64;
+            self.room.notify_all();
         }
     }
 
@@ -411,4 +415,37 @@ impl Store {
 pub fn ready(cache: &BlobCache, cover: &std::ops::Range<u64>) -> bool {
     let ranges = cache.ranges_touching(cover.start, cover.end - cover.start);
     cache.bitmap().all_ready(ranges).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn frame(n: usize) -> Arc<Frame> {
+        Arc::new(Frame::new(vec![7; n]))
+    }
+
+    #[test]
+    fn the_backlog_refuses_past_its_bytes_and_waits_for_room_when_asked() {
+        let store = Store::new(Vec::new(), Arc::default(), None, 1000, Arc::default());
+        assert!(store.try_hold((0, 0), frame(600), Duration::ZERO));
+        // Past the budget: refused at once, or after the wait.
+        assert!(!store.try_hold((0, 1), frame(600), Duration::ZERO));
+        let t0 = Instant::now();
+        assert!(!store.try_hold((0, 1), frame(600), Duration::from_millis(50)));
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        // A frame written (released) makes room for a waiter (whether it
+        // is already waiting or comes after).
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| store.try_hold((0, 1), frame(600), Duration::from_secs(20)));
+            store.release(&(0, 0));
+            assert!(waiter.join().unwrap(), "the waiter got the room");
+        });
+        assert!(store.pending(&(0, 1)).is_some());
+        assert!(store.pending(&(0, 0)).is_none());
+        // One frame larger than the whole budget still goes when alone.
+        store.release(&(0, 1));
+        assert!(store.try_hold((0, 2), frame(5000), Duration::ZERO));
+    }
 }
