@@ -201,13 +201,13 @@ fn impostor(work: &Path, victim: &Path, size: usize) -> (PathBuf, PathBuf, PathB
     claim_blob_id(&boot, &id_b, &id_a);
     let blobs = work.join("blobs-b");
     std::fs::create_dir_all(&blobs).unwrap();
-    let from = boot.parent().unwrap().join("blobs").join(hex(&id_b));
-    std::fs::copy(from, blobs.join(hex(&id_a))).unwrap();
+    let from = boot
+        .parent()
+        .unwrap()
+        .join("blobs")
+        .join(BlobId(id_b).to_hex());
+    std::fs::copy(from, blobs.join(BlobId(id_a).to_hex())).unwrap();
     (src, boot, blobs)
-}
-
-fn hex(id: &[u8; 32]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Time to read file `name` in full.
