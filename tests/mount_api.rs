@@ -132,22 +132,15 @@ fn unknown_api_path_is_a_client_error() {
 
 /// `curl` of `/status` on `socket` as uid/gid 65534.
 fn curl_as_nobody(socket: &Path) -> common::Run {
-    common::run_cmd(
-        std::ffi::OsStr::new("setpriv"),
-        args![
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--unix-socket",
-            socket,
-            "http://localhost/status"
-        ],
-        common::Input::Null,
-    )
+    common::as_nobody(args![
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--unix-socket",
+        socket,
+        "http://localhost/status"
+    ])
 }
 
 #[test]

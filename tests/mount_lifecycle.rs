@@ -221,17 +221,7 @@ fn mount_options(mnt: &Path) -> (Vec<String>, Vec<String>) {
 
 /// `cat PATH` as uid/gid 65534 with no supplementary groups.
 fn cat_as_nobody(path: &Path) -> common::Run {
-    common::run_cmd(
-        std::ffi::OsStr::new("setpriv"),
-        args![
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "cat",
-            path
-        ],
-        common::Input::Null,
-    )
+    common::as_nobody(args!["cat", path])
 }
 
 #[test]

@@ -171,6 +171,14 @@ macro_rules! args {
     };
 }
 
+/// `argv` run as uid/gid 65534 with no supplementary groups (`setpriv`),
+/// output captured: what another local user may do.
+pub fn as_nobody(argv: Vec<std::ffi::OsString>) -> Run {
+    let mut a = args!["--reuid=65534", "--regid=65534", "--clear-groups"];
+    a.extend(argv);
+    run_cmd(OsStr::new("setpriv"), a, Input::Null)
+}
+
 /// `rafs create SOURCE -o OUT extra...`, asserting success; returns the
 /// bootstrap path.
 pub fn create(source: &Path, out: &Path, extra: &[&str]) -> PathBuf {
