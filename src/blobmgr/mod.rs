@@ -3,9 +3,15 @@
 //! client read-only file descriptors of a blob's data file and range
 //! bitmap so that cache hits need no message at all.
 //!
-//! So far this is the wire protocol only: [`protocol`] is the codec of
-//! `docs/PROTOCOL.md` (framing, handshake, messages, error codes, which
-//! message carries file descriptors). It is part of the engine: it imports
-//! no front end, clap or fuser (`tests/layering.rs`).
+//! - [`protocol`]: the codec of `docs/PROTOCOL.md` (framing, handshake,
+//!   messages, error codes, which message carries file descriptors);
+//! - [`transport`]: `SOCK_SEQPACKET` sockets carrying one packet each,
+//!   with their descriptors, checked against the transport rules;
+//! - [`service`]: the seam between the connection layer and the engine.
+//!
+//! It is part of the engine: it imports no front end, clap or fuser
+//! (`tests/layering.rs`).
 
 pub mod protocol;
+pub mod service;
+pub mod transport;
