@@ -10,7 +10,9 @@
 //! - [`chunk`]: stored bytes back to verified data;
 //! - [`fetch`]: the read path over backend and cache (single flight,
 //!   retries, deadlines, the background lane); [`util`]: small helpers;
-//! - [`blobmgr`]: the blob manager's wire protocol (`docs/PROTOCOL.md`).
+//! - [`blobmgr`]: the blob manager's wire protocol (`docs/PROTOCOL.md`)
+//!   and its client; [`manager`]: the blob manager daemon's engine and
+//!   connection layer.
 //!
 //! The front ends sit on the engine, with no import cycle between modules;
 //! the two cores, [`builder`] and [`fs`], use the engine only:
@@ -37,6 +39,7 @@ pub mod fs;
 pub mod fuse;
 pub mod image;
 pub mod inspect;
+pub mod manager;
 pub mod mount;
 pub mod prefetch;
 pub mod stats;

@@ -1,7 +1,7 @@
 //! The library's layering, checked from the source text.
 //!
-//! The engine (`backend`, `blobmgr`, `cache`, `chunk`, `fetch`, `image` and the
-//! `util` helpers) is what a mount, `rafs prefetch` and a blob manager all
+//! The engine (`backend`, `blobmgr`, `cache`, `chunk`, `fetch`, `image`,
+//! `manager` and the `util` helpers) is what a mount, `rafs prefetch` and a blob manager all
 //! build on: it must not reach up into a front end (`fs`, `fuse`, `mount`,
 //! `api`, `cli`, `prefetch`, `stats`, `builder`, `unpack`, ...) nor use
 //! clap or fuser. The two cores over it, the filesystem core (`fs`) and the
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules of the engine.
 const ENGINE: &[&str] = &[
-    "backend", "blobmgr", "cache", "chunk", "fetch", "image", "util",
+    "backend", "blobmgr", "cache", "chunk", "fetch", "image", "manager", "util",
 ];
 
 /// The cores over the engine: they may use the engine, nothing above it.

@@ -6,12 +6,12 @@
 //! - [`protocol`]: the codec of `docs/PROTOCOL.md` (framing, handshake,
 //!   messages, error codes, which message carries file descriptors);
 //! - [`transport`]: `SOCK_SEQPACKET` sockets carrying one packet each,
-//!   with their descriptors, checked against the transport rules;
-//! - [`service`]: the seam between the connection layer and the engine.
+//!   with their descriptors, checked against the transport rules.
 //!
-//! It is part of the engine: it imports no front end, clap or fuser
-//! (`tests/layering.rs`).
+//! This is the wire and the client side; the daemon (its engine and
+//! connection layer) is [`crate::manager`], which builds on `fetch`, while
+//! `fetch` uses the client here. It is part of the engine: it imports no
+//! front end, clap or fuser (`tests/layering.rs`).
 
 pub mod protocol;
-pub mod service;
 pub mod transport;

@@ -1,12 +1,12 @@
 //! The seam between the manager's connection layer and its engine.
 //!
-//! The connection layer ([`super::server`]) speaks the protocol: it
+//! The connection layer (`super::server`) speaks the protocol: it
 //! authenticates peers, decodes packets, keeps each connection's handle
 //! table and sends replies. Everything it does with a blob goes through a
-//! [`BlobService`]: the node's engine ([`super::engine`]) in the daemon, a
+//! [`BlobService`]: the node's engine (`super::engine`) in the daemon, a
 //! fake in the connection layer's tests.
 
-use super::protocol::{ErrorCode, FetchFrame, FrameStatus, Lane, UsedRange};
+use crate::blobmgr::protocol::{ErrorCode, FetchFrame, FrameStatus, Lane, UsedRange};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
