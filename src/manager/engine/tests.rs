@@ -437,3 +437,76 @@ fn descriptors_are_read_only_and_the_held_files() {
     let b = s.blob.cache.data().file().metadata().unwrap();
     assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
 }
+
+#[test]
+fn a_frame_larger_than_the_quota_is_no_space() {
+    let s = setup(1, |c| c.cache_limit = Some(1000));
+    let st = fetch(&s, Lane::OnDemand, s.tb.frames.clone(), LONG);
+    assert_eq!(st, vec![FrameStatus::NoSpace]);
+    assert!(!ready(&s, &s.tb.frames[0]));
+    assert_eq!(s.engine.status().usage, 0);
+}
+
+#[test]
+fn a_joiner_with_other_digests_is_checked_against_the_cache() {
+    let s = Arc::new(setup(1, |_| {}));
+    s.fake.close_gate();
+    let f = s.tb.frames[0].clone();
+    let mut liar = f.clone();
+    liar.members[0].digest = [3; 32];
+    let honest = {
+        let (s, f) = (s.clone(), f.clone());
+        std::thread::spawn(move || fetch(&s, Lane::OnDemand, vec![f], LONG))
+    };
+    wait_until("the first request", LONG, || s.fake.count() == 1);
+    let lying = {
+        let s = s.clone();
+        std::thread::spawn(move || fetch(&s, Lane::OnDemand, vec![liar], LONG))
+    };
+    wait_until("the join", LONG, || s.engine.metrics().joined.get() == 1);
+    s.fake.open_gate();
+    assert_eq!(honest.join().unwrap(), vec![FrameStatus::Ready]);
+    assert_eq!(lying.join().unwrap(), vec![FrameStatus::Corrupt]);
+    assert_eq!(s.fake.count(), 1, "one flight for both");
+    assert_eq!(s.engine.metrics().reverify_mismatches.get(), 1);
+}
+
+#[test]
+fn ready_ranges_of_earlier_runs_count_and_go_first() {
+    let s = setup(8, |_| {});
+    let st = fetch(&s, Lane::OnDemand, s.tb.frames[..4].to_vec(), LONG);
+    assert_eq!(st, vec![FrameStatus::Ready; 4]);
+    let dir = s.engine.dir.clone();
+    let (tb, fake) = (s.tb, s.fake.clone());
+    drop((s.engine, s.blob, s.data_fd));
+    let limit = 5 * u64::from(ULEN);
+    let cfg = FetchConfig {
+        cache_dir: Some(dir),
+        cache_limit: Some(limit),
+        retry_base: Duration::from_millis(1),
+        ..FetchConfig::default()
+    };
+    let engine = Engine::new(cfg, fake).unwrap();
+    let opened = engine
+        .open(&open_req(tb.data.len() as u64, [7; 16]))
+        .unwrap();
+    assert_eq!(engine.status().usage, 4 * u64::from(ULEN));
+    let s = Setup {
+        _dir: s._dir,
+        engine,
+        fake: s.fake,
+        blob: opened.blob,
+        tb,
+        data_fd: opened.data,
+    };
+    // A frame of the old run, re-checked: now a frame of its own.
+    let st = fetch(&s, Lane::OnDemand, vec![s.tb.frames[3].clone()], LONG);
+    assert_eq!(st, vec![FrameStatus::Ready]);
+    assert_eq!(s.engine.status().usage, 4 * u64::from(ULEN));
+    let st = fetch(&s, Lane::OnDemand, s.tb.frames[4..6].to_vec(), LONG);
+    assert_eq!(st, vec![FrameStatus::Ready; 2]);
+    wait_until("eviction", LONG, || s.engine.status().usage <= limit);
+    assert!(!ready(&s, &s.tb.frames[0]), "the old run went first");
+    assert!(ready(&s, &s.tb.frames[3]) && ready(&s, &s.tb.frames[5]));
+    assert_eq!(s.engine.status().usage, 3 * u64::from(ULEN));
+}
