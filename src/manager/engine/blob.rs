@@ -105,6 +105,11 @@ impl Blob {
             Some(end) if end <= self.size && f.ulen > 0 => {}
             _ => return Err("frame outside the blob"),
         }
+        // A cover ending inside a range could never make it ready.
+        let end = self.cover(f).end;
+        if end % u64::from(self.granularity) != 0 && end != self.size {
+            return Err("cover does not end on a range boundary");
+        }
         if f.clen == 0 || f.coff.checked_add(u64::from(f.clen)).is_none() {
             return Err("bad stored span");
         }
