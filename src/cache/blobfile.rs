@@ -172,6 +172,11 @@ impl CacheFile {
             .punch_hole(&self.file, &self.path, offset, len)
             .map_err(|e| io_err(&self.path, e))
     }
+
+    /// The open data file (read-write; for `fstat` and the like).
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
 }
 
 /// An exclusive open-file-description lock on a span of a data file: the

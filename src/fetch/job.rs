@@ -14,13 +14,14 @@
 use super::index::FrameInfo;
 use super::memory::Frame;
 use super::metrics::ChunkCounters;
+use super::pace::backoff;
 use super::{Fetcher, Via};
 use crate::backend::{BackendError, BlobId};
 use crate::cache::blobfile::SpanLock;
 use crate::chunk::{decode_frame, FetchError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Attempts per frame at most (first try included).
 const MAX_ATTEMPTS: u32 = 6;
@@ -47,22 +48,6 @@ enum Outcome {
     Done,
     Retry(Vec<Left>, String),
     Fail(FetchError),
-}
-
-/// Sleep before attempt `n` (1-based retry count): base * 2^(n-1), capped,
-/// with full jitter.
-fn backoff(base: Duration, cap: Duration, n: u32) -> Duration {
-    let exp = base.saturating_mul(1 << (n - 1).min(16)).min(cap);
-    let jitter = u128::from(rand_u64()) % exp.as_nanos().max(1);
-    Duration::from_nanos(jitter as u64)
-}
-
-/// A cheap random number (jitter only; not for anything secret).
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    h.finish()
 }
 
 impl Fetcher {

@@ -23,6 +23,7 @@ pub mod index;
 mod job;
 pub mod memory;
 pub mod metrics;
+pub(crate) mod pace;
 pub mod prefetch;
 pub mod store;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use index::FrameIndex;
 use job::Job;
 use memory::{ChunkCache, Frame, Key};
 use metrics::{ChunkCounters, FetchMetrics};
+use pace::Bucket;
 use rafs_format::layout::ChunkInfo;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -116,39 +118,6 @@ struct Via {
     background: bool,
     /// The cross-process claim on the frame's cache span, if held.
     lock: Option<crate::cache::blobfile::SpanLock>,
-}
-
-/// A token bucket: the prefetch bandwidth limit.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u64) -> Bucket {
-        Bucket {
-            rate: rate.max(1) as f64,
-            tokens: 0.0,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes `n` bytes' worth of tokens; returns how long to wait first.
-    /// Debt is allowed (a request larger than a second's budget waits in
-    /// proportion), the burst is capped at a tenth of a second.
-    fn take(&mut self, n: u64) -> Duration {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate / 10.0);
-        self.last = now;
-        self.tokens -= n as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
 }
 
 /// Which lane owns a flight. On-demand reads never wait on the

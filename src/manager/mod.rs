@@ -3,10 +3,12 @@
 //! that serves it over the protocol of `docs/PROTOCOL.md`.
 //!
 //! - [`service`]: the seam between the connection layer and the engine.
+//! - [`engine`]: the node-wide engine (fetch, cache, quota) behind it.
 //!
 //! It builds on the engine modules (`blobmgr` for the wire, `fetch`,
 //! `cache`, `backend`) and, like them, imports no front end, clap or fuser
 //! (`tests/layering.rs`). The client side of the protocol lives in
 //! [`crate::blobmgr`], below `fetch`, which uses it.
 
+pub mod engine;
 pub mod service;
