@@ -38,7 +38,9 @@ fn answers(req: Kind, reply: Kind) -> bool {
     reply == Kind::Error
         || matches!(
             (req, reply),
-            (Kind::OpenBlob, Kind::BlobOpened) | (Kind::Fetch, Kind::FetchDone) | (Kind::Ping, Kind::Pong)
+            (Kind::OpenBlob, Kind::BlobOpened)
+                | (Kind::Fetch, Kind::FetchDone)
+                | (Kind::Ping, Kind::Pong)
         )
 }
 
@@ -149,7 +151,11 @@ impl Inner {
             let kind = p.message.kind();
             let mut st = self.lock();
             let ok = match st.slots.get_mut(&p.request_id) {
-                Some(s) if s.reply.is_none() && kind.sender() == Side::Server && answers(s.kind, kind) => {
+                Some(s)
+                    if s.reply.is_none()
+                        && kind.sender() == Side::Server
+                        && answers(s.kind, kind) =>
+                {
                     match s.abandoned {
                         true => drop(st.slots.remove(&p.request_id)),
                         false => s.reply = Some((p.message, fds)),
@@ -160,7 +166,11 @@ impl Inner {
             };
             if !ok {
                 self.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(id = p.request_id, ?kind, "blob manager: reply to no request");
+                tracing::warn!(
+                    id = p.request_id,
+                    ?kind,
+                    "blob manager: reply to no request"
+                );
                 self.drop_conn(&mut st, epoch);
                 return;
             }

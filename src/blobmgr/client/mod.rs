@@ -25,6 +25,8 @@
 
 mod conn;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 mod used;
 

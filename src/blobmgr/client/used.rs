@@ -28,7 +28,10 @@ pub(super) fn merge(v: &mut Vec<UsedRange>) {
     for r in v.drain(..) {
         match out.last_mut() {
             Some(l) if r.start <= l.start.saturating_add(l.len) => {
-                let end = l.start.saturating_add(l.len).max(r.start.saturating_add(r.len));
+                let end = l
+                    .start
+                    .saturating_add(l.len)
+                    .max(r.start.saturating_add(r.len));
                 l.len = end - l.start;
             }
             _ => out.push(r),
