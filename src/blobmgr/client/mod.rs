@@ -268,6 +268,15 @@ impl ManagerClient {
         self.inner.lock().conn.is_some()
     }
 
+    /// Waits until a connection is up or `deadline`; whether one is.
+    pub fn wait_available(&self, deadline: Instant) -> bool {
+        let mut st = self.inner.lock();
+        while st.conn.is_none() && st.gave_up.is_none() && Instant::now() < deadline {
+            st = self.inner.wait_until(st, deadline);
+        }
+        st.conn.is_some()
+    }
+
     /// Since when no connection is up (`None`: one is).
     pub fn unreachable_since(&self) -> Option<Instant> {
         self.inner.lock().down_since
