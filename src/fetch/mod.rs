@@ -25,6 +25,8 @@ pub mod memory;
 pub mod metrics;
 pub mod prefetch;
 mod remote;
+#[cfg(test)]
+mod remote_tests;
 pub mod store;
 #[cfg(test)]
 mod tests;

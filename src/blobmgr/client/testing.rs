@@ -2,7 +2,7 @@
 //! manager mode: it listens on a temporary socket, answers Hello and
 //! OpenBlob (with `O_RDONLY` descriptors of a real cache it keeps in its
 //! own directory) and hands every Fetch to a test-chosen behaviour, which
-//! may fill the cache, answer, stay silent, or drop the connection.
+//! may fill the cache, answer, or drop the connection.
 
 use crate::backend::BlobId;
 use crate::blobmgr::protocol::{FetchFrame, FrameStatus, Message, Packet, FRAME_ZSTD};
@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 pub(crate) enum Answer {
     /// Reply FetchDone with these statuses.
     Done(Vec<FrameStatus>),
-    /// Never reply.
-    Silent,
     /// Drop the connection without replying.
     Drop,
 }
@@ -32,7 +30,6 @@ pub(crate) type OnFetch = dyn Fn(&BlobCache, &[FetchFrame], u64) -> Answer + Sen
 /// A running fake manager.
 pub(crate) struct Fake {
     pub(crate) socket: PathBuf,
-    pub(crate) dir: PathBuf,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<Arc<Conn>>>>,
     /// Every packet received (Hello included).
@@ -83,7 +80,6 @@ impl Fake {
         });
         Fake {
             socket: socket.to_path_buf(),
-            dir: dir.to_path_buf(),
             stop,
             conns,
             log,
@@ -184,7 +180,6 @@ impl Ctx {
                     let cache = &handles[handle as usize];
                     match (self.on_fetch)(cache, &frames, n) {
                         Answer::Done(status) => reply(Message::FetchDone { status }, &[]),
-                        Answer::Silent => {}
                         Answer::Drop => {
                             self.conn.shutdown();
                             return;
