@@ -298,3 +298,30 @@ fn a_manager_restarting_within_the_deadline_costs_no_read() {
     let _fake = restart.join().unwrap();
     assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn prefetch_through_the_manager_fills_its_cache_in_the_prefetch_lane() {
+    use crate::blobmgr::protocol::{Lane, Message};
+    let w = World::new();
+    let fake = w.fake(w.filling());
+    let (fs, backend) = w.fs(Fallback::Fetch, long(), long());
+    let f = fs.fetcher();
+    let plan = f.plan_all();
+    assert!(!plan.frames.is_empty());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let report = f.prefetch(&plan, &stop, &mut |_| {});
+    assert!(report.failed.is_empty());
+    assert!(plan.frames.iter().all(|&(b, fi)| f.frame_cached(b, fi)));
+    let lanes =
+        |lane: Lane| fake.count(|m| matches!(m, Message::Fetch { lane: l, .. } if *l == lane));
+    assert!(lanes(Lane::Prefetch) > 0);
+    assert_eq!(lanes(Lane::OnDemand), 0);
+    drop(fs);
+    // A later mount reads it all with no backend request and no Fetch.
+    let before = fake.fetches.load(Ordering::SeqCst);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0, "the manager fetched");
+    let (fs, backend) = w.fs(Fallback::Fetch, long(), long());
+    w.assert_tree(&fs);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(fake.fetches.load(Ordering::SeqCst), before);
+}
