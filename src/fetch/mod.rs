@@ -14,6 +14,10 @@
 //!    `max_request` bytes; a fixed pool of `concurrency` workers runs the
 //!    requests ([`job`]: retries, backoff, verification, disk writes).
 //!
+//! With a blob manager (`FetchConfig::manager`, `--blob-manager`) the
+//! disk cache is the manager's, read through read-only descriptors, and
+//! misses are sent to it instead of the backend ([`remote`]).
+//!
 //! Every read has a deadline (`read_timeout`, default 30 s): a reader
 //! waits for its frames at most until then and fails with
 //! [`FetchError::Timeout`] (EIO), whatever the backend does. The request

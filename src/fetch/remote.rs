@@ -61,8 +61,11 @@ pub(super) struct Remote {
 
 /// What a miss does when the manager cannot fill its frames.
 enum Route {
-    /// Fetch from the backend into memory.
+    /// Fetch from the backend into memory (a fallback: counted).
     Direct,
+    /// The blob has no cache (not cacheable, or refused by the manager):
+    /// from the backend into memory, as without a manager.
+    Uncached,
     /// Fail the frames.
     Fail(FetchError),
 }
@@ -131,17 +134,20 @@ impl Remote {
         deadline: Instant,
         metrics: &super::metrics::FetchMetrics,
     ) -> Result<ClientBlobId, Route> {
-        let b = self.blobs.get(blob as usize).ok_or(Route::Direct)?;
-        let req = b.req.ok_or(Route::Direct)?;
+        let b = self.blobs.get(blob as usize).ok_or(Route::Uncached)?;
+        let req = b.req.ok_or(Route::Uncached)?;
+        if let Some(o) = b.opened.get() {
+            return o.as_ref().map(|o| o.0).ok_or(Route::Uncached);
+        }
         let _g = b.opening.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(o) = b.opened.get() {
-            return o.as_ref().map(|o| o.0).ok_or(Route::Direct);
+            return o.as_ref().map(|o| o.0).ok_or(Route::Uncached);
         }
         let refuse = |why: String| {
             metrics.manager_refused_blobs.inc();
             tracing::warn!(blob = %req.blob, "served without the cache: {why}");
             let _ = b.opened.set(None);
-            Route::Direct
+            Route::Uncached
         };
         let opened = match self.client.open_blob(req, deadline) {
             Ok(o) => o,
@@ -313,6 +319,7 @@ impl Fetcher {
                     .inc_by(job.frames.len() as u64);
                 self.fetch_run(job, HashMap::new());
             }
+            Route::Uncached => self.fetch_run(job, HashMap::new()),
             Route::Fail(e) => {
                 if matches!(e, FetchError::Timeout(_)) {
                     self.metrics.read_timeouts.inc();

@@ -319,7 +319,11 @@ fn prefetch_through_the_manager_fills_its_cache_in_the_prefetch_lane() {
     drop(fs);
     // A later mount reads it all with no backend request and no Fetch.
     let before = fake.fetches.load(Ordering::SeqCst);
-    assert_eq!(backend.requests.load(Ordering::SeqCst), 0, "the manager fetched");
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        0,
+        "the manager fetched"
+    );
     let (fs, backend) = w.fs(Fallback::Fetch, long(), long());
     w.assert_tree(&fs);
     assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
