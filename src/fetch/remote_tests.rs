@@ -114,6 +114,21 @@ impl World {
         grace: Duration,
         timeout: Duration,
     ) -> (RafsFs, Arc<Counting>) {
+        self.fs_with(
+            fallback,
+            grace,
+            timeout,
+            FetchConfig::default().memory_bytes,
+        )
+    }
+
+    fn fs_with(
+        &self,
+        fallback: Fallback,
+        grace: Duration,
+        timeout: Duration,
+        memory_bytes: usize,
+    ) -> (RafsFs, Arc<Counting>) {
         let backend = Arc::new(Counting {
             inner: FileBackend::new(&self.blobs),
             requests: AtomicU64::new(0),
@@ -126,6 +141,7 @@ impl World {
             }),
             readahead: 0,
             read_timeout: timeout,
+            memory_bytes,
             ..FetchConfig::default()
         };
         let image = Image::open(&self.bootstrap).unwrap();
@@ -304,13 +320,15 @@ fn prefetch_through_the_manager_fills_its_cache_in_the_prefetch_lane() {
     use crate::blobmgr::protocol::{Lane, Message};
     let w = World::new();
     let fake = w.fake(w.filling());
-    let (fs, backend) = w.fs(Fallback::Fetch, long(), long());
+    // As `rafs prefetch`: no memory cache, the manager's disk is the target.
+    let (fs, backend) = w.fs_with(Fallback::Fetch, long(), long(), 0);
     let f = fs.fetcher();
     let plan = f.plan_all();
     assert!(!plan.frames.is_empty());
     let stop = std::sync::atomic::AtomicBool::new(false);
     let report = f.prefetch(&plan, &stop, &mut |_| {});
-    assert!(report.failed.is_empty());
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(report.stopped.is_none(), "{report:?}");
     assert!(plan.frames.iter().all(|&(b, fi)| f.frame_cached(b, fi)));
     let lanes =
         |lane: Lane| fake.count(|m| matches!(m, Message::Fetch { lane: l, .. } if *l == lane));
