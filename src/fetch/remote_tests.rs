@@ -347,3 +347,29 @@ fn prefetch_through_the_manager_fills_its_cache_in_the_prefetch_lane() {
     assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
     assert_eq!(fake.fetches.load(Ordering::SeqCst), before);
 }
+
+#[test]
+fn a_blob_the_manager_refuses_is_served_without_the_cache() {
+    let w = World::new();
+    // Another image holds the blob's cache with another layout.
+    let image = Image::open(&w.bootstrap).unwrap();
+    let b = image.bootstrap().unwrap();
+    let blob = &b.blobs()[0];
+    let p = crate::cache::MapParams::new(BlobId(blob.id), blob.uncompressed_size.get(), 4096)
+        .unwrap()
+        .with_layout([0xee; 16]);
+    crate::cache::BlobCache::open(&w.cache(), p).unwrap();
+    let fake = w.fake(w.filling());
+    let (fs, backend) = w.fs(Fallback::Fetch, long(), long());
+    w.assert_tree(&fs);
+    let m = fs.fetcher().metrics();
+    assert_eq!(m.manager_refused_blobs.get(), 1);
+    assert_eq!(m.manager_requests.get(), 0);
+    assert_eq!(
+        m.manager_fallbacks.get(),
+        0,
+        "not a fallback: no cache for it"
+    );
+    assert!(backend.requests.load(Ordering::SeqCst) > 0);
+    assert_eq!(fake.fetches.load(Ordering::SeqCst), 0);
+}

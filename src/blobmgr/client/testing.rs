@@ -167,7 +167,16 @@ impl Ctx {
                     layout,
                     granularity,
                 } => {
-                    let (cache, data, map) = self.open(blob_id, blob_size, layout, granularity);
+                    let Some((cache, data, map)) =
+                        self.open(blob_id, blob_size, layout, granularity)
+                    else {
+                        let m = Message::Error {
+                            code: crate::blobmgr::protocol::ErrorCode::LayoutConflict,
+                            message: "held with another layout".into(),
+                        };
+                        reply(m, &[]);
+                        continue;
+                    };
                     handles.push(cache.clone());
                     let m = Message::BlobOpened {
                         handle: handles.len() as u32 - 1,
@@ -198,19 +207,21 @@ impl Ctx {
         size: u64,
         layout: [u8; 16],
         g: u32,
-    ) -> (Arc<BlobCache>, OwnedFd, OwnedFd) {
+    ) -> Option<(Arc<BlobCache>, OwnedFd, OwnedFd)> {
         let id = BlobId(blob);
         let mut caches = self.caches.lock().unwrap();
-        let cache = caches
-            .entry(id)
-            .or_insert_with(|| {
+        let cache = match caches.get(&id) {
+            Some(c) => c.clone(),
+            None => {
                 let p = MapParams::new(id, size, g).unwrap().with_layout(layout);
-                Arc::new(BlobCache::open(&self.dir, p).unwrap().0)
-            })
-            .clone();
+                let c = Arc::new(BlobCache::open(&self.dir, p).ok()?.0);
+                caches.insert(id, c.clone());
+                c
+            }
+        };
         let data = std::fs::File::open(crate::cache::blobfile::data_path(&self.dir, &id)).unwrap();
         let map = std::fs::File::open(crate::cache::bitmap::map_path(&self.dir, &id)).unwrap();
-        (cache, data.into(), map.into())
+        Some((cache, data.into(), map.into()))
     }
 }
 
