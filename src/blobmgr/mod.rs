@@ -13,5 +13,6 @@
 //! `fetch` uses the client here. It is part of the engine: it imports no
 //! front end, clap or fuser (`tests/layering.rs`).
 
+pub mod client;
 pub mod protocol;
 pub mod transport;

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapMut, MmapOptions};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -340,7 +340,7 @@ fn check_expected(h: &MapHeader, expect: &MapParams) -> Result<(), ResetReason> 
 /// there is no non-atomic access to race with. The mapping is never
 /// borrowed mutably (no `DerefMut` on `map`).
 pub struct RangeBitmap {
-    map: MmapMut,
+    map: Mapping,
     /// The descriptor the map was opened or created through (the shared
     /// `flock` of [`super::BlobCache`] is taken on it, not on the path).
     file: File,
@@ -348,6 +348,26 @@ pub struct RangeBitmap {
     words: usize,
     path: PathBuf,
     storage: Arc<dyn Storage>,
+}
+
+/// The mapping of a map file: writable (the owner of the cache) or
+/// read-only (descriptors handed over by a blob manager, opened
+/// `O_RDONLY`: a store into such a mapping would fault, so every mutator
+/// refuses with [`CacheError::ReadOnly`] before touching it).
+enum Mapping {
+    /// `PROT_READ | PROT_WRITE`, shared.
+    Rw(MmapMut),
+    /// `PROT_READ`, shared.
+    Ro(Mmap),
+}
+
+impl Mapping {
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            Mapping::Rw(m) => m.as_ptr(),
+            Mapping::Ro(m) => m.as_ptr(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RangeBitmap {
@@ -500,13 +520,78 @@ impl RangeBitmap {
             unsafe { MmapOptions::new().len(len).map_mut(&file) }.map_err(|e| io_err(&path, e))?;
         let words = (len - MAP_BITS_OFFSET) / 8;
         Ok(RangeBitmap {
-            map,
+            map: Mapping::Rw(map),
             file,
             params,
             words,
             path,
             storage,
         })
+    }
+
+    /// A read-only map over `file` (a descriptor opened `O_RDONLY`, as a
+    /// blob manager hands out), checked against `expect` with
+    /// [`check_header`]: a valid map for another layout is
+    /// [`CacheError::LayoutConflict`], any other doubt
+    /// [`CacheError::BadMap`]. Nothing is ever reset or written: every
+    /// mutator of the result fails with [`CacheError::ReadOnly`].
+    pub fn from_fd(
+        file: File,
+        expect: MapParams,
+        path: PathBuf,
+    ) -> Result<RangeBitmap, CacheError> {
+        let meta = file.metadata().map_err(|e| io_err(&path, e))?;
+        if !meta.is_file() {
+            return Err(CacheError::BadMap(ResetReason::NotRegular));
+        }
+        let len = meta.len();
+        let mut head = [0u8; MAP_HEADER_SIZE];
+        let n = usize::try_from(len)
+            .unwrap_or(MAP_HEADER_SIZE)
+            .min(MAP_HEADER_SIZE);
+        file.read_exact_at(&mut head[..n], 0)
+            .map_err(|e| io_err(&path, e))?;
+        match check_header(&head[..n], len, &expect) {
+            Ok(()) => {}
+            Err(ResetReason::Layout { found, expected }) => {
+                return Err(CacheError::LayoutConflict {
+                    blob: expect.blob,
+                    found,
+                    expected,
+                })
+            }
+            Err(reason) => return Err(CacheError::BadMap(reason)),
+        }
+        let len = usize::try_from(expect.file_len()).map_err(|_| CacheError::TooLarge {
+            blob_size: expect.blob_size,
+        })?;
+        // SAFETY: see the mmap contract on `RangeBitmap`: the file's length
+        // was just checked to be `len` (header + live block + words), and
+        // map files are never truncated or rewritten in place. The mapping
+        // is read-only; nothing here ever stores into it.
+        let map =
+            unsafe { MmapOptions::new().len(len).map(&file) }.map_err(|e| io_err(&path, e))?;
+        Ok(RangeBitmap {
+            map: Mapping::Ro(map),
+            file,
+            params: expect,
+            words: (len - MAP_BITS_OFFSET) / 8,
+            path,
+            storage: io::real(),
+        })
+    }
+
+    /// Whether this map is read-only ([`RangeBitmap::from_fd`]).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.map, Mapping::Ro(_))
+    }
+
+    /// The writable mapping, or [`CacheError::ReadOnly`].
+    fn writable(&self) -> Result<&MmapMut, CacheError> {
+        match &self.map {
+            Mapping::Rw(m) => Ok(m),
+            Mapping::Ro(_) => Err(CacheError::ReadOnly),
+        }
     }
 
     /// The descriptor of the map file.
@@ -569,10 +654,13 @@ impl RangeBitmap {
     /// Bumps the generation (`SeqCst`) and returns the new value. Done by
     /// [`RangeBitmap::clear`] and [`RangeBitmap::clear_ranges`] before they
     /// clear anything.
-    pub fn bump_generation(&self) -> u64 {
-        self.generation_word()
+    /// Fails with [`CacheError::ReadOnly`] on a read-only map.
+    pub fn bump_generation(&self) -> Result<u64, CacheError> {
+        self.writable()?;
+        Ok(self
+            .generation_word()
             .fetch_add(1, Ordering::SeqCst)
-            .wrapping_add(1)
+            .wrapping_add(1))
     }
 
     /// Whether range `range`'s bytes are in the data file. `Acquire` pairs
@@ -599,6 +687,7 @@ impl RangeBitmap {
     /// Sets range `range`'s bit. Only after its bytes were made durable
     /// (see [`super::BlobCache::commit`]). Returns whether it was clear.
     pub fn mark_ready(&self, range: u64) -> Result<bool, CacheError> {
+        self.writable()?;
         let (w, bit) = self.locate(range)?;
         Ok(self.words()[w].fetch_or(bit, Ordering::Release) & bit == 0)
     }
@@ -606,6 +695,7 @@ impl RangeBitmap {
     /// Clears range `range`'s bit, bumping the generation first. Not
     /// durable until flushed.
     pub fn clear(&self, range: u64) -> Result<(), CacheError> {
+        self.writable()?;
         self.locate(range)?;
         self.clear_ranges(range..range + 1)
     }
@@ -613,11 +703,12 @@ impl RangeBitmap {
     /// Clears the bits of `ranges` (bounds checked first), bumping the
     /// generation once before the first. Not durable until flushed.
     pub fn clear_ranges(&self, ranges: Range<u64>) -> Result<(), CacheError> {
+        self.writable()?;
         if ranges.is_empty() {
             return Ok(());
         }
         self.locate(ranges.end - 1)?;
-        self.bump_generation();
+        self.bump_generation()?;
         for r in ranges {
             let (w, bit) = self.locate(r)?;
             self.words()[w].fetch_and(!bit, Ordering::SeqCst);
@@ -635,13 +726,15 @@ impl RangeBitmap {
 
     /// Writes the bits back to the file (`msync(MS_SYNC)`) and waits.
     pub fn flush(&self) -> Result<(), CacheError> {
+        let map = self.writable()?;
         self.storage
-            .msync(&self.map, &self.path, 0, self.map.len())
+            .msync(map, &self.path, 0, map.len())
             .map_err(|e| io_err(&self.path, e))
     }
 
     /// Like [`RangeBitmap::flush`], for the words holding `ranges` only.
     pub fn flush_ranges(&self, ranges: Range<u64>) -> Result<(), CacheError> {
+        let map = self.writable()?;
         if ranges.is_empty() {
             return Ok(());
         }
@@ -650,7 +743,7 @@ impl RangeBitmap {
         let start = MAP_BITS_OFFSET + first * 8;
         let len = (last - first + 1) * 8;
         self.storage
-            .msync(&self.map, &self.path, start, len)
+            .msync(map, &self.path, start, len)
             .map_err(|e| io_err(&self.path, e))
     }
 }

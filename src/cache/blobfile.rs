@@ -38,6 +38,10 @@ pub struct CacheFile {
     size: u64,
     path: PathBuf,
     storage: Arc<dyn Storage>,
+    /// Opened from a descriptor a blob manager handed over
+    /// ([`CacheFile::from_fd`]): writes, syncs, punches and span locks are
+    /// refused with [`CacheError::ReadOnly`].
+    read_only: bool,
 }
 
 /// `DIR/<blob hex>.data`. The hex comes from a [`BlobId`], never from a string.
@@ -104,8 +108,37 @@ impl CacheFile {
             size,
             path,
             storage,
+            read_only: false,
         };
         Ok((cache, state))
+    }
+
+    /// A read-only data file over `file` (an `O_RDONLY` descriptor from a
+    /// blob manager): it must be a regular file `size` bytes long
+    /// ([`CacheError::BadData`]). Every mutator fails with
+    /// [`CacheError::ReadOnly`].
+    pub fn from_fd(file: File, size: u64, path: PathBuf) -> Result<CacheFile, CacheError> {
+        let meta = file.metadata().map_err(|e| io_err(&path, e))?;
+        if !meta.is_file() || meta.len() != size {
+            return Err(CacheError::BadData {
+                found: meta.is_file().then_some(meta.len()),
+                expected: size,
+            });
+        }
+        Ok(CacheFile {
+            file: Arc::new(file),
+            size,
+            path,
+            storage: io::real(),
+            read_only: true,
+        })
+    }
+
+    fn writable(&self) -> Result<(), CacheError> {
+        match self.read_only {
+            true => Err(CacheError::ReadOnly),
+            false => Ok(()),
+        }
     }
 
     /// The blob's uncompressed size (the file's length).
@@ -126,6 +159,7 @@ impl CacheFile {
 
     /// Writes `data` at `offset`. Not durable until [`CacheFile::sync`].
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), CacheError> {
+        self.writable()?;
         self.check(offset, data.len() as u64)?;
         self.storage
             .write_at(&self.file, &self.path, offset, data)
@@ -155,6 +189,7 @@ impl CacheFile {
     /// `fdatasync`: everything written so far (and the block allocation
     /// needed to read it back) is on stable storage when this returns.
     pub fn sync(&self) -> Result<(), CacheError> {
+        self.writable()?;
         self.storage
             .sync_data(&self.file, &self.path)
             .map_err(|e| io_err(&self.path, e))
@@ -164,6 +199,7 @@ impl CacheFile {
     /// they read as zeros afterwards. The caller clears and flushes the bits
     /// first (see [`super::BlobCache::punch`]).
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), CacheError> {
+        self.writable()?;
         self.check(offset, len)?;
         if len == 0 {
             return Ok(());
@@ -214,6 +250,7 @@ impl CacheFile {
     /// held, `None` if another open file description (another process)
     /// holds part of it.
     pub fn try_lock_span(&self, start: u64, len: u64) -> Result<Option<SpanLock>, CacheError> {
+        self.writable()?;
         self.check(start, len)?;
         let fl = flock_of(libc::F_WRLCK, start, len);
         loop {
@@ -242,6 +279,7 @@ impl CacheFile {
         len: u64,
         deadline: Instant,
     ) -> Result<Option<SpanLock>, CacheError> {
+        self.writable()?;
         let mut pause = LOCK_POLL.0;
         loop {
             if let Some(l) = self.try_lock_span(start, len)? {

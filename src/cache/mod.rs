@@ -48,6 +48,8 @@ mod crash_tests;
 mod hardening_tests;
 pub mod io;
 #[cfg(test)]
+mod readonly_tests;
+#[cfg(test)]
 mod tests;
 pub mod tools;
 
@@ -118,6 +120,23 @@ pub enum CacheError {
         /// The layout asked for.
         expected: [u8; 16],
     },
+    /// A mutator called on a read-only cache ([`BlobCache::from_fds`]):
+    /// refused before anything is touched.
+    #[error("the cache is read-only (opened from a blob manager's descriptors)")]
+    ReadOnly,
+    /// A map handed over as a descriptor is not one for the expected blob
+    /// (it is never reset: it is not ours).
+    #[error("map descriptor refused: {0}")]
+    BadMap(ResetReason),
+    /// A data file handed over as a descriptor is not a regular file of
+    /// the blob's size.
+    #[error("data descriptor refused: {found:?} bytes (regular file), expected {expected}")]
+    BadData {
+        /// Its length, `None` if it is not a regular file.
+        found: Option<u64>,
+        /// The blob's uncompressed size.
+        expected: u64,
+    },
 }
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> CacheError {
@@ -145,8 +164,9 @@ pub struct BlobCache {
     data: CacheFile,
     /// The map file, held with a shared `flock` while this cache is open:
     /// `rafs cache gc` takes an exclusive one before removing a blob, so it
-    /// never deletes the cache of a blob a daemon is using.
-    _lock: Flock<std::fs::File>,
+    /// never deletes the cache of a blob a daemon is using. `None` for a
+    /// read-only cache (the blob manager that handed it over holds one).
+    _lock: Option<Flock<std::fs::File>>,
 }
 
 /// A fill for [`BlobCache::commit_covering`]: `bytes` go at `offset`, and
@@ -211,10 +231,47 @@ impl BlobCache {
             BlobCache {
                 map,
                 data,
-                _lock: lock,
+                _lock: Some(lock),
             },
             opened,
         ))
+    }
+
+    /// A read-only cache over descriptors a blob manager handed over
+    /// (`O_RDONLY`): `data` must be a regular file of `expect.blob_size`
+    /// bytes ([`CacheError::BadData`]), `map` a map for `expect`
+    /// ([`CacheError::LayoutConflict`] for another layout,
+    /// [`CacheError::BadMap`] for anything else), mapped read-only and
+    /// shared. Reads, bit checks and the generation work as for any cache
+    /// and see the manager's changes; every mutator fails with
+    /// [`CacheError::ReadOnly`].
+    pub fn from_fds(
+        data: std::os::fd::OwnedFd,
+        map: std::os::fd::OwnedFd,
+        expect: MapParams,
+    ) -> Result<BlobCache, CacheError> {
+        let hex = expect.blob.to_hex();
+        let map_path = PathBuf::from(format!("<blob manager>/{hex}.map"));
+        let map = RangeBitmap::from_fd(std::fs::File::from(map), expect, map_path)?;
+        let data_path = PathBuf::from(format!("<blob manager>/{hex}.data"));
+        let data = CacheFile::from_fd(std::fs::File::from(data), expect.blob_size, data_path)?;
+        Ok(BlobCache {
+            map,
+            data,
+            _lock: None,
+        })
+    }
+
+    /// Whether this cache is read-only ([`BlobCache::from_fds`]).
+    pub fn is_read_only(&self) -> bool {
+        self.map.is_read_only()
+    }
+
+    fn writable(&self) -> Result<(), CacheError> {
+        match self.is_read_only() {
+            true => Err(CacheError::ReadOnly),
+            false => Ok(()),
+        }
     }
 
     /// The range bitmap.
@@ -290,6 +347,7 @@ impl BlobCache {
     /// invalidated ([`BlobCache::invalidate`]: generation bumped, bits
     /// cleared and flushed) before anything is written.
     pub fn commit_covering(&self, fills: &[Fill<'_>]) -> Result<u64, CacheError> {
+        self.writable()?;
         let size = self.data.size();
         for f in fills {
             let len = f.bytes.len() as u64;
@@ -409,6 +467,7 @@ impl BlobCache {
     /// later [`BlobCache::commit`] may rewrite them. A reader that loaded
     /// the generation before this started sees it changed.
     pub fn invalidate(&self, ranges: Range<u64>) -> Result<(), CacheError> {
+        self.writable()?;
         if ranges.is_empty() {
             return Ok(());
         }
@@ -421,6 +480,7 @@ impl BlobCache {
     /// leave a set bit over a hole (the punch durable, the cleared bit
     /// not), which reads as zeros.
     pub fn punch(&self, ranges: Range<u64>) -> Result<(), CacheError> {
+        self.writable()?;
         if ranges.is_empty() {
             return Ok(());
         }

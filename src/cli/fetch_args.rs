@@ -65,6 +65,86 @@ pub struct ReadArgs {
     pub chunk_cache_size: Option<String>,
 }
 
+/// Using the node's blob manager instead of a cache directory of one's
+/// own (`rafs mount` and `rafs prefetch`; not the manager itself, so not
+/// part of [`FetchArgs`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq, clap::Args)]
+pub struct ManagerArgs {
+    /// Use the node's blob manager listening at PATH for the disk cache
+    /// (`rafs blobmgr`; instead of --cache-dir).
+    #[arg(long, value_name = "PATH", conflicts_with = "cache_dir")]
+    pub blob_manager: Option<PathBuf>,
+    /// When the blob manager stays unreachable past the grace: fetch from
+    /// the backend into memory (`fetch`), or keep waiting and fail reads
+    /// at their deadline (`wait`) [default: fetch].
+    #[arg(long, value_name = "fetch|wait")]
+    pub blob_manager_fallback: Option<String>,
+    /// How long the blob manager may be unreachable before the fallback
+    /// applies [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub blob_manager_grace: Option<String>,
+}
+
+/// Default of `--blob-manager-grace`.
+pub const DEFAULT_MANAGER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ManagerArgs {
+    /// Each setting of `self`, else of `other` (flags over a file).
+    pub fn or(&self, other: ManagerArgs) -> ManagerArgs {
+        ManagerArgs {
+            blob_manager: self.blob_manager.clone().or(other.blob_manager),
+            blob_manager_fallback: self
+                .blob_manager_fallback
+                .clone()
+                .or(other.blob_manager_fallback),
+            blob_manager_grace: self.blob_manager_grace.clone().or(other.blob_manager_grace),
+        }
+    }
+
+    /// `f` using the blob manager if one is given (then no `--cache-dir`
+    /// nor `--cache-size`: the manager owns the cache).
+    pub fn to_config(&self, f: FetchConfig) -> Result<FetchConfig, SettingError> {
+        use crate::blobmgr::client::{ClientConfig, Fallback};
+        let Some(socket) = &self.blob_manager else {
+            if self.blob_manager_fallback.is_some() || self.blob_manager_grace.is_some() {
+                return Err(SettingError(
+                    "--blob-manager-fallback and --blob-manager-grace need --blob-manager".into(),
+                ));
+            }
+            return Ok(f);
+        };
+        if f.cache_dir.is_some() || f.cache_limit.is_some() {
+            return Err(SettingError(
+                "--blob-manager conflicts with --cache-dir and --cache-size (the manager owns the cache)"
+                    .into(),
+            ));
+        }
+        let fallback = match self.blob_manager_fallback.as_deref() {
+            None | Some("fetch") => Fallback::Fetch,
+            Some("wait") => Fallback::Wait,
+            Some(o) => {
+                return Err(SettingError(format!(
+                    "--blob-manager-fallback: '{o}' is not 'fetch' or 'wait'"
+                )))
+            }
+        };
+        let grace = match &self.blob_manager_grace {
+            Some(t) => {
+                parse_duration(t).map_err(|e| SettingError(format!("--blob-manager-grace: {e}")))?
+            }
+            None => DEFAULT_MANAGER_GRACE,
+        };
+        Ok(FetchConfig {
+            manager: Some(ClientConfig {
+                socket: socket.clone(),
+                fallback,
+                grace,
+            }),
+            ..f
+        })
+    }
+}
+
 /// Parses a bandwidth like `50MiB/s`, `10M` or `500K/s` into bytes per
 /// second (binary units as [`parse_size`]; the `/s` is optional; zero is
 /// refused).
@@ -312,5 +392,75 @@ mod tests {
         ] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
+    }
+
+    fn manager(cli: &Cli) -> ManagerArgs {
+        match &cli.command {
+            crate::cli::Command::Mount(m) => m.manager.clone(),
+            crate::cli::Command::Prefetch(p) => p.manager.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn blob_manager_flags() {
+        use crate::blobmgr::client::Fallback;
+        let flags = [
+            "--blob-manager",
+            "/run/bm.sock",
+            "--blob-manager-fallback",
+            "wait",
+            "--blob-manager-grace",
+            "750ms",
+        ];
+        for cmd in [MOUNT, PREFETCH] {
+            let m = manager(&parse(cmd, &flags).unwrap());
+            let cfg = m.to_config(FetchConfig::default()).unwrap();
+            let c = cfg.manager.unwrap();
+            assert_eq!(c.socket, PathBuf::from("/run/bm.sock"));
+            assert_eq!(c.fallback, Fallback::Wait);
+            assert_eq!(c.grace, Duration::from_millis(750));
+            assert_eq!(cfg.cache_dir, None);
+            // Defaults.
+            let m = manager(&parse(cmd, &flags[..2]).unwrap());
+            let c = m
+                .to_config(FetchConfig::default())
+                .unwrap()
+                .manager
+                .unwrap();
+            assert_eq!(
+                (c.fallback, c.grace),
+                (Fallback::Fetch, DEFAULT_MANAGER_GRACE)
+            );
+            // Not with a cache dir of one's own.
+            assert!(parse(cmd, &["--blob-manager", "/s", "--cache-dir", "/c"]).is_err());
+            let bad = manager(
+                &parse(
+                    cmd,
+                    &["--blob-manager", "/s", "--blob-manager-fallback", "x"],
+                )
+                .unwrap(),
+            );
+            let e = bad.to_config(FetchConfig::default()).unwrap_err().0;
+            assert!(e.contains("--blob-manager-fallback"), "{e}");
+            let bad = manager(
+                &parse(
+                    cmd,
+                    &["--blob-manager", "/s", "--blob-manager-grace", "soon"],
+                )
+                .unwrap(),
+            );
+            let e = bad.to_config(FetchConfig::default()).unwrap_err().0;
+            assert!(e.contains("--blob-manager-grace"), "{e}");
+            let alone =
+                manager(&parse(cmd, &["--blob-manager-grace", "1s", "--cache-dir", "/c"]).unwrap());
+            assert!(
+                alone.to_config(FetchConfig::default()).is_err(),
+                "grace without a manager"
+            );
+        }
+        // `rafs prefetch` needs one of the two.
+        assert!(parse(PREFETCH, &[]).is_err());
+        assert!(parse(PREFETCH, &["--blob-manager", "/s"]).is_ok());
     }
 }

@@ -13,7 +13,7 @@
 //! parsers as the flags'.
 
 use super::backend_args::BackendArgs;
-use super::fetch_args::{FetchArgs, ReadArgs, SettingError};
+use super::fetch_args::{FetchArgs, ManagerArgs, ReadArgs, SettingError};
 use crate::backend::url::BackendUrl;
 use crate::mount::{default_threads, MountConfig, MountError, PrefetchSource};
 use serde::Deserialize;
@@ -77,6 +77,9 @@ pub struct MountArgs {
     /// Fetch and cache engine settings.
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// Blob manager settings.
+    #[command(flatten)]
+    pub manager: ManagerArgs,
     /// On-demand read settings.
     #[command(flatten)]
     pub read: ReadArgs,
@@ -152,6 +155,12 @@ struct FileConfig {
     record_access: Option<PathBuf>,
     #[serde(alias = "registry-token-realm")]
     registry_token_realm: Option<OneOrMany>,
+    #[serde(alias = "blob-manager")]
+    blob_manager: Option<PathBuf>,
+    #[serde(alias = "blob-manager-fallback")]
+    blob_manager_fallback: Option<String>,
+    #[serde(alias = "blob-manager-grace")]
+    blob_manager_grace: Option<String>,
 }
 
 impl FileConfig {
@@ -167,6 +176,7 @@ impl FileConfig {
             &mut f.blobs,
             &mut f.api_socket,
             &mut f.cache_dir,
+            &mut f.blob_manager,
             &mut f.prefetch_list,
             &mut f.record_access,
         ]
@@ -248,6 +258,13 @@ impl MountArgs {
         let (file_fetch, file_read) = file.engine();
         let fetch = self.fetch.or(file_fetch).to_config(Default::default());
         let fetch = self.read.or(file_read).to_config(fetch.map_err(flag_err)?);
+        let file_manager = ManagerArgs {
+            blob_manager: file.blob_manager.take(),
+            blob_manager_fallback: file.blob_manager_fallback.take(),
+            blob_manager_grace: file.blob_manager_grace.take(),
+        };
+        let fetch = fetch.map_err(flag_err)?;
+        let fetch = self.manager.or(file_manager).to_config(fetch);
         let fetch = fetch.map_err(flag_err)?;
         let prefetch = prefetch_source(self, &file)?;
         let access = access_policy(self, &file, is_root)?;

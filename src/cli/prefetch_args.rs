@@ -4,7 +4,7 @@
 //! which is all background-lane work.
 
 use super::backend_args::BackendArgs;
-use super::fetch_args::FetchArgs;
+use super::fetch_args::{FetchArgs, ManagerArgs};
 use crate::backend::url::BackendUrl;
 use crate::prefetch::cli::{default_config, PrefetchError, PrefetchJob};
 use std::path::PathBuf;
@@ -17,7 +17,9 @@ use std::path::PathBuf;
 #[command(group(
     clap::ArgGroup::new("source").required(true).args(["blobs", "backend"])
 ))]
-#[command(group(clap::ArgGroup::new("cache").required(true).args(["cache_dir"])))]
+#[command(group(
+    clap::ArgGroup::new("cache").required(true).args(["cache_dir", "blob_manager"])
+))]
 pub struct PrefetchArgs {
     /// The image's bootstrap.
     pub bootstrap: PathBuf,
@@ -53,6 +55,10 @@ pub struct PrefetchArgs {
     /// directory to fill, the `--cache-dir` of the mounts).
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// Or fill the node's blob manager's cache (`--blob-manager`): the
+    /// frames go to it in its prefetch lane.
+    #[command(flatten)]
+    pub manager: ManagerArgs,
     /// Network backend settings.
     #[command(flatten)]
     pub net: BackendArgs,
@@ -70,8 +76,11 @@ impl PrefetchArgs {
             }
         };
         let fetch = self.fetch.to_config(default_config()).map_err(flag)?;
-        if fetch.cache_dir.is_none() {
-            return Err(PrefetchError::Flag("--cache-dir is required".into()));
+        let fetch = self.manager.to_config(fetch).map_err(flag)?;
+        if fetch.cache_dir.is_none() && fetch.manager.is_none() {
+            return Err(PrefetchError::Flag(
+                "--cache-dir or --blob-manager is required".into(),
+            ));
         }
         Ok(PrefetchJob {
             bootstrap: self.bootstrap.clone(),

@@ -68,6 +68,9 @@ impl Fetcher {
             self.throttle(&job);
             job.frames = self.take_background(blob, &job.frames);
         }
+        if self.remote.is_some() {
+            return self.run_remote(job); // the blob manager fills the cache
+        }
         let (job, busy, locks) = self.claim(job);
         self.fetch_run(job, locks);
         for fi in busy {
@@ -84,7 +87,7 @@ impl Fetcher {
     }
 
     /// Fetches the job's frames, with retries.
-    fn fetch_run(&self, mut job: Job, mut locks: HashMap<usize, SpanLock>) {
+    pub(super) fn fetch_run(&self, mut job: Job, mut locks: HashMap<usize, SpanLock>) {
         if job.frames.is_empty() {
             return;
         }

@@ -103,6 +103,14 @@ pub struct FetchMetrics {
     /// Waits for another process's claim on a frame that hit the deadline
     /// (the frame was then fetched without the claim).
     pub lock_timeouts: Counter,
+    /// Fetch requests sent to the blob manager (`--blob-manager`).
+    pub manager_requests: Counter,
+    /// Frames fetched from the backend into memory instead of through the
+    /// blob manager (unreachable past the grace, no room, refused, or its
+    /// bytes failed this image's digests).
+    pub manager_fallbacks: Counter,
+    /// Blobs the blob manager refused to cache (served without the cache).
+    pub manager_refused_blobs: Counter,
 }
 
 impl Default for FetchMetrics {
@@ -131,6 +139,9 @@ impl Default for FetchMetrics {
             cache_corrupt: Counter::default(),
             cache_conflicts: Counter::default(),
             lock_timeouts: Counter::default(),
+            manager_requests: Counter::default(),
+            manager_fallbacks: Counter::default(),
+            manager_refused_blobs: Counter::default(),
         }
     }
 }
@@ -182,6 +193,24 @@ impl FetchMetrics {
             "rafs_backend_retries",
             "Backend requests retried",
             &self.retries,
+        );
+        c(
+            r,
+            "rafs_manager_requests",
+            "Fetch requests sent to the blob manager",
+            &self.manager_requests,
+        );
+        c(
+            r,
+            "rafs_manager_fallbacks",
+            "Frames fetched from the backend instead of through the blob manager",
+            &self.manager_fallbacks,
+        );
+        c(
+            r,
+            "rafs_manager_refused_blobs",
+            "Blobs the blob manager refused to cache",
+            &self.manager_refused_blobs,
         );
         c(
             r,

@@ -14,6 +14,10 @@
 //!    `max_request` bytes; a fixed pool of `concurrency` workers runs the
 //!    requests ([`job`]: retries, backoff, verification, disk writes).
 //!
+//! With a blob manager (`FetchConfig::manager`, `--blob-manager`) the
+//! disk cache is the manager's, read through read-only descriptors, and
+//! misses are sent to it instead of the backend ([`remote`]).
+//!
 //! Every read has a deadline (`read_timeout`, default 30 s): a reader
 //! waits for its frames at most until then and fails with
 //! [`FetchError::Timeout`] (EIO), whatever the backend does. The request
@@ -25,6 +29,9 @@ pub mod memory;
 pub mod metrics;
 pub(crate) mod pace;
 pub mod prefetch;
+mod remote;
+#[cfg(test)]
+mod remote_tests;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -50,8 +57,11 @@ use store::{Commit, Store};
 /// Tuning of the fetch layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchConfig {
-    /// Disk cache directory; `None`: memory only.
+    /// Disk cache directory; `None`: memory only (or the blob manager's).
     pub cache_dir: Option<PathBuf>,
+    /// Use the node's blob manager for the disk cache (`--blob-manager`;
+    /// then `cache_dir` is `None`): see [`remote`].
+    pub manager: Option<crate::blobmgr::client::ClientConfig>,
     /// Disk cache limit in bytes (`--cache-size`); `None`: unlimited.
     pub cache_limit: Option<u64>,
     /// Budget of the decompressed-frame LRU in memory.
@@ -83,6 +93,7 @@ impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
             cache_dir: None,
+            manager: None,
             cache_limit: None,
             memory_bytes: 16 << 20,
             read_timeout: Duration::from_secs(30),
@@ -189,6 +200,9 @@ pub struct Fetcher {
     memory: ChunkCache,
     store: Option<Arc<Store>>,
     commits: Option<Sender<Commit>>,
+    /// The blob manager's side (`FetchConfig::manager`): read-only caches
+    /// and misses sent to the manager; then `store` is `None`.
+    remote: Option<remote::Remote>,
     flights: Mutex<HashMap<Key, Arc<Flight>>>,
     jobs: Sender<Job>,
     bg_jobs: Sender<Job>,
@@ -248,7 +262,18 @@ impl Fetcher {
             .map(|x| (BlobId(x.id), x.uncompressed_size.get()))
             .collect();
         let metrics = Arc::new(FetchMetrics::default());
+        let remote = match &cfg.manager {
+            Some(m) => Some(
+                remote::Remote::start(m.clone(), b.blobs(), &index, cfg.read_timeout, &metrics)
+                    .map_err(|e| crate::cache::io_err(&m.socket, e))?,
+            ),
+            None => None,
+        };
         let (store, commits) = match &cfg.cache_dir {
+            Some(_) if remote.is_some() => {
+                tracing::warn!("--cache-dir ignored: the blob manager owns the cache");
+                (None, None)
+            }
             Some(dir) => {
                 let caches = store::open_caches(dir, b.blobs(), &index, storage, &metrics)?;
                 let store = Arc::new(Store::new(
@@ -277,6 +302,7 @@ impl Fetcher {
             memory: ChunkCache::new(cfg.memory_bytes),
             store,
             commits,
+            remote,
             flights: Mutex::default(),
             jobs,
             bg_jobs,
@@ -333,6 +359,9 @@ impl Fetcher {
     }
 
     fn disk(&self, blob: u32) -> Option<&BlobCache> {
+        if let Some(r) = &self.remote {
+            return r.cache(blob);
+        }
         self.store.as_ref()?.caches.get(blob as usize)?.as_ref()
     }
 

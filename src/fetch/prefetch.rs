@@ -209,9 +209,9 @@ impl Fetcher {
                     break;
                 }
             }
-            if self.store.is_none() {
+            if self.store.is_none() && self.remote.is_none() {
                 // Memory only: past the LRU's budget, prefetch would evict
-                // its own data.
+                // its own data. (A blob manager's cache is the target.)
                 let planned: u64 = report.fetched_bytes + need_bytes;
                 if planned > self.cfg.memory_bytes as u64 {
                     report.stopped = Some("the memory cache (--chunk-cache-size) is full".into());

@@ -45,7 +45,7 @@ impl Fetcher {
     pub(super) fn read_disk(&self, w: &Want<'_>, out: &mut Vec<u8>) -> bool {
         let c = w.c;
         let blob = c.blob_index.get();
-        let (Some(cache), Some(store)) = (self.disk(blob), self.store.as_ref()) else {
+        let Some(cache) = self.disk(blob) else {
             return false;
         };
         let Some(fi) = self.index.blobs[blob as usize].find(c.compressed_offset.get()) else {
@@ -57,8 +57,7 @@ impl Fetcher {
             let offset = c.uncompressed_offset.get() + w.from as u64;
             match cache.read_ready_into(offset, w.to - w.from, out) {
                 Ok(true) if cache.generation() == g0 => {
-                    self.metrics.cache_hits.inc();
-                    store.touch(blob, fi);
+                    self.note_hit(blob, fi, offset, w.to - w.from);
                     return true;
                 }
                 // Something was cleared meanwhile: verify again below.
@@ -82,11 +81,23 @@ impl Fetcher {
         match frame.data().get(start + w.from..start + w.to) {
             Some(bytes) if frame.verify(c).is_ok() => {
                 out.extend_from_slice(bytes);
-                self.metrics.cache_hits.inc();
-                store.touch(blob, fi);
+                let offset = c.uncompressed_offset.get() + w.from as u64;
+                self.note_hit(blob, fi, offset, w.to - w.from);
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Counts a disk hit of `len` bytes at `offset` and records it for
+    /// eviction: the local quota's LRU, or the blob manager's (batched).
+    fn note_hit(&self, blob: u32, fi: usize, offset: u64, len: usize) {
+        self.metrics.cache_hits.inc();
+        if let Some(store) = &self.store {
+            store.touch(blob, fi);
+        }
+        if let Some(r) = &self.remote {
+            r.used(blob, offset, len as u64);
         }
     }
 
@@ -128,7 +139,12 @@ impl Fetcher {
                 offset = f.ustart,
                 "disk cache frame failed verification: invalidated, fetching it again"
             );
+            // A read-only cache (the blob manager's) is not ours to
+            // invalidate: the caller asks the manager again instead.
             let ranges = cache.ranges_touching(cover.start, cover.end - cover.start);
+            if cache.is_read_only() {
+                return None;
+            }
             if let Err(e) = cache.invalidate(ranges) {
                 tracing::warn!("invalidating a bad cache frame: {e}");
             }

@@ -156,8 +156,10 @@ pub fn run(a: &PrefetchJob) -> anyhow::Result<ExitCode> {
 }
 
 fn run_checked(a: &PrefetchJob) -> Result<(), PrefetchError> {
-    if a.fetch.cache_dir.is_none() {
-        return Err(PrefetchError::Flag("--cache-dir is required".into()));
+    if a.fetch.cache_dir.is_none() && a.fetch.manager.is_none() {
+        return Err(PrefetchError::Flag(
+            "--cache-dir or --blob-manager is required".into(),
+        ));
     }
     let image = Arc::new(Image::open(&a.bootstrap)?);
     let backend = a.backend.open(&a.backend_options)?;
