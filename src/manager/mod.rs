@@ -2,11 +2,14 @@
 //! cache directory and fetches for every client, and the connection layer
 //! that serves it over the protocol of `docs/PROTOCOL.md`.
 //!
-//! - [`service`]: the seam between the connection layer and the engine.
+//! - [`service`]: the seam between the connection layer and the engine;
+//! - [`server`]: the connection layer (accept, peers, handshake, handle
+//!   tables, replies) over a [`service::BlobService`].
 //!
 //! It builds on the engine modules (`blobmgr` for the wire, `fetch`,
 //! `cache`, `backend`) and, like them, imports no front end, clap or fuser
 //! (`tests/layering.rs`). The client side of the protocol lives in
 //! [`crate::blobmgr`], below `fetch`, which uses it.
 
+pub mod server;
 pub mod service;
