@@ -177,8 +177,9 @@ impl<S: BlobService> Session<'_, S> {
             self.send(&error(p.request_id, ErrorCode::Version, msg))?;
             return Err(End::Closed);
         }
-        if SERVER_INCOMPAT & !incompat != 0 {
-            let msg = format!("incompat capabilities {SERVER_INCOMPAT:#x} needed");
+        let missing = needs_incompat(incompat);
+        if missing != 0 {
+            let msg = format!("incompat capabilities {missing:#x} needed");
             self.send(&error(p.request_id, ErrorCode::Capability, msg))?;
             return Err(End::Closed);
         }
@@ -399,6 +400,12 @@ fn fetch_done(
         };
         let _ = send_on(&conn, &metrics, &p, &[]);
     })
+}
+
+/// Incompat bits this server needs that the client did not offer.
+fn needs_incompat(offered: u64) -> u64 {
+    let needed = SERVER_INCOMPAT;
+    needed & !offered
 }
 
 fn op_name(k: Kind) -> &'static str {
