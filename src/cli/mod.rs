@@ -87,11 +87,36 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => crate::inspect::run(&a.into()),
         Command::Check(a) => crate::check::run(&a.into()),
         Command::Unpack(a) => crate::unpack::run(&a.into()),
-        Command::Mount(a) => crate::mount::run(&a.resolve(crate::mount::is_root())?),
-        Command::Cache(a) => crate::cache::tools::run(&a.into()),
+        Command::Mount(a) => {
+            let cfg = a.resolve(crate::mount::is_root())?;
+            let _lock = standalone_lock(cfg.fetch.cache_dir.as_deref())?;
+            crate::mount::run(&cfg)
+        }
+        Command::Cache(a) => {
+            let gc_dir = match &a.command {
+                tool_args::CacheCommand::Gc(g) => Some(g.dir.as_path()),
+                _ => None,
+            };
+            let _lock = standalone_lock(gc_dir)?;
+            crate::cache::tools::run(&a.into())
+        }
         Command::Stats(a) => crate::stats::run(&a.into()),
-        Command::Prefetch(a) => crate::prefetch::cli::run(&a.to_job()?),
+        Command::Prefetch(a) => {
+            let job = a.to_job()?;
+            let _lock = standalone_lock(job.fetch.cache_dir.as_deref())?;
+            crate::prefetch::cli::run(&job)
+        }
     }
+}
+
+/// A standalone user's shared hold on its cache directory for as long as
+/// it runs (`rafs mount`, `rafs prefetch --cache-dir`, `rafs cache gc`): a
+/// directory a blob manager owns is refused, naming its socket.
+fn standalone_lock(
+    dir: Option<&std::path::Path>,
+) -> Result<Option<crate::manager::lockfile::SharedLock>, crate::manager::lockfile::LockError> {
+    dir.map(crate::manager::lockfile::SharedLock::acquire)
+        .transpose()
 }
 
 /// The exit code of a command that failed with an error. `cache` and

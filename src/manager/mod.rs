@@ -3,6 +3,8 @@
 //! that serves it over the protocol of `docs/PROTOCOL.md`.
 //!
 //! - [`service`]: the seam between the connection layer and the engine;
+//! - [`lockfile`]: who owns a cache directory (the manager, or standalone
+//!   users), by `flock` on `DIR/.blobmgr.lock`;
 //! - [`server`]: the connection layer (accept, peers, handshake, handle
 //!   tables, replies) over a [`service::BlobService`].
 //!
@@ -11,5 +13,6 @@
 //! (`tests/layering.rs`). The client side of the protocol lives in
 //! [`crate::blobmgr`], below `fetch`, which uses it.
 
+pub mod lockfile;
 pub mod server;
 pub mod service;
