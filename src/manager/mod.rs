@@ -3,6 +3,8 @@
 //! that serves it over the protocol of `docs/PROTOCOL.md`.
 //!
 //! - [`service`]: the seam between the connection layer and the engine;
+//! - [`daemon`]: the daemon's socket (bound or systemd's), lock, start and
+//!   stop, and `/status`, for the `rafs blobmgr` front end;
 //! - [`lockfile`]: who owns a cache directory (the manager, or standalone
 //!   users), by `flock` on `DIR/.blobmgr.lock`;
 //! - [`server`]: the connection layer (accept, peers, handshake, handle
@@ -13,6 +15,7 @@
 //! (`tests/layering.rs`). The client side of the protocol lives in
 //! [`crate::blobmgr`], below `fetch`, which uses it.
 
+pub mod daemon;
 pub mod lockfile;
 pub mod server;
 pub mod service;
