@@ -8,6 +8,7 @@
 //! [`BackendOptions`]: crate::backend::BackendOptions
 
 pub mod backend_args;
+pub mod blobmgr_args;
 pub mod fetch_args;
 pub mod mount_args;
 pub mod prefetch_args;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Fill a cache directory with an image's data (paths, a list, or all)
     /// ahead of mounts.
     Prefetch(Box<prefetch_args::PrefetchArgs>),
+    /// Run the node's blob manager: own a cache directory and serve its
+    /// blobs to mounts and prefetches over a Unix socket.
+    Blobmgr(Box<blobmgr_args::BlobmgrArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -101,6 +105,7 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
             crate::cache::tools::run(&a.into())
         }
         Command::Stats(a) => crate::stats::run(&a.into()),
+        Command::Blobmgr(a) => blobmgr_args::run(a),
         Command::Prefetch(a) => {
             let job = a.to_job()?;
             let _lock = standalone_lock(job.fetch.cache_dir.as_deref())?;

@@ -15,7 +15,7 @@
 //!   served, and held until the daemon is dropped.
 //! - **Run.** The front end (`rafs blobmgr`) starts a [`Daemon`], serves
 //!   [`Daemon::status_fn`] and the metrics registry on its API socket,
-//!   waits with [`wait_for_signal`], then calls [`Daemon::shutdown`].
+//!   waits with [`StopSignals`], then calls [`Daemon::shutdown`].
 
 use super::lockfile::{LockError, ManagerLock};
 use super::server::{Server, ServerConfig, ServerMetrics};
@@ -288,11 +288,24 @@ impl Drop for Daemon {
     }
 }
 
-/// Blocks until SIGTERM or SIGINT; returns the signal.
-pub fn wait_for_signal() -> std::io::Result<i32> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    Ok(signals.forever().next().unwrap_or(SIGTERM))
+/// SIGTERM and SIGINT, caught from [`StopSignals::install`] on (so one
+/// that comes while the daemon starts is not lost, nor fatal).
+pub struct StopSignals(signal_hook::iterator::Signals);
+
+impl StopSignals {
+    /// Catches SIGTERM and SIGINT from now on.
+    pub fn install() -> std::io::Result<StopSignals> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map(StopSignals)
+    }
+
+    /// Blocks until one of them came; returns it.
+    pub fn wait(mut self) -> i32 {
+        self.0
+            .forever()
+            .next()
+            .unwrap_or(signal_hook::consts::SIGTERM)
+    }
 }
 
 #[cfg(test)]
