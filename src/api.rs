@@ -227,9 +227,20 @@ const GET: &str = "GET, HEAD";
 /// The methods of the action paths.
 const POST: &str = "POST, PUT";
 
+/// Produces a daemon's `/status` JSON at request time (the blob manager's).
+pub type StatusFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Where `/status` comes from.
+enum Status {
+    /// A mount's fixed facts.
+    Mount(StatusInfo),
+    /// Another daemon's producer.
+    Custom(StatusFn),
+}
+
 /// The API: status, a metrics registry, and the mount's [`Control`].
 pub struct Api {
-    status: StatusInfo,
+    status: Status,
     registry: Registry,
     control: Option<Arc<dyn Control>>,
 }
@@ -238,7 +249,17 @@ impl Api {
     /// An API reporting `status` and the metrics in `registry`.
     pub fn new(status: StatusInfo, registry: Registry) -> Api {
         Api {
-            status,
+            status: Status::Mount(status),
+            registry,
+            control: None,
+        }
+    }
+
+    /// An API for another daemon (the blob manager): `/status` is what
+    /// `status` returns at each request, `/metrics` the registry.
+    pub fn with_status_fn(status: StatusFn, registry: Registry) -> Api {
+        Api {
+            status: Status::Custom(status),
             registry,
             control: None,
         }
@@ -298,7 +319,10 @@ impl Api {
     }
 
     fn status(&self) -> Response {
-        let s = &self.status;
+        let s = match &self.status {
+            Status::Mount(s) => s,
+            Status::Custom(f) => return Response::json(200, &f()),
+        };
         let mut body = serde_json::json!({
             "state": "mounted",
             "bootstrap": s.bootstrap.to_string_lossy(),
@@ -403,6 +427,28 @@ pub(crate) mod tests {
 
     fn get(api: &Api, req: &[u8]) -> Response {
         api.respond(Some(req))
+    }
+
+    #[test]
+    fn another_daemon_serves_its_own_status_per_request() {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let m = n.clone();
+        let status: StatusFn = Box::new(move || {
+            let i = m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            serde_json::json!({ "state": "serving", "n": i })
+        });
+        let api = Api::with_status_fn(status, Registry::default());
+        for i in 0..2 {
+            let r = get(&api, b"GET /status HTTP/1.1\r\n\r\n");
+            assert_eq!(r.status, 200);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(
+                (v["state"].as_str(), v["n"].as_u64()),
+                (Some("serving"), Some(i))
+            );
+        }
+        assert_eq!(get(&api, b"POST /record HTTP/1.1\r\n\r\n").status, 409);
+        assert_eq!(get(&api, b"GET /metrics HTTP/1.1\r\n\r\n").status, 200);
     }
 
     #[test]

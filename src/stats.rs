@@ -1,4 +1,5 @@
-//! `rafs stats SOCKET`: a mount daemon's metrics, for people.
+//! `rafs stats SOCKET`: a mount daemon's (or a blob manager's) metrics,
+//! for people.
 //!
 //! Three parts, each usable on its own:
 //! - a minimal HTTP/1.1 client over a Unix socket ([`fetch`]): one
@@ -593,6 +594,15 @@ const KNOWN: &[&str] = &[
     "rafs_backend_request_seconds_sum",
     "rafs_backend_request_seconds_count",
     "rafs_read_timeouts_total",
+    "rafs_blobmgr_clients",
+    "rafs_blobmgr_connections_total",
+    "rafs_blobmgr_requests_total",
+    "rafs_blobmgr_protocol_errors_total",
+    "rafs_blobmgr_denied_peers_total",
+    "rafs_blobmgr_refused_connections_total",
+    "rafs_blobmgr_slow_clients_total",
+    "rafs_blobmgr_accept_errors_total",
+    "rafs_blobmgr_unknown_handles_total",
 ];
 
 /// A number as an integer when it is one.
@@ -780,6 +790,33 @@ fn backend_section(m: &MetricSet) -> Section {
     s
 }
 
+/// A blob manager's connection layer (`rafs blobmgr --api-socket`).
+fn blobmgr_section(m: &MetricSet) -> Section {
+    let mut s = Section::new("Blob manager");
+    s.add("clients", m.value("rafs_blobmgr_clients").map(fmt_num));
+    let conns = m.value("rafs_blobmgr_connections_total");
+    s.add("connections", conns.map(fmt_num));
+    let ops = m.by_label("rafs_blobmgr_requests_total", "op");
+    s.add("requests", (!ops.is_empty()).then(|| breakdown(&ops)));
+    let turned_away: Vec<(String, f64)> = [
+        ("protocol errors", "rafs_blobmgr_protocol_errors_total"),
+        ("denied peers", "rafs_blobmgr_denied_peers_total"),
+        ("over the cap", "rafs_blobmgr_refused_connections_total"),
+        ("slow clients", "rafs_blobmgr_slow_clients_total"),
+        ("accept errors", "rafs_blobmgr_accept_errors_total"),
+    ]
+    .into_iter()
+    .filter_map(|(label, name)| Some((label.to_owned(), m.value(name)?)))
+    .collect();
+    s.add(
+        "dropped",
+        (!turned_away.is_empty()).then(|| breakdown(&turned_away)),
+    );
+    let unknown = m.value("rafs_blobmgr_unknown_handles_total");
+    s.add("unknown handles", unknown.map(fmt_num));
+    s
+}
+
 fn fmt_labels(labels: &[(String, String)]) -> String {
     if labels.is_empty() {
         return String::new();
@@ -822,7 +859,13 @@ fn other_section(m: &MetricSet) -> Vec<String> {
 /// The human summary of a metric set.
 pub fn render(m: &MetricSet) -> String {
     let mut out = String::new();
-    for sec in [fs_section(m), cache_section(m), backend_section(m)] {
+    let sections = [
+        blobmgr_section(m),
+        fs_section(m),
+        cache_section(m),
+        backend_section(m),
+    ];
+    for sec in sections {
         if sec.lines.is_empty() {
             continue;
         }

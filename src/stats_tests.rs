@@ -292,3 +292,31 @@ fn parses_what_the_daemon_serves() {
         "known metrics listed as other:\n{text}"
     );
 }
+
+#[test]
+fn renders_a_blob_managers_metrics() {
+    let m = crate::manager::server::ServerMetrics::default();
+    m.clients.set(3);
+    m.connections.inc_by(5);
+    m.request("fetch");
+    m.request("fetch");
+    m.request("hello");
+    m.denied_peers.inc();
+    let mut reg = prometheus_client::registry::Registry::default();
+    m.register(&mut reg);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    let out = render(&parse(text.as_bytes()).unwrap());
+    assert!(out.starts_with("Blob manager\n"), "{out}");
+    assert!(out.contains("  clients          3\n"), "{out}");
+    assert!(out.contains("  connections      5\n"), "{out}");
+    assert!(
+        out.contains("requests         3 (fetch 2, hello 1)"),
+        "{out}"
+    );
+    assert!(out.contains("dropped          1 (denied peers 1)"), "{out}");
+    assert!(
+        !out.contains("Other"),
+        "every blobmgr metric is curated:\n{out}"
+    );
+}

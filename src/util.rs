@@ -1,4 +1,5 @@
-//! Small shared helpers: human sizes and durations.
+//! Small shared helpers: human sizes and durations, and the private bind
+//! of a daemon's Unix socket ([`bind_private`], [`replace_stale_socket`]).
 
 /// Parses a size like `4096`, `64K`, `4KiB`, `1M`, `1MiB`, `2G` (binary
 /// multiples; `B` suffix optional).
@@ -62,6 +63,92 @@ fn durations() {
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
     assert!(parse_duration("x").is_err());
     assert!(parse_duration("5h").is_err());
+}
+
+/// Why a daemon's socket path cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketPathError {
+    /// Another process is serving on the socket.
+    #[error("socket {0} is in use by another process")]
+    InUse(std::path::PathBuf),
+    /// Something other than a socket is at the path; it is not removed.
+    #[error("{0}: exists and is not a socket (refusing to remove it)")]
+    NotSocket(std::path::PathBuf),
+    /// Looking at or removing the path failed.
+    #[error("socket {path}: {source}")]
+    Io {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// Makes `path` free for a new socket: nothing there, or a stale socket
+/// (one `live` says nobody answers on) that is removed. A live socket or
+/// anything that is not a socket is an error and left alone.
+pub fn replace_stale_socket(
+    path: &std::path::Path,
+    live: impl FnOnce(&std::path::Path) -> bool,
+) -> Result<(), SocketPathError> {
+    use std::os::unix::fs::FileTypeExt;
+    let io = |source| SocketPathError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Err(SocketPathError::NotSocket(path.into())),
+        Ok(_) if live(path) => Err(SocketPathError::InUse(path.into())),
+        Ok(_) => std::fs::remove_file(path).map_err(io),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Binds a socket at `path` that never exists with a wider mode than
+/// `mode`: `bind` creates it inside a fresh 0700 directory next to `path`,
+/// where it gets `mode` (and group `gid`, if given), and it is then renamed
+/// to `path`, refusing to replace anything that appeared meanwhile.
+pub fn bind_private<T>(
+    path: &std::path::Path,
+    mode: u32,
+    gid: Option<u32>,
+    bind: impl FnOnce(&std::path::Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let dir = parent.join(format!(".rafs-{}-{nanos:x}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let tmp = dir.join("s");
+    let result = (|| {
+        let bound = bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+        }
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &tmp,
+            nix::fcntl::AT_FDCWD,
+            path,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(bound)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    if let Err(e) = std::fs::remove_dir(&dir) {
+        tracing::warn!("removing {}: {e}", dir.display());
+    }
+    result
 }
 
 /// Deterministic, incompressible test data (xorshift), for unit tests.

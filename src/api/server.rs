@@ -27,13 +27,12 @@ use prometheus_client::encoding::DescriptorEncoder;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::ApiError;
 
@@ -318,64 +317,25 @@ pub struct ApiServer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// A name for the private directory the socket is bound in.
-fn private_dir_name(path: &Path) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    parent.join(format!(".rafs-{}-{nanos:x}", std::process::id()))
-}
-
-/// Binds a listener at `path` with mode 0600 that never had a wider one:
-/// bound in a fresh 0700 directory, chmodded there, then renamed to
-/// `path` (refusing to replace anything that appeared meanwhile).
-fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    let dir = private_dir_name(path);
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    let tmp = dir.join("s");
-    let result = (|| {
-        let listener = UnixListener::bind(&tmp)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            &tmp,
-            nix::fcntl::AT_FDCWD,
-            path,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(std::io::Error::from)?;
-        Ok(listener)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    if let Err(e) = std::fs::remove_dir(&dir) {
-        tracing::warn!("removing {}: {e}", dir.display());
-    }
-    result
-}
-
 impl ApiServer {
     /// Binds `path` (mode 0600, see the module docs), replacing a stale
     /// socket file (one nobody accepts on). A live socket or a non-socket
     /// file is an error.
     pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-        let io = |source| ApiError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if !m.file_type().is_socket() => return Err(ApiError::NotSocket(path.into())),
-            Ok(_) if UnixStream::connect(path).is_ok() => return Err(ApiError::InUse(path.into())),
-            Ok(_) => std::fs::remove_file(path).map_err(io)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        bind_private(path).map_err(io)
+        use crate::util::SocketPathError as E;
+        crate::util::replace_stale_socket(path, |p| UnixStream::connect(p).is_ok()).map_err(
+            |e| match e {
+                E::InUse(p) => ApiError::InUse(p),
+                E::NotSocket(p) => ApiError::NotSocket(p),
+                E::Io { path, source } => ApiError::Io { path, source },
+            },
+        )?;
+        crate::util::bind_private(path, 0o600, None, |p| UnixListener::bind(p)).map_err(|source| {
+            ApiError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        })
     }
 
     /// Serves `api` on `listener` (bound at `path`) with the default

@@ -8,6 +8,7 @@
 //! [`BackendOptions`]: crate::backend::BackendOptions
 
 pub mod backend_args;
+pub mod blobmgr_args;
 pub mod fetch_args;
 pub mod mount_args;
 pub mod prefetch_args;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Fill a cache directory with an image's data (paths, a list, or all)
     /// ahead of mounts.
     Prefetch(Box<prefetch_args::PrefetchArgs>),
+    /// Run the node's blob manager: own a cache directory and serve its
+    /// blobs to mounts and prefetches over a Unix socket.
+    Blobmgr(Box<blobmgr_args::BlobmgrArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -87,11 +91,37 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => crate::inspect::run(&a.into()),
         Command::Check(a) => crate::check::run(&a.into()),
         Command::Unpack(a) => crate::unpack::run(&a.into()),
-        Command::Mount(a) => crate::mount::run(&a.resolve(crate::mount::is_root())?),
-        Command::Cache(a) => crate::cache::tools::run(&a.into()),
+        Command::Mount(a) => {
+            let cfg = a.resolve(crate::mount::is_root())?;
+            let _lock = standalone_lock(cfg.fetch.cache_dir.as_deref())?;
+            crate::mount::run(&cfg)
+        }
+        Command::Cache(a) => {
+            let gc_dir = match &a.command {
+                tool_args::CacheCommand::Gc(g) => Some(g.dir.as_path()),
+                _ => None,
+            };
+            let _lock = standalone_lock(gc_dir)?;
+            crate::cache::tools::run(&a.into())
+        }
         Command::Stats(a) => crate::stats::run(&a.into()),
-        Command::Prefetch(a) => crate::prefetch::cli::run(&a.to_job()?),
+        Command::Blobmgr(a) => blobmgr_args::run(a),
+        Command::Prefetch(a) => {
+            let job = a.to_job()?;
+            let _lock = standalone_lock(job.fetch.cache_dir.as_deref())?;
+            crate::prefetch::cli::run(&job)
+        }
     }
+}
+
+/// A standalone user's shared hold on its cache directory for as long as
+/// it runs (`rafs mount`, `rafs prefetch --cache-dir`, `rafs cache gc`): a
+/// directory a blob manager owns is refused, naming its socket.
+fn standalone_lock(
+    dir: Option<&std::path::Path>,
+) -> Result<Option<crate::manager::lockfile::SharedLock>, crate::manager::lockfile::LockError> {
+    dir.map(crate::manager::lockfile::SharedLock::acquire)
+        .transpose()
 }
 
 /// The exit code of a command that failed with an error. `cache` and
