@@ -38,7 +38,7 @@ struct Manager {
 
 impl Manager {
     /// Starts a manager on `work/bm.sock` over `cache` with `extra` flags.
-    fn start(work: &Path, cache: &Path, extra: &[OsString]) -> Manager {
+    fn start(work: &Path, cache: &Path, extra: Vec<OsString>) -> Manager {
         let socket = work.join("bm.sock");
         let api = work.join("bm-api.sock");
         let mut args = args![
@@ -50,7 +50,7 @@ impl Manager {
             "--api-socket",
             &api
         ];
-        args.extend(extra.iter().cloned());
+        args.extend(extra);
         let mut m = Manager {
             socket,
             api,
@@ -140,15 +140,24 @@ fn api_up(api: &Path) -> bool {
 
 /// An HTTP server with every blob of `dirs`, answering range requests.
 fn blob_server(dirs: &[&Path]) -> Httpd {
+    blob_server_slowed(dirs, Duration::ZERO)
+}
+
+/// [`blob_server`] taking `delay` more per request (a remote backend's
+/// latency: cold reads then last long enough to be interrupted).
+fn blob_server_slowed(dirs: &[&Path], delay: Duration) -> Httpd {
     let mut blobs = std::collections::HashMap::new();
     for d in dirs {
         for (id, bytes) in common::blobs_in(d) {
             blobs.insert(format!("/{}", id.to_hex()), bytes);
         }
     }
-    Httpd::start(move |req| match blobs.get(&req.target) {
-        Some(b) => range_response(req, b),
-        None => Response::new(404, ""),
+    Httpd::start(move |req| {
+        std::thread::sleep(delay); // latency injection, not a wait
+        match blobs.get(&req.target) {
+            Some(b) => range_response(req, b),
+            None => Response::new(404, ""),
+        }
     })
 }
 
@@ -249,6 +258,11 @@ fn image_pair(work: &Path) -> Pair {
 /// Reads every regular file of `src` through `mnt` and compares; returns
 /// the failures (errors and mismatches), reading from `start`.
 fn read_compare(src: &Path, mnt: &Path, start: usize) -> Vec<String> {
+    read_compare_counted(src, mnt, start, &AtomicUsize::new(0))
+}
+
+/// [`read_compare`], counting the files read in `done`.
+fn read_compare_counted(src: &Path, mnt: &Path, start: usize, done: &AtomicUsize) -> Vec<String> {
     let files = regular_files(src, &|_| false);
     let n = files.len().max(1);
     let mut bad = Vec::new();
@@ -260,6 +274,7 @@ fn read_compare(src: &Path, mnt: &Path, start: usize) -> Vec<String> {
             Ok(_) => bad.push(format!("{}: wrong bytes", rel.display())),
             Err(e) => bad.push(format!("{}: {e}", rel.display())),
         }
+        done.fetch_add(1, Ordering::SeqCst);
     }
     bad
 }
@@ -273,7 +288,7 @@ fn four_mounts_of_two_images_share_one_manager_and_fetch_each_frame_once() {
     let m = Manager::start(
         work.path(),
         &work.path().join("cache"),
-        &args!["--backend", http.url() + "/"],
+        args!["--backend", http.url() + "/"],
     );
     let url = http.url() + "/";
     let mounts: Vec<(Mounted, PathBuf, PathBuf)> = (0..4)
@@ -334,12 +349,14 @@ fn kill_9_of_the_manager_during_cold_reads_costs_no_read_20_rounds() {
     let out = work.path().join("img");
     let boot = common::create(&src, &out, &[]);
     let blobs = out.join("blobs");
-    let http = blob_server(&[&blobs]);
+    // 50 ms per request: the cold reads take long enough to be cut.
+    let http = blob_server_slowed(&[&blobs], Duration::from_millis(50));
     let url = http.url() + "/";
     let cache = work.path().join("cache");
-    let mut m = Manager::start(work.path(), &cache, &args!["--backend", &url]);
+    let mut m = Manager::start(work.path(), &cache, args!["--backend", &url]);
     let mut rng = Rng::new(0xb10b);
     let files = regular_files(&src, &|_| false).len();
+    let (mut mid_read, mut reconnects) = (0, 0.0);
     for round in 0..20 {
         let mounts: Vec<Mounted> = (0..3)
             .map(|i| {
@@ -349,17 +366,17 @@ fn kill_9_of_the_manager_during_cold_reads_costs_no_read_20_rounds() {
                 mount(&boot, &work.path().join(format!("mnt-{round}-{i}")), &opts)
             })
             .collect();
-        let started = AtomicUsize::new(0);
+        let (started, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let failures: Vec<String> = std::thread::scope(|s| {
             let readers: Vec<_> = mounts
                 .iter()
                 .enumerate()
                 .map(|(i, mnt)| {
-                    let (src, mnt, started) = (&src, &mnt.mountpoint, &started);
+                    let (src, mnt, started, done) = (&src, &mnt.mountpoint, &started, &done);
                     let start = (rng.below(files as u64) as usize) + i;
                     s.spawn(move || {
                         started.fetch_add(1, Ordering::SeqCst);
-                        read_compare(src, mnt, start)
+                        read_compare_counted(src, mnt, start, done)
                     })
                 })
                 .collect();
@@ -368,8 +385,12 @@ fn kill_9_of_the_manager_during_cold_reads_costs_no_read_20_rounds() {
             });
             // The kill point is paced by a random pause (not a wait for
             // anything): somewhere during the cold reads.
-            std::thread::sleep(Duration::from_millis(rng.below(300)));
-            m.restart();
+            std::thread::sleep(Duration::from_millis(rng.below(250)));
+            m.kill9();
+            if done.load(Ordering::SeqCst) < 3 * files {
+                mid_read += 1;
+            }
+            m.spawn();
             readers
                 .into_iter()
                 .flat_map(|r| r.join().unwrap())
@@ -380,6 +401,10 @@ fn kill_9_of_the_manager_during_cold_reads_costs_no_read_20_rounds() {
             "round {round}: {failures:#?}\nmanager log:\n{}",
             std::fs::read_to_string(&m.log).unwrap_or_default()
         );
+        for i in 0..3 {
+            let api = work.path().join(format!("api-{round}-{i}.sock"));
+            reconnects += common::metric(&api, "rafs_manager_reconnects_total");
+        }
         drop(mounts);
         // Every round starts cold: the manager stops, the cache is checked
         // and emptied, the manager starts again.
@@ -388,6 +413,14 @@ fn kill_9_of_the_manager_during_cold_reads_costs_no_read_20_rounds() {
         std::fs::remove_dir_all(&cache).unwrap();
         m.spawn();
     }
+    assert!(
+        mid_read >= 15,
+        "only {mid_read} of 20 kills came during the reads"
+    );
+    assert!(
+        reconnects >= 15.0,
+        "the clients reconnected {reconnects} times"
+    );
 }
 
 #[test]
@@ -402,7 +435,7 @@ fn manager_gone_for_good_fallback_fetch_reads_and_wait_fails_at_the_deadline() {
     let mut m = Manager::start(
         work.path(),
         &work.path().join("cache"),
-        &args!["--backend", &url],
+        args!["--backend", &url],
     );
     let fetch_api = work.path().join("fetch.sock");
     let fetch_opts = client_opts(&url, &m, &fetch_api, &["--blob-manager-grace", "1s"]);
@@ -443,7 +476,7 @@ fn tiny_quota_under_concurrent_readers_evicts_a_lot_and_never_misreads() {
     let http = blob_server(&[&out.join("blobs")]);
     let url = http.url() + "/";
     let extra = args!["--backend", &url, "--cache-size", "4M"];
-    let m = Manager::start(work.path(), &work.path().join("cache"), &extra);
+    let m = Manager::start(work.path(), &work.path().join("cache"), extra);
     let mounts: Vec<Mounted> = (0..2)
         .map(|i| {
             let api = work.path().join(format!("api{i}.sock"));
@@ -503,7 +536,7 @@ fn prefetch_through_the_manager_then_a_mount_needs_no_backend_request() {
     let m = Manager::start(
         work.path(),
         &work.path().join("cache"),
-        &args!["--backend", &url],
+        args!["--backend", &url],
     );
     common::rafs(args![
         "prefetch",
@@ -543,14 +576,14 @@ fn a_managed_cache_dir_is_refused_to_standalone_users_naming_the_manager() {
     let boot = common::create(&src, &out, &[]);
     let cache = work.path().join("cache");
     let blobs = out.join("blobs");
-    let m = Manager::start(work.path(), &cache, &args!["--blobs", &blobs]);
+    let m = Manager::start(work.path(), &cache, args!["--blobs", &blobs]);
     let sock = m.socket.display().to_string();
     let opts = args!["--blobs", &blobs, "--cache-dir", &cache];
     let Err(e) = Mounted::with_options(&boot, &work.path().join("mnt"), &opts) else {
         panic!("a standalone mount of a managed cache dir started");
     };
     assert!(e.stderr.contains(&sock), "mount: {e}");
-    let r = common::rafs(args!["cache", "gc", &cache]).failed();
+    let r = common::rafs(args!["cache", "gc", &cache, "--bootstrap", &boot]).failed();
     assert!(r.all_output().contains(&sock), "{}", r.all_output());
     let r = common::rafs(args![
         "prefetch",
@@ -587,7 +620,7 @@ fn peers_outside_the_allow_list_and_connection_floods_are_refused_and_leave_no_f
     let cache = work.path().join("cache");
     let blobs = work.path().join("blobs");
     std::fs::create_dir_all(&blobs).unwrap();
-    let m = Manager::start(work.path(), &cache, &args!["--blobs", &blobs]);
+    let m = Manager::start(work.path(), &cache, args!["--blobs", &blobs]);
     let hello = Packet {
         request_id: 1,
         message: Message::Hello {
@@ -608,7 +641,7 @@ fn peers_outside_the_allow_list_and_connection_floods_are_refused_and_leave_no_f
         "import socket\ns=socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\ns.connect({:?})\n",
         m.socket.display().to_string()
     );
-    let r = common::as_nobody(args!["python3", "-c", &py]).failed();
+    let r = common::as_nobody(args!["/usr/bin/python3", "-c", &py]).failed();
     assert!(
         r.all_output().contains("Permission denied"),
         "{}",
@@ -622,7 +655,7 @@ fn peers_outside_the_allow_list_and_connection_floods_are_refused_and_leave_no_f
         "{py}import struct\ns.send(b'RFBM'+struct.pack('<HHHHIQ',1,1,0,0,24,1)+struct.pack('<HH4sQQ',1,1,bytes(4),0,0))\n\
          print('reply', len(s.recv(65536)))\n"
     );
-    let r = common::as_nobody(args!["python3", "-c", &py]);
+    let r = common::as_nobody(args!["/usr/bin/python3", "-c", &py]);
     assert!(
         !r.all_output().contains("reply 64"),
         "a denied peer got HelloOk: {}",

@@ -147,7 +147,14 @@ pub fn run(a: &BlobmgrArgs) -> anyhow::Result<ExitCode> {
     let e = engine.clone();
     let status = move || serde_json::to_value(e.status()).unwrap_or_default();
     let stop = StopSignals::install()?;
-    serve(engine, &cfg.daemon, cfg.api_socket.as_deref(), reg, status, stop)?;
+    serve(
+        engine,
+        &cfg.daemon,
+        cfg.api_socket.as_deref(),
+        reg,
+        status,
+        stop,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

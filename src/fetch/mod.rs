@@ -343,6 +343,16 @@ impl Fetcher {
         &self.metrics
     }
 
+    /// Registers the fetch and disk cache metrics and, with a blob
+    /// manager, its client's (`rafs_manager_*`).
+    pub fn register_metrics(&self, r: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(r);
+        if let Some(remote) = &self.remote {
+            let c = crate::blobmgr::client::ClientCollector(remote.client.clone());
+            r.register_collector(Box::new(c));
+        }
+    }
+
     /// The read-path counters given to [`Fetcher::new`].
     pub fn counters(&self) -> &Arc<ChunkCounters> {
         &self.counters

@@ -376,7 +376,7 @@ fn start_session(
 /// status and the record action.
 fn api_for(status: StatusInfo, fs: &Arc<RafsFs>, prefetch: Arc<PrefetchStatus>) -> Api {
     let mut registry = Api::registry_for(fs.metrics().clone());
-    fs.fetcher().metrics().register(&mut registry);
+    fs.fetcher().register_metrics(&mut registry);
     let control = MountControl {
         fs: fs.clone(),
         prefetch,

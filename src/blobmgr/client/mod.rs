@@ -632,3 +632,60 @@ fn jitter(d: Duration) -> Duration {
     let extra = crate::cache::io::random_u64() % (half.as_nanos() as u64).max(1);
     half + Duration::from_nanos(extra)
 }
+
+/// Exposes a client's [`ClientMetrics`] at scrape time:
+/// `rafs_manager_messages_total{kind}` (messages sent, by kind: a cache hit
+/// sends none), reconnects, protocol errors and re-sent requests.
+#[derive(Debug)]
+pub struct ClientCollector(pub Arc<ManagerClient>);
+
+impl prometheus_client::collector::Collector for ClientCollector {
+    fn encode(
+        &self,
+        mut e: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let m = self.0.metrics();
+        let proto = ConstCounter::new(0u64);
+        let mut family = e.encode_descriptor(
+            "rafs_manager_messages",
+            "Messages sent to the blob manager, by kind",
+            None,
+            proto.metric_type(),
+        )?;
+        for k in 1..=11u16 {
+            let Ok(kind) = Kind::try_from(k) else {
+                continue;
+            };
+            if kind.sender() != crate::blobmgr::protocol::Side::Client {
+                continue;
+            }
+            let name = format!("{kind:?}").to_ascii_lowercase();
+            let labels = [("kind", name.as_str())];
+            ConstCounter::new(m.sent(kind)).encode(family.encode_family(&labels)?)?;
+        }
+        let counters = [
+            (
+                "rafs_manager_reconnects",
+                "Connections to the blob manager re-established",
+                &m.reconnects,
+            ),
+            (
+                "rafs_manager_protocol_errors",
+                "Connections to the blob manager dropped for a protocol error",
+                &m.protocol_errors,
+            ),
+            (
+                "rafs_manager_resent",
+                "Requests re-sent to the blob manager after a reconnect",
+                &m.resent,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v.load(Ordering::Relaxed));
+            c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
