@@ -104,11 +104,6 @@ impl Manager {
         }
     }
 
-    fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-
     fn metric(&self, name: &str) -> f64 {
         common::metric(&self.api, name)
     }
