@@ -1,5 +1,6 @@
-//! Small shared helpers: human sizes and durations, and the private bind
-//! of a daemon's Unix socket ([`bind_private`], [`replace_stale_socket`]).
+//! Small shared helpers: human sizes and durations, the private bind of a
+//! daemon's Unix socket ([`bind_private`], [`replace_stale_socket`]), and
+//! the accept loops' wait ([`poll_readable`]).
 
 /// Parses a size like `4096`, `64K`, `4KiB`, `1M`, `1MiB`, `2G` (binary
 /// multiples; `B` suffix optional).
@@ -183,4 +184,33 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(12), "12 B");
     }
+}
+
+/// Waits until one of `fds` is readable, at most `timeout` (`None`: no
+/// bound). A signal (`EINTR`) returns early, as `Ok`; the caller looks
+/// again.
+pub fn poll_readable(
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(60_000) as libc::c_int);
+    // SAFETY: `polls` is a valid array of `polls.len()` pollfd for the
+    // call's duration, and every fd stays open while `fds` is borrowed.
+    let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }

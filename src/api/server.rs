@@ -257,28 +257,8 @@ impl Shared {
 
 /// Waits until `listener` or `wake` is readable (or a signal interrupts).
 fn wait_readable(listener: &UnixListener, wake: &UnixStream) -> std::io::Result<()> {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: `fds` is a valid array of two pollfd for the call's duration,
-    // and both fds stay open while `listener` and `wake` are borrowed.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(())
+    use std::os::fd::AsFd;
+    crate::util::poll_readable(&[listener.as_fd(), wake.as_fd()], None)
 }
 
 fn accept_loop(listener: UnixListener, wake: UnixStream, shared: Arc<Shared>) {

@@ -31,7 +31,7 @@ use super::service::BlobService;
 use crate::blobmgr::transport::{self, Conn, TransportError};
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -265,30 +265,18 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 }
 
 /// Waits until `listener` or `wake` is readable, at most `timeout`
-/// (`None`: no bound); a signal just returns early.
+/// (`None`: no bound); while backing off (`timeout` set) only the wake-up
+/// socket is watched.
 fn wait_readable(listener: BorrowedFd<'_>, wake: &UnixStream, timeout: Option<Duration>) {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // While backing off only the wake-up socket is watched.
-    let n = if timeout.is_some() {
-        &mut fds[1..]
+    let fds = [listener, wake.as_fd()];
+    let watched = if timeout.is_some() {
+        &fds[1..]
     } else {
-        &mut fds[..]
+        &fds[..]
     };
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(60_000) as libc::c_int);
-    // SAFETY: `n` is a valid array of pollfd for the call's duration, and
-    // both fds stay open while `listener` and `wake` are borrowed.
-    unsafe { libc::poll(n.as_mut_ptr(), n.len() as libc::nfds_t, ms) };
+    if let Err(e) = crate::util::poll_readable(watched, timeout) {
+        tracing::debug!("blob manager accept: poll: {e}");
+    }
 }
 
 fn accept_loop<S: BlobService>(
