@@ -31,7 +31,8 @@ there is no nydusd row here.
 
 usage: scripts/bench-blobmgr.py        (root; builds target/release/rafs)
 env:   RAFS_BENCH_CACHE (/var/tmp/rafs-bench), RAFS_BENCH_REPS (3),
-       RAFS_BENCH_ONLY (e.g. "warm miss"), RAFS_BENCH_CMD
+       RAFS_BENCH_ONLY (e.g. "warm miss"), RAFS_BENCH_CMD,
+       RAFS_BENCH_TREE (a rootfs to use instead of building one)
 needs: debootstrap fuse3 nginx-light curl python3
 """
 
@@ -150,8 +151,9 @@ def setup():
     os.makedirs(CACHE, exist_ok=True)
     if not os.path.exists(RAFS) or os.environ.get("RAFS_BENCH_BUILD", "1") == "1":
         run("cargo", "build", "--release", "--quiet", cwd=REPO)
-    tree = f"{CACHE}/trees/rootfs"
-    run("bash", f"{REPO}/scripts/debootstrap-rootfs.sh", tree)
+    tree = os.environ.get("RAFS_BENCH_TREE") or f"{CACHE}/trees/rootfs"
+    if not os.environ.get("RAFS_BENCH_TREE"):
+        run("bash", f"{REPO}/scripts/debootstrap-rootfs.sh", tree)
     img = f"{CACHE}/images/blobmgr"
     stamp = f"{img}/.rafs-mtime"
     want = str(os.path.getmtime(RAFS))
@@ -167,45 +169,55 @@ def client_messages(m):
 
 
 def bench_warm(work, boot, blobs):
+    """Each timed run is a fresh mount (so the kernel's page cache of the
+    mount is empty and every read reaches the daemon) over a full cache;
+    "hot": the cache files are in the page cache, "disk": dropped too."""
     rows = {}
     tar = "tar cf - -C {} . | wc -c"
     for mode in ("standalone", "manager"):
         cache = f"{work}/warm-{mode}"
-        api = f"{work}/warm-{mode}.sock"
         mnt = f"{work}/mnt-warm-{mode}"
         bm = None
         if mode == "manager":
             bm, sock, _ = manager(work, cache, ["--blobs", blobs])
-            opts = ["--blobs", blobs, "--blob-manager", sock, "--api-socket", api]
+            base = ["--blobs", blobs, "--blob-manager", sock]
         else:
-            opts = ["--blobs", blobs, "--cache-dir", cache, "--api-socket", api]
-        m = mount(boot, mnt, opts, work, f"warm-{mode}")
+            base = ["--blobs", blobs, "--cache-dir", cache]
+        api = f"{work}/warm-{mode}.sock"
+        m = mount(boot, mnt, base + ["--api-socket", api], work, f"warm-{mode}")
         timed(tar.format(mnt))  # fill the cache
-        before = metrics(api)
-        hot = [timed(tar.format(mnt)) for _ in range(REPS)]
-        disk = []
-        for _ in range(REPS):
-            drop_caches()
-            disk.append(timed(tar.format(mnt)))
-        after = metrics(api)
-        rows[mode] = {
-            "hot": statistics.median(hot),
-            "disk": statistics.median(disk),
-            "messages": client_messages(after) - client_messages(before),
-            "backend": after.get("rafs_backend_requests_total", 0)
-            - before.get("rafs_backend_requests_total", 0),
-        }
-        unmount(m, mnt)
+        unmount(m, mnt)  # a standalone mount writes everything before it exits
+        os.sync()
+        row = {"hot": [], "disk": [], "hits": 0, "fetch": 0, "messages": 0, "backend": 0}
+        for kind in ("hot", "disk"):
+            for _ in range(REPS):
+                m = mount(boot, mnt, base + ["--api-socket", api], work, f"warm-{mode}")
+                if kind == "disk":
+                    drop_caches()
+                before = metrics(api)
+                row[kind].append(timed(tar.format(mnt)))
+                after = metrics(api)
+                unmount(m, mnt)
+                d = lambda k: after.get(k, 0) - before.get(k, 0)
+                row["hits"] += d("rafs_cache_hits_total")
+                row["backend"] += d("rafs_backend_requests_total")
+                row["messages"] += client_messages(after) - client_messages(before)
+                row["fetch"] += sum(v for k, v in after.items() if k == "rafs_manager_requests_total") - \
+                    sum(v for k, v in before.items() if k == "rafs_manager_requests_total")
+        rows[mode] = row
         if bm:
             bm.stop()
     s, b = rows["standalone"], rows["manager"]
-    print("\n## warm reads (full tar of the mount, median of %d)\n" % REPS)
-    print("| | standalone --cache-dir | --blob-manager | throughput ratio |")
+    med = statistics.median
+    print("\n## warm reads (full tar of a fresh mount over a full cache, median of %d)\n" % REPS)
+    print("| | standalone --cache-dir | --blob-manager | manager throughput / standalone |")
     print("|---|---|---|---|")
     for k in ("hot", "disk"):
-        print(f"| {k} | {s[k]:.3f} s | {b[k]:.3f} s | {s[k] / b[k]:.2f}x |")
-    print(f"| messages to the manager during the timed runs | | {b['messages']:.0f} | |")
-    print(f"| backend requests during the timed runs | {s['backend']:.0f} | {b['backend']:.0f} | |")
+        print(f"| {k} | {med(s[k]):.3f} s | {med(b[k]):.3f} s | {med(s[k]) / med(b[k]):.2f} |")
+    print(f"| chunk reads served from the cache (all runs) | {s['hits']:.0f} | {b['hits']:.0f} | |")
+    print(f"| Fetch requests to the manager | | {b['fetch']:.0f} | |")
+    print(f"| messages to the manager (all kinds; Used is batched, about 1/s) | | {b['messages']:.0f} | |")
+    print(f"| backend requests | {s['backend']:.0f} | {b['backend']:.0f} | |")
 
 
 def nginx(root, work):
@@ -259,7 +271,7 @@ def eight_once(work, boot, url, mode, proxy, stats):
     procs = []
     for i in range(8):
         mnt = f"{work}/mnt-eight-{i}"
-        opts = ["--backend", url]
+        opts = ["--backend", url, "--dev"]  # the rootfs's /dev/null
         opts += {"manager": lambda: ["--blob-manager", sock],
                  "independent": lambda: ["--cache-dir", f"{caches}/c{i}"],
                  "shared": lambda: ["--cache-dir", f"{caches}/shared"]}[mode]()

@@ -36,6 +36,7 @@ use crate::cache::{BlobCache, MapParams, DEFAULT_GRANULARITY};
 use crate::chunk::FetchError;
 use rafs_format::layout::BlobInfo;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ struct RemoteBlob {
     req: Option<OpenRequest>,
     /// Set once: `Some` opened, `None` refused for good.
     opened: OnceLock<Option<(ClientBlobId, BlobCache)>>,
+    /// Per frame: the second (since `Remote::t0`, plus one) of its last
+    /// Used report; a hit reports its frame at most once a second.
+    reported: Vec<AtomicU32>,
     /// Held while opening (one opener at a time).
     opening: Mutex<()>,
 }
@@ -57,6 +61,8 @@ struct RemoteBlob {
 pub(super) struct Remote {
     pub(super) client: Arc<ManagerClient>,
     blobs: Vec<RemoteBlob>,
+    /// The clock of `RemoteBlob::reported`.
+    t0: Instant,
 }
 
 /// What a miss does when the manager cannot fill its frames.
@@ -96,10 +102,17 @@ impl Remote {
                         granularity: DEFAULT_GRANULARITY,
                     }),
                 opened: OnceLock::new(),
+                reported: (0..index.blobs.get(i).map_or(0, |f| f.frames.len()))
+                    .map(|_| AtomicU32::new(0))
+                    .collect(),
                 opening: Mutex::new(()),
             })
             .collect();
-        let remote = Remote { client, blobs };
+        let remote = Remote {
+            client,
+            blobs,
+            t0: Instant::now(),
+        };
         if remote.client.wait_available(Instant::now() + START_WAIT) {
             let deadline = Instant::now() + read_timeout.min(START_WAIT * 5);
             for i in 0..remote.blobs.len() {
@@ -118,11 +131,22 @@ impl Remote {
         Some(&self.blobs.get(blob as usize)?.opened.get()?.as_ref()?.1)
     }
 
-    /// Records a hit for the manager's LRU (batched by the client).
-    pub(super) fn used(&self, blob: u32, start: u64, len: u64) {
-        let Some(Some((id, _))) = self.blobs.get(blob as usize).and_then(|b| b.opened.get()) else {
+    /// Records a hit of frame `fi` (`start..start + len` in the blob) for
+    /// the manager's LRU: at most once a second per frame (one atomic load
+    /// otherwise), batched by the client.
+    pub(super) fn used(&self, blob: u32, fi: usize, start: u64, len: u64) {
+        let Some(b) = self.blobs.get(blob as usize) else {
             return;
         };
+        let Some(Some((id, _))) = b.opened.get() else {
+            return;
+        };
+        let now = self.t0.elapsed().as_secs() as u32 + 1;
+        if let Some(r) = b.reported.get(fi) {
+            if r.load(Ordering::Relaxed) == now || r.swap(now, Ordering::Relaxed) == now {
+                return;
+            }
+        }
         self.client.used(*id, &[UsedRange { start, len }]);
     }
 

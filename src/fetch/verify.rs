@@ -57,7 +57,7 @@ impl Fetcher {
             let offset = c.uncompressed_offset.get() + w.from as u64;
             match cache.read_ready_into(offset, w.to - w.from, out) {
                 Ok(true) if cache.generation() == g0 => {
-                    self.note_hit(blob, fi, offset, w.to - w.from);
+                    self.note_hit(blob, fi);
                     return true;
                 }
                 // Something was cleared meanwhile: verify again below.
@@ -81,23 +81,22 @@ impl Fetcher {
         match frame.data().get(start + w.from..start + w.to) {
             Some(bytes) if frame.verify(c).is_ok() => {
                 out.extend_from_slice(bytes);
-                let offset = c.uncompressed_offset.get() + w.from as u64;
-                self.note_hit(blob, fi, offset, w.to - w.from);
+                self.note_hit(blob, fi);
                 true
             }
             _ => false,
         }
     }
 
-    /// Counts a disk hit of `len` bytes at `offset` and records it for
-    /// eviction: the local quota's LRU, or the blob manager's (batched).
-    fn note_hit(&self, blob: u32, fi: usize, offset: u64, len: usize) {
+    /// Counts a disk hit of frame `fi` and records it for eviction: the local quota's LRU, or the blob manager's (batched).
+    fn note_hit(&self, blob: u32, fi: usize) {
         self.metrics.cache_hits.inc();
         if let Some(store) = &self.store {
             store.touch(blob, fi);
         }
         if let Some(r) = &self.remote {
-            r.used(blob, offset, len as u64);
+            let f = &self.index.blobs[blob as usize].frames[fi];
+            r.used(blob, fi, f.ustart, u64::from(f.ulen));
         }
     }
 
