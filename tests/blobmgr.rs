@@ -676,3 +676,115 @@ fn peers_outside_the_allow_list_and_connection_floods_are_refused_and_leave_no_f
         "the manager stopped serving"
     );
 }
+
+/// Starts `rafs blobmgr ARGS` the way systemd's socket activation does:
+/// `listener` as fd 3, `LISTEN_PID` its own pid, `LISTEN_FDS=1`.
+fn spawn_activated(listener: &std::os::fd::OwnedFd, args: &[OsString], log: &Path) -> Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
+        .arg(common::rafs_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: between fork and exec only dup2 runs (async-signal-safe);
+    // `fd` stays open in the parent for the child's whole start.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+#[test]
+fn under_socket_activation_manager_restarts_refuse_no_connect_and_fail_no_read() {
+    use rafs::blobmgr::transport::{listen_at, Conn};
+    let work = common::tempdir();
+    let src = work.path().join("src");
+    tree(&src, 24, 300 << 10, 21);
+    let out = work.path().join("img");
+    let boot = common::create(&src, &out, &[]);
+    let http = blob_server_slowed(&[&out.join("blobs")], Duration::from_millis(20));
+    let url = http.url() + "/";
+    // The test plays systemd: it holds the listening socket across every
+    // manager it starts.
+    let sock = work.path().join("bm.sock");
+    let listener = listen_at(&sock, 1024).unwrap();
+    let api = work.path().join("bm-api.sock");
+    let log = work.path().join("bm.log");
+    let cache = work.path().join("cache");
+    let args = args![
+        "blobmgr",
+        "--cache-dir",
+        &cache,
+        "--api-socket",
+        &api,
+        "--backend",
+        &url
+    ];
+    let start = || {
+        let c = spawn_activated(&listener, &args, &log);
+        common::wait_until("the activated manager", Duration::from_secs(30), || {
+            api_up(&api)
+        });
+        c
+    };
+    let mut child = start();
+    let mapi = work.path().join("api.sock");
+    let extra = ["--blob-manager-fallback", "wait"];
+    let mut opts = args![
+        "--backend",
+        &url,
+        "--blob-manager",
+        &sock,
+        "--api-socket",
+        &mapi
+    ];
+    opts.extend(extra.iter().map(OsString::from));
+    let mnt = mount(&boot, &work.path().join("mnt"), &opts);
+    let stop = AtomicBool::new(false);
+    let (refused, connects) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let reader = s.spawn(|| read_compare(&src, &mnt.mountpoint, 0));
+        let prober = s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                match Conn::connect(&sock) {
+                    Ok(_) => connects.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => refused.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        });
+        for _ in 0..5 {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            child = start();
+        }
+        let bad = reader.join().unwrap();
+        stop.store(true, Ordering::SeqCst);
+        prober.join().unwrap();
+        bad
+    });
+    signal(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+    assert!(failures.is_empty(), "{failures:#?}\n{}", mnt.describe());
+    assert!(connects.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "connects refused across restarts"
+    );
+    assert!(sock.exists(), "a manager removed the socket systemd owns");
+}
