@@ -460,16 +460,18 @@ fn classify(name: &str) -> Name {
 
 /// A cache directory's entries, sorted by kind.
 #[derive(Debug, Default)]
-struct Scan {
-    /// Blob id → (has a data file, has a map file).
-    blobs: BTreeMap<BlobId, (bool, bool)>,
+pub struct Scan {
+    /// Blob id → (has a data file, has a map file); regular files only.
+    pub blobs: BTreeMap<BlobId, (bool, bool)>,
     /// Temporary map files and the pid that created them.
-    temps: Vec<(String, u32)>,
+    pub temps: Vec<(String, u32)>,
     /// Everything else, by name (lossy).
-    other: Vec<String>,
+    pub other: Vec<String>,
 }
 
-fn scan(dir: &Path) -> Result<Scan, ToolError> {
+/// Lists `dir` by kind, from the names and the entries' file types:
+/// nothing is opened.
+pub fn scan(dir: &Path) -> Result<Scan, ToolError> {
     let mut out = Scan::default();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;

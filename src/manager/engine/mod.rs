@@ -12,10 +12,13 @@
 //!   on-demand or the throttled prefetch lane. Answers come from whoever
 //!   settles the last frame, or from the deadline timer (`request`).
 //! - **quota**: a node-wide LRU over every blob's frames (`quota`).
-//!
-//! Existing caches in the directory are not accounted at start; a blob's
-//! ready ranges are, when it is opened.
+//! - **start**: the caches already in the directory are held and their
+//!   ready ranges accounted before anything is served, then evicted down to
+//!   the limit if over (`adopt`). A client opening one of them with the
+//!   parameters its map records gets that entry; with others,
+//!   `LayoutConflict`.
 
+mod adopt;
 mod blob;
 mod flights;
 pub mod metrics;
@@ -88,7 +91,10 @@ pub struct Engine {
 
 impl Engine {
     /// An engine over `cfg.cache_dir` (created if missing) and `backend`;
-    /// starts its worker and timer threads (they end when it is dropped).
+    /// starts its worker and timer threads (they end when it is dropped),
+    /// then accounts the caches already in the directory, evicting down to
+    /// the limit if over (the caller must own the directory: see
+    /// [`crate::manager::lockfile`]).
     pub fn new(cfg: FetchConfig, backend: Arc<dyn Backend>) -> Result<Arc<Engine>, EngineError> {
         let dir = cfg.cache_dir.clone().ok_or(EngineError::NoCacheDir)?;
         crate::cache::create_dir(&dir)?;
@@ -122,6 +128,7 @@ impl Engine {
                     .map_err(EngineError::Thread)?;
             }
         }
+        engine.adopt_existing();
         Ok(engine)
     }
 
@@ -173,22 +180,34 @@ impl Engine {
             CacheError::TooLarge { .. } => Refused::new(ErrorCode::TooLarge, e.to_string()),
             e => Refused::new(ErrorCode::Io, e.to_string()),
         })?;
+        let blob = self.insert(&mut blobs, params, cache);
+        drop(blobs);
+        self.quota.evict(&self.open_blobs());
+        Ok(blob)
+    }
+
+    /// Holds `cache` (opened with `params`) as an open blob, its ready
+    /// runs accounted as the oldest entries of the LRU.
+    fn insert(
+        &self,
+        blobs: &mut HashMap<BlobId, Arc<Blob>>,
+        params: MapParams,
+        cache: BlobCache,
+    ) -> Arc<Blob> {
         let blob = Arc::new(Blob {
-            id,
-            size: req.blob_size,
-            layout: req.layout,
-            granularity: req.granularity,
+            id: params.blob,
+            size: params.blob_size,
+            layout: params.layout,
+            granularity: params.granularity,
             cache,
             table: Mutex::default(),
             io: Default::default(),
             clients: Default::default(),
         });
         self.quota.add_runs(&blob);
-        blobs.insert(id, blob.clone());
+        blobs.insert(params.blob, blob.clone());
         self.metrics.blobs_open.set(blobs.len() as i64);
-        drop(blobs);
-        self.quota.evict(&self.open_blobs());
-        Ok(blob)
+        blob
     }
 }
 

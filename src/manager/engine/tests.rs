@@ -510,3 +510,90 @@ fn ready_ranges_of_earlier_runs_count_and_go_first() {
     assert!(ready(&s, &s.tb.frames[3]) && ready(&s, &s.tb.frames[5]));
     assert_eq!(s.engine.status().usage, 3 * u64::from(ULEN));
 }
+
+/// An engine over `dir` (no worker tuning), as after a manager restart.
+fn restart(dir: &Path, fake: &Arc<Fake>, limit: Option<u64>) -> Arc<Engine> {
+    let cfg = FetchConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        cache_limit: limit,
+        retry_base: Duration::from_millis(1),
+        ..FetchConfig::default()
+    };
+    Engine::new(cfg, fake.clone()).unwrap()
+}
+
+/// Ready bytes the map on disk records for the test blob.
+fn ready_on_disk(dir: &Path) -> u64 {
+    match crate::cache::tools::read_map(dir, &BlobId([0xab; 32])).unwrap() {
+        crate::cache::tools::MapInfo::Valid { ready_bytes, .. } => ready_bytes,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn caches_on_disk_count_at_start_and_are_evicted_to_the_limit() {
+    let s = setup(12, |_| {});
+    // Every other frame: six runs of one frame each.
+    let filled: Vec<FetchFrame> = s.tb.frames.iter().step_by(2).cloned().collect();
+    let st = fetch(&s, Lane::OnDemand, filled.clone(), LONG);
+    assert_eq!(st, vec![FrameStatus::Ready; 6]);
+    let dir = s.engine.dir.clone();
+    let (tb, fake) = (s.tb, s.fake.clone());
+    drop((s.engine, s.blob, s.data_fd));
+    // Foreign and bad files are skipped and left as they are.
+    let bad_map = crate::cache::bitmap::map_path(&dir, &BlobId([0xcd; 32]));
+    let foreign = dir.join("notes.txt");
+    std::fs::write(&bad_map, b"not a map").unwrap();
+    std::fs::write(&foreign, b"keep me").unwrap();
+    let ulen = u64::from(ULEN);
+
+    // No limit: everything on disk is accounted before any open.
+    let engine = restart(&dir, &fake, None);
+    assert_eq!(
+        engine.status(),
+        EngineStatus {
+            blobs: 1,
+            usage: 6 * ulen,
+            limit: None
+        }
+    );
+    assert_eq!(ready_on_disk(&dir), 6 * ulen);
+    drop(engine);
+
+    // A smaller limit: evicted under it at start, before any open.
+    let limit = 4 * ulen;
+    let engine = restart(&dir, &fake, Some(limit));
+    let usage = engine.status().usage;
+    assert!(usage <= limit && usage > 0, "{usage}");
+    assert_eq!(usage, ready_on_disk(&dir), "usage is what is on disk");
+    assert!(engine.metrics().evictions.get() > 0);
+    assert_eq!(std::fs::read(&bad_map).unwrap(), b"not a map");
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"keep me");
+
+    // Other parameters: refused; the same: the same entry, not counted twice.
+    let size = tb.data.len() as u64;
+    let e = engine.open(&open_req(size, [8; 16])).err().unwrap();
+    assert_eq!(e.code, ErrorCode::LayoutConflict);
+    let opened = engine.open(&open_req(size, [7; 16])).unwrap();
+    assert_eq!(engine.status().usage, usage);
+    assert_eq!(engine.status().blobs, 1);
+    let s = Setup {
+        _dir: s._dir,
+        engine,
+        fake: fake.clone(),
+        blob: opened.blob,
+        tb,
+        data_fd: opened.data,
+    };
+    let kept: Vec<FetchFrame> = filled.into_iter().filter(|f| ready(&s, f)).collect();
+    assert_eq!(kept.len() as u64 * ulen, usage);
+    let before = fake.count();
+    let st = fetch(&s, Lane::OnDemand, kept.clone(), LONG);
+    assert_eq!(st, vec![FrameStatus::Ready; kept.len()]);
+    assert_eq!(fake.count(), before, "served from the cache");
+    for f in &kept {
+        let at = f.ustart as usize;
+        assert_eq!(on_disk(&s, f), s.tb.data[at..at + ULEN as usize]);
+    }
+    assert_eq!(s.engine.status().usage, usage);
+}
