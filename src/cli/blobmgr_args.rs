@@ -9,7 +9,7 @@ use crate::api::{Api, ApiServer};
 use crate::backend::url::{BackendUrl, UrlError};
 use crate::backend::BackendOptions;
 use crate::fetch::FetchConfig;
-use crate::manager::daemon::{Daemon, DaemonOptions, StopSignals};
+use crate::manager::daemon::{Daemon, DaemonOptions, Prepared, StopSignals};
 use crate::manager::engine::Engine;
 use crate::manager::server::ServerConfig;
 use crate::manager::service::BlobService;
@@ -140,16 +140,19 @@ impl BlobmgrArgs {
 /// Entry point of `rafs blobmgr`.
 pub fn run(a: &BlobmgrArgs) -> anyhow::Result<ExitCode> {
     let cfg = a.resolve()?;
+    // Socket and lock first: before any thread (the activation variables
+    // are unset) and before the engine touches the directory.
+    let prepared = Daemon::prepare(&cfg.daemon)?;
+    let stop = StopSignals::install()?;
     let backend = cfg.backend.open(&cfg.backend_options)?;
     let engine = Engine::new(cfg.fetch.clone(), backend)?;
     let mut reg = Registry::default();
     engine.metrics().register(&mut reg);
     let e = engine.clone();
     let status = move || serde_json::to_value(e.status()).unwrap_or_default();
-    let stop = StopSignals::install()?;
     serve(
         engine,
-        &cfg.daemon,
+        prepared,
         cfg.api_socket.as_deref(),
         reg,
         status,
@@ -177,14 +180,14 @@ impl Stop for std::sync::mpsc::Receiver<()> {
     }
 }
 
-/// Runs a blob manager over `service` until `stop`: the daemon (socket,
-/// lock, connection layer), and the API on `api_socket` with `/status`
-/// (the daemon's, `service_status` under `service`) and `/metrics`
-/// (`registry` plus the connection layer's). Prints one line on stdout
-/// when it serves.
+/// Runs a blob manager over `service` until `stop`: the daemon
+/// (`prepared`: its socket and lock; the connection layer), and the API on
+/// `api_socket` with `/status` (the daemon's, `service_status` under
+/// `service`) and `/metrics` (`registry` plus the connection layer's).
+/// Prints one line on stdout when it serves.
 pub fn serve<S: BlobService, F>(
     service: Arc<S>,
-    opts: &DaemonOptions,
+    prepared: Prepared,
     api_socket: Option<&Path>,
     mut registry: Registry,
     service_status: F,
@@ -193,7 +196,8 @@ pub fn serve<S: BlobService, F>(
 where
     F: Fn() -> serde_json::Value + Send + Sync + 'static,
 {
-    let daemon = Daemon::start(service, opts, &mut registry)?;
+    let cache_dir = prepared.cache_dir().to_path_buf();
+    let daemon = prepared.serve(service, &mut registry)?;
     let api = match api_socket {
         Some(path) => {
             let listener = ApiServer::bind(path)?;
@@ -204,12 +208,8 @@ where
         None => None,
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "rafs: blob manager serving {}",
-        opts.cache_dir.display()
-    )
-    .and_then(|()| out.flush());
+    let _ = writeln!(out, "rafs: blob manager serving {}", cache_dir.display())
+        .and_then(|()| out.flush());
     drop(out);
     stop.wait();
     if let Some(api) = api {
@@ -327,7 +327,7 @@ mod tests {
             let status = || serde_json::json!({"engine": "fake"});
             serve(
                 Arc::new(Nothing),
-                &opts,
+                Daemon::prepare(&opts)?,
                 Some(&a),
                 Registry::default(),
                 status,
@@ -359,5 +359,66 @@ mod tests {
         tx.send(()).unwrap();
         t.join().unwrap().unwrap();
         assert!(!sock.exists() && !api.exists());
+    }
+
+    /// Every file of `dir` with its bytes (the map's bits and generation
+    /// included).
+    fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_second_manager_on_a_locked_dir_fails_before_touching_it() {
+        use crate::cache::{BlobCache, MapParams};
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, blobs) = (dir.path().join("cache"), dir.path().join("blobs"));
+        std::fs::create_dir(&blobs).unwrap();
+        crate::cache::create_dir(&cache).unwrap();
+        let _first =
+            crate::manager::lockfile::ManagerLock::acquire(&cache, Path::new("/run/first.sock"))
+                .unwrap();
+        // A cache filled by the first manager: 16 KiB ready.
+        let params = MapParams::new(crate::backend::BlobId([0xab; 32]), 16384, 4096)
+            .unwrap()
+            .with_layout([7; 16]);
+        let (c, _) = BlobCache::open(&cache, params).unwrap();
+        c.commit(&[(0, &[5u8; 16384][..])]).unwrap();
+        drop(c);
+        let before = snapshot(&cache);
+        let sock = dir.path().join("second.sock");
+        let (c, b, s) = (
+            cache.to_str().unwrap(),
+            blobs.to_str().unwrap(),
+            sock.to_str().unwrap(),
+        );
+        // A limit that building an engine over the directory would evict to.
+        let a = args(&[
+            "--socket",
+            s,
+            "--cache-dir",
+            c,
+            "--blobs",
+            b,
+            "--cache-size",
+            "4K",
+        ]);
+        let e = run(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("is already managed by the blob manager at /run/first.sock"),
+            "{e}"
+        );
+        assert!(snapshot(&cache) == before, "the directory was touched");
+        assert!(!sock.exists());
     }
 }

@@ -13,9 +13,13 @@
 //! - **Lock.** The cache directory is taken with
 //!   [`ManagerLock`](super::lockfile::ManagerLock) before anything is
 //!   served, and held until the daemon is dropped.
-//! - **Run.** The front end (`rafs blobmgr`) starts a [`Daemon`], serves
-//!   [`Daemon::status_fn`] and the metrics registry on its API socket,
-//!   waits with [`StopSignals`], then calls [`Daemon::shutdown`].
+//! - **Run.** The front end (`rafs blobmgr`) first calls
+//!   [`Daemon::prepare`] (activation socket, lock, bind), before any other
+//!   thread exists (unsetting the activation variables is only sound then)
+//!   and before its engine touches the directory; it then builds the
+//!   engine, [`Prepared::serve`]s it, serves [`Daemon::status_fn`] and the
+//!   metrics registry on its API socket, waits with [`StopSignals`], then
+//!   calls [`Daemon::shutdown`]. [`Daemon::start`] does both steps.
 
 use super::lockfile::{LockError, ManagerLock};
 use super::server::{Server, ServerConfig, ServerMetrics};
@@ -73,6 +77,9 @@ pub enum DaemonError {
     /// `--socket-group` names no group.
     #[error("--socket-group {0}: no such group")]
     Group(String),
+    /// The cache directory could not be created.
+    #[error("cache directory: {0}")]
+    CacheDir(#[source] crate::cache::CacheError),
     /// The connection layer did not start.
     #[error("starting the blob manager: {0}")]
     Start(std::io::Error),
@@ -181,6 +188,67 @@ fn bound_path(fd: &OwnedFd) -> String {
     }
 }
 
+/// A blob manager before it serves: its socket taken (activation or
+/// bound) and its cache directory locked, so that whatever it serves can
+/// be built over a directory it owns. Dropped unserved, it removes the
+/// socket file it bound and releases the directory.
+pub struct Prepared {
+    /// `Some` until served.
+    listener: Option<OwnedFd>,
+    /// `Some` until served.
+    lock: Option<ManagerLock>,
+    /// The socket file this process bound (removed if never served).
+    bound: Option<PathBuf>,
+    socket: String,
+    cache_dir: PathBuf,
+    server: ServerConfig,
+}
+
+impl Prepared {
+    /// The cache directory it owns.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// Registers the connection layer's metrics in `registry` and serves
+    /// `service` on the socket taken.
+    pub fn serve<S: BlobService>(
+        mut self,
+        service: Arc<S>,
+        registry: &mut Registry,
+    ) -> Result<Daemon, DaemonError> {
+        let (Some(listener), Some(lock)) = (self.listener.take(), self.lock.take()) else {
+            return Err(DaemonError::NoSocket); // unreachable: taken only here
+        };
+        let metrics = Arc::new(ServerMetrics::default());
+        metrics.register(registry);
+        let server =
+            Server::start_with_metrics(listener, service, self.server.clone(), metrics.clone())
+                .map_err(DaemonError::Start)?;
+        let socket = std::mem::take(&mut self.socket);
+        tracing::info!(socket, cache_dir = %self.cache_dir.display(), "blob manager serving");
+        Ok(Daemon {
+            server: Some(server),
+            _lock: lock,
+            bound: self.bound.take(),
+            socket,
+            cache_dir: std::mem::take(&mut self.cache_dir),
+            started: Instant::now(),
+            metrics,
+        })
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(p) = self.bound.take() {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!("removing {}: {e}", p.display());
+            }
+        }
+    }
+}
+
 /// A running blob manager: its lock, its socket and its connection layer.
 pub struct Daemon {
     server: Option<Server>,
@@ -194,14 +262,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Takes the socket (activation or `opts.socket`), locks the cache
-    /// directory, registers the connection layer's metrics in `registry`
-    /// and serves `service`.
-    pub fn start<S: BlobService>(
-        service: Arc<S>,
-        opts: &DaemonOptions,
-        registry: &mut Registry,
-    ) -> Result<Daemon, DaemonError> {
+    /// Takes the socket (activation or `opts.socket`), creates the cache
+    /// directory if missing and locks it. Call it before starting any
+    /// thread (it unsets the activation variables) and before building the
+    /// service over the directory.
+    pub fn prepare(opts: &DaemonOptions) -> Result<Prepared, DaemonError> {
         let activated = take_activation_socket()?;
         let gid = opts.socket_group.as_deref().map(group_id).transpose()?;
         let socket = match (&activated, &opts.socket) {
@@ -209,6 +274,7 @@ impl Daemon {
             (None, Some(p)) => p.display().to_string(),
             (None, None) => return Err(DaemonError::NoSocket),
         };
+        crate::cache::create_dir(&opts.cache_dir).map_err(DaemonError::CacheDir)?;
         // Locked before the socket is touched: a second manager on the
         // same directory must not replace the first one's socket.
         let lock = ManagerLock::acquire(&opts.cache_dir, Path::new(&socket))?;
@@ -220,21 +286,23 @@ impl Daemon {
                 (bind_socket(&path, shared, gid)?, Some(path))
             }
         };
-        let metrics = Arc::new(ServerMetrics::default());
-        metrics.register(registry);
-        let server =
-            Server::start_with_metrics(listener, service, opts.server.clone(), metrics.clone())
-                .map_err(DaemonError::Start)?;
-        tracing::info!(socket, cache_dir = %opts.cache_dir.display(), "blob manager serving");
-        Ok(Daemon {
-            server: Some(server),
-            _lock: lock,
+        Ok(Prepared {
+            listener: Some(listener),
+            lock: Some(lock),
             bound,
             socket,
             cache_dir: opts.cache_dir.clone(),
-            started: Instant::now(),
-            metrics,
+            server: opts.server.clone(),
         })
+    }
+
+    /// [`Daemon::prepare`], then [`Prepared::serve`].
+    pub fn start<S: BlobService>(
+        service: Arc<S>,
+        opts: &DaemonOptions,
+        registry: &mut Registry,
+    ) -> Result<Daemon, DaemonError> {
+        Self::prepare(opts)?.serve(service, registry)
     }
 
     /// The connection layer's metrics.
@@ -469,5 +537,28 @@ mod tests {
         )
         .err();
         assert!(matches!(e, Some(DaemonError::NoSocket)), "{e:?}");
+    }
+
+    #[test]
+    fn prepare_creates_and_locks_the_dir_and_cleans_up_unserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("new").join("cache");
+        let sock = dir.path().join("m.sock");
+        let opts = DaemonOptions {
+            socket: Some(sock.clone()),
+            cache_dir: cache.clone(),
+            ..DaemonOptions::default()
+        };
+        let p = Daemon::prepare(&opts).unwrap();
+        assert_eq!(p.cache_dir(), cache);
+        assert_eq!(std::fs::metadata(&cache).unwrap().mode() & 0o777, 0o700);
+        assert!(sock.exists());
+        assert!(matches!(
+            SharedLock::acquire(&cache),
+            Err(LockError::Managed { .. })
+        ));
+        drop(p);
+        assert!(!sock.exists());
+        SharedLock::acquire(&cache).unwrap();
     }
 }
