@@ -53,8 +53,22 @@ impl Quota {
     }
 
     fn add(&self, n: u64) {
-        let v = self.usage.fetch_add(n, Ordering::Relaxed) + n;
-        self.metrics.cache_usage.set(v);
+        self.usage.fetch_add(n, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// The usage gauge follows the counter. Writers race, so each sets
+    /// the value it loads *after* its own change, then checks that the
+    /// counter did not move meanwhile (the last writer always publishes
+    /// the final value).
+    fn publish(&self) {
+        loop {
+            let v = self.usage.load(Ordering::Acquire);
+            self.metrics.cache_usage.set(v);
+            if self.usage.load(Ordering::Acquire) == v {
+                return;
+            }
+        }
     }
 
     fn sub(&self, n: u64) {
@@ -66,7 +80,7 @@ impl Quota {
                 .compare_exchange(cur, new, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    self.metrics.cache_usage.set(new);
+                    self.publish();
                     return;
                 }
                 Err(v) => cur = v,
@@ -158,16 +172,30 @@ impl Quota {
     }
 
     /// Evicts least recently used frames and runs, over all `blobs`, while
-    /// usage is over the limit, down to 15/16 of it.
+    /// usage is over the limit, down to 15/16 of it. One thread evicts at
+    /// a time; the others return at once, and the evicting thread looks
+    /// again after each pass (and after letting go of the lock), so usage
+    /// another thread added meanwhile is never left over the limit.
     pub(crate) fn evict(&self, blobs: &[Arc<Blob>]) {
         let Some(limit) = self.limit else { return };
-        if self.usage() <= limit {
-            return;
+        loop {
+            if self.usage() <= limit {
+                return;
+            }
+            let Ok(one) = self.evicting.try_lock() else {
+                return; // the evicting thread looks again when done
+            };
+            let before = self.usage();
+            self.evict_pass(blobs, limit - limit / 16);
+            drop(one);
+            if self.usage() >= before {
+                return; // nothing left to evict
+            }
         }
-        let Ok(_one) = self.evicting.try_lock() else {
-            return; // another thread is evicting
-        };
-        let target = limit - limit / 16;
+    }
+
+    /// One pass: the least recently used first, down to `target`.
+    fn evict_pass(&self, blobs: &[Arc<Blob>], target: u64) {
         let mut cands: Vec<(u64, usize, What)> = Vec::new();
         for (i, b) in blobs.iter().enumerate() {
             let t = b.table();
