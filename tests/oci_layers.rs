@@ -205,7 +205,10 @@ impl Reference {
                 self.remove(&join(dir, hidden));
             }
         }
-        for e in layer.iter().filter(|e| !split(e.path).1.starts_with(".wh.")) {
+        for e in layer
+            .iter()
+            .filter(|e| !split(e.path).1.starts_with(".wh."))
+        {
             let rel = e.path.trim_end_matches('/').trim_start_matches("./");
             let m = (e.mode, e.uid, e.gid, e.mtime);
             if rel.is_empty() || rel == "." {
@@ -334,7 +337,14 @@ fn write_layers(dir: &Path, layers: &[Vec<E>]) -> Vec<PathBuf> {
 fn create_json(layers: &[PathBuf], out: &Path) -> serde_json::Value {
     let mut a = args!["create"];
     a.extend(layers.iter().map(|p| p.into()));
-    a.extend(args!["-o", out, "--no-progress", "--json", "--chunker", "fixed"]);
+    a.extend(args![
+        "-o",
+        out,
+        "--no-progress",
+        "--json",
+        "--chunker",
+        "fixed"
+    ]);
     a.extend(args!["--chunk-size", "16K", "--threads", "2"]);
     let r = rafs(&a).ok();
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{r}"))
@@ -427,7 +437,11 @@ fn same_layers_same_image_and_shared_base_blobs() {
     enc.write_all(&fs::read(&paths[1]).unwrap()).unwrap();
     fs::write(&gz, enc.finish().unwrap()).unwrap();
     let zst = tmp.path().join("layer-3.tar.zst");
-    fs::write(&zst, zstd::encode_all(&fs::read(&paths[3]).unwrap()[..], 3).unwrap()).unwrap();
+    fs::write(
+        &zst,
+        zstd::encode_all(&fs::read(&paths[3]).unwrap()[..], 3).unwrap(),
+    )
+    .unwrap();
     let d = tmp.path().join("d");
     let compressed = [paths[0].clone(), gz, paths[2].clone(), zst];
     let sd = create_json(&compressed, &d);
@@ -454,8 +468,19 @@ fn one_source_keeps_whiteouts_and_bad_layers_fail_cleanly() {
     let bad = tmp.path().join("bad.tar");
     fs::write(&bad, tar_of(&[link("x", Kind::Hardlink("nowhere"))])).unwrap();
     let out = tmp.path().join("out");
-    let r = rafs(args!["create", &paths[0], &bad, "-o", &out, "--no-progress"]).failed();
-    assert!(r.stderr.contains("nowhere") || r.stderr.contains("target"), "{r}");
+    let r = rafs(args![
+        "create",
+        &paths[0],
+        &bad,
+        "-o",
+        &out,
+        "--no-progress"
+    ])
+    .failed();
+    assert!(
+        r.stderr.contains("nowhere") || r.stderr.contains("target"),
+        "{r}"
+    );
     assert!(!out.exists());
     // A directory among several sources.
     let r = rafs(args!["create", &paths[0], tmp.path(), "-o", &out]).failed();

@@ -114,14 +114,17 @@ impl Merged {
         let base = self.specs.len() as u64;
         let summary = self.add_chunks(name, out)?;
         let mut map = HashMap::new();
-        let mut unresolved = std::collections::HashSet::new();
+        let mut unresolved = HashMap::new();
         for (&id, target) in marks.external.iter().flatten() {
             match self.lookup(target) {
-                Some(m) => {
+                Some(m) if self.tree.children(m).is_none() => {
                     map.insert(id, m);
                 }
+                Some(_) => {
+                    unresolved.insert(id, "a directory");
+                }
                 None => {
-                    unresolved.insert(id);
+                    unresolved.insert(id, "not found in this or a lower layer");
                 }
             }
         }
@@ -243,12 +246,13 @@ impl Merged {
                 }
                 let mid = match map.get(&lchild) {
                     Some(&m) => m,
-                    None if ctx.unresolved.contains(&lchild) => {
+                    None if ctx.unresolved.contains_key(&lchild) => {
                         return Err(BuildError::CorruptArchive {
                             path: ctx.name.to_owned(),
                             reason: format!(
-                                "hardlink '{}': target not found in this or a lower layer",
-                                String::from_utf8_lossy(name.as_bytes())
+                                "hardlink '{}': target {}",
+                                String::from_utf8_lossy(name.as_bytes()),
+                                ctx.unresolved[&lchild]
                             ),
                         })
                     }
@@ -319,7 +323,8 @@ struct Overlay<'a> {
     layer: &'a Tree,
     marks: &'a Marks,
     base: u64,
-    unresolved: &'a std::collections::HashSet<NodeId>,
+    /// Lower-layer hardlinks that cannot be made, and why.
+    unresolved: &'a HashMap<NodeId, &'static str>,
     name: &'a str,
 }
 
