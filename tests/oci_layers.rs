@@ -37,6 +37,8 @@ struct E {
     uid: u32,
     gid: u32,
     mtime: i64,
+    /// Extended attributes (PAX `SCHILY.xattr.`).
+    xattrs: Vec<(&'static str, &'static [u8])>,
 }
 
 fn dir(path: &'static str, mode: u32, mtime: i64) -> E {
@@ -47,6 +49,7 @@ fn dir(path: &'static str, mode: u32, mtime: i64) -> E {
         uid: 0,
         gid: 0,
         mtime,
+        xattrs: Vec::new(),
     }
 }
 
@@ -58,6 +61,7 @@ fn file(path: &'static str, data: impl Into<Vec<u8>>, mtime: i64) -> E {
         uid: 1000,
         gid: 100,
         mtime,
+        xattrs: Vec::new(),
     }
 }
 
@@ -73,6 +77,7 @@ fn link(path: &'static str, kind: Kind) -> E {
         uid: 0,
         gid: 0,
         mtime: 77,
+        xattrs: Vec::new(),
     }
 }
 
@@ -92,6 +97,15 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn tar_of(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
+        if !e.xattrs.is_empty() {
+            let keys: Vec<(String, &[u8])> = e
+                .xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                .collect();
+            b.append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+                .unwrap();
+        }
         let mut h = tar::Header::new_gnu();
         let (etype, data): (tar::EntryType, &[u8]) = match &e.kind {
             Kind::Dir => (tar::EntryType::Directory, &[]),
@@ -120,8 +134,8 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Metadata the reference gives a path: mode, uid, gid, mtime.
-type RefMeta = (u32, u32, u32, i64);
+/// Metadata the reference gives a path: mode, uid, gid, mtime, xattrs.
+type RefMeta = (u32, u32, u32, i64, Vec<(&'static str, &'static [u8])>);
 
 /// The reference implementation: layers applied to a directory.
 struct Reference {
@@ -154,7 +168,7 @@ impl Reference {
     fn new(root: &Path) -> Reference {
         fs::create_dir(root).unwrap();
         let mut meta = BTreeMap::new();
-        meta.insert(String::new(), (0o755, 0, 0, 0));
+        meta.insert(String::new(), (0o755, 0, 0, 0, Vec::new()));
         Reference {
             root: root.to_owned(),
             meta,
@@ -185,7 +199,7 @@ impl Reference {
             if !self.is_dir(&at) {
                 self.remove(&at);
                 fs::create_dir(self.path(&at)).unwrap();
-                self.meta.insert(at.clone(), (0o755, 0, 0, 0));
+                self.meta.insert(at.clone(), (0o755, 0, 0, 0, Vec::new()));
             }
         }
     }
@@ -210,7 +224,7 @@ impl Reference {
             .filter(|e| !split(e.path).1.starts_with(".wh."))
         {
             let rel = e.path.trim_end_matches('/').trim_start_matches("./");
-            let m = (e.mode, e.uid, e.gid, e.mtime);
+            let m = (e.mode, e.uid, e.gid, e.mtime, e.xattrs.clone());
             if rel.is_empty() || rel == "." {
                 self.meta.insert(String::new(), m);
                 continue;
@@ -238,7 +252,7 @@ impl Reference {
                 Kind::Hardlink(t) => {
                     self.remove(rel);
                     fs::hard_link(self.path(t), &p).unwrap();
-                    self.meta[*t]
+                    self.meta[*t].clone()
                 }
             };
             self.meta.insert(rel.to_owned(), m);
@@ -248,14 +262,17 @@ impl Reference {
     /// Sets the recorded metadata (after all layers: extraction changes
     /// directory mtimes).
     fn finish(&self) {
-        for (rel, &(mode, uid, gid, mtime)) in &self.meta {
+        for (rel, (mode, uid, gid, mtime, xattrs)) in &self.meta {
             let p = self.path(rel);
             let is_link = fs::symlink_metadata(&p).unwrap().is_symlink();
-            lchown(&p, Some(uid), Some(gid)).unwrap();
+            lchown(&p, Some(*uid), Some(*gid)).unwrap();
             if !is_link {
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
             }
-            let t = filetime::FileTime::from_unix_time(mtime, 0);
+            for (k, v) in xattrs {
+                xattr::set(&p, k, v).unwrap();
+            }
+            let t = filetime::FileTime::from_unix_time(*mtime, 0);
             filetime::set_symlink_file_times(&p, t, t).unwrap();
         }
     }
@@ -265,7 +282,10 @@ impl Reference {
 fn layers() -> Vec<Vec<E>> {
     let l1 = vec![
         dir("./", 0o755, 5),
-        dir("etc/", 0o750, 1111),
+        E {
+            xattrs: vec![("user.dir", b"etc"), ("trusted.t", b"\n\0")],
+            ..dir("etc/", 0o750, 1111)
+        },
         file("etc/keep", "keep", 10),
         file("etc/change", "old", 100),
         file("etc/remove", "remove me", 10),
@@ -294,7 +314,10 @@ fn layers() -> Vec<Vec<E>> {
         link("lnk", Kind::Symlink("etc/keep")),
     ];
     let l2 = vec![
-        file("etc/change", noise(20_000, 4), 200),
+        E {
+            xattrs: vec![("user.v", b"2")],
+            ..file("etc/change", noise(20_000, 4), 200)
+        },
         whiteout("etc/.wh.remove"),
         file("opq/new", "new", 20),
         whiteout("opq/.wh..wh..opq"),
@@ -481,6 +504,11 @@ fn one_source_keeps_whiteouts_and_bad_layers_fail_cleanly() {
         r.stderr.contains("nowhere") || r.stderr.contains("target"),
         "{r}"
     );
+    assert!(!out.exists());
+    // A missing layer is named.
+    let missing = tmp.path().join("missing.tar");
+    let r = rafs(args!["create", &paths[0], &missing, "-o", &out]).failed();
+    assert!(r.stderr.contains("missing.tar"), "{r}");
     assert!(!out.exists());
     // A directory among several sources.
     let r = rafs(args!["create", &paths[0], tmp.path(), "-o", &out]).failed();

@@ -521,6 +521,10 @@ pub fn open_layer(path: &Path) -> Result<LayerInput> {
 pub fn build(opts: &Options) -> Result<Summary> {
     if !opts.upper_layers.is_empty() {
         let paths = std::iter::once(&opts.source).chain(&opts.upper_layers);
+        // Missing files are found before any layer is read.
+        for p in paths.clone().filter(|p| p.as_os_str() != "-") {
+            std::fs::metadata(p).map_err(|e| BuildError::io(p, e))?;
+        }
         return build_layers(opts, paths.map(|p| open_layer(p)));
     }
     let dict = opts.chunk_dict.as_deref().map(Dict::open).transpose()?;
