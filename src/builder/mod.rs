@@ -212,6 +212,24 @@ fn batch_from_args(a: &CreateArgs) -> Result<BatchConfig> {
     Ok(cfg)
 }
 
+/// Several sources must all be tar streams, stdin at most once.
+fn check_layers(a: &CreateArgs) -> Result<()> {
+    if a.upper_layers.is_empty() {
+        return Ok(());
+    }
+    let tars = std::iter::once(&a.source).chain(&a.upper_layers);
+    if tars.clone().filter(|p| p.as_os_str() == "-").count() > 1 {
+        return Err(BuildError::BadOptions("stdin ('-') given twice".into()));
+    }
+    if let Some(dir) = tars.clone().find(|p| p.is_dir()) {
+        return Err(BuildError::BadOptions(format!(
+            "{}: the layers of a multi-layer image must be tar streams",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Options {
     /// Validates command-line arguments.
     pub fn from_args(a: &CreateArgs) -> Result<Options> {
@@ -233,18 +251,7 @@ impl Options {
         } else {
             a.progress || std::io::stderr().is_terminal()
         };
-        let tars = std::iter::once(&a.source).chain(&a.upper_layers);
-        if !a.upper_layers.is_empty() {
-            if tars.clone().filter(|p| p.as_os_str() == "-").count() > 1 {
-                return Err(BuildError::BadOptions("stdin ('-') given twice".into()));
-            }
-            if let Some(dir) = tars.clone().find(|p| p.is_dir()) {
-                return Err(BuildError::BadOptions(format!(
-                    "{}: the layers of a multi-layer image must be tar streams",
-                    dir.display()
-                )));
-            }
-        }
+        check_layers(a)?;
         Ok(Options {
             source: a.source.clone(),
             upper_layers: a.upper_layers.clone(),
@@ -388,7 +395,7 @@ fn resolve_prefetch(
     Ok(out)
 }
 
-/// Reads the source through the pipeline into `staging`'s temporary dir.
+/// The pipeline parameters of `opts`.
 fn pipeline_config(opts: &Options) -> PipelineConfig {
     PipelineConfig {
         level: opts.level,
@@ -399,6 +406,7 @@ fn pipeline_config(opts: &Options) -> PipelineConfig {
     }
 }
 
+/// Reads the source through the pipeline into `staging`'s temporary dir.
 fn read_source(
     opts: &Options,
     dict: Option<&Dict>,
