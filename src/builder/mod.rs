@@ -12,13 +12,16 @@
 //!
 //! Sources: [`source_dir`] (walk first, then read files in inode order,
 //! sparse-aware) and [`source_tar`] (one pass in archive order; plain, gzip
-//! or zstd; OCI layer rules). Output is a pure function of the source and
-//! the options: independent of thread count and scheduling.
+//! or zstd; OCI layer rules). Several tar sources are the layers of an OCI
+//! image ([`build_layers`], [`layers`]): merged into one tree, each layer's
+//! data in its own blobs. Output is a pure function of the source and the
+//! options: independent of thread count and scheduling.
 
 pub mod batch;
 pub mod chunker;
 pub mod dict;
 pub mod error;
+pub mod layers;
 pub mod output;
 pub mod pax;
 pub mod pipeline;
@@ -32,6 +35,7 @@ use chunker::ChunkerConfig;
 use dict::Dict;
 use error::{BuildError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use layers::{LayerInput, LayerSummary, Merged};
 use pipeline::{PipelineConfig, PipelineOutput};
 use rafs_format::{ImageSpec, NodeKind};
 use std::io::IsTerminal;
@@ -63,6 +67,11 @@ pub struct CreateArgs {
     /// A directory, a tar file (plain, gzip or zstd), or `-` for a tar
     /// stream on stdin.
     pub source: PathBuf,
+    /// More tar sources: `source` is then the bottom layer of an OCI image
+    /// and these the layers above it, bottom first.
+    pub upper_layers: Vec<PathBuf>,
+    /// Print the summary as JSON.
+    pub json: bool,
     /// Output directory: receives `bootstrap` and `blobs/<sha256>`.
     pub output: PathBuf,
     /// Chunking algorithm [default: cdc, or fixed when --chunk-size is
@@ -105,6 +114,8 @@ pub struct CreateArgs {
 pub struct Options {
     /// Source directory, tar file, or `-`.
     pub source: PathBuf,
+    /// Tar layers above `source` (bottom first): a multi-layer build.
+    pub upper_layers: Vec<PathBuf>,
     /// Output directory.
     pub output: PathBuf,
     /// Chunking.
@@ -201,6 +212,24 @@ fn batch_from_args(a: &CreateArgs) -> Result<BatchConfig> {
     Ok(cfg)
 }
 
+/// Several sources must all be tar streams, stdin at most once.
+fn check_layers(a: &CreateArgs) -> Result<()> {
+    if a.upper_layers.is_empty() {
+        return Ok(());
+    }
+    let tars = std::iter::once(&a.source).chain(&a.upper_layers);
+    if tars.clone().filter(|p| p.as_os_str() == "-").count() > 1 {
+        return Err(BuildError::BadOptions("stdin ('-') given twice".into()));
+    }
+    if let Some(dir) = tars.clone().find(|p| p.is_dir()) {
+        return Err(BuildError::BadOptions(format!(
+            "{}: the layers of a multi-layer image must be tar streams",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Options {
     /// Validates command-line arguments.
     pub fn from_args(a: &CreateArgs) -> Result<Options> {
@@ -222,8 +251,10 @@ impl Options {
         } else {
             a.progress || std::io::stderr().is_terminal()
         };
+        check_layers(a)?;
         Ok(Options {
             source: a.source.clone(),
+            upper_layers: a.upper_layers.clone(),
             output: a.output.clone(),
             chunker,
             level: a.compression_level,
@@ -238,7 +269,7 @@ impl Options {
 }
 
 /// What a build produced.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
     /// Inodes in the image.
     pub inodes: usize,
@@ -262,6 +293,10 @@ pub struct Summary {
     pub read_amplification: f64,
     /// Bootstrap size.
     pub bootstrap_bytes: usize,
+    /// Per layer, bottom first (multi-layer builds only): the blobs each
+    /// layer's data went to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerSummary>,
 }
 
 impl std::fmt::Display for Summary {
@@ -275,7 +310,20 @@ impl std::fmt::Display for Summary {
             human_bytes(self.stored_bytes),
             self.blobs,
             self.dedup_ratio,
-        )
+        )?;
+        for (i, l) in self.layers.iter().enumerate() {
+            write!(f, "\nlayer {} ({}):", i + 1, l.name)?;
+            if l.blobs.is_empty() && l.dict_blobs.is_empty() {
+                write!(f, " no data")?;
+            }
+            for b in &l.blobs {
+                write!(f, " blob {b}")?;
+            }
+            for b in &l.dict_blobs {
+                write!(f, " dict blob {b}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -284,7 +332,11 @@ pub fn run(args: &CreateArgs) -> anyhow::Result<ExitCode> {
     let opts = Options::from_args(args)?;
     let summary = build(&opts)?;
     tracing::info!(?summary, "build finished");
-    println!("{summary}");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{summary}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -343,6 +395,17 @@ fn resolve_prefetch(
     Ok(out)
 }
 
+/// The pipeline parameters of `opts`.
+fn pipeline_config(opts: &Options) -> PipelineConfig {
+    PipelineConfig {
+        level: opts.level,
+        threads: opts.threads,
+        blob_size_limit: opts.blob_size_limit,
+        max_chunk: opts.chunker.max_chunk(),
+        batch: opts.batch,
+    }
+}
+
 /// Reads the source through the pipeline into `staging`'s temporary dir.
 fn read_source(
     opts: &Options,
@@ -350,13 +413,7 @@ fn read_source(
     tmp: &Path,
     bar: &ProgressBar,
 ) -> Result<(Tree, PipelineOutput)> {
-    let cfg = PipelineConfig {
-        level: opts.level,
-        threads: opts.threads,
-        blob_size_limit: opts.blob_size_limit,
-        max_chunk: opts.chunker.max_chunk(),
-        batch: opts.batch,
-    };
+    let cfg = pipeline_config(opts);
     let src = &opts.source;
     if src.as_os_str() != "-" && src.is_dir() {
         let mut tree = source_dir::scan(src)?;
@@ -393,8 +450,91 @@ pub fn read_amplification(spec: &ImageSpec) -> f64 {
     }
 }
 
+/// Reads the layers bottom first, each through its own pipeline run
+/// (blobs in `tmp/layer-N/`), merging them as they come.
+fn read_layers(
+    opts: &Options,
+    dict: Option<&Dict>,
+    tmp: &Path,
+    bar: &ProgressBar,
+    inputs: impl IntoIterator<Item = Result<LayerInput>>,
+) -> Result<Merged> {
+    let cfg = pipeline_config(opts);
+    let mut merged = Merged::new();
+    for (i, input) in inputs.into_iter().enumerate() {
+        let LayerInput { name, stream } = input?;
+        let dir = tmp.join(format!("layer-{i}"));
+        std::fs::create_dir(&dir).map_err(|e| BuildError::io(&dir, e))?;
+        let stream = source_tar::decompress(stream, &name)?;
+        let ((tree, marks), out) = pipeline::run(&cfg, dict, &dir, bar, |emit| {
+            source_tar::read_layer(stream, &name, &opts.chunker, emit)
+        })?;
+        merged.add(&name, &tree, &marks, out)?;
+    }
+    if merged.layers.is_empty() {
+        return Err(BuildError::BadOptions("no layers".into()));
+    }
+    Ok(merged)
+}
+
+/// Builds a multi-layer OCI image from `inputs` (tar streams, bottom layer
+/// first), as `opts` says (its `source` and `upper_layers` are not read):
+/// one merged bootstrap, each layer's data in its own blobs. The inputs
+/// are opened one at a time, as the build reaches them.
+pub fn build_layers(
+    opts: &Options,
+    inputs: impl IntoIterator<Item = Result<LayerInput>>,
+) -> Result<Summary> {
+    let dict = opts.chunk_dict.as_deref().map(Dict::open).transpose()?;
+    let prefetch_lines = match &opts.prefetch_list {
+        Some(p) => Some((p.as_path(), read_prefetch_list(p)?)),
+        None => None,
+    };
+    let staging = output::Staging::new(&opts.output)?;
+    let bar = progress_bar(opts);
+    let read = read_layers(opts, dict.as_ref(), staging.tmp(), &bar, inputs);
+    bar.finish_and_clear();
+    let merged = read?;
+    let out = PipelineOutput {
+        specs: merged.specs,
+        blobs: merged.blobs,
+        blob_files: merged.blob_files,
+        stats: merged.stats,
+    };
+    finish(
+        opts,
+        staging,
+        &merged.tree,
+        out,
+        prefetch_lines,
+        merged.layers,
+    )
+}
+
+/// Opens a layer file (or `-`, stdin) for [`build_layers`].
+pub fn open_layer(path: &Path) -> Result<LayerInput> {
+    let stream: source_tar::Stream = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        let f = std::fs::File::open(path).map_err(|e| BuildError::io(path, e))?;
+        Box::new(f)
+    };
+    Ok(LayerInput {
+        name: path.display().to_string(),
+        stream,
+    })
+}
+
 /// Builds an image as `opts` says; returns the summary.
 pub fn build(opts: &Options) -> Result<Summary> {
+    if !opts.upper_layers.is_empty() {
+        let paths = std::iter::once(&opts.source).chain(&opts.upper_layers);
+        // Missing files are found before any layer is read.
+        for p in paths.clone().filter(|p| p.as_os_str() != "-") {
+            std::fs::metadata(p).map_err(|e| BuildError::io(p, e))?;
+        }
+        return build_layers(opts, paths.map(|p| open_layer(p)));
+    }
     let dict = opts.chunk_dict.as_deref().map(Dict::open).transpose()?;
     let prefetch_lines = match &opts.prefetch_list {
         Some(p) => Some((p.as_path(), read_prefetch_list(p)?)),
@@ -408,9 +548,21 @@ pub fn build(opts: &Options) -> Result<Summary> {
     let read = read_source(opts, dict.as_ref(), staging.tmp(), &bar);
     bar.finish_and_clear();
     let (tree, out) = read?;
+    finish(opts, staging, &tree, out, prefetch_lines, Vec::new())
+}
+
+/// Numbers and encodes the tree, then commits blobs and bootstrap.
+fn finish(
+    opts: &Options,
+    staging: output::Staging,
+    tree: &Tree,
+    out: PipelineOutput,
+    prefetch_lines: Option<(&Path, PrefetchLines)>,
+    layers: Vec<LayerSummary>,
+) -> Result<Summary> {
     let order = tree.order();
     let nodes = tree.to_nodes(&order, &out.specs)?;
-    let prefetch = resolve_prefetch(&tree, &order, prefetch_lines)?;
+    let prefetch = resolve_prefetch(tree, &order, prefetch_lines)?;
     let spec = tree::image_spec(nodes, out.blobs, prefetch, opts.chunker.chunking());
     let bootstrap = rafs_format::encode(&spec)?;
     let st = out.stats;
@@ -430,6 +582,7 @@ pub fn build(opts: &Options) -> Result<Summary> {
         batched_chunks: st.batched_chunks,
         read_amplification: read_amplification(&spec),
         bootstrap_bytes: bootstrap.len(),
+        layers,
     };
     staging.commit(&out.blob_files, &bootstrap)?;
     Ok(summary)

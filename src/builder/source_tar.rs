@@ -17,7 +17,11 @@
 //! root entry `./` sets the root's metadata. Replaced files' chunks stay in
 //! the blob, unreferenced. OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) are
 //! kept verbatim as regular files: applying them is a layer-merging
-//! concern, and keeping them lets `rafs unpack` reproduce the layer.
+//! concern ([`super::layers`]), and keeping them lets `rafs unpack`
+//! reproduce the layer. For that merge, [`read_layer`] also records which
+//! directories were only implied by deeper paths ([`Marks::implicit`]) and
+//! lets a hardlink name a file of a lower layer (a placeholder node in
+//! [`Marks::external`]).
 //!
 //! Metadata comes from the header with PAX overrides: `path`/`linkpath`
 //! and GNU long names (via the `tar` crate), `uid`, `gid`, `mtime` with
@@ -32,7 +36,7 @@ use super::pipeline::Emitter;
 use super::tree::{implicit_dir, Content, Meta, Node, NodeId, Slot, Tree};
 use rafs_format::layout::*;
 use rafs_format::Name;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read};
 use std::path::Path;
@@ -48,6 +52,17 @@ fn corrupt(path: &str, e: impl std::fmt::Display) -> BuildError {
     }
 }
 
+/// What [`read_layer`] records besides the tree.
+#[derive(Debug, Default)]
+pub struct Marks {
+    /// Directories no entry described: created only for deeper paths.
+    pub implicit: HashSet<NodeId>,
+    /// Hardlinks whose target is not (yet) in this archive: placeholder
+    /// node (a [`Content::Special`] no other entry creates) -> target path.
+    /// `None`: such a hardlink is an error (a single archive).
+    pub external: Option<BTreeMap<NodeId, Vec<Name>>>,
+}
+
 /// Opens `source` (`-` is stdin) and undoes gzip or zstd compression,
 /// detected by magic bytes.
 pub fn open_stream(source: &Path) -> Result<Stream> {
@@ -57,12 +72,18 @@ pub fn open_stream(source: &Path) -> Result<Stream> {
         let f = File::open(source).map_err(|e| BuildError::io(source, e))?;
         Box::new(f)
     };
+    decompress(raw, &source.display().to_string())
+}
+
+/// Wraps a raw layer stream (plain, gzip or zstd, detected by magic
+/// bytes) so that it reads the tar archive. `name` is for errors.
+pub fn decompress(raw: Stream, name: &str) -> Result<Stream> {
     let mut raw = BufReader::with_capacity(1 << 20, raw);
     let mut magic = Vec::with_capacity(4);
     (&mut raw)
         .take(4)
         .read_to_end(&mut magic)
-        .map_err(|e| BuildError::io(source, e))?;
+        .map_err(|e| BuildError::io(Path::new(name), e))?;
     let joined = Cursor::new(magic.clone()).chain(raw);
     Ok(match magic.as_slice() {
         [0x1f, 0x8b, ..] => Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(joined))),
@@ -281,7 +302,7 @@ fn entry_meta(header: &tar::Header, pax: Pax, file_type: u32, display: &str) -> 
 
 /// Walks to the directory holding `comps`' last component, creating
 /// implicit directories; a non-directory on the way is an error.
-fn parent_dir(tree: &mut Tree, comps: &[Name], display: &str) -> Result<NodeId> {
+fn parent_dir(tree: &mut Tree, marks: &mut Marks, comps: &[Name], display: &str) -> Result<NodeId> {
     let mut dir = 0;
     for name in comps {
         let existing = tree.children(dir).and_then(|c| c.get(name).copied());
@@ -298,6 +319,7 @@ fn parent_dir(tree: &mut Tree, comps: &[Name], display: &str) -> Result<NodeId> 
             }
             None => {
                 let id = tree.add(Node::dir(implicit_dir(), 0));
+                marks.implicit.insert(id);
                 if let Some(c) = tree.children_mut(dir) {
                     c.insert(name.clone(), id);
                 }
@@ -310,11 +332,18 @@ fn parent_dir(tree: &mut Tree, comps: &[Name], display: &str) -> Result<NodeId> 
 
 /// Binds `comps` to `node`, replacing any earlier entry; a directory
 /// replacing a directory keeps the old entries.
-fn place(tree: &mut Tree, comps: &[Name], node: Node, display: &str) -> Result<NodeId> {
+fn place(
+    tree: &mut Tree,
+    marks: &mut Marks,
+    comps: &[Name],
+    node: Node,
+    display: &str,
+) -> Result<NodeId> {
     let Some((name, parents)) = comps.split_last() else {
         // The root itself: only a directory may describe it.
         return match node.content {
             Content::Dir { size, .. } => {
+                marks.implicit.remove(&0);
                 let root = tree.node_mut(0);
                 root.meta = node.meta;
                 if let Content::Dir { size: s, .. } = &mut root.content {
@@ -328,12 +357,13 @@ fn place(tree: &mut Tree, comps: &[Name], node: Node, display: &str) -> Result<N
             }),
         };
     };
-    let parent = parent_dir(tree, parents, display)?;
+    let parent = parent_dir(tree, marks, parents, display)?;
     let existing = tree.children(parent).and_then(|c| c.get(name).copied());
     if let (Some(old), Content::Dir { size, .. }) = (existing, &node.content) {
         if let Content::Dir { size: s, .. } = &mut tree.node_mut(old).content {
             *s = *size;
             tree.node_mut(old).meta = node.meta;
+            marks.implicit.remove(&old);
             return Ok(old);
         }
     }
@@ -352,7 +382,13 @@ fn link_target<R: Read>(entry: &tar::Entry<'_, R>, pax: &Pax, display: &str) -> 
         .ok_or_else(|| corrupt(display, "link entry without a target"))
 }
 
-fn hardlink(tree: &mut Tree, comps: &[Name], target: &[u8], display: &str) -> Result<()> {
+fn hardlink(
+    tree: &mut Tree,
+    marks: &mut Marks,
+    comps: &[Name],
+    target: &[u8],
+    display: &str,
+) -> Result<()> {
     let target_display = String::from_utf8_lossy(target).into_owned();
     let target_comps = normalise(target, &target_display)?;
     let mut id = Some(0);
@@ -361,12 +397,24 @@ fn hardlink(tree: &mut Tree, comps: &[Name], target: &[u8], display: &str) -> Re
             .and_then(|d| tree.children(d))
             .and_then(|c| c.get(name).copied());
     }
-    let id = id.ok_or_else(|| {
-        corrupt(
-            display,
-            format!("hardlink target '{target_display}' not found"),
-        )
-    })?;
+    let id = match (id, &mut marks.external) {
+        (Some(id), _) => id,
+        // Perhaps in a lower layer: the merge resolves the placeholder.
+        (None, Some(external)) if !target_comps.is_empty() => {
+            let id = tree.add(Node {
+                meta: Meta::default(),
+                content: Content::Special,
+            });
+            external.insert(id, target_comps);
+            id
+        }
+        (None, _) => {
+            return Err(corrupt(
+                display,
+                format!("hardlink target '{target_display}' not found"),
+            ))
+        }
+    };
     if tree.children(id).is_some() {
         return Err(BuildError::BadEntry {
             path: display.to_owned(),
@@ -379,7 +427,7 @@ fn hardlink(tree: &mut Tree, comps: &[Name], target: &[u8], display: &str) -> Re
             reason: "hardlink at the root".into(),
         });
     };
-    let parent = parent_dir(tree, parents, display)?;
+    let parent = parent_dir(tree, marks, parents, display)?;
     if let Some(c) = tree.children_mut(parent) {
         c.insert(name.clone(), id);
     }
@@ -389,6 +437,7 @@ fn hardlink(tree: &mut Tree, comps: &[Name], target: &[u8], display: &str) -> Re
 /// Reads one entry into the tree (file data through `emit`).
 fn add_entry<R: Read>(
     tree: &mut Tree,
+    marks: &mut Marks,
     entry: &mut tar::Entry<'_, R>,
     chunker: &ChunkerConfig,
     emit: &mut Emitter<'_>,
@@ -422,7 +471,7 @@ fn add_entry<R: Read>(
     let comps = normalise(&raw, &display)?;
     if etype == EntryType::Link {
         let target = link_target(entry, &pax, &display)?;
-        return hardlink(tree, &comps, &target, &display);
+        return hardlink(tree, marks, &comps, &target, &display);
     }
     let symlink = link_target(entry, &pax, &display);
     let meta = entry_meta(entry.header(), pax, file_type, &display)?;
@@ -457,7 +506,7 @@ fn add_entry<R: Read>(
         }
         _ => Content::Special,
     };
-    place(tree, &comps, Node { meta, content }, &display)?;
+    place(tree, marks, &comps, Node { meta, content }, &display)?;
     Ok(())
 }
 
@@ -469,6 +518,33 @@ pub fn read_tar(
     chunker: &ChunkerConfig,
     emit: &mut Emitter<'_>,
 ) -> Result<Tree> {
+    let mut marks = Marks::default();
+    read_entries(stream, name, chunker, emit, &mut marks)
+}
+
+/// Reads one layer of a multi-layer image: [`read_tar`], plus the
+/// [`Marks`] the merge needs (hardlinks may name files of lower layers).
+pub fn read_layer(
+    stream: impl Read,
+    name: &str,
+    chunker: &ChunkerConfig,
+    emit: &mut Emitter<'_>,
+) -> Result<(Tree, Marks)> {
+    let mut marks = Marks {
+        implicit: HashSet::from([0]),
+        external: Some(BTreeMap::new()),
+    };
+    let tree = read_entries(stream, name, chunker, emit, &mut marks)?;
+    Ok((tree, marks))
+}
+
+fn read_entries(
+    stream: impl Read,
+    name: &str,
+    chunker: &ChunkerConfig,
+    emit: &mut Emitter<'_>,
+    marks: &mut Marks,
+) -> Result<Tree> {
     let mut tree = Tree::new(implicit_dir(), 0);
     let (stream, recorder) = super::pax::Recorder::new(stream);
     let mut archive = tar::Archive::new(stream);
@@ -479,7 +555,14 @@ pub fn read_tar(
         let mut entry = entry.map_err(|e| corrupt(name, e))?;
         let raw_pax = recorder.pax_before(next_header, entry.raw_header_position());
         recorder.pause();
-        add_entry(&mut tree, &mut entry, chunker, emit, raw_pax.as_deref())?;
+        add_entry(
+            &mut tree,
+            marks,
+            &mut entry,
+            chunker,
+            emit,
+            raw_pax.as_deref(),
+        )?;
         let header = entry.header();
         let stored = if header.entry_type().is_gnu_sparse() {
             header.entry_size().unwrap_or(0)

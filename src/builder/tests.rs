@@ -13,6 +13,7 @@ use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
 pub(crate) fn opts(source: &Path, output: &Path) -> Options {
     Options {
         source: source.to_owned(),
+        upper_layers: Vec::new(),
         output: output.to_owned(),
         chunker: ChunkerConfig::Fixed { size: 4096 },
         level: 3,

@@ -29,8 +29,14 @@ impl From<ChunkerArg> for ChunkerKind {
 #[derive(Debug, Clone, clap::Args)]
 pub struct CreateArgs {
     /// A directory, a tar file (plain, gzip or zstd), or `-` for a tar
-    /// stream on stdin.
-    pub source: PathBuf,
+    /// stream on stdin. Several tar sources are the layers of an OCI
+    /// image, bottom layer first: merged into one tree (whiteouts
+    /// applied), each layer's data in its own blobs.
+    #[arg(required = true, num_args = 1.., value_name = "SOURCE")]
+    pub sources: Vec<PathBuf>,
+    /// Print the summary (with the blobs of each layer) as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Output directory: receives `bootstrap` and `blobs/<sha256>`.
     #[arg(short = 'o', long = "output", value_name = "OUTDIR")]
     pub output: PathBuf,
@@ -87,7 +93,9 @@ pub struct CreateArgs {
 impl From<&CreateArgs> for builder::CreateArgs {
     fn from(a: &CreateArgs) -> builder::CreateArgs {
         builder::CreateArgs {
-            source: a.source.clone(),
+            source: a.sources.first().cloned().unwrap_or_default(),
+            upper_layers: a.sources.iter().skip(1).cloned().collect(),
+            json: a.json,
             output: a.output.clone(),
             chunker: a.chunker.map(ChunkerKind::from),
             chunk_size: a.chunk_size,

@@ -59,6 +59,8 @@ impl World {
         let out = tmp.path().join("image");
         let args = crate::builder::CreateArgs {
             source: src.clone(),
+            upper_layers: Vec::new(),
+            json: false,
             output: out.clone(),
             chunker: Some(crate::builder::ChunkerKind::Fixed),
             chunk_size: Some(64 << 10),
