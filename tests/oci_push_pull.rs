@@ -358,3 +358,49 @@ fn image_copied_by_skopeo_still_pulls() {
     assert_eq!(run.stdout.trim(), digest.as_str().unwrap());
     common::check_ok(&dir.join("bootstrap"), &dir.join("blobs"));
 }
+
+#[test]
+fn source_config_and_digest_are_carried_over_and_blobs_mount_across_repos() {
+    let work = common::tempdir();
+    let (_, out) = image(work.path());
+    let reg = Registry::start(RegistryAuth::Anonymous);
+    let config = br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh"],"Env":["A=1"],"User":"1000:1000","WorkingDir":"/etc"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cfg = work.path().join("config.json");
+    std::fs::write(&cfg, config).unwrap();
+    let source = sha256(b"the source manifest");
+    let cfg_s = cfg.display().to_string();
+    let extra = ["--config", &cfg_s, "--source-digest", &source];
+    let a = report(&push(&out, &reference(&reg, REPO, "v1"), &extra).ok());
+    let posts = upload_posts(&reg);
+    // Another repository of the same registry: every blob is mounted, none
+    // uploaded, and the manifest is byte for byte the same.
+    let mut mount = extra.to_vec();
+    mount.extend(["--mount-from", REPO]);
+    let b = report(&push(&out, &reference(&reg, "other/repo", "v1"), &mount).ok());
+    assert_eq!(b["digest"], a["digest"]);
+    assert_eq!(b["uploaded"], 0, "{b}");
+    assert_eq!(b["mounted"], a["uploaded"], "{b}");
+    let mount_posts = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("http.request.method=POST") && l.contains("mount="))
+        .count();
+    assert_eq!(
+        upload_posts(&reg) - posts,
+        mount_posts,
+        "plain uploads started"
+    );
+    let dir = work.path().join("pulled");
+    pull(&reference(&reg, "other/repo", "v1"), &dir, &[]).ok();
+    assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), config);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        m["annotations"]["dev.rafs.source.manifest"],
+        source.as_str()
+    );
+    // A config that is not an image config is refused before any request.
+    std::fs::write(&cfg, b"[1,2]").unwrap();
+    let run = push(&out, &reference(&reg, REPO, "bad"), &["--config", &cfg_s]).failed();
+    assert!(run.stderr.contains("not an OCI image config"), "{run}");
+}
