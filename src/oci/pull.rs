@@ -74,15 +74,21 @@ pub fn pull(opts: &PullOptions) -> Result<PullReport, OciError> {
     let client = client(&opts.reference, &opts.registry, Vec::new())?;
     let f = fetch(&client, &opts.reference)?;
     let out = &opts.out;
+    let made_out = !out.exists();
     std::fs::create_dir_all(out).map_err(OciError::io(out))?;
     let mut fetched = 0;
-    if opts.blobs {
-        let dir = out.join("blobs");
-        std::fs::create_dir_all(&dir).map_err(OciError::io(&dir))?;
-        for c in &f.manifest.blobs {
-            download(&client, c, &dir)?;
-            fetched += 1;
+    let res = if opts.blobs {
+        download_all(&client, &f.manifest.blobs, &out.join("blobs"), &mut fetched)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = res {
+        // Leave no directory this pull made and filled with nothing.
+        let _ = std::fs::remove_dir(out.join("blobs"));
+        if made_out {
+            let _ = std::fs::remove_dir(out);
         }
+        return Err(e);
     }
     write_atomic(out, "manifest.json", &f.manifest_bytes)?;
     write_atomic(out, "config.json", &f.config)?;
@@ -222,6 +228,21 @@ fn verify(bytes: &[u8], c: &Content, what: &str) -> Result<(), OciError> {
             expected: c.digest(),
             got: got.digest(),
         });
+    }
+    Ok(())
+}
+
+/// Downloads `blobs` into `dir` (created), counting them in `fetched`.
+fn download_all(
+    client: &RegistryClient,
+    blobs: &[Content],
+    dir: &Path,
+    fetched: &mut usize,
+) -> Result<(), OciError> {
+    std::fs::create_dir_all(dir).map_err(OciError::io(dir))?;
+    for c in blobs {
+        download(client, c, dir)?;
+        *fetched += 1;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@
 
 use super::manifest::{self, Content, RafsManifest, CONFIG_LIMIT, MEDIA_MANIFEST};
 use super::{client, OciError, Reference, RegistryOptions};
-use crate::backend::client::{status_error, Raw, SendData};
+use crate::backend::client::{origin, status_error, Raw, SendData};
 use crate::backend::registry::auth::query_escape;
 use crate::backend::registry::session::RegistryClient;
 use crate::backend::{BackendError, BlobId};
@@ -236,8 +236,11 @@ impl Pusher<'_> {
     ) -> Result<Raw, BackendError> {
         let probe = self.client.blob_url(id);
         let http = self.client.http();
+        // An upload Location on another server does not get the registry's
+        // credentials.
+        let own = origin(url) == origin(self.client.origin_url());
         self.client.with_auth(id, &probe, |auth| {
-            let mut all = auth.to_vec();
+            let mut all = if own { auth.to_vec() } else { Vec::new() };
             all.extend_from_slice(headers);
             let raw = http.request(id, method, url, &all, body()?, 64 << 10)?;
             match raw.status.as_u16() {
