@@ -404,3 +404,34 @@ fn source_config_and_digest_are_carried_over_and_blobs_mount_across_repos() {
     let run = push(&out, &reference(&reg, REPO, "bad"), &["--config", &cfg_s]).failed();
     assert!(run.stderr.contains("not an OCI image config"), "{run}");
 }
+
+#[test]
+fn htpasswd_registry_takes_pushes_and_pulls_with_credentials_only() {
+    let work = common::tempdir();
+    let (_, out) = image(work.path());
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: "rafs".into(),
+        password: "s3cret".into(),
+    });
+    let cfg = work.path().join("docker-config.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    let cfg_s = cfg.display().to_string();
+    let r = reference(&reg, REPO, "v1");
+    let run = push(&out, &r, &["--docker-config", &cfg_s]).failed();
+    assert!(run.stderr.contains("user and password"), "{run}");
+    let creds = [
+        "--registry-user",
+        "rafs",
+        "--registry-password",
+        "s3cret",
+        "--docker-config",
+        &cfg_s,
+    ];
+    let pushed = report(&push(&out, &r, &creds).ok());
+    let dir = work.path().join("pulled");
+    pull(&r, &dir, &["--docker-config", &cfg_s]).failed();
+    assert!(!dir.exists());
+    let run = pull(&r, &dir, &[&creds[..], &["--blobs"]].concat()).ok();
+    assert_eq!(run.stdout.trim(), pushed["digest"].as_str().unwrap());
+    common::check_ok(&dir.join("bootstrap"), &dir.join("blobs"));
+}
