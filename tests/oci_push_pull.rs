@@ -13,6 +13,7 @@
 mod common;
 
 use common::compare::{assert_same_tree, exclude_none};
+use common::httpd::Response;
 use common::mount::Mounted;
 use common::registry::{Registry, RegistryAuth, TokenPolicy, REPO};
 use common::tree::{mkdir, random_bytes, text_bytes, write};
@@ -434,4 +435,53 @@ fn htpasswd_registry_takes_pushes_and_pulls_with_credentials_only() {
     let run = pull(&r, &dir, &[&creds[..], &["--blobs"]].concat()).ok();
     assert_eq!(run.stdout.trim(), pushed["digest"].as_str().unwrap());
     common::check_ok(&dir.join("bootstrap"), &dir.join("blobs"));
+}
+
+/// A fake registry that accepts every upload but never serves a blob, and
+/// answers manifest GETs with `{}` (any digest) or 5 MiB (`big`).
+fn lying_registry() -> common::httpd::Httpd {
+    common::httpd::Httpd::start(|req| {
+        let t = req.target.as_str();
+        match req.method.as_str() {
+            "HEAD" => Response::new(404, ""),
+            "POST" if t.contains("/blobs/uploads/") => {
+                Response::new(202, "").with("Location", "/v2/rafs/test/blobs/uploads/u1?s=1")
+            }
+            "PUT" if t.contains("/blobs/uploads/") => Response::new(201, ""),
+            "PUT" => Response::new(201, ""),
+            "GET" if t.ends_with("/manifests/big") => Response::new(200, vec![b' '; 5 << 20]),
+            "GET" if t.contains("/manifests/") => Response::new(200, "{}"),
+            _ => Response::new(404, ""),
+        }
+    })
+}
+
+#[test]
+fn registries_that_lie_are_caught() {
+    let work = common::tempdir();
+    let (_, out) = image(work.path());
+    let fake = lying_registry();
+    let host = fake.url().trim_start_matches("http://").to_owned();
+    let run = push(&out, &format!("{host}/{REPO}:v1"), &[]).failed();
+    assert!(
+        run.stderr
+            .contains("accepted the upload but serves 0 bytes"),
+        "{run}"
+    );
+    let seen = fake.seen();
+    assert!(
+        seen.iter().any(|r| r.method == "PUT"),
+        "no upload: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|r| r.target.contains("/manifests/")),
+        "a manifest was pushed after a failed upload"
+    );
+    let dir = work.path().join("pulled");
+    let wrong = format!("{host}/{REPO}@{}", sha256(b"not {}"));
+    let run = pull(&wrong, &dir, &[]).failed();
+    assert!(run.stderr.contains("digest mismatch"), "{run}");
+    let run = pull(&format!("{host}/{REPO}:big"), &dir, &[]).failed();
+    assert!(run.stderr.contains("limit"), "{run}");
+    assert!(!dir.exists());
 }
