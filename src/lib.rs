@@ -41,6 +41,7 @@ pub mod image;
 pub mod inspect;
 pub mod manager;
 pub mod mount;
+pub mod oci;
 pub mod prefetch;
 pub mod stats;
 #[cfg(test)]

@@ -56,6 +56,16 @@ pub struct Raw {
     pub body: Vec<u8>,
 }
 
+/// The body of a [`HttpClient::request`].
+pub enum SendData {
+    /// No body.
+    Empty,
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// This many bytes from a reader (sent with their `Content-Length`).
+    Reader(Box<dyn std::io::Read + Send>, u64),
+}
+
 impl HttpClient {
     /// An agent with `opts`' timeouts and proxy (`opts.proxy`, else the
     /// environment's `HTTPS_PROXY` & co., honouring `NO_PROXY`).
@@ -94,6 +104,42 @@ impl HttpClient {
         limit: u64,
     ) -> Result<Raw, BackendError> {
         let resp = self.send(blob, url, headers)?;
+        let cap = if resp.status().is_success() {
+            limit
+        } else {
+            ERROR_BODY_LIMIT
+        };
+        read_raw(blob, url, resp, cap)
+    }
+
+    /// One `method` request (HEAD, POST, PUT, ...) of `url` with `body`,
+    /// its status not interpreted and no redirect followed (the registry
+    /// push protocol's writes). A 2xx body is read up to `limit` bytes, an
+    /// error body up to 4 KiB.
+    pub fn request(
+        &self,
+        blob: &BlobId,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: SendData,
+        limit: u64,
+    ) -> Result<Raw, BackendError> {
+        let mut req = ureq::http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let bad = |e: ureq::http::Error| BackendError::Config(format!("{url}: {e}"));
+        let resp = match body {
+            SendData::Empty => self.agent.run(req.body(()).map_err(bad)?),
+            SendData::Bytes(b) => self.agent.run(req.body(b).map_err(bad)?),
+            SendData::Reader(r, len) => {
+                let req = req.header("Content-Length", len.to_string());
+                let send = ureq::SendBody::from_owned_reader(r);
+                self.agent.run(req.body(send).map_err(bad)?)
+            }
+        }
+        .map_err(|e| transport(blob, url, e))?;
         let cap = if resp.status().is_success() {
             limit
         } else {

@@ -11,6 +11,7 @@ pub mod backend_args;
 pub mod blobmgr_args;
 pub mod fetch_args;
 pub mod mount_args;
+pub mod oci_args;
 pub mod prefetch_args;
 pub mod tool_args;
 
@@ -52,6 +53,12 @@ pub enum Command {
     /// Run the node's blob manager: own a cache directory and serve its
     /// blobs to mounts and prefetches over a Unix socket.
     Blobmgr(Box<blobmgr_args::BlobmgrArgs>),
+    /// Publish a `rafs create` output to an OCI registry as a rafs image;
+    /// prints the manifest digest.
+    Push(Box<oci_args::PushArgs>),
+    /// Fetch and verify a rafs image's bootstrap and config (and with
+    /// --blobs its blobs) from an OCI registry.
+    Pull(Box<oci_args::PullArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -106,6 +113,8 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         }
         Command::Stats(a) => crate::stats::run(&a.into()),
         Command::Blobmgr(a) => blobmgr_args::run(a),
+        Command::Push(a) => oci_args::run_push(a),
+        Command::Pull(a) => oci_args::run_pull(a),
         Command::Prefetch(a) => {
             let job = a.to_job()?;
             let _lock = standalone_lock(job.fetch.cache_dir.as_deref())?;

@@ -1,0 +1,117 @@
+//! Flags of `rafs push` and `rafs pull` (images in OCI registries, see
+//! `docs/IMAGE.md`), and running them: the output is the manifest digest
+//! on stdout, or with `--json` the command's report.
+
+use super::backend_args::BackendArgs;
+use crate::oci::pull::{self, PullOptions};
+use crate::oci::push::{self, PushOptions};
+use crate::oci::{Reference, RegistryOptions};
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Registry flags of the commands that take a reference.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Reach the registry over plain HTTP instead of HTTPS.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Network and credential settings.
+    #[command(flatten)]
+    pub net: BackendArgs,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> anyhow::Result<RegistryOptions> {
+        Ok(RegistryOptions {
+            backend: self.net.options()?,
+            plain_http: self.plain_http,
+        })
+    }
+}
+
+/// Arguments of `rafs push`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PushArgs {
+    /// A `rafs create` output directory (`bootstrap`, `blobs/<sha256>`).
+    pub outdir: PathBuf,
+    /// Destination: `[docker://]host[:port]/repo[:tag][@sha256:...]`.
+    pub reference: String,
+    /// The source image's config (OCI image config JSON) to carry over
+    /// [default: a minimal config for this platform].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The source image's manifest digest (sha256:...), recorded in the
+    /// `dev.rafs.source.manifest` annotation.
+    #[arg(long, value_name = "DIGEST")]
+    pub source_digest: Option<String>,
+    /// A repository of the same registry to mount missing blobs from.
+    #[arg(long, value_name = "REPO")]
+    pub mount_from: Option<String>,
+    /// Blob uploads at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// Print the push report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Arguments of `rafs pull`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PullArgs {
+    /// The image: `[docker://]host[:port]/repo[:tag][@sha256:...]`.
+    pub reference: String,
+    /// Output directory: receives `bootstrap`, `config.json`,
+    /// `manifest.json` (and `blobs/<sha256>` with --blobs).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Also fetch and verify the data blobs.
+    #[arg(long)]
+    pub blobs: bool,
+    /// Print the pull report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Runs `rafs push`.
+pub fn run_push(a: &PushArgs) -> anyhow::Result<ExitCode> {
+    let opts = PushOptions {
+        outdir: a.outdir.clone(),
+        reference: Reference::parse(&a.reference)?,
+        config: a.config.clone(),
+        source_digest: a.source_digest.clone(),
+        mount_from: a.mount_from.clone(),
+        jobs: a.jobs,
+        registry: a.registry.options()?,
+    };
+    let report = push::push(&opts).with_context(|| format!("pushing {}", opts.outdir.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `rafs pull`.
+pub fn run_pull(a: &PullArgs) -> anyhow::Result<ExitCode> {
+    let opts = PullOptions {
+        reference: Reference::parse(&a.reference)?,
+        out: a.output.clone(),
+        blobs: a.blobs,
+        registry: a.registry.options()?,
+    };
+    let report = pull::pull(&opts).with_context(|| format!("pulling {}", a.reference))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
