@@ -59,6 +59,9 @@ pub enum Command {
     /// Fetch and verify a rafs image's bootstrap and config (and with
     /// --blobs its blobs) from an OCI registry.
     Pull(Box<oci_args::PullArgs>),
+    /// Write an OCI runtime bundle (runc `config.json` and an empty
+    /// `rootfs`) running a rafs image's own command.
+    Bundle(Box<oci_args::BundleArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -115,6 +118,7 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Blobmgr(a) => blobmgr_args::run(a),
         Command::Push(a) => oci_args::run_push(a),
         Command::Pull(a) => oci_args::run_pull(a),
+        Command::Bundle(a) => oci_args::run_bundle(a),
         Command::Prefetch(a) => {
             let job = a.to_job()?;
             let _lock = standalone_lock(job.fetch.cache_dir.as_deref())?;

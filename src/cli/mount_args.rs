@@ -15,14 +15,19 @@
 use super::backend_args::BackendArgs;
 use super::fetch_args::{FetchArgs, ManagerArgs, ReadArgs, SettingError};
 use crate::backend::url::BackendUrl;
+use crate::mount::image_ref::ImageSource;
 use crate::mount::{default_threads, MountConfig, MountError, PrefetchSource};
+use crate::oci::Reference;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `rafs mount`.
 #[derive(Debug, Default, clap::Args)]
 pub struct MountArgs {
-    /// The bootstrap to serve (or `bootstrap` in --config).
+    /// The bootstrap to serve, or a rafs image in a registry,
+    /// `docker://host[:port]/repo[:tag][@sha256:...]` (or `bootstrap` in
+    /// --config). A reference's blobs come from the same repository unless
+    /// --blobs or --backend say otherwise.
     pub bootstrap: Option<PathBuf>,
     /// An existing, empty directory to mount on (or `mountpoint` in
     /// --config).
@@ -74,6 +79,9 @@ pub struct MountArgs {
     /// on SIGUSR1 and on POST /record.
     #[arg(long, value_name = "FILE")]
     pub record_access: Option<PathBuf>,
+    /// Reach the registry of a `docker://` reference over plain HTTP.
+    #[arg(long)]
+    pub plain_http: bool,
     /// Fetch and cache engine settings.
     #[command(flatten)]
     pub fetch: FetchArgs,
@@ -161,6 +169,8 @@ struct FileConfig {
     blob_manager_fallback: Option<String>,
     #[serde(alias = "blob-manager-grace")]
     blob_manager_grace: Option<String>,
+    #[serde(alias = "plain-http")]
+    plain_http: Option<bool>,
 }
 
 impl FileConfig {
@@ -284,10 +294,16 @@ impl MountArgs {
             .clone()
             .or(file.mountpoint)
             .ok_or(MountError::Missing("mountpoint"))?;
+        let image = image_of(&bootstrap, self.plain_http || file.plain_http == Some(true))?;
         let backend = match backend_of(self.blobs.as_ref(), self.backend.as_ref())? {
             Some(b) => b,
-            None => backend_of(file.blobs.as_ref(), file.backend.as_ref())?
-                .ok_or(MountError::Missing("blobs (--blobs DIR or --backend URL)"))?,
+            None => match backend_of(file.blobs.as_ref(), file.backend.as_ref())? {
+                Some(b) => b,
+                None => image
+                    .as_ref()
+                    .map(ImageSource::backend)
+                    .ok_or(MountError::Missing("blobs (--blobs DIR or --backend URL)"))?,
+            },
         };
         let threads = self
             .threads
@@ -310,8 +326,21 @@ impl MountArgs {
             dev: access.dev,
             prefetch,
             record_access: self.record_access.clone().or(file.record_access),
+            image,
         })
     }
+}
+
+/// The image a `docker://` bootstrap argument names (None: a file).
+fn image_of(bootstrap: &Path, plain_http: bool) -> Result<Option<ImageSource>, MountError> {
+    let Some(text) = bootstrap.to_str().filter(|t| t.starts_with("docker://")) else {
+        return Ok(None);
+    };
+    let reference = Reference::parse(text).map_err(|e| MountError::Flag(e.to_string()))?;
+    Ok(Some(ImageSource {
+        reference,
+        plain_http,
+    }))
 }
 
 /// Who may use the mount and what of the image is honoured; each is off

@@ -115,3 +115,37 @@ pub fn run_pull(a: &PullArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `rafs bundle`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BundleArgs {
+    /// The image: `docker://host[:port]/repo[:tag][@sha256:...]`, or an
+    /// image config file (`config.json` of `rafs pull`).
+    pub image: String,
+    /// The bundle directory: receives `config.json` and an empty `rootfs`
+    /// to put an overlay of the mount on.
+    pub dir: PathBuf,
+    /// A tree of the image (the mount) to look user and group names up in.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Runs `rafs bundle`: prints the bundle's `config.json` path.
+pub fn run_bundle(a: &BundleArgs) -> anyhow::Result<ExitCode> {
+    let config = if a.image.starts_with("docker://") {
+        let r = Reference::parse(&a.image)?;
+        let client = crate::oci::client(&r, &a.registry.options()?, Vec::new())?;
+        pull::fetch(&client, &r)
+            .with_context(|| format!("fetching {}", a.image))?
+            .config
+    } else {
+        std::fs::read(&a.image).with_context(|| format!("reading {}", a.image))?
+    };
+    crate::oci::bundle::write_bundle(&config, &a.dir, a.rootfs.as_deref())
+        .with_context(|| format!("writing the bundle {}", a.dir.display()))?;
+    println!("{}", a.dir.join("config.json").display());
+    Ok(ExitCode::SUCCESS)
+}

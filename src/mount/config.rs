@@ -37,6 +37,9 @@ pub struct MountConfig {
     pub prefetch: PrefetchSource,
     /// Where to write the access record, if recording.
     pub record_access: Option<PathBuf>,
+    /// The image reference the bootstrap argument named, if it was one
+    /// (`docker://...`): [`run`](super::run) resolves it to `bootstrap`.
+    pub image: Option<super::image_ref::ImageSource>,
 }
 
 /// What a mount prefetches in the background once it is ready.

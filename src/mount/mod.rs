@@ -21,6 +21,7 @@
 //! after the session has ended.
 
 pub mod config;
+pub mod image_ref;
 pub mod prefetch;
 
 pub use config::{default_threads, MountConfig, PrefetchSource};
@@ -233,10 +234,31 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Entry point of `rafs mount`, with its resolved settings.
+/// Entry point of `rafs mount`, with its resolved settings. A reference
+/// is resolved first ([`image_ref`]); its verified bootstrap is served and
+/// the ready line names the reference with the digest mounted.
 pub fn run(cfg: &MountConfig) -> anyhow::Result<ExitCode> {
     tune_malloc();
-    serve(cfg, is_root())?;
+    let Some(src) = &cfg.image else {
+        serve(cfg, is_root())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let resolved = image_ref::resolve(src, &cfg.backend_options, cfg.fetch.cache_dir.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))
+        .map_err(|e| e.context(format!("resolving {}", src.reference)))?;
+    tracing::info!(
+        digest = %resolved.digest,
+        reused = resolved.reused_bootstrap,
+        bootstrap = %resolved.bootstrap.display(),
+        "image resolved"
+    );
+    let mut cfg = cfg.clone();
+    cfg.bootstrap = resolved.bootstrap.clone();
+    let mut shown = src.reference.clone();
+    shown.digest = Some(resolved.digest.clone());
+    let result = serve_as(&cfg, is_root(), &format!("docker://{shown}"));
+    drop(resolved);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -281,16 +303,12 @@ fn forward_signals(tx: Sender<Event>) -> Result<signal_hook::iterator::Handle, M
     Ok(handle)
 }
 
-/// Prints the one line on stdout that says the mount is ready.
-fn print_ready(cfg: &MountConfig) {
+/// Prints the one line on stdout that says the mount is ready:
+/// `rafs: mounted NAME at MOUNTPOINT`.
+fn print_ready(cfg: &MountConfig, name: &str) {
     let mut out = std::io::stdout().lock();
-    let ready = writeln!(
-        out,
-        "rafs: mounted {} at {}",
-        cfg.bootstrap.display(),
-        cfg.mountpoint.display()
-    )
-    .and_then(|()| out.flush());
+    let ready = writeln!(out, "rafs: mounted {name} at {}", cfg.mountpoint.display())
+        .and_then(|()| out.flush());
     if let Err(e) = ready {
         // Nobody reads stdout any more (a closed pipe): keep serving.
         tracing::debug!("writing the ready line: {e}");
@@ -302,6 +320,11 @@ fn print_ready(cfg: &MountConfig) {
 /// a signal or an external unmount; then stops the prefetch and writes
 /// the access record.
 pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
+    serve_as(cfg, is_root, &cfg.bootstrap.display().to_string())
+}
+
+/// [`serve`], naming the image `name` on the ready line.
+fn serve_as(cfg: &MountConfig, is_root: bool, name: &str) -> Result<(), MountError> {
     let (fs, inodes, blobs) = open_fs(cfg)?;
     let source = Source::load(&cfg.prefetch)?;
     check_mountpoint(&cfg.mountpoint, probe_mountpoint(&cfg.mountpoint))?;
@@ -327,7 +350,7 @@ pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
         }
         _ => None,
     };
-    print_ready(cfg);
+    print_ready(cfg, name);
     if let Err(e) = prefetch.start(&fs, source) {
         tracing::warn!("prefetch not started: {e}");
     }
@@ -563,6 +586,7 @@ mod tests {
             dev: false,
             prefetch: PrefetchSource::Table,
             record_access: None,
+            image: None,
         };
         let c = session_config(&cfg);
         assert_eq!(c.n_threads, Some(6));

@@ -4,6 +4,7 @@
 //! ([`crate::backend::registry::session::RegistryClient`]): one auth, one
 //! set of credential sources.
 
+pub mod bundle;
 pub mod manifest;
 pub mod pull;
 pub mod push;
@@ -126,7 +127,7 @@ pub struct RegistryOptions {
 
 /// A client of `reference`'s repository asking tokens for `scopes`
 /// (empty: the registry's challenges decide).
-fn client(
+pub(crate) fn client(
     reference: &Reference,
     opts: &RegistryOptions,
     scopes: Vec<String>,

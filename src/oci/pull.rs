@@ -131,7 +131,7 @@ pub fn fetch(client: &RegistryClient, r: &Reference) -> Result<Fetched, OciError
 
 /// The bootstrap is valid and its blob table is the manifest's blob
 /// layers: same ids, same sizes, same order.
-fn check_bootstrap(bytes: &[u8], m: &RafsManifest, name: &str) -> Result<(), OciError> {
+pub(crate) fn check_bootstrap(bytes: &[u8], m: &RafsManifest, name: &str) -> Result<(), OciError> {
     let what = || format!("{name}: bootstrap {}", m.bootstrap.digest());
     let b = Bootstrap::open(bytes).map_err(|e| OciError::invalid(what(), e.to_string()))?;
     let table: Vec<Content> = b
@@ -154,7 +154,7 @@ fn check_bootstrap(bytes: &[u8], m: &RafsManifest, name: &str) -> Result<(), Oci
 }
 
 /// GETs `r`'s manifest (at most [`MANIFEST_LIMIT`] bytes).
-fn get_manifest(client: &RegistryClient, r: &Reference) -> Result<Vec<u8>, OciError> {
+pub(crate) fn get_manifest(client: &RegistryClient, r: &Reference) -> Result<Vec<u8>, OciError> {
     let url = client.url(&format!("manifests/{}", r.manifest_key()));
     // Errors name the manifest; there is no blob id yet.
     let id = BlobId([0; 32]);
@@ -182,7 +182,7 @@ fn get_manifest(client: &RegistryClient, r: &Reference) -> Result<Vec<u8>, OciEr
 
 /// GETs blob `c` whole (a config or a bootstrap) and checks its size and
 /// digest.
-fn get_document(
+pub(crate) fn get_document(
     client: &RegistryClient,
     c: &Content,
     limit: u64,
@@ -216,7 +216,7 @@ fn get_document(
     Ok(body)
 }
 
-fn verify(bytes: &[u8], c: &Content, what: &str) -> Result<(), OciError> {
+pub(crate) fn verify(bytes: &[u8], c: &Content, what: &str) -> Result<(), OciError> {
     let got = Content::of(bytes);
     if got.size != c.size {
         let why = format!("{} bytes, the manifest says {}", got.size, c.size);
@@ -288,7 +288,7 @@ fn download_to(client: &RegistryClient, c: &Content, tmp: &Path) -> Result<(), O
 }
 
 /// Writes `dir/name` through a synced temporary file and a rename.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), OciError> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), OciError> {
     let tmp = dir.join(format!(".{name}.part"));
     let dest = dir.join(name);
     let res = std::fs::File::create(&tmp)
