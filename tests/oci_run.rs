@@ -125,17 +125,15 @@ fn runc_runs_the_image_command_on_a_mount_by_reference_lazily() {
     let (src, blob_bytes, r, digest) = publish(work.path(), &reg, "v1");
     let sock = work.path().join("api.sock");
     let cache = work.path().join("cache");
-    let mnt = mount_ref(
-        &r,
-        &work.path().join("mnt"),
-        &args![
-            "--api-socket",
-            &sock,
-            "--cache-dir",
-            &cache,
-            "--no-prefetch"
-        ],
-    );
+    let opts: Vec<OsString> = args![
+        "--api-socket",
+        &sock,
+        "--cache-dir",
+        &cache,
+        "--no-prefetch"
+    ];
+    let mnt = mount_ref(&r, &work.path().join("mnt"), &opts);
+
     assert!(
         mnt.ready_line.contains(&digest),
         "{} lacks {digest}",
