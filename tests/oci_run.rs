@@ -167,11 +167,10 @@ fn runc_runs_the_image_command_on_a_mount_by_reference_lazily() {
 fn podman_runs_the_image_command_on_the_mount() {
     let work = common::tempdir();
     let reg = Registry::start(RegistryAuth::Anonymous);
-    let (src, _, r, digest) = publish(work.path(), &reg, "v1");
+    let (src, _, _, digest) = publish(work.path(), &reg, "v1");
     let at_digest = format!("docker://{}/{REPO}@{digest}", reg.host);
     let mnt = mount_ref(&at_digest, &work.path().join("mnt"), &[]);
     assert!(mnt.ready_line.contains(&digest), "{}", mnt.ready_line);
-    let _ = r;
     let rootfs = format!("{}:O", mnt.mountpoint.display());
     let run = common::cmd(
         "podman",
@@ -247,7 +246,6 @@ fn second_mount_reuses_the_kept_bootstrap_and_replaces_a_bad_one() {
     let mnt = mount_ref(&r, &mnt_dir, &opts);
     assert_same_tree(&src, &mnt.mountpoint, &exclude_none);
     let now = std::fs::read(&kept).unwrap();
-    assert_eq!(format!("{:x}", Sha256::digest(&now)).len(), 64);
     assert_ne!(now, bytes);
 }
 
