@@ -59,6 +59,9 @@ pub enum Command {
     /// Fetch and verify a rafs image's bootstrap and config (and with
     /// --blobs its blobs) from an OCI registry.
     Pull(Box<oci_args::PullArgs>),
+    /// Convert a container image (registry or OCI layout) to a rafs image
+    /// in a registry or an OCI layout; prints the manifest digest.
+    Convert(Box<oci_args::ConvertArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -115,6 +118,7 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Blobmgr(a) => blobmgr_args::run(a),
         Command::Push(a) => oci_args::run_push(a),
         Command::Pull(a) => oci_args::run_pull(a),
+        Command::Convert(a) => oci_args::run_convert(a),
         Command::Prefetch(a) => {
             let job = a.to_job()?;
             let _lock = standalone_lock(job.fetch.cache_dir.as_deref())?;

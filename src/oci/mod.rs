@@ -4,10 +4,12 @@
 //! ([`crate::backend::registry::session::RegistryClient`]): one auth, one
 //! set of credential sources.
 
+pub mod convert;
 pub mod manifest;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod source;
 
 use crate::backend::registry::session::RegistryClient;
 use crate::backend::{BackendError, BackendOptions};
@@ -126,7 +128,7 @@ pub struct RegistryOptions {
 
 /// A client of `reference`'s repository asking tokens for `scopes`
 /// (empty: the registry's challenges decide).
-fn client(
+pub(crate) fn client(
     reference: &Reference,
     opts: &RegistryOptions,
     scopes: Vec<String>,

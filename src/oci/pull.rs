@@ -27,7 +27,7 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Blob bytes fetched per range request.
-const PIECE: u64 = 8 << 20;
+pub(crate) const PIECE: u64 = 8 << 20;
 
 /// What to pull where.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ fn check_bootstrap(bytes: &[u8], m: &RafsManifest, name: &str) -> Result<(), Oci
 }
 
 /// GETs `r`'s manifest (at most [`MANIFEST_LIMIT`] bytes).
-fn get_manifest(client: &RegistryClient, r: &Reference) -> Result<Vec<u8>, OciError> {
+pub(crate) fn get_manifest(client: &RegistryClient, r: &Reference) -> Result<Vec<u8>, OciError> {
     let url = client.url(&format!("manifests/{}", r.manifest_key()));
     // Errors name the manifest; there is no blob id yet.
     let id = BlobId([0; 32]);
@@ -182,7 +182,7 @@ fn get_manifest(client: &RegistryClient, r: &Reference) -> Result<Vec<u8>, OciEr
 
 /// GETs blob `c` whole (a config or a bootstrap) and checks its size and
 /// digest.
-fn get_document(
+pub(crate) fn get_document(
     client: &RegistryClient,
     c: &Content,
     limit: u64,
@@ -288,7 +288,7 @@ fn download_to(client: &RegistryClient, c: &Content, tmp: &Path) -> Result<(), O
 }
 
 /// Writes `dir/name` through a synced temporary file and a rename.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), OciError> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), OciError> {
     let tmp = dir.join(format!(".{name}.part"));
     let dest = dir.join(name);
     let res = std::fs::File::create(&tmp)
