@@ -209,3 +209,131 @@ fn a_layer_that_does_not_match_its_digest_fails_and_tags_nothing() {
         assert!(pulled.stderr.contains("manifest unknown"), "{pulled}");
     }
 }
+
+#[test]
+fn docker_v2s2_source_and_a_tampered_registry_layer() {
+    let work = common::tempdir();
+    let layout = work.path().join("layout");
+    let (_, config, descs) = write_layout(&layout, "v1", &layers());
+    let reg = Registry::start(RegistryAuth::Anonymous);
+    let v2 = format!("docker://{}/v2:1", reg.host);
+    common::cmd(
+        "skopeo",
+        args![
+            "copy",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+            format!("oci:{}:v1", layout.display()),
+            &v2
+        ],
+    )
+    .ok();
+    let raw = common::cmd(
+        "skopeo",
+        args!["inspect", "--raw", "--tls-verify=false", &v2],
+    )
+    .ok();
+    assert!(
+        raw.stdout
+            .contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
+    let done = json(&convert(&v2, &format!("docker://{}/from-v2:1", reg.host)).ok());
+    let source = done["source_digest"].as_str().unwrap().to_owned();
+    let dst = format!("{}/from-v2:1", reg.host);
+    let pulled = pull_and_compare(&dst, work.path(), "v2", &source, &config);
+    assert_eq!(pulled, done["digest"].as_str().unwrap());
+
+    // The registry now serves other bytes (same size) for a layer.
+    let d = descs[1]["digest"].as_str().unwrap();
+    let data = reg.blob_data(d);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&data, &bytes).unwrap();
+    let run = convert(&v2, &format!("docker://{}/bad:1", reg.host));
+    assert!(!run.status.success(), "{run}");
+    assert!(
+        run.stderr.contains("digest mismatch") && run.stderr.contains(d),
+        "{run}"
+    );
+    let pulled = common::rafs(args![
+        "pull",
+        format!("{}/bad:1", reg.host),
+        "-o",
+        work.path().join("bad"),
+        "--plain-http"
+    ]);
+    assert!(pulled.stderr.contains("manifest unknown"), "{pulled}");
+}
+
+#[test]
+fn a_multi_platform_layout_resolves_to_the_platform() {
+    let work = common::tempdir();
+    let ls = layers();
+    let layout = work.path().join("layout");
+    // Two images in one layout: the full one for this machine, the bottom
+    // layer alone for another platform.
+    let (host_digest, _, _) = write_layout(&layout, "x", &ls);
+    let other = work.path().join("other");
+    let (other_digest, _, _) = write_layout(&other, "x", &ls[..1]);
+    for e in std::fs::read_dir(other.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), layout.join("blobs/sha256").join(e.file_name())).unwrap();
+    }
+    let entry = |dir: &Path, arch: &str| {
+        let i: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let mut e = i["manifests"][0].clone();
+        e.as_object_mut().unwrap().remove("annotations");
+        e["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        e
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&other, "s390x"), entry(&layout, common::oci::host_arch())],
+    });
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let src = format!("oci:{}", layout.display());
+    let mine = json(
+        &convert(
+            &src,
+            &format!("oci:{}:a", work.path().join("out").display()),
+        )
+        .ok(),
+    );
+    assert_eq!(mine["source_digest"], host_digest.as_str());
+    assert_eq!(mine["layers"], 4);
+    let run = common::rafs(args![
+        "convert",
+        &src,
+        format!("oci:{}:b", work.path().join("out").display()),
+        "--platform",
+        "linux/s390x",
+        "--json",
+        "--no-progress"
+    ])
+    .ok();
+    let theirs = json(&run);
+    assert_eq!(theirs["source_digest"], other_digest.as_str());
+    assert_eq!(theirs["layers"], 1);
+    let run = common::rafs(args![
+        "convert",
+        &src,
+        format!("oci:{}", work.path().join("none").display()),
+        "--platform",
+        "linux/mips64"
+    ]);
+    assert!(!run.status.success(), "{run}");
+    assert!(
+        run.stderr.contains("no manifest for platform linux/mips64"),
+        "{run}"
+    );
+    assert!(!work.path().join("none").exists(), "nothing written");
+}

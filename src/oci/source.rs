@@ -202,12 +202,26 @@ impl Source {
                     }
                 };
                 let found: Vec<&Value> = entries.iter().filter(named).collect();
-                let [one] = found.as_slice() else {
-                    let why = match tag {
-                        Some(t) => format!("{} manifests tagged '{t}'", found.len()),
-                        None => format!("{} manifests and no tag given", found.len()),
-                    };
-                    return Err(OciError::invalid(what, why));
+                let one = match found.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        let why = match tag {
+                            Some(t) => format!("no manifest tagged '{t}'"),
+                            None => "no manifests".to_owned(),
+                        };
+                        return Err(OciError::invalid(what, why));
+                    }
+                    // Several: one per platform, an index to resolve.
+                    many => {
+                        let index = serde_json::json!({
+                            "schemaVersion": 2,
+                            "mediaType": MEDIA_INDEX,
+                            "manifests": many,
+                        });
+                        let bytes = manifest::canonical_json(&index).into_bytes();
+                        let digest = manifest::digest_of(&bytes);
+                        return Ok((bytes, digest));
+                    }
                 };
                 let c = descriptor(one, &what)?;
                 let bytes = self.document(&c, MANIFEST_LIMIT, "manifest")?;
