@@ -133,13 +133,21 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     };
     // A bad layer is reported as such, whatever the build made of it.
     for v in &verdicts {
-        if let Some(Err(e)) = v.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(e.into());
+        let mut slot = v.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*slot, Some(Err(_))) {
+            if let Some(Err(e)) = slot.take() {
+                return Err(e.into());
+            }
         }
     }
     built?;
-    if verdicts.len() != img.layers.len() {
-        return Err(OciError::invalid("convert", "not every layer was read").into());
+    let checked = verdicts
+        .iter()
+        .filter(|v| matches!(*v.lock().unwrap_or_else(|e| e.into_inner()), Some(Ok(()))))
+        .count();
+    if verdicts.len() != img.layers.len() || checked != verdicts.len() {
+        let why = "a layer was not read to its end, so its digest was not checked";
+        return Err(OciError::invalid("convert", why).into());
     }
     let cfg_path = tmp.0.join("config.json");
     std::fs::write(&cfg_path, &config).map_err(OciError::io(&cfg_path))?;

@@ -402,6 +402,10 @@ impl Read for RangeReader {
     }
 }
 
+/// At most this many unread bytes of a dropped layer stream are read to
+/// complete its check.
+const DRAIN_LIMIT: u64 = 4 << 20;
+
 /// The verdict on one layer's bytes, filled when its stream ends or is
 /// dropped: `None` until then.
 pub type Verdict = Arc<Mutex<Option<Result<(), OciError>>>>;
@@ -495,6 +499,11 @@ impl Drop for Verified {
         }
         // The tar reader may stop before the end (trailing padding, the
         // compressor's trailer): hash the rest so the check is complete.
+        // A stream abandoned far from its end (the build failed) is left
+        // unjudged rather than downloaded: the build's error stands.
+        if self.want.size.saturating_sub(self.read) > DRAIN_LIMIT {
+            return;
+        }
         let mut buf = vec![0; 64 << 10];
         loop {
             match self.read(&mut buf) {
