@@ -336,4 +336,35 @@ fn a_multi_platform_layout_resolves_to_the_platform() {
         "{run}"
     );
     assert!(!work.path().join("none").exists(), "nothing written");
+
+    // The index as a blob, tagged (as skopeo wants it), then in a registry.
+    let ibytes = serde_json::to_vec(&index).unwrap();
+    let mut idesc =
+        common::oci::put_blob(&layout, "application/vnd.oci.image.index.v1+json", &ibytes);
+    idesc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi"});
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [idesc]});
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let src = format!("oci:{}:multi", layout.display());
+    let reg = Registry::start(RegistryAuth::Anonymous);
+    let multi = format!("docker://{}/multi:1", reg.host);
+    common::cmd(
+        "skopeo",
+        args!["copy", "--all", "--dest-tls-verify=false", &src, &multi],
+    )
+    .ok();
+    let dst = format!("docker://{}/multi-rafs:1", reg.host);
+    let run = common::rafs(args![
+        "convert",
+        &multi,
+        &dst,
+        "--plain-http",
+        "--platform",
+        "linux/s390x",
+        "--json",
+        "--no-progress"
+    ])
+    .ok();
+    let from_registry = json(&run);
+    assert_eq!(from_registry["source_digest"], other_digest.as_str());
+    assert_eq!(from_registry["digest"], theirs["digest"], "same image");
 }
