@@ -1,5 +1,6 @@
 //! rafs images in OCI registries (`docs/IMAGE.md`): references, the
-//! manifest model, `rafs push` and `rafs pull`. Every request goes through
+//! manifest model, `rafs push`, `rafs pull` and `rafs convert` (plain
+//! images read by [`source`], converted by [`convert`]). Every request goes through
 //! the registry backend's authenticated client
 //! ([`crate::backend::registry::session::RegistryClient`]): one auth, one
 //! set of credential sources.
