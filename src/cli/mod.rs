@@ -62,6 +62,9 @@ pub enum Command {
     /// Write an OCI runtime bundle (runc `config.json` and an empty
     /// `rootfs`) running a rafs image's own command.
     Bundle(Box<oci_args::BundleArgs>),
+    /// Convert a container image (registry or OCI layout) to a rafs image
+    /// in a registry or an OCI layout; prints the manifest digest.
+    Convert(Box<oci_args::ConvertArgs>),
 }
 
 fn init_logging(verbose: u8) {
@@ -119,6 +122,7 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Push(a) => oci_args::run_push(a),
         Command::Pull(a) => oci_args::run_pull(a),
         Command::Bundle(a) => oci_args::run_bundle(a),
+        Command::Convert(a) => oci_args::run_convert(a),
         Command::Prefetch(a) => {
             let job = a.to_job()?;
             let _lock = standalone_lock(job.fetch.cache_dir.as_deref())?;

@@ -1,14 +1,17 @@
 //! rafs images in OCI registries (`docs/IMAGE.md`): references, the
-//! manifest model, `rafs push` and `rafs pull`. Every request goes through
+//! manifest model, `rafs push`, `rafs pull` and `rafs convert` (plain
+//! images read by [`source`], converted by [`convert`]). Every request goes through
 //! the registry backend's authenticated client
 //! ([`crate::backend::registry::session::RegistryClient`]): one auth, one
 //! set of credential sources.
 
 pub mod bundle;
+pub mod convert;
 pub mod manifest;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod source;
 
 use crate::backend::registry::session::RegistryClient;
 use crate::backend::{BackendError, BackendOptions};

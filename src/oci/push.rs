@@ -87,7 +87,7 @@ struct Local {
     manifest: Vec<u8>,
 }
 
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, OciError> {
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, OciError> {
     let mut buf = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(limit + 1).read_to_end(&mut buf))

@@ -14,6 +14,7 @@ pub mod faultproxy;
 pub mod httpd;
 pub mod mount;
 pub mod nginx;
+pub mod oci;
 pub mod reads;
 pub mod registry;
 pub mod s3;

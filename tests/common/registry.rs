@@ -280,6 +280,17 @@ impl Registry {
     }
 
     /// The registry's log so far.
+    /// The file the registry stores blob `digest` (`sha256:<hex>`) in.
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = &digest[7..];
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
