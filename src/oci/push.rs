@@ -198,11 +198,36 @@ pub fn push(opts: &PushOptions) -> Result<PushReport, OciError> {
             }
         }
     }
-    pusher.put_manifest(&digest, &local.manifest)?;
+    // A concurrent push of the same blobs can leave one missing after our
+    // check said it was there (distribution 2.x replaces a blob's link when
+    // a second upload of it commits): the registry then refuses the
+    // manifest with MANIFEST_BLOB_UNKNOWN. Make sure of every blob again and
+    // retry, a few times.
+    let mut tries = 0;
+    while !pusher.put_manifest(&digest, &local.manifest, tries < 3)? {
+        tries += 1;
+        tracing::info!("{r}: the registry lost a blob; checking them again");
+        pusher.blobs_in_parallel(&local.blobs, opts.jobs.max(1))?;
+        for (c, src) in &extra {
+            pusher.ensure(c, src)?;
+        }
+    }
     if let Some(tag) = &r.tag {
-        pusher.put_manifest(tag, &local.manifest)?;
+        pusher.put_manifest(tag, &local.manifest, false)?;
     }
     Ok(report)
+}
+
+/// Check-and-upload attempts per blob at most.
+const ENSURE_ATTEMPTS: u32 = 5;
+
+/// Whether a failed check-and-upload is worth starting over.
+fn retryable(e: &OciError) -> bool {
+    match e {
+        OciError::Registry { source, .. } => source.is_transient(),
+        OciError::NotServed { .. } => true,
+        _ => false,
+    }
 }
 
 /// The push's requests.
@@ -318,8 +343,31 @@ impl Pusher<'_> {
         Ok(out)
     }
 
-    /// Makes the registry serve `c` at its full size.
+    /// Makes the registry serve `c` at its full size. A transient failure
+    /// (a 5xx or 429, a reset, or a blob the registry accepted but does not
+    /// serve in full: concurrent uploads of one digest can do that) starts
+    /// the whole check-and-upload over, a few times, with back-off.
     fn ensure(&self, c: &Content, src: &Source<'_>) -> Result<Outcome, OciError> {
+        let mut attempt = 1;
+        loop {
+            match self.ensure_once(c, src) {
+                Err(e) if attempt < ENSURE_ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(digest = %c.digest(), attempt, "retrying: {e}");
+                    let wait = crate::fetch::pace::backoff(
+                        std::time::Duration::from_millis(50),
+                        std::time::Duration::from_secs(1),
+                        attempt,
+                    );
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One check-and-upload of `c` (see [`Pusher::ensure`]).
+    fn ensure_once(&self, c: &Content, src: &Source<'_>) -> Result<Outcome, OciError> {
         if self.served(c)? == Some(c.size) {
             return Ok(Outcome::Skipped);
         }
@@ -413,8 +461,10 @@ impl Pusher<'_> {
         }
     }
 
-    /// PUTs the manifest under `key` (its digest, or a tag).
-    fn put_manifest(&self, key: &str, bytes: &[u8]) -> Result<(), OciError> {
+    /// PUTs the manifest under `key` (its digest, or a tag). With
+    /// `retry_unknown`, a refusal because a blob is unknown returns
+    /// `Ok(false)` (check the blobs and try again) instead of an error.
+    fn put_manifest(&self, key: &str, bytes: &[u8], retry_unknown: bool) -> Result<bool, OciError> {
         let id = Content::of(bytes).id;
         let url = self.client.url(&format!("manifests/{key}"));
         let owned = bytes.to_vec();
@@ -425,9 +475,12 @@ impl Pusher<'_> {
             .map_err(self.denied(what.clone()))?;
         if raw.status.as_u16() != 201 {
             let detail = String::from_utf8_lossy(&raw.body[..raw.body.len().min(300)]);
+            if retry_unknown && detail.contains("MANIFEST_BLOB_UNKNOWN") {
+                return Ok(false);
+            }
             let why = format!("HTTP {}: {}", raw.status.as_u16(), detail.trim());
             return Err(OciError::invalid(what, why));
         }
-        Ok(())
+        Ok(true)
     }
 }
