@@ -7,12 +7,13 @@
 use super::FetchConfig;
 use crate::backend::file::FileBackend;
 use crate::backend::{Backend, BackendError, BlobId};
-use crate::blobmgr::client::testing::{fill, wait_for, Answer, Fake, OnFetch};
+use crate::blobmgr::client::testing::{fill, Answer, Fake, OnFetch};
 use crate::blobmgr::client::{ClientConfig, Fallback};
 use crate::blobmgr::protocol::{FetchFrame, FrameStatus};
 use crate::cache::Fill;
 use crate::fs::RafsFs;
 use crate::image::Image;
+use crate::testimage::wait_until;
 use crate::util::noise;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,7 +216,7 @@ fn misses_go_to_the_manager_and_hits_send_nothing() {
     assert_eq!(m.manager_requests.get(), 0);
     // The hits are reported, batched: a few Used, not one per read.
     let used = || fake.count(|m| matches!(m, crate::blobmgr::protocol::Message::Used { .. }));
-    assert!(wait_for(Duration::from_secs(5), || used() >= 1));
+    wait_until("a Used", Duration::from_secs(5), || used() >= 1);
     assert!(used() <= 2, "{} Used messages", used());
 }
 
@@ -308,8 +309,14 @@ fn a_manager_restarting_within_the_deadline_costs_no_read() {
     assert!(read_file(&fs, "f0").is_ok());
     fake.stop();
     let (sock, cache, on) = (w.socket(), w.cache(), w.filling());
+    let client = fs.fetcher().remote.as_ref().unwrap().client.clone();
+    let asked = fs.fetcher().metrics().manager_requests.clone();
+    let before = asked.get();
     let restart = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
+        // Back once the client found it gone and a read is asking it.
+        wait_until("a read waiting", Duration::from_secs(10), || {
+            client.unreachable_since().is_some() && asked.get() > before
+        });
         Fake::start(&sock, &cache, on)
     });
     w.assert_tree(&fs);

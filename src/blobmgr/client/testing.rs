@@ -13,7 +13,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// What the fake does with one Fetch.
 pub(crate) enum Answer {
@@ -240,16 +239,4 @@ pub(crate) fn fill(cache: &BlobCache, stored: &[u8], f: &FetchFrame) {
         cover_end: end.min(cache.data().size()),
     };
     cache.commit_covering(&[fill]).unwrap();
-}
-
-/// Polls `cond` until it holds or `limit` passes.
-pub(crate) fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cond()
 }

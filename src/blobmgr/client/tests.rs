@@ -2,11 +2,12 @@
 //! and replies, splitting, re-send after a dropped connection, reopen
 //! after a restart, grace and fallback, batched Used.
 
-use super::testing::{wait_for, Answer, Fake, OnFetch};
+use super::testing::{Answer, Fake, OnFetch};
 use super::*;
 use crate::blobmgr::protocol::{Member, FRAME_ZSTD};
 use crate::cache::MapParams;
-use std::sync::atomic::AtomicU64;
+use crate::testimage::wait_until;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 const G: u32 = 4096;
 
@@ -140,7 +141,9 @@ fn a_restarted_manager_gets_the_blobs_reopened() {
     let b = c.open_blob(req(), soon()).unwrap();
     let first = c.instance().unwrap();
     fake.stop();
-    assert!(wait_for(Duration::from_secs(5), || !c.available()));
+    wait_until("the manager seen gone", Duration::from_secs(5), || {
+        !c.available()
+    });
     let fake = Fake::start(&s.socket, &s.dir, ready());
     let st = c.fetch(b.id, Lane::OnDemand, &[frame(1)], soon()).unwrap();
     assert_eq!(st, vec![FrameStatus::Ready]);
@@ -179,10 +182,18 @@ fn a_manager_that_comes_up_within_the_grace_serves_the_request() {
     let s = setup();
     let c = client(&s, Fallback::Fetch, Duration::from_secs(10));
     let (sock, dir) = (s.socket.clone(), s.dir.clone());
-    let late = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        Fake::start(&sock, &dir, ready())
-    });
+    let asking = Arc::new(AtomicBool::new(false));
+    let late = {
+        let (c, asking) = (c.clone(), asking.clone());
+        std::thread::spawn(move || {
+            // Up once the client found it down and is asking.
+            wait_until("the client waiting", Duration::from_secs(10), || {
+                asking.load(Ordering::SeqCst) && c.unreachable_since().is_some()
+            });
+            Fake::start(&sock, &dir, ready())
+        })
+    };
+    asking.store(true, Ordering::SeqCst);
     let b = c.open_blob(req(), soon()).unwrap();
     let _fake = late.join().unwrap();
     let st = c.fetch(b.id, Lane::OnDemand, &[frame(0)], soon()).unwrap();
@@ -202,13 +213,12 @@ fn a_reply_to_no_request_drops_the_connection() {
     };
     let peers = fake.connections();
     peers[0].send(&forged, &[]).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || {
+    wait_until("the protocol error", Duration::from_secs(5), || {
         c.metrics().protocol_errors.load(Ordering::Relaxed) == 1
-    }));
-    assert!(wait_for(Duration::from_secs(5), || c
-        .metrics()
-        .reconnects()
-        == 1));
+    });
+    wait_until("the reconnect", Duration::from_secs(5), || {
+        c.metrics().reconnects() == 1
+    });
 }
 
 #[test]
@@ -228,7 +238,7 @@ fn used_is_batched_and_merged() {
         );
     }
     let used = || fake.count(|m| matches!(m, Message::Used { .. }));
-    assert!(wait_for(Duration::from_secs(5), || used() == 1));
+    wait_until("one Used", Duration::from_secs(5), || used() == 1);
     let sent_used = c.metrics().sent(Kind::Used);
     assert_eq!(sent_used, 1, "one Used for 3000 reads");
     let ranges = || -> Vec<UsedRange> {
@@ -259,7 +269,9 @@ fn used_is_batched_and_merged() {
         );
     }
     c.flush_used();
-    assert!(wait_for(Duration::from_secs(5), || ranges().len() == 9001));
+    wait_until("every range", Duration::from_secs(5), || {
+        ranges().len() == 9001
+    });
     assert!((4..=8).contains(&used()), "{} Used messages", used());
     assert_eq!(c.metrics().sent(Kind::Used), used() as u64);
 }
@@ -269,10 +281,15 @@ fn a_late_reply_after_a_timeout_is_not_a_protocol_error() {
     let s = setup();
     let n = Arc::new(AtomicU64::new(0));
     let n2 = n.clone();
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let gave_up2 = gave_up.clone();
     let on: Arc<OnFetch> = Arc::new(move |_, frames: &[FetchFrame], i| {
         n2.fetch_add(1, Ordering::SeqCst);
         if i == 0 {
-            std::thread::sleep(Duration::from_millis(300));
+            // Answered only after the client timed the request out.
+            wait_until("the client's timeout", Duration::from_secs(10), || {
+                gave_up2.load(Ordering::SeqCst)
+            });
         }
         Answer::Done(vec![FrameStatus::TimedOut; frames.len()])
     });
@@ -286,6 +303,7 @@ fn a_late_reply_after_a_timeout_is_not_a_protocol_error() {
         Instant::now() + Duration::from_millis(50),
     );
     assert_eq!(r.unwrap_err(), ClientError::Timeout);
+    gave_up.store(true, Ordering::SeqCst);
     c.fetch(b.id, Lane::OnDemand, &[frame(0)], soon()).unwrap();
     assert_eq!(c.metrics().protocol_errors.load(Ordering::Relaxed), 0);
     assert_eq!(c.metrics().reconnects(), 0);

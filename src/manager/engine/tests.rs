@@ -5,7 +5,7 @@ use crate::backend::BackendError;
 use crate::blobmgr::protocol::{Member, FRAME_ZSTD};
 use crate::testimage::wait_until;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU32;
 use std::sync::Condvar;
 use std::time::Duration;
 
@@ -13,12 +13,11 @@ const ULEN: u32 = 4096;
 const LONG: Duration = Duration::from_secs(20);
 
 /// A backend over one blob's stored bytes: counts requests per offset, and
-/// can be slowed, held at a gate, or made to fail.
+/// can be held at a gate, or made to fail.
 #[derive(Default)]
 struct Fake {
     stored: Vec<u8>,
     requests: Mutex<Vec<(u64, u64)>>,
-    delay_ms: AtomicU64,
     closed: Mutex<bool>,
     cv: Condvar,
     fail: AtomicU32,
@@ -50,7 +49,6 @@ impl Backend for Fake {
             closed = self.cv.wait(closed).unwrap();
         }
         drop(closed);
-        std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::Relaxed)));
         let fail = self.fail.load(Ordering::Relaxed);
         if fail > 0 {
             self.fail.store(fail - 1, Ordering::Relaxed);
@@ -182,13 +180,19 @@ fn on_disk(s: &Setup, f: &FetchFrame) -> Vec<u8> {
 #[test]
 fn concurrent_fetches_share_one_flight_per_frame() {
     let s = Arc::new(setup(8, |_| {}));
-    s.fake.delay_ms.store(50, Ordering::Relaxed);
+    // Held at the gate until all 8 requests are in: 8 flights started,
+    // the other 7 x 8 frames joined them.
+    s.fake.close_gate();
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let s = s.clone();
             std::thread::spawn(move || fetch(&s, Lane::OnDemand, s.tb.frames.clone(), LONG))
         })
         .collect();
+    wait_until("every request in", LONG, || {
+        s.engine.metrics().joined.get() == 7 * 8
+    });
+    s.fake.open_gate();
     for t in threads {
         assert_eq!(t.join().unwrap(), vec![FrameStatus::Ready; 8]);
     }

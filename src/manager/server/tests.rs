@@ -136,12 +136,8 @@ fn expect_error(c: &Conn, id: u64, code: ErrorCode) {
 }
 
 /// Polls `cond` until it holds, at most 20 s.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    crate::testimage::wait_until(what, Duration::from_secs(20), cond);
 }
 
 fn open_fds() -> usize {
@@ -467,12 +463,19 @@ fn accept_failures_are_counted_and_backed_off() {
     set_nofile(open_fds() as u64, hard);
     let m = server.metrics().clone();
     wait_for("an accept error", || m.accept_errors.get() >= 1);
-    // Backed off, not spinning: a handful of failures in 200 ms.
-    let before = m.accept_errors.get();
-    std::thread::sleep(Duration::from_millis(200));
-    let spun = m.accept_errors.get() - before;
+    // Backed off, not spinning: each failure waits 50 ms before the next
+    // accept, so three more take at least 100 ms (a spinning loop makes
+    // them in microseconds).
+    let (before, t0) = (m.accept_errors.get(), Instant::now());
+    wait_for("3 more accept errors", || {
+        m.accept_errors.get() >= before + 3
+    });
+    let took = t0.elapsed();
     set_nofile(soft, hard);
-    assert!(spun < 50, "{spun} accept errors in 200 ms: spinning");
+    assert!(
+        took >= Duration::from_millis(100),
+        "3 accept errors in {took:?}: spinning"
+    );
     wait_for("every queued connection served", || {
         m.connections.get() == queued.len() as u64
     });
