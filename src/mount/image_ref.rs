@@ -13,8 +13,8 @@
 use crate::backend::registry::session::RegistryClient;
 use crate::backend::url::BackendUrl;
 use crate::backend::BackendOptions;
-use crate::oci::manifest::{self, Content, RafsManifest, BOOTSTRAP_LIMIT, CONFIG_LIMIT};
-use crate::oci::pull::{check_bootstrap, get_document, get_manifest, verify, write_atomic};
+use crate::oci::manifest::{self, Content, BOOTSTRAP_LIMIT, CONFIG_LIMIT};
+use crate::oci::pull::{check_bootstrap, get_document, rafs_manifest, verify, write_atomic};
 use crate::oci::{client, OciError, Reference, RegistryOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -97,18 +97,7 @@ pub fn resolve(
         plain_http: src.plain_http,
     };
     let client = client(r, &opts, Vec::new())?;
-    let manifest_bytes = get_manifest(&client, r)?;
-    let digest = manifest::digest_of(&manifest_bytes);
-    if let Some(want) = &r.digest {
-        if *want != digest {
-            return Err(OciError::Digest {
-                what: format!("{name}: manifest"),
-                expected: want.clone(),
-                got: digest,
-            });
-        }
-    }
-    let m = RafsManifest::parse(&manifest_bytes, &name)?;
+    let (_, digest, m) = rafs_manifest(&client, r)?;
     let hex = digest.trim_start_matches("sha256:").to_owned();
     let (dir, private) = match cache_dir {
         Some(c) => (c.join("images").join(&hex), None),

@@ -101,8 +101,12 @@ pub fn pull(opts: &PullOptions) -> Result<PullReport, OciError> {
     })
 }
 
-/// Fetches and verifies the manifest, config and bootstrap of `r`.
-pub fn fetch(client: &RegistryClient, r: &Reference) -> Result<Fetched, OciError> {
+/// The rafs manifest of `r`: its bytes, its digest (checked against the
+/// reference's, if it names one) and its parsed form.
+pub(crate) fn rafs_manifest(
+    client: &RegistryClient,
+    r: &Reference,
+) -> Result<(Vec<u8>, String, RafsManifest), OciError> {
     let name = r.to_string();
     let manifest_bytes = get_manifest(client, r)?;
     let digest = manifest::digest_of(&manifest_bytes);
@@ -116,6 +120,13 @@ pub fn fetch(client: &RegistryClient, r: &Reference) -> Result<Fetched, OciError
         }
     }
     let m = RafsManifest::parse(&manifest_bytes, &name)?;
+    Ok((manifest_bytes, digest, m))
+}
+
+/// Fetches and verifies the manifest, config and bootstrap of `r`.
+pub fn fetch(client: &RegistryClient, r: &Reference) -> Result<Fetched, OciError> {
+    let name = r.to_string();
+    let (manifest_bytes, digest, m) = rafs_manifest(client, r)?;
     let config = get_document(client, &m.config, CONFIG_LIMIT, "config")?;
     manifest::check_config(&config, &format!("{name}: config"))?;
     let bootstrap = get_document(client, &m.bootstrap, BOOTSTRAP_LIMIT, "bootstrap")?;
