@@ -3,14 +3,13 @@
 //! on stdout, or with `--json` the command's report.
 
 use super::backend_args::BackendArgs;
-use super::tool_args::ChunkerArg;
-use crate::builder::{self, ChunkerKind, DEFAULT_LEVEL};
+use super::tool_args::BuildFlags;
+use crate::builder;
 use crate::oci::convert::{self, ConvertOptions};
 use crate::oci::pull::{self, PullOptions};
 use crate::oci::push::{self, PushOptions};
 use crate::oci::source::Location;
 use crate::oci::{Reference, RegistryOptions};
-use crate::util::parse_size;
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -138,86 +137,6 @@ pub struct BundleArgs {
     pub registry: RegistryArgs,
 }
 
-/// The `rafs create` build flags `rafs convert` takes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BuildFlags {
-    /// Chunking algorithm [default: cdc, or fixed when --chunk-size is
-    /// given].
-    #[arg(long, value_enum)]
-    pub chunker: Option<ChunkerArg>,
-    /// Fixed chunk size: a power of two, 4K..16M [default: 1M].
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub chunk_size: Option<u64>,
-    /// FastCDC minimum chunk size [default: avg/4].
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub cdc_min: Option<u64>,
-    /// FastCDC average chunk size [default: 1M].
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub cdc_avg: Option<u64>,
-    /// FastCDC maximum chunk size, at most 16M [default: avg*4].
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub cdc_max: Option<u64>,
-    /// zstd compression level.
-    #[arg(long, default_value_t = DEFAULT_LEVEL, value_name = "N", allow_hyphen_values = true)]
-    pub compression_level: i32,
-    /// Pack chunks shorter than --batch-threshold into shared zstd frames of
-    /// up to SIZE bytes (0: no batching) [default: 1M].
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub batch_size: Option<u64>,
-    /// Chunks shorter than SIZE are batched [default: 256K].
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub batch_threshold: Option<u64>,
-    /// zstd level for batch frames [default: --compression-level].
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub batch_level: Option<i32>,
-    /// Reuse chunks of this local bootstrap (e.g. a previous version's,
-    /// from `rafs pull`) instead of storing them again.
-    #[arg(long, value_name = "BOOTSTRAP")]
-    pub chunk_dict: Option<PathBuf>,
-    /// Start a new blob before one would grow past SIZE.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub blob_size_limit: Option<u64>,
-    /// Paths to prefetch, one per line, in priority order.
-    #[arg(long, value_name = "FILE")]
-    pub prefetch_list: Option<PathBuf>,
-    /// Show a progress bar [default: if stderr is a terminal].
-    #[arg(long, overrides_with = "no_progress")]
-    pub progress: bool,
-    /// Never show a progress bar.
-    #[arg(long, overrides_with = "progress")]
-    pub no_progress: bool,
-    /// Compression threads [default: available parallelism].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-}
-
-impl BuildFlags {
-    fn options(&self) -> anyhow::Result<builder::Options> {
-        let a = builder::CreateArgs {
-            source: PathBuf::new(),
-            upper_layers: Vec::new(),
-            json: false,
-            output: PathBuf::new(),
-            chunker: self.chunker.map(ChunkerKind::from),
-            chunk_size: self.chunk_size,
-            cdc_min: self.cdc_min,
-            cdc_avg: self.cdc_avg,
-            cdc_max: self.cdc_max,
-            compression_level: self.compression_level,
-            batch_size: self.batch_size,
-            batch_threshold: self.batch_threshold,
-            batch_level: self.batch_level,
-            chunk_dict: self.chunk_dict.clone(),
-            blob_size_limit: self.blob_size_limit,
-            prefetch_list: self.prefetch_list.clone(),
-            progress: self.progress,
-            no_progress: self.no_progress,
-            threads: self.threads,
-        };
-        Ok(builder::Options::from_args(&a)?)
-    }
-}
-
 /// Arguments of `rafs convert`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConvertArgs {
@@ -267,7 +186,11 @@ pub fn run_convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
         source: Location::parse(&a.source)?,
         dest: Location::parse(&a.dest)?,
         platform: a.platform.clone(),
-        build: a.build.options()?,
+        build: builder::Options::from_args(&a.build.create_args(
+            &[],
+            std::path::Path::new(""),
+            false,
+        ))?,
         jobs: a.jobs,
         registry: a.registry.options()?,
     };

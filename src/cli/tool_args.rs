@@ -40,6 +40,14 @@ pub struct CreateArgs {
     /// Output directory: receives `bootstrap` and `blobs/<sha256>`.
     #[arg(short = 'o', long = "output", value_name = "OUTDIR")]
     pub output: PathBuf,
+    /// How the image is built.
+    #[command(flatten)]
+    pub build: BuildFlags,
+}
+
+/// The build flags of `rafs create`, shared with `rafs convert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildFlags {
     /// Chunking algorithm [default: cdc, or fixed when --chunk-size is
     /// given].
     #[arg(long, value_enum)]
@@ -90,29 +98,42 @@ pub struct CreateArgs {
     pub threads: Option<usize>,
 }
 
+impl BuildFlags {
+    /// The builder's arguments for `sources` (bottom layer first) into
+    /// `output`.
+    pub fn create_args(
+        &self,
+        sources: &[PathBuf],
+        output: &std::path::Path,
+        json: bool,
+    ) -> builder::CreateArgs {
+        builder::CreateArgs {
+            source: sources.first().cloned().unwrap_or_default(),
+            upper_layers: sources.iter().skip(1).cloned().collect(),
+            json,
+            output: output.to_path_buf(),
+            chunker: self.chunker.map(ChunkerKind::from),
+            chunk_size: self.chunk_size,
+            cdc_min: self.cdc_min,
+            cdc_avg: self.cdc_avg,
+            cdc_max: self.cdc_max,
+            compression_level: self.compression_level,
+            batch_size: self.batch_size,
+            batch_threshold: self.batch_threshold,
+            batch_level: self.batch_level,
+            chunk_dict: self.chunk_dict.clone(),
+            blob_size_limit: self.blob_size_limit,
+            prefetch_list: self.prefetch_list.clone(),
+            progress: self.progress,
+            no_progress: self.no_progress,
+            threads: self.threads,
+        }
+    }
+}
+
 impl From<&CreateArgs> for builder::CreateArgs {
     fn from(a: &CreateArgs) -> builder::CreateArgs {
-        builder::CreateArgs {
-            source: a.sources.first().cloned().unwrap_or_default(),
-            upper_layers: a.sources.iter().skip(1).cloned().collect(),
-            json: a.json,
-            output: a.output.clone(),
-            chunker: a.chunker.map(ChunkerKind::from),
-            chunk_size: a.chunk_size,
-            cdc_min: a.cdc_min,
-            cdc_avg: a.cdc_avg,
-            cdc_max: a.cdc_max,
-            compression_level: a.compression_level,
-            batch_size: a.batch_size,
-            batch_threshold: a.batch_threshold,
-            batch_level: a.batch_level,
-            chunk_dict: a.chunk_dict.clone(),
-            blob_size_limit: a.blob_size_limit,
-            prefetch_list: a.prefetch_list.clone(),
-            progress: a.progress,
-            no_progress: a.no_progress,
-            threads: a.threads,
-        }
+        a.build.create_args(&a.sources, &a.output, a.json)
     }
 }
 
