@@ -103,12 +103,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Waits (up to $2 s) for the regex $3 in file $1 while process $4 lives.
+# Polls every 10 ms: the cold start's time includes the poll's lag.
 wait_for_line() {
   local file=$1 secs=$2 re=$3 pid=$4 i
-  for ((i = 0; i < secs * 20; i++)); do
+  for ((i = 0; i < secs * 100; i++)); do
     grep -qE "$re" "$file" 2>/dev/null && return 0
     kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.05
+    sleep 0.01
   done
   return 1
 }
