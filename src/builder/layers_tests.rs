@@ -198,6 +198,28 @@ fn implied_directories_and_type_changes() {
 }
 
 #[test]
+fn whiteouts_below_a_path_the_layer_made_a_non_directory_are_no_ops() {
+    // What umoci 0.4.7 writes when a directory became a file: the file,
+    // then whiteouts for the old directory's entries below it.
+    let mut l1 = Layer::default();
+    l1.dir("d2f/", 0o755).file("d2f/z", b"z").file("keep", b"k");
+    let mut l2 = Layer::default();
+    l2.file("d2f", b"now a file")
+        .file("d2f/.wh.z", b"")
+        .file("d2f/sub/.wh..wh..opq", b"");
+    let tmp = tempfile::tempdir().unwrap();
+    let b = build(&tmp, "out", &[&l1, &l2]);
+    assert_eq!(b.read("d2f"), b"now a file");
+    assert_eq!(b.read("keep"), b"k");
+    // Anything else below a non-directory is still an error.
+    let mut bad = Layer::default();
+    bad.file("f", b"f").file("f/x", b"x");
+    assert!(fail(&tmp, &[&l1, &bad])
+        .to_string()
+        .contains("not a directory"));
+}
+
+#[test]
 fn a_blob_per_layer_with_data() {
     let mut l1 = Layer::default();
     l1.file("a", &noise(30_000, 1));

@@ -434,6 +434,29 @@ fn hardlink(
     Ok(())
 }
 
+/// A layer's whiteout below a path this same layer made a non-directory
+/// (umoci writes `d` as a file, then `d/.wh.x` for the directory `d` it
+/// replaced): the replacement already hides everything below `d` in the
+/// lower layers, so the whiteout has nothing to remove and is dropped
+/// (as `umoci unpack` and the other runtimes do).
+fn is_moot_whiteout(tree: &Tree, comps: &[Name]) -> bool {
+    let Some((name, parents)) = comps.split_last() else {
+        return false;
+    };
+    if !name.as_bytes().starts_with(b".wh.") {
+        return false;
+    }
+    let mut dir = 0;
+    for p in parents {
+        match tree.children(dir).and_then(|c| c.get(p).copied()) {
+            Some(id) if tree.children(id).is_some() => dir = id,
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// Reads one entry into the tree (file data through `emit`).
 fn add_entry<R: Read>(
     tree: &mut Tree,
@@ -469,6 +492,9 @@ fn add_entry<R: Read>(
         }
     };
     let comps = normalise(&raw, &display)?;
+    if marks.external.is_some() && is_moot_whiteout(tree, &comps) {
+        return Ok(());
+    }
     if etype == EntryType::Link {
         let target = link_target(entry, &pax, &display)?;
         return hardlink(tree, marks, &comps, &target, &display);
