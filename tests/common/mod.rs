@@ -350,3 +350,6 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+// After `args!`, which it uses.
+pub mod umoci;
