@@ -18,7 +18,7 @@ use common::compare::{assert_same_tree, exclude_none};
 use common::mount::Mounted;
 use common::oci::{noise, tar_of, Kind, E};
 use common::registry::{Registry, RegistryAuth};
-use common::umoci::{base_name, fix_new_mtimes, skopeo_copy, Image};
+use common::umoci::{base_name, fix_new_mtimes, skopeo_copy, Image, Overlay};
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{chown, symlink, PermissionsExt};
@@ -244,4 +244,132 @@ fn multi_layer_umoci_image_mounts_as_umoci_unpacks_it() {
     );
     assert_same_tree(&reference, &mnt.mountpoint, &exclude_none);
     assert_no_whiteouts(&mnt.mountpoint);
+}
+
+/// What the Debian image's command prints, computed from the source: the
+/// environment variable, the working directory (in layer 2), the user
+/// name of uid 65534, coreutils' version, a perl sum, the changed file,
+/// and that the removed file is gone.
+fn debian_expected(src: &Path) -> String {
+    let admin = src.join("var/lib/dpkg");
+    let version = common::cmd(
+        "dpkg-query",
+        args![
+            format!("--admindir={}", admin.display()),
+            "-W",
+            "-f=${Version}",
+            "coreutils"
+        ],
+    )
+    .ok()
+    .stdout;
+    assert!(!version.is_empty());
+    format!("umoci-env\n/usr/share/doc\nnobody\ncoreutils\t{version}\n42\nchanged by layer 2\nmotd gone\n")
+}
+
+const DEBIAN_CMD: &str = "echo $GREETING; pwd; id -un; dpkg-query -W coreutils; \
+    perl -e 'print 6*7, qq(\\n)'; cat /etc/issue; test -e /etc/motd || echo motd gone";
+
+/// The Debian rootfs as a two-layer umoci image at `work/layout:debian`:
+/// layer 1 without /usr/share/{doc,man,locale}, layer 2 with them, a
+/// changed /etc/issue and no /etc/motd; the config runs [`DEBIAN_CMD`].
+fn debian_image(work: &Path, src: &Path) -> Image {
+    let img = Image::new(&work.join("layout"), "debian");
+    let bundle = work.join("bundle");
+    let r = img.unpack(&bundle);
+    common::cmd("cp", args!["-a", format!("{}/.", src.display()), &r]).ok();
+    let stash = work.join("stash");
+    fs::create_dir(&stash).unwrap();
+    let later = ["doc", "man", "locale"];
+    for d in later {
+        fs::rename(r.join("usr/share").join(d), stash.join(d)).unwrap();
+    }
+    img.repack(&bundle);
+    for d in later {
+        fs::rename(stash.join(d), r.join("usr/share").join(d)).unwrap();
+    }
+    fs::write(r.join("etc/issue"), "changed by layer 2\n").unwrap();
+    fs::remove_file(r.join("etc/motd")).unwrap();
+    img.repack(&bundle);
+    img.config(&[
+        "--config.entrypoint=/bin/sh",
+        "--config.entrypoint=-c",
+        &format!("--config.cmd={DEBIAN_CMD}"),
+        "--config.env=GREETING=umoci-env",
+        "--config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--config.workingdir=/usr/share/doc",
+        "--config.user=65534:65534",
+    ]);
+    fs::remove_dir_all(&bundle).unwrap();
+    img
+}
+
+/// The rafs image's data blob bytes, from its manifest.
+fn rafs_blob_bytes(r: &str, work: &Path) -> u64 {
+    let dir = work.join("pulled");
+    common::rafs(args!["pull", r, "-o", &dir, "--plain-http"]).ok();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["mediaType"] == "application/vnd.rafs.blob.v1")
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn debian_two_layer_umoci_image_runs_its_command_in_runc_lazily() {
+    let started = std::time::Instant::now();
+    let work = common::tempdir();
+    let src = common::rootfs();
+    let img = debian_image(work.path(), &src);
+    assert_eq!(img.layer_entries().len(), 2);
+    let reg = Registry::start(RegistryAuth::Anonymous);
+    let source = format!("docker://{}/debian-src:v1", reg.host);
+    let dst = format!("docker://{}/debian:v1", reg.host);
+    skopeo_copy(&img.skopeo_name(), &source);
+    convert(&source, &dst);
+    let built = started.elapsed();
+    let blob_bytes = rafs_blob_bytes(&dst, work.path());
+
+    let sock = work.path().join("api.sock");
+    let opts: Vec<OsString> = args![
+        "--api-socket",
+        &sock,
+        "--cache-dir",
+        work.path().join("cache"),
+        "--no-prefetch"
+    ];
+    let mnt = mount_ref(&dst, &work.path().join("mnt"), &opts);
+    let bundle = work.path().join("runc-bundle");
+    common::rafs(args!["bundle", &dst, &bundle, "--plain-http"]).ok();
+    let overlay = Overlay::mount(&mnt.mountpoint, work.path(), &bundle.join("rootfs"));
+    let id = format!("rafs-umoci-{}", std::process::id());
+    let run = common::cmd("runc", args!["run", "--bundle", &bundle, &id]);
+    let _ = common::cmd("runc", args!["delete", "--force", &id]);
+    assert!(run.status.success(), "{run}\n{}", mnt.describe());
+    assert_eq!(run.stdout, debian_expected(&src), "{run}");
+    drop(overlay);
+
+    // Lazy: the command ran on a fraction of the image's data.
+    let fetched = common::metric(&sock, "rafs_backend_bytes_total");
+    assert!(fetched > 0.0, "nothing fetched?");
+    assert!(
+        fetched < blob_bytes as f64 / 2.0,
+        "{fetched} of {blob_bytes} blob bytes fetched"
+    );
+    let ran = started.elapsed();
+
+    let reference = img.unpack(&work.path().join("reference"));
+    assert!(!reference.join("etc/motd").exists());
+    assert!(reference.join("usr/share/doc/coreutils").is_dir());
+    assert_same_tree(&reference, &mnt.mountpoint, &exclude_none);
+    assert_no_whiteouts(&mnt.mountpoint);
+    eprintln!(
+        "timing: image built, pushed and converted {built:?}, container done {ran:?}, \
+         compared {:?}; {fetched} of {blob_bytes} blob bytes fetched by the container",
+        started.elapsed()
+    );
 }
