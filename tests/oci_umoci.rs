@@ -21,6 +21,7 @@ use common::registry::{Registry, RegistryAuth};
 use common::umoci::{base_name, fix_new_mtimes, skopeo_copy, Image, Overlay};
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{chown, symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -85,6 +86,15 @@ fn layer1(r: &Path) {
     write(&r.join("pair1"), "pair", 0o644);
     fs::hard_link(r.join("pair1"), r.join("pair2")).unwrap();
     common::cmd("mkfifo", args![r.join("fifo")]).ok();
+    common::cmd("mknod", args![r.join("null"), "c", "1", "3"]).ok();
+    // A name and a symlink target too long for a ustar header (PAX), a
+    // name that is not UTF-8.
+    let long = "n".repeat(150);
+    mkdir(&r.join(&long), 0o755);
+    write(&r.join(&long).join(&long), "long", 0o644);
+    symlink(format!("{long}/{long}"), r.join("long-link")).unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"odd-\xff-name");
+    write(&r.join(odd), "odd", 0o644);
 }
 
 /// Layer 2: changed, removed, replaced (file→dir, dir→file, file→symlink),
@@ -175,6 +185,8 @@ fn build_image(work: &Path) -> Image {
     let r = img.unpack(&bundle);
     layer1(&r);
     fix_new_mtimes(&r, NOW_ISH, 1_000_000);
+    let t = filetime::FileTime::from_unix_time(1_000_000, 123_456_789);
+    filetime::set_file_times(r.join("etc/attr"), t, t).unwrap();
     img.repack(&bundle);
     layer2(&r);
     fix_new_mtimes(&r, NOW_ISH, 2_000_000);
