@@ -112,7 +112,9 @@ pub fn try_exclusive(img: &KeptImage) -> Result<Hold, ToolError> {
     }
 }
 
-/// Whether a mount uses `img` now (the lock is released at once).
+/// Whether a mount uses `img` now, for `ls`: a non-blocking exclusive
+/// lock, released at once (a mount starting in that instant waits for
+/// it, no longer).
 pub fn in_use(img: &KeptImage) -> Result<bool, ToolError> {
     Ok(matches!(try_exclusive(img)?, Hold::Busy))
 }
