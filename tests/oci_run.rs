@@ -5,7 +5,8 @@
 //! line is push's, the tree equals the source, fewer bytes are fetched than
 //! the blobs hold while a container runs), `rafs bundle` + an overlay make
 //! a runc bundle whose `runc run` prints the expected output, `podman run
-//! --rootfs MNT:O` does too; a second mount of the same digest reuses the
+//! $(rafs bundle REF --podman MNT)` (the image's own command, env, user
+//! and workdir on `--rootfs MNT:O`) does too; a second mount of the same digest reuses the
 //! kept bootstrap; a non-rafs image is refused.
 //!
 //! These tests FAIL (not skip) without docker-registry, runc, podman or
@@ -171,33 +172,26 @@ fn podman_runs_the_image_command_on_the_mount() {
     let at_digest = format!("docker://{}/{REPO}@{digest}", reg.host);
     let mnt = mount_ref(&at_digest, &work.path().join("mnt"), &[]);
     assert!(mnt.ready_line.contains(&digest), "{}", mnt.ready_line);
-    let rootfs = format!("{}:O", mnt.mountpoint.display());
+    // The image's own command, env, user and workdir, from its config.
+    let podman_args = common::rafs(args![
+        "bundle",
+        &at_digest,
+        "--podman",
+        &mnt.mountpoint,
+        "--plain-http"
+    ])
+    .ok();
+    let podman_args = podman_args.stdout.trim();
+    assert!(podman_args.contains("--workdir /etc"), "{podman_args}");
+    let script = format!(
+        "eval \"podman --root {} --runroot {} run --rm --network=none \
+         --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 $RAFS_ARGS\"",
+        work.path().join("podman-root").display(),
+        work.path().join("podman-run").display(),
+    );
     let run = common::cmd(
-        "podman",
-        args![
-            "--root",
-            work.path().join("podman-root"),
-            "--runroot",
-            work.path().join("podman-run"),
-            "run",
-            "--rm",
-            "--network=none",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-            "--user",
-            "0:0",
-            "--workdir",
-            "/etc",
-            "--env",
-            "GREETING=hello-from-rafs",
-            "--rootfs",
-            rootfs,
-            "/bin/sh",
-            "-c",
-            "echo $GREETING; cat /etc/debian_version; id -u; pwd"
-        ],
+        "env",
+        args![format!("RAFS_ARGS={podman_args}"), "sh", "-c", script],
     );
     assert!(run.status.success(), "{run}\n{}", mnt.describe());
     assert_eq!(run.stdout, expected_output(&src), "{run}");

@@ -11,10 +11,15 @@
 //! - `ls` describes every blob in the directory from the file names and the
 //!   map headers, read-only: it never opens a cache through [`BlobCache`],
 //!   which could reset a map.
-//! - `gc` removes the files of every blob no given bootstrap references,
-//!   unless a process holds a lock on its map (a mount daemon holds
-//!   `LOCK_SH` on the map of every blob it uses), and stray temporary map
-//!   files whose creating process is gone.
+//! - `gc` removes the kept images (`images/<hex>/`, see [`images`]) that
+//!   are neither named (`--image`) nor in use by a running mount, then the
+//!   files of every blob that no given bootstrap and no remaining kept
+//!   image references, unless a process holds a lock on its map (a mount
+//!   daemon holds `LOCK_SH` on the map of every blob it uses), and stray
+//!   temporary map files whose creating process is gone. It needs
+//!   `--bootstrap`, `--image` or `--all` (keep only what is in use), so
+//!   that a bare `rafs cache gc DIR` never empties a cache; an `--image`
+//!   that is not kept is an error before anything is removed.
 //!
 //! Only names of the form `<64 lower-case hex>.data|.map` are blob files;
 //! the blob id is parsed from the name and every path is formatted back from
@@ -44,6 +49,9 @@ use super::{BlobCache, CacheError, MapParams, Opened, ResetReason, DEFAULT_GRANU
 use crate::backend::BlobId;
 use crate::image::{Image, ImageError};
 use crate::util::human_bytes;
+
+#[path = "tools_images.rs"]
+pub mod images;
 
 /// Arguments of `rafs cache`.
 #[derive(Debug)]
@@ -88,8 +96,14 @@ pub struct LsArgs {
 pub struct GcArgs {
     /// The cache directory.
     pub dir: PathBuf,
-    /// A bootstrap whose blobs to keep (repeatable; at least one).
+    /// A bootstrap whose blobs to keep (repeatable).
     pub bootstraps: Vec<PathBuf>,
+    /// A kept image to keep, with its blobs (`sha256:<hex>` or `<hex>`,
+    /// repeatable).
+    pub images: Vec<String>,
+    /// Keep only what is in use (needed when no bootstrap or image is
+    /// given).
+    pub all: bool,
     /// Print what would be removed, remove nothing.
     pub dry_run: bool,
 }
@@ -119,9 +133,18 @@ pub enum ToolError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// `gc` without a bootstrap would remove every blob.
-    #[error("cache gc needs at least one --bootstrap (refusing to remove every blob)")]
+    /// `gc` without a bootstrap or image would remove every blob.
+    #[error(
+        "cache gc needs --bootstrap, --image or --all (refusing to remove every blob \
+         and image not in use without being told so)"
+    )]
     NoBootstrap,
+    /// An `--image` that is not a digest.
+    #[error("--image {0:?}: not a sha256 digest (sha256:<64 hex> or <64 hex>)")]
+    BadImage(String),
+    /// An `--image` that is not kept in the cache directory.
+    #[error("--image {0}: no such kept image in the cache directory (nothing removed)")]
+    NoSuchImage(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ToolError + '_ {
@@ -476,7 +499,12 @@ pub fn scan(dir: &Path) -> Result<Scan, ToolError> {
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let is_file = entry.file_type().map_err(io_err(dir))?.is_file();
+        let kind = entry.file_type().map_err(io_err(dir))?;
+        if kind.is_dir() && name == "images" {
+            // Kept images: listed by [`images::list`].
+            continue;
+        }
+        let is_file = kind.is_file();
         match (is_file, classify(&name)) {
             (true, Name::Data(id)) => out.blobs.entry(id).or_default().0 = true,
             (true, Name::Map(id)) => out.blobs.entry(id).or_default().1 = true,
@@ -677,7 +705,8 @@ fn ls(args: &LsArgs) -> Result<ExitCode, ToolError> {
         true => None,
         false => Some(load_blobs(&args.bootstraps, false)?),
     };
-    let found = scan(&args.dir)?;
+    let mut found = scan(&args.dir)?;
+    let kept = ls_images(&args.dir, &mut found)?;
     let mut rows = Vec::with_capacity(found.blobs.len());
     for (id, &(has_data, _)) in &found.blobs {
         rows.push(ls_row(&args.dir, id, has_data, refs.as_ref())?);
@@ -689,6 +718,7 @@ fn ls(args: &LsArgs) -> Result<ExitCode, ToolError> {
         let temps: Vec<&str> = found.temps.iter().map(|(n, _)| n.as_str()).collect();
         let v = serde_json::json!({
             "blobs": rows,
+            "images": kept,
             "temp_files": temps,
             "other_files": found.other,
             "total": {"blobs": rows.len(), "ready_bytes": ready, "allocated_bytes": disk,
@@ -698,6 +728,12 @@ fn ls(args: &LsArgs) -> Result<ExitCode, ToolError> {
         return Ok(ExitCode::SUCCESS);
     }
     print_ls_table(&rows, refs.is_some());
+    for k in &kept {
+        let state = if k.in_use { "in use" } else { "not in use" };
+        let boot = if k.bootstrap { "" } else { ", no bootstrap" };
+        let size = human_bytes(k.allocated_bytes);
+        println!("image {} ({state}, {size} on disk{boot})", k.digest);
+    }
     for (name, pid) in &found.temps {
         println!("temp file: {name} (pid {pid})");
     }
@@ -715,6 +751,32 @@ fn ls(args: &LsArgs) -> Result<ExitCode, ToolError> {
         human_bytes(disk)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One kept image in `rafs cache ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct LsImage {
+    digest: String,
+    in_use: bool,
+    bootstrap: bool,
+    allocated_bytes: u64,
+}
+
+/// The kept images of `dir`; names under `images/` that are not images go
+/// to `found.other`.
+fn ls_images(dir: &Path, found: &mut Scan) -> Result<Vec<LsImage>, ToolError> {
+    let (kept, other) = images::list(dir)?;
+    found.other.extend(other);
+    kept.iter()
+        .map(|k| {
+            Ok(LsImage {
+                digest: k.digest(),
+                in_use: images::in_use(k)?,
+                bootstrap: k.bootstrap().is_file(),
+                allocated_bytes: k.allocated()?,
+            })
+        })
+        .collect()
 }
 
 fn print_ls_table(rows: &[LsRow], with_used: bool) {
@@ -789,11 +851,54 @@ fn pid_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// The kept images gc keeps (named or in use: their bootstraps) and the
+/// ones it removes (with their exclusive locks, held until removed).
+type ImagePlan = (Vec<PathBuf>, Vec<(images::KeptImage, Flock<File>)>);
+
+fn plan_images(args: &GcArgs) -> Result<ImagePlan, ToolError> {
+    let named = args
+        .images
+        .iter()
+        .map(|s| images::parse_digest(s))
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    let (kept, _) = images::list(&args.dir)?;
+    if let Some(missing) = named.iter().find(|h| !kept.iter().any(|k| &&k.hex == h)) {
+        return Err(ToolError::NoSuchImage(format!("sha256:{missing}")));
+    }
+    let (mut keep, mut remove) = (Vec::new(), Vec::new());
+    for img in kept {
+        let used = if named.contains(&img.hex) {
+            println!("kept image {} (named)", img.digest());
+            true
+        } else {
+            match images::try_exclusive(&img)? {
+                images::Hold::Busy => {
+                    println!("in use, kept image {}", img.digest());
+                    true
+                }
+                images::Hold::Free(lock) => {
+                    remove.push((img, lock));
+                    continue;
+                }
+                images::Hold::Gone => continue,
+            }
+        };
+        if used && img.bootstrap().exists() {
+            keep.push(img.bootstrap());
+        }
+    }
+    Ok((keep, remove))
+}
+
 fn gc(args: &GcArgs) -> Result<ExitCode, ToolError> {
-    if args.bootstraps.is_empty() {
+    if args.bootstraps.is_empty() && args.images.is_empty() && !args.all {
         return Err(ToolError::NoBootstrap);
     }
-    let refs = load_blobs(&args.bootstraps, false)?;
+    let (kept_boots, doomed) = plan_images(args)?;
+    let mut boots = args.bootstraps.clone();
+    boots.extend(kept_boots);
+    // Every bootstrap is read before anything is removed.
+    let refs = load_blobs(&boots, false)?;
     let found = scan(&args.dir)?;
     let verb = if args.dry_run {
         "would remove"
@@ -801,6 +906,16 @@ fn gc(args: &GcArgs) -> Result<ExitCode, ToolError> {
         "removed"
     };
     let (mut removed, mut in_use, mut kept, mut freed) = (0u64, 0u64, 0u64, 0u64);
+    let removed_images = doomed.len();
+    for (img, lock) in &doomed {
+        let bytes = img.allocated()?;
+        if !args.dry_run {
+            images::remove(img, lock)?;
+        }
+        freed += bytes;
+        println!("{verb} image {} ({})", img.digest(), human_bytes(bytes));
+    }
+    drop(doomed);
     for id in found.blobs.keys() {
         if refs.contains_key(id) {
             kept += 1;
@@ -836,7 +951,8 @@ fn gc(args: &GcArgs) -> Result<ExitCode, ToolError> {
         println!("ignored: {name} (not a cache file)");
     }
     println!(
-        "gc: {verb} {removed} blobs and {temps} temp files, {} freed; kept {kept} used, {in_use} in use",
+        "gc: {verb} {removed_images} images, {removed} blobs and {temps} temp files, {} freed; \
+         kept {kept} used, {in_use} in use",
         human_bytes(freed)
     );
     Ok(ExitCode::SUCCESS)

@@ -128,7 +128,14 @@ pub struct BundleArgs {
     pub image: String,
     /// The bundle directory: receives `config.json` and an empty `rootfs`
     /// to put an overlay of the mount on.
-    pub dir: PathBuf,
+    #[arg(required_unless_present = "podman")]
+    pub dir: Option<PathBuf>,
+    /// Write no bundle: print the `podman run` arguments (shell-quoted)
+    /// that run the image's command, env, user and working dir on an
+    /// overlay of the mount MNT: `eval "podman run --rm $(rafs bundle REF
+    /// --podman MNT)"`. User and group names are looked up in MNT.
+    #[arg(long, value_name = "MNT", conflicts_with = "dir")]
+    pub podman: Option<PathBuf>,
     /// A tree of the image (the mount) to look user and group names up in.
     #[arg(long, value_name = "PATH")]
     pub rootfs: Option<PathBuf>,
@@ -163,7 +170,8 @@ pub struct ConvertArgs {
     pub registry: RegistryArgs,
 }
 
-/// Runs `rafs bundle`: prints the bundle's `config.json` path.
+/// Runs `rafs bundle`: prints the bundle's `config.json` path, or with
+/// `--podman` the `podman run` arguments.
 pub fn run_bundle(a: &BundleArgs) -> anyhow::Result<ExitCode> {
     let config = if a.image.starts_with("docker://") {
         let r = Reference::parse(&a.image)?;
@@ -174,9 +182,17 @@ pub fn run_bundle(a: &BundleArgs) -> anyhow::Result<ExitCode> {
     } else {
         std::fs::read(&a.image).with_context(|| format!("reading {}", a.image))?
     };
-    crate::oci::bundle::write_bundle(&config, &a.dir, a.rootfs.as_deref())
-        .with_context(|| format!("writing the bundle {}", a.dir.display()))?;
-    println!("{}", a.dir.join("config.json").display());
+    if let Some(mnt) = &a.podman {
+        let rootfs = a.rootfs.as_deref().unwrap_or(mnt);
+        let args = crate::oci::bundle::podman_args(&config, mnt, Some(rootfs))
+            .with_context(|| format!("reading the image config of {}", a.image))?;
+        println!("{}", crate::oci::bundle::shell_join(&args));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = a.dir.as_deref().context("no bundle directory given")?;
+    crate::oci::bundle::write_bundle(&config, dir, a.rootfs.as_deref())
+        .with_context(|| format!("writing the bundle {}", dir.display()))?;
+    println!("{}", dir.join("config.json").display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -293,9 +293,19 @@ pub struct LsArgs {
 pub struct GcArgs {
     /// The cache directory.
     pub dir: PathBuf,
-    /// A bootstrap whose blobs to keep (repeatable; at least one).
-    #[arg(long = "bootstrap", value_name = "BOOTSTRAP", required = true)]
+    /// A bootstrap whose blobs to keep (repeatable).
+    #[arg(long = "bootstrap", value_name = "BOOTSTRAP")]
     pub bootstraps: Vec<PathBuf>,
+    /// A kept image (`DIR/images/<hex>`, from `rafs mount docker://...
+    /// --cache-dir DIR`) to keep with its blobs: `sha256:<hex>` or `<hex>`
+    /// (repeatable). Kept images neither named nor in use by a running
+    /// mount are removed.
+    #[arg(long = "image", value_name = "DIGEST")]
+    pub images: Vec<String>,
+    /// Keep only what is in use (running mounts' images and blobs); needed
+    /// when neither --bootstrap nor --image is given.
+    #[arg(long)]
+    pub all: bool,
     /// Print what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -316,6 +326,8 @@ impl From<&CacheArgs> for cache::CacheArgs {
             CacheCommand::Gc(g) => cache::CacheCommand::Gc(cache::GcArgs {
                 dir: g.dir.clone(),
                 bootstraps: g.bootstraps.clone(),
+                images: g.images.clone(),
+                all: g.all,
                 dry_run: g.dry_run,
             }),
         };

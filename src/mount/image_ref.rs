@@ -9,6 +9,13 @@
 //! manifest's digest (and the bootstrap still validates against the
 //! manifest's blob layers); otherwise it is fetched again and replaced
 //! atomically. Blobs come from the same repository, lazily.
+//!
+//! A mount holds a shared `flock` on its kept image's directory for its
+//! whole life ([`Resolved`] owns it): `rafs cache gc` takes it exclusively
+//! (non-blocking) before removing a kept image and leaves a busy one
+//! alone. If gc removed the directory between our `mkdir` and our lock,
+//! the directory we locked is no longer the one at the path: we start
+//! again.
 
 use crate::backend::registry::session::RegistryClient;
 use crate::backend::url::BackendUrl;
@@ -16,7 +23,10 @@ use crate::backend::BackendOptions;
 use crate::oci::manifest::{self, Content, BOOTSTRAP_LIMIT, CONFIG_LIMIT};
 use crate::oci::pull::{check_bootstrap, get_document, rafs_manifest, verify, write_atomic};
 use crate::oci::{client, OciError, Reference, RegistryOptions};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The image a mount serves when its bootstrap argument is a reference.
@@ -52,6 +62,8 @@ pub struct Resolved {
     pub reused_bootstrap: bool,
     /// The private directory removed on drop (no cache dir given).
     _private: Option<PrivateDir>,
+    /// The shared lock on the kept image's directory (with a cache dir).
+    _hold: Option<Flock<File>>,
 }
 
 /// A directory removed with its contents on drop.
@@ -99,17 +111,17 @@ pub fn resolve(
     let client = client(r, &opts, Vec::new())?;
     let (_, digest, m) = rafs_manifest(&client, r)?;
     let hex = digest.trim_start_matches("sha256:").to_owned();
-    let (dir, private) = match cache_dir {
-        Some(c) => (c.join("images").join(&hex), None),
+    let (dir, private, hold) = match cache_dir {
+        Some(c) => {
+            let dir = c.join("images").join(&hex);
+            let hold = hold_kept_dir(&dir)?;
+            (dir, None, Some(hold))
+        }
         None => {
             let p = PrivateDir::create()?;
-            (p.0.clone(), Some(p))
+            (p.0.clone(), Some(p), None)
         }
     };
-    std::fs::create_dir_all(&dir).map_err(|source| OciError::Io {
-        path: dir.clone(),
-        source,
-    })?;
     let check_cfg = |b: &[u8]| manifest::check_config(b, &format!("{name}: config"));
     obtain(
         &client,
@@ -134,7 +146,38 @@ pub fn resolve(
         config: dir.join("config.json"),
         reused_bootstrap: reused,
         _private: private,
+        _hold: hold,
     })
+}
+
+/// Creates the kept image directory `dir` if needed and takes a shared
+/// `flock` on it (waiting while a gc holds it exclusively), making sure
+/// the directory locked is still the one at `dir`.
+pub fn hold_kept_dir(dir: &Path) -> Result<Flock<File>, OciError> {
+    let io = |source| OciError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for _ in 0..8 {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let f = match File::open(dir) {
+            Ok(f) => f,
+            // Removed by a gc right after the mkdir: again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let lock = Flock::lock(f, FlockArg::LockShared).map_err(|(_, e)| io(e.into()))?;
+        let held = lock.metadata().map_err(io)?;
+        match std::fs::metadata(dir) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(lock),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Err(io(std::io::Error::other(
+        "removed again and again while being locked (a gc loop?)",
+    )))
 }
 
 /// `dir/name` if it is kept and still verifies against `c` and `check`,

@@ -12,6 +12,13 @@
 //! tree, fresh pid, ipc, uts, mount and network namespaces (nothing shared
 //! with the host), the default capability set, masked and read-only
 //! kernel paths.
+//!
+//! `rafs bundle --podman MNT` writes no bundle: it prints the `podman run`
+//! arguments for the same process ([`podman_args`], shell-quoted by
+//! [`shell_join`]): `--env K=V`... `--user UID:GID --workdir DIR --rootfs
+//! MNT:O ARGS...`, where ARGS is Entrypoint then Cmd (with `--rootfs`
+//! podman has no image config of its own, so the whole command line is
+//! given).
 
 use super::OciError;
 use serde_json::{json, Value};
@@ -210,6 +217,45 @@ pub fn write_bundle(config: &[u8], dir: &Path, rootfs: Option<&Path>) -> Result<
     super::pull::write_atomic(dir, "config.json", &text)
 }
 
+/// The `podman run` arguments that run image config `config`'s process
+/// on an overlay (`:O`) of the mount `mnt`. `rootfs` resolves names.
+pub fn podman_args(
+    config: &[u8],
+    mnt: &Path,
+    rootfs: Option<&Path>,
+) -> Result<Vec<String>, OciError> {
+    let p = process_of(config, rootfs)?;
+    let mut out = Vec::new();
+    for e in &p.env {
+        out.push("--env".to_owned());
+        out.push(e.clone());
+    }
+    out.push("--user".to_owned());
+    out.push(format!("{}:{}", p.uid, p.gid));
+    out.push("--workdir".to_owned());
+    out.push(p.cwd);
+    out.push("--rootfs".to_owned());
+    out.push(format!("{}:O", mnt.display()));
+    out.extend(p.args);
+    Ok(out)
+}
+
+/// `args` as one POSIX shell word list: each argument single-quoted
+/// unless it is made only of characters no shell treats specially.
+pub fn shell_join(args: &[String]) -> String {
+    let quote = |a: &String| {
+        let plain = !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+        if plain {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    args.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +277,43 @@ mod tests {
         assert!(process_of(br#"{"config":{"Cmd":["x"],"User":"bob"}}"#, None).is_err());
         assert!(process_of(br#"{"config":{"Cmd":["x"],"WorkingDir":"rel"}}"#, None).is_err());
         assert!(process_of(b"not json", None).is_err());
+    }
+
+    #[test]
+    fn podman_arguments_quoted() {
+        let c = br#"{"config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo \"it's $HOME\""],
+            "Env":["A=x y","PATH=/bin"],"User":"7:8","WorkingDir":"/srv"}}"#;
+        let a = podman_args(c, Path::new("/mnt/app"), None).unwrap();
+        assert_eq!(
+            a,
+            [
+                "--env",
+                "A=x y",
+                "--env",
+                "PATH=/bin",
+                "--user",
+                "7:8",
+                "--workdir",
+                "/srv",
+                "--rootfs",
+                "/mnt/app:O",
+                "/bin/sh",
+                "-c",
+                "echo \"it's $HOME\""
+            ]
+        );
+        assert_eq!(
+            shell_join(&a),
+            r#"--env 'A=x y' --env PATH=/bin --user 7:8 --workdir /srv --rootfs /mnt/app:O /bin/sh -c 'echo "it'\''s $HOME"'"#
+        );
+        assert_eq!(shell_join(&[String::new()]), "''");
+        // The shell reads back exactly the arguments.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' {}", shell_join(&a)))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), a.join("\n") + "\n");
     }
 
     #[test]

@@ -5,9 +5,27 @@
 //! Credentials are looked up once, when the backend is opened, in this
 //! order: the flags (`--registry-user`/`--registry-password`), the
 //! environment (`RAFS_REGISTRY_USER`/`RAFS_REGISTRY_PASSWORD`), then the
-//! docker `config.json` entry for the registry host (`auths.<host>.auth`,
-//! base64 `user:pass`, or its `username`/`password` fields). Credential
-//! helpers (`credsStore`, `credHelpers`) are not run.
+//! docker `config.json`, the way the docker CLI reads it:
+//!
+//! 1. `credHelpers.<host>`: the helper `docker-credential-<name>` is run;
+//! 2. else `credsStore`: that helper is run for every registry;
+//! 3. else `auths.<host>` (`auth`, base64 `user:pass`, or its
+//!    `username`/`password` fields).
+//!
+//! As in docker, a configured helper hides `auths`: when the helper has no
+//! credentials for the host, access is anonymous, even if `auths` has an
+//! entry (docker keeps only the e-mail there when a store is set).
+//!
+//! A helper is untrusted: it is found on `PATH`, gets the host on stdin,
+//! must answer `{"ServerURL","Username","Secret"}` within
+//! [`HELPER_TIMEOUT`] (then it and its process group are killed) in at
+//! most [`HELPER_OUTPUT_LIMIT`] bytes. A non-zero exit whose output says
+//! `credentials not found` means anonymous access; any other failure is a
+//! [`HelperError`] naming the helper. A `Username` of `<token>` means
+//! `Secret` is an identity (OAuth2 refresh) token, which docker trades
+//! for an access token at the token server; rafs does not implement that
+//! exchange and reports [`HelperError::IdentityToken`] instead of sending
+//! the token as a password.
 //!
 //! Secrets never reach a log: [`Credentials`] and [`Token`] print as
 //! `<redacted>` in their `Debug` output.
@@ -22,6 +40,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+#[path = "credential_helper.rs"]
+mod credential_helper;
+pub use credential_helper::{
+    docker_config_helper, parse_helper_reply, run_helper, HelperError, HELPER_OUTPUT_LIMIT,
+    HELPER_TIMEOUT,
+};
 
 /// The largest docker `config.json` read (they are a few KiB).
 const CONFIG_LIMIT: u64 = 1 << 20;
@@ -310,8 +335,13 @@ pub fn resolve_with(
             )))
         }
     };
-    docker_config_credentials(&bytes, host)
-        .map_err(|why| BackendError::Config(format!("docker config {}: {why}", path.display())))
+    let in_config =
+        |why: String| BackendError::Config(format!("docker config {}: {why}", path.display()));
+    match docker_config_helper(&bytes, host).map_err(in_config)? {
+        Some((helper, server)) => run_helper(&helper, &server, env, HELPER_TIMEOUT)
+            .map_err(|e| BackendError::Config(e.to_string())),
+        None => docker_config_credentials(&bytes, host).map_err(in_config),
+    }
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
