@@ -14,6 +14,7 @@
 //! redacts them.
 
 pub mod auth;
+pub mod credential_helper;
 pub mod session;
 
 use self::auth::Clock;

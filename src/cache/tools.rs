@@ -50,8 +50,7 @@ use crate::backend::BlobId;
 use crate::image::{Image, ImageError};
 use crate::util::human_bytes;
 
-#[path = "tools_images.rs"]
-pub mod images;
+use super::tools_images as images;
 
 /// Arguments of `rafs cache`.
 #[derive(Debug)]
@@ -147,7 +146,7 @@ pub enum ToolError {
     NoSuchImage(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ToolError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ToolError + '_ {
     move |source| ToolError::Io {
         path: path.to_path_buf(),
         source,
@@ -518,7 +517,7 @@ pub fn scan(dir: &Path) -> Result<Scan, ToolError> {
 }
 
 /// Bytes allocated on disk (`st_blocks * 512`); 0 for a missing file.
-fn allocated(path: &Path) -> Result<u64, ToolError> {
+pub(crate) fn allocated(path: &Path) -> Result<u64, ToolError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) => Ok(m.blocks().saturating_mul(512)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),

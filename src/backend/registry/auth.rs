@@ -41,9 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[path = "credential_helper.rs"]
-mod credential_helper;
-pub use credential_helper::{
+pub use super::credential_helper::{
     docker_config_helper, parse_helper_reply, run_helper, HelperError, HELPER_OUTPUT_LIMIT,
     HELPER_TIMEOUT,
 };
@@ -371,7 +369,7 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 /// The host an `auths` key names: `host`, `https://host/...` or
 /// `http://host`; Docker Hub's `https://index.docker.io/v1/` also names
 /// `registry-1.docker.io` and `docker.io`.
-fn auths_key_matches(key: &str, host: &str) -> bool {
+pub(crate) fn auths_key_matches(key: &str, host: &str) -> bool {
     let bare = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
