@@ -100,7 +100,20 @@ pub fn main() -> ExitCode {
 /// Runs the command.
 fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Create(a) => crate::builder::run(&a.into()),
+        Command::Create(a) => {
+            if let Some(d) = a
+                .build
+                .chunk_dict
+                .as_ref()
+                .filter(|d| d.starts_with("docker:"))
+            {
+                anyhow::bail!(
+                    "--chunk-dict {}: rafs create takes a bootstrap file; a registry image as dictionary works with rafs convert (or rafs pull it first)",
+                    d.display()
+                );
+            }
+            crate::builder::run(&a.into())
+        }
         Command::Inspect(a) => crate::inspect::run(&a.into()),
         Command::Check(a) => crate::check::run(&a.into()),
         Command::Unpack(a) => crate::unpack::run(&a.into()),

@@ -5,7 +5,8 @@
 use super::backend_args::BackendArgs;
 use super::tool_args::BuildFlags;
 use crate::builder;
-use crate::oci::convert::{self, ConvertOptions};
+use crate::oci::blobs_from::BlobsFrom;
+use crate::oci::convert::{self, ChunkDict, ConvertOptions};
 use crate::oci::pull::{self, PullOptions};
 use crate::oci::push::{self, PushOptions};
 use crate::oci::source::Location;
@@ -52,6 +53,12 @@ pub struct PushArgs {
     /// A repository of the same registry to mount missing blobs from.
     #[arg(long, value_name = "REPO")]
     pub mount_from: Option<String>,
+    /// Where blobs the bootstrap names but OUTDIR lacks are (a chunk
+    /// dictionary's): a `rafs create` output directory or a rafs image
+    /// `docker://REF` (mounted from it on the same registry, else copied).
+    /// Repeatable.
+    #[arg(long, value_name = "DIR|REF")]
+    pub blobs_from: Vec<String>,
     /// Blob uploads at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
@@ -91,6 +98,11 @@ pub fn run_push(a: &PushArgs) -> anyhow::Result<ExitCode> {
         config: a.config.clone(),
         source_digest: a.source_digest.clone(),
         mount_from: a.mount_from.clone(),
+        blobs_from: a
+            .blobs_from
+            .iter()
+            .map(|b| BlobsFrom::parse(b))
+            .collect::<Result<_, _>>()?,
         jobs: a.jobs,
         registry: a.registry.options()?,
     };
@@ -198,15 +210,19 @@ pub fn run_bundle(a: &BundleArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `rafs convert`.
 pub fn run_convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
+    // The dictionary is resolved by the convert (a reference is fetched).
+    let mut build = a.build.create_args(&[], std::path::Path::new(""), false);
+    let chunk_dict = build
+        .chunk_dict
+        .take()
+        .map(|d| ChunkDict::parse(&d.to_string_lossy()))
+        .transpose()?;
     let opts = ConvertOptions {
         source: Location::parse(&a.source)?,
         dest: Location::parse(&a.dest)?,
         platform: a.platform.clone(),
-        build: builder::Options::from_args(&a.build.create_args(
-            &[],
-            std::path::Path::new(""),
-            false,
-        ))?,
+        build: builder::Options::from_args(&build)?,
+        chunk_dict,
         jobs: a.jobs,
         registry: a.registry.options()?,
     };

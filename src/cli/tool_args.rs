@@ -78,8 +78,11 @@ pub struct BuildFlags {
     /// zstd level for batch frames [default: --compression-level].
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub batch_level: Option<i32>,
-    /// Reuse chunks of this bootstrap instead of storing them again.
-    #[arg(long, value_name = "BOOTSTRAP")]
+    /// Reuse chunks of this bootstrap instead of storing them again
+    /// (`rafs convert` also takes a rafs image, `docker://REF`, e.g. the
+    /// previous version: its blobs the new image uses are mounted or
+    /// copied into the destination).
+    #[arg(long, value_name = "BOOTSTRAP|REF")]
     pub chunk_dict: Option<PathBuf>,
     /// Start a new blob before one would grow past SIZE.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]

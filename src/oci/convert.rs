@@ -16,6 +16,7 @@
 //! The build is a pure function of the layers and options, so the same
 //! source gives the same manifest digest.
 
+use super::blobs_from::{BlobsFrom, Origin, Sources};
 use super::manifest::{self, Content, RafsManifest, MEDIA_MANIFEST};
 use super::pull::write_atomic;
 use super::push::{self, PushOptions, PushReport};
@@ -39,10 +40,33 @@ pub struct ConvertOptions {
     pub platform: Option<String>,
     /// Build options (`output` is replaced by a temporary directory).
     pub build: builder::Options,
+    /// A chunk dictionary: chunks it has are not stored again, and its
+    /// blobs the new image uses are put in the destination too.
+    pub chunk_dict: Option<ChunkDict>,
     /// Blob uploads at once.
     pub jobs: usize,
     /// How to reach the registries.
     pub registry: RegistryOptions,
+}
+
+/// A chunk dictionary for `rafs convert --chunk-dict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkDict {
+    /// A local bootstrap; its blobs are looked for beside it
+    /// (`DIR/blobs/<hex>`, the `rafs create` layout).
+    Bootstrap(PathBuf),
+    /// A rafs image in a registry (e.g. the previous version).
+    Image(super::Reference),
+}
+
+impl ChunkDict {
+    /// `docker://REF` is an image, anything else a bootstrap path.
+    pub fn parse(s: &str) -> Result<ChunkDict, OciError> {
+        match BlobsFrom::parse(s)? {
+            BlobsFrom::Image(r) => Ok(ChunkDict::Image(r)),
+            BlobsFrom::Dir(p) => Ok(ChunkDict::Bootstrap(p)),
+        }
+    }
 }
 
 /// What a convert did.
@@ -76,26 +100,6 @@ pub enum ConvertError {
     Build(#[from] BuildError),
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir, OciError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!("rafs-convert-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).map_err(OciError::io(&p))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Converts `opts.source` to a rafs image at `opts.dest`.
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let src = Source::open(&opts.source, &opts.registry)?;
@@ -105,10 +109,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         .unwrap_or_else(super::source::host_platform);
     let img = src.resolve(&platform)?;
     let config = src.config(&img)?;
-    let tmp = TempDir::new()?;
+    let tmp = super::TempDir::new("convert")?;
     let out = tmp.0.join("out");
     let mut bopts = opts.build.clone();
     bopts.output = out.clone();
+    let blobs_from = use_dict(opts, &tmp.0, &mut bopts)?;
     let mut verdicts: Vec<Verdict> = Vec::new();
     let built = {
         let inputs = img.layers.iter().map(|c| {
@@ -168,6 +173,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
                 config: Some(cfg_path),
                 source_digest: Some(img.digest.clone()),
                 mount_from: None,
+                blobs_from,
                 jobs: opts.jobs,
                 registry: opts.registry.clone(),
             })?;
@@ -175,22 +181,66 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
             report.push = Some(p);
         }
         Location::Layout { dir, tag } => {
-            report.digest = write_layout(&out, &config, &img.digest, dir, tag.as_deref())?;
+            let sources = Sources::open(&blobs_from, &opts.registry)?;
+            let layout = Layout {
+                dir,
+                tag: tag.as_deref(),
+            };
+            report.digest = write_layout(&out, &sources, &config, &img.digest, &layout)?;
         }
     }
     report.blobs = std::fs::read_dir(out.join("blobs")).map_or(0, |d| d.count());
     Ok(report)
 }
 
-/// Writes the build output `out` as a rafs image into layout `dir`
-/// (tagged `tag`); returns the manifest digest.
+/// Points the build at `opts.chunk_dict` (a registry image's bootstrap is
+/// fetched, verified, into `tmp`) and returns where its blobs are.
+fn use_dict(
+    opts: &ConvertOptions,
+    tmp: &Path,
+    bopts: &mut builder::Options,
+) -> Result<Vec<BlobsFrom>, OciError> {
+    match &opts.chunk_dict {
+        None => Ok(Vec::new()),
+        Some(ChunkDict::Bootstrap(p)) => {
+            bopts.chunk_dict = Some(p.clone());
+            let dir = p.parent().unwrap_or(Path::new(".")).to_path_buf();
+            Ok(vec![BlobsFrom::Dir(dir)])
+        }
+        Some(ChunkDict::Image(r)) => {
+            let c = super::client(
+                r,
+                &opts.registry,
+                vec![format!("repository:{}:pull", r.repo)],
+            )?;
+            let f = super::pull::fetch(&c, r)?;
+            let path = tmp.join("dict.bootstrap");
+            std::fs::write(&path, &f.bootstrap).map_err(OciError::io(&path))?;
+            bopts.chunk_dict = Some(path);
+            // Its blobs come from the very manifest whose bootstrap this is.
+            let mut pinned = r.clone();
+            pinned.digest = Some(f.digest);
+            Ok(vec![BlobsFrom::Image(pinned)])
+        }
+    }
+}
+
+/// An OCI layout destination.
+struct Layout<'a> {
+    dir: &'a Path,
+    tag: Option<&'a str>,
+}
+
+/// Writes the build output `out` as a rafs image into the layout (blobs
+/// not in `out` come from `sources`); returns the manifest digest.
 fn write_layout(
     out: &Path,
+    sources: &Sources,
     config: &[u8],
     source: &str,
-    dir: &Path,
-    tag: Option<&str>,
+    layout: &Layout<'_>,
 ) -> Result<String, OciError> {
+    let (dir, tag) = (layout.dir, layout.tag);
     let bpath = out.join("bootstrap");
     let bootstrap = push::read_limited(&bpath, manifest::BOOTSTRAP_LIMIT)?;
     let boot = Bootstrap::open(&bootstrap)
@@ -211,15 +261,26 @@ fn write_layout(
     };
     let mbytes = m.to_bytes()?;
     let digest = manifest::digest_of(&mbytes);
+    let origins = blobs
+        .iter()
+        .map(|c| sources.locate(out, c))
+        .collect::<Result<Vec<Origin>, OciError>>()?;
     let bdir = dir.join("blobs/sha256");
     std::fs::create_dir_all(&bdir).map_err(OciError::io(&bdir))?;
-    for c in &blobs {
+    for (c, origin) in blobs.iter().zip(&origins) {
         let dest = bdir.join(c.id.to_hex());
-        if !dest.exists() {
-            let from = out.join("blobs").join(c.id.to_hex());
-            let tmp = bdir.join(format!(".{}.part", c.id.to_hex()));
-            std::fs::copy(&from, &tmp).map_err(OciError::io(&from))?;
-            std::fs::rename(&tmp, &dest).map_err(OciError::io(&dest))?;
+        if dest.exists() {
+            continue;
+        }
+        match origin {
+            Origin::File(from) => {
+                let tmp = bdir.join(format!(".{}.part", c.id.to_hex()));
+                std::fs::copy(from, &tmp).map_err(OciError::io(from))?;
+                std::fs::rename(&tmp, &dest).map_err(OciError::io(&dest))?;
+            }
+            Origin::Image(i) => {
+                sources.download(*i, c, &bdir)?;
+            }
         }
     }
     for bytes in [&bootstrap[..], config, &mbytes] {

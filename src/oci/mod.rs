@@ -5,6 +5,7 @@
 //! ([`crate::backend::registry::session::RegistryClient`]): one auth, one
 //! set of credential sources.
 
+pub mod blobs_from;
 pub mod bundle;
 pub mod convert;
 pub mod manifest;
@@ -91,6 +92,14 @@ pub enum OciError {
         /// What a HEAD reports (0: absent).
         served: u64,
     },
+    /// A blob the bootstrap names that no source has.
+    #[error("blob {digest} is named by the bootstrap but found nowhere (searched: {searched}); give its image or directory (--chunk-dict, --blobs-from)")]
+    MissingBlob {
+        /// The blob's digest.
+        digest: String,
+        /// Where it was looked for.
+        searched: String,
+    },
     /// A local file.
     #[error("{path}: {source}")]
     Io {
@@ -143,4 +152,25 @@ pub(crate) fn client(
     )
     .map(|c| c.with_scopes(scopes))
     .map_err(OciError::registry(reference.to_string()))
+}
+
+/// A temporary directory removed on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after `what` under the system temp dir.
+    pub(crate) fn new(what: &str) -> Result<TempDir, OciError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let p = std::env::temp_dir().join(format!("rafs-{what}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).map_err(OciError::io(&p))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

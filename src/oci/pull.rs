@@ -259,7 +259,7 @@ fn download_all(
 }
 
 /// Downloads data blob `c` into `dir/<hex>`, verified, by range requests.
-fn download(client: &RegistryClient, c: &Content, dir: &Path) -> Result<(), OciError> {
+pub(crate) fn download(client: &RegistryClient, c: &Content, dir: &Path) -> Result<(), OciError> {
     let hex = c.id.to_hex();
     let tmp = dir.join(format!(".{hex}.part"));
     let res = download_to(client, c, &tmp);

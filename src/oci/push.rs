@@ -16,6 +16,7 @@
 //! upload sessions, which a later push skips or ignores; two pushes of
 //! the same image write the same bytes under the same names.
 
+use super::blobs_from::{BlobsFrom, Origin, Sources};
 use super::manifest::{self, Content, RafsManifest, CONFIG_LIMIT, MEDIA_MANIFEST};
 use super::{client, OciError, Reference, RegistryOptions};
 use crate::backend::client::{origin, status_error, Raw, SendData};
@@ -42,6 +43,9 @@ pub struct PushOptions {
     pub source_digest: Option<String>,
     /// A repository of the same registry to mount missing blobs from.
     pub mount_from: Option<String>,
+    /// Where to find blobs the bootstrap names that are not in `outdir`
+    /// (a chunk dictionary's): see [`super::blobs_from`].
+    pub blobs_from: Vec<BlobsFrom>,
     /// Blob uploads at once.
     pub jobs: usize,
     /// How to reach the registry.
@@ -63,6 +67,11 @@ pub struct PushReport {
     pub skipped: usize,
     /// Bytes uploaded.
     pub bytes_uploaded: u64,
+    /// Blobs copied from a registry source of `blobs_from` (another
+    /// registry, or one that would not mount them).
+    pub copied: usize,
+    /// Bytes copied.
+    pub bytes_copied: u64,
 }
 
 /// How a blob got there.
@@ -71,6 +80,15 @@ enum Outcome {
     Skipped,
     Mounted,
     Uploaded,
+    Copied,
+}
+
+/// What a cross-repository mount request did.
+enum Mount {
+    /// The blob is mounted.
+    Done,
+    /// The registry opened an upload session at this URL instead.
+    Upload(String),
 }
 
 /// Where a blob's bytes come from.
@@ -82,7 +100,7 @@ enum Source<'a> {
 /// The checked local image.
 struct Local {
     bootstrap: Vec<u8>,
-    blobs: Vec<(Content, PathBuf)>,
+    blobs: Vec<(Content, Origin)>,
     config: Vec<u8>,
     manifest: Vec<u8>,
 }
@@ -101,8 +119,9 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, OciError>
     Ok(buf)
 }
 
-/// Reads and checks `opts.outdir` and builds the manifest.
-fn read_local(opts: &PushOptions) -> Result<Local, OciError> {
+/// Reads and checks `opts.outdir`, locates every blob (in `outdir` or in
+/// `sources`) and builds the manifest.
+fn read_local(opts: &PushOptions, sources: &Sources) -> Result<Local, OciError> {
     let bpath = opts.outdir.join("bootstrap");
     let bootstrap = read_limited(&bpath, manifest::BOOTSTRAP_LIMIT)?;
     let boot = Bootstrap::open(&bootstrap)
@@ -113,13 +132,7 @@ fn read_local(opts: &PushOptions) -> Result<Local, OciError> {
             id: BlobId(b.id),
             size: b.compressed_size.get(),
         };
-        let path = opts.outdir.join("blobs").join(c.id.to_hex());
-        let len = std::fs::metadata(&path).map_err(OciError::io(&path))?.len();
-        if len != c.size {
-            let why = format!("{len} bytes, the bootstrap says {}", c.size);
-            return Err(OciError::invalid(path.display().to_string(), why));
-        }
-        blobs.push((c, path));
+        blobs.push((c, sources.locate(&opts.outdir, &c)?));
     }
     let config = match &opts.config {
         Some(p) => {
@@ -150,7 +163,8 @@ fn read_local(opts: &PushOptions) -> Result<Local, OciError> {
 
 /// Publishes `opts.outdir` at `opts.reference`.
 pub fn push(opts: &PushOptions) -> Result<PushReport, OciError> {
-    let local = read_local(opts)?;
+    let sources = Sources::open(&opts.blobs_from, &opts.registry)?;
+    let local = read_local(opts, &sources)?;
     let digest = manifest::digest_of(&local.manifest);
     let r = &opts.reference;
     if let Some(want) = &r.digest {
@@ -162,14 +176,18 @@ pub fn push(opts: &PushOptions) -> Result<PushReport, OciError> {
             });
         }
     }
+    let mut mount_repos = sources.same_registry_repos(r);
+    mount_repos.extend(opts.mount_from.iter().cloned());
     let mut scopes = vec![format!("repository:{}:pull,push", r.repo)];
-    if let Some(from) = &opts.mount_from {
-        scopes.push(format!("repository:{from}:pull"));
-    }
+    scopes.extend(mount_repos.iter().map(|m| format!("repository:{m}:pull")));
     let client = client(r, &opts.registry, scopes)?;
+    let copies = super::TempDir::new("push")?;
     let pusher = Pusher {
         client: &client,
         mount_from: opts.mount_from.as_deref(),
+        sources: &sources,
+        copies: &copies.0,
+        host: &r.host,
     };
     let mut report = PushReport {
         reference: r.to_string(),
@@ -195,6 +213,10 @@ pub fn push(opts: &PushOptions) -> Result<PushReport, OciError> {
             Outcome::Uploaded => {
                 report.uploaded += 1;
                 report.bytes_uploaded += c.size;
+            }
+            Outcome::Copied => {
+                report.copied += 1;
+                report.bytes_copied += c.size;
             }
         }
     }
@@ -234,6 +256,12 @@ fn retryable(e: &OciError) -> bool {
 struct Pusher<'a> {
     client: &'a RegistryClient,
     mount_from: Option<&'a str>,
+    /// Where blobs not in the build output are.
+    sources: &'a Sources,
+    /// Where blobs copied from another registry are staged.
+    copies: &'a Path,
+    /// The destination's `host[:port]`.
+    host: &'a str,
 }
 
 impl Pusher<'_> {
@@ -307,7 +335,7 @@ impl Pusher<'_> {
     /// Pushes the data blobs, `jobs` at a time.
     fn blobs_in_parallel(
         &self,
-        blobs: &[(Content, PathBuf)],
+        blobs: &[(Content, Origin)],
         jobs: usize,
     ) -> Result<Vec<(Content, Outcome)>, OciError> {
         let next = AtomicUsize::new(0);
@@ -317,8 +345,13 @@ impl Pusher<'_> {
             for _ in 0..jobs.min(blobs.len()) {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((c, path)) = blobs.get(i) else { break };
-                    let r = self.ensure(c, &Source::File(path));
+                    let Some((c, origin)) = blobs.get(i) else {
+                        break;
+                    };
+                    let r = match origin {
+                        Origin::File(path) => self.ensure(c, &Source::File(path)),
+                        Origin::Image(src) => self.ensure_from(c, *src),
+                    };
                     let failed = r.is_err();
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                     if failed {
@@ -375,21 +408,9 @@ impl Pusher<'_> {
         let uploads = self.client.url("blobs/uploads/");
         let mut location = None;
         if let Some(from) = self.mount_from {
-            let url = format!(
-                "{uploads}?mount={}&from={}",
-                query_escape(&digest),
-                query_escape(from)
-            );
-            let raw = self
-                .send(&c.id, "POST", &url, &[], &|| Ok(SendData::Empty))
-                .map_err(self.denied(format!("mounting blob {digest} from {from}")))?;
-            match raw.status.as_u16() {
-                201 => return self.verify(c, Outcome::Mounted),
-                202 => location = Some(self.location(&raw, &url)?),
-                _ => {
-                    let e = status_error(&c.id, &url, &raw);
-                    return Err(OciError::registry(format!("mounting blob {digest}"))(e));
-                }
+            match self.try_mount(c, from)? {
+                Mount::Done => return self.verify(c, Outcome::Mounted),
+                Mount::Upload(l) => location = Some(l),
             }
         }
         let location = match location {
@@ -417,6 +438,58 @@ impl Pusher<'_> {
             return Err(OciError::registry(format!("uploading blob {digest}"))(e));
         }
         self.verify(c, Outcome::Uploaded)
+    }
+
+    /// A cross-repository mount of `c` from repository `from`: done, or
+    /// the upload session the registry opened instead.
+    fn try_mount(&self, c: &Content, from: &str) -> Result<Mount, OciError> {
+        let digest = c.digest();
+        let uploads = self.client.url("blobs/uploads/");
+        let url = format!(
+            "{uploads}?mount={}&from={}",
+            query_escape(&digest),
+            query_escape(from)
+        );
+        let raw = self
+            .send(&c.id, "POST", &url, &[], &|| Ok(SendData::Empty))
+            .map_err(self.denied(format!("mounting blob {digest} from {from}")))?;
+        match raw.status.as_u16() {
+            201 => Ok(Mount::Done),
+            202 => Ok(Mount::Upload(self.location(&raw, &url)?)),
+            _ => {
+                let e = status_error(&c.id, &url, &raw);
+                Err(OciError::registry(format!("mounting blob {digest}"))(e))
+            }
+        }
+    }
+
+    /// Makes the registry serve `c`, a blob of registry source `src`:
+    /// present: skip; on the same registry: a cross-repository mount;
+    /// else (or if the registry would not mount it) a copy, downloaded and
+    /// verified into a staging file, then uploaded.
+    fn ensure_from(&self, c: &Content, src: usize) -> Result<Outcome, OciError> {
+        if self.served(c)? == Some(c.size) {
+            return Ok(Outcome::Skipped);
+        }
+        let source = self
+            .sources
+            .images
+            .get(src)
+            .ok_or_else(|| OciError::invalid("push", "no such blob source"))?;
+        let same =
+            source.reference.host == self.host && source.reference.repo != self.client.repo();
+        if same {
+            if let Mount::Done = self.try_mount(c, &source.reference.repo)? {
+                return self.verify(c, Outcome::Mounted);
+            }
+        }
+        let path = self.sources.download(src, c, self.copies)?;
+        let res = self.ensure(c, &Source::File(&path));
+        let _ = std::fs::remove_file(&path);
+        match res? {
+            Outcome::Uploaded => Ok(Outcome::Copied),
+            other => Ok(other),
+        }
     }
 
     /// POSTs a new upload session and returns its URL.
