@@ -65,6 +65,9 @@ pub struct PushArgs {
     /// Print the push report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Never show a progress bar [default: one on a terminal].
+    #[arg(long)]
+    pub no_progress: bool,
     /// Registry settings.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -85,9 +88,19 @@ pub struct PullArgs {
     /// Print the pull report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Never show a progress bar [default: one on a terminal].
+    #[arg(long)]
+    pub no_progress: bool,
     /// Registry settings.
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// A progress bar only on a terminal, never with `--json` or
+/// `--no-progress`.
+fn show_progress(no_progress: bool, json: bool) -> bool {
+    use std::io::IsTerminal as _;
+    !no_progress && !json && std::io::stderr().is_terminal()
 }
 
 /// Runs `rafs push`.
@@ -104,6 +117,7 @@ pub fn run_push(a: &PushArgs) -> anyhow::Result<ExitCode> {
             .map(|b| BlobsFrom::parse(b))
             .collect::<Result<_, _>>()?,
         jobs: a.jobs,
+        progress: show_progress(a.no_progress, a.json),
         registry: a.registry.options()?,
     };
     let report = push::push(&opts).with_context(|| format!("pushing {}", opts.outdir.display()))?;
@@ -121,6 +135,7 @@ pub fn run_pull(a: &PullArgs) -> anyhow::Result<ExitCode> {
         reference: Reference::parse(&a.reference)?,
         out: a.output.clone(),
         blobs: a.blobs,
+        progress: show_progress(a.no_progress, a.json),
         registry: a.registry.options()?,
     };
     let report = pull::pull(&opts).with_context(|| format!("pulling {}", a.reference))?;

@@ -138,7 +138,7 @@ impl Sources {
             .images
             .get(i)
             .ok_or_else(|| OciError::invalid("blob sources", "no such source"))?;
-        pull::download(&src.client, c, dir)?;
+        pull::download(&src.client, c, dir, &indicatif::ProgressBar::hidden())?;
         Ok(dir.join(c.id.to_hex()))
     }
 }

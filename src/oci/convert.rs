@@ -175,6 +175,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
                 mount_from: None,
                 blobs_from,
                 jobs: opts.jobs,
+                progress: opts.build.progress,
                 registry: opts.registry.clone(),
             })?;
             report.digest = p.digest.clone();

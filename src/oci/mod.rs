@@ -154,6 +154,24 @@ pub(crate) fn client(
     .map_err(OciError::registry(reference.to_string()))
 }
 
+/// A byte-count progress bar on stderr for a transfer of `total` bytes
+/// (hidden unless `show`).
+pub(crate) fn transfer_bar(show: bool, total: u64, what: &'static str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}) {wide_bar}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar
+}
+
 /// A temporary directory removed on drop.
 pub(crate) struct TempDir(pub(crate) PathBuf);
 

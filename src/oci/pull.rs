@@ -13,6 +13,7 @@ use super::{client, OciError, Reference, RegistryOptions};
 use crate::backend::client::status_error;
 use crate::backend::registry::session::RegistryClient;
 use crate::backend::{BackendError, BlobId};
+use indicatif::ProgressBar;
 use rafs_format::Bootstrap;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -38,6 +39,8 @@ pub struct PullOptions {
     pub out: PathBuf,
     /// Also fetch and verify the data blobs.
     pub blobs: bool,
+    /// Show a progress bar of the blob downloads on stderr.
+    pub progress: bool,
     /// How to reach the registry.
     pub registry: RegistryOptions,
 }
@@ -78,7 +81,17 @@ pub fn pull(opts: &PullOptions) -> Result<PullReport, OciError> {
     std::fs::create_dir_all(out).map_err(OciError::io(out))?;
     let mut fetched = 0;
     let res = if opts.blobs {
-        download_all(&client, &f.manifest.blobs, &out.join("blobs"), &mut fetched)
+        let total = f.manifest.blobs.iter().map(|b| b.size).sum();
+        let bar = super::transfer_bar(opts.progress, total, "pulling");
+        let r = download_all(
+            &client,
+            &f.manifest.blobs,
+            &out.join("blobs"),
+            &bar,
+            &mut fetched,
+        );
+        bar.finish_and_clear();
+        r
     } else {
         Ok(())
     };
@@ -248,21 +261,27 @@ fn download_all(
     client: &RegistryClient,
     blobs: &[Content],
     dir: &Path,
+    bar: &ProgressBar,
     fetched: &mut usize,
 ) -> Result<(), OciError> {
     std::fs::create_dir_all(dir).map_err(OciError::io(dir))?;
     for c in blobs {
-        download(client, c, dir)?;
+        download(client, c, dir, bar)?;
         *fetched += 1;
     }
     Ok(())
 }
 
 /// Downloads data blob `c` into `dir/<hex>`, verified, by range requests.
-pub(crate) fn download(client: &RegistryClient, c: &Content, dir: &Path) -> Result<(), OciError> {
+pub(crate) fn download(
+    client: &RegistryClient,
+    c: &Content,
+    dir: &Path,
+    bar: &ProgressBar,
+) -> Result<(), OciError> {
     let hex = c.id.to_hex();
     let tmp = dir.join(format!(".{hex}.part"));
-    let res = download_to(client, c, &tmp);
+    let res = download_to(client, c, &tmp, bar);
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return res;
@@ -271,7 +290,12 @@ pub(crate) fn download(client: &RegistryClient, c: &Content, dir: &Path) -> Resu
     std::fs::rename(&tmp, &dest).map_err(OciError::io(&dest))
 }
 
-fn download_to(client: &RegistryClient, c: &Content, tmp: &Path) -> Result<(), OciError> {
+fn download_to(
+    client: &RegistryClient,
+    c: &Content,
+    tmp: &Path,
+    bar: &ProgressBar,
+) -> Result<(), OciError> {
     let what = format!("blob {}", c.digest());
     let mut f = std::fs::File::create(tmp).map_err(OciError::io(tmp))?;
     let url = client.blob_url(&c.id);
@@ -286,6 +310,7 @@ fn download_to(client: &RegistryClient, c: &Content, tmp: &Path) -> Result<(), O
         hasher.update(&piece);
         f.write_all(&piece).map_err(OciError::io(tmp))?;
         offset += len;
+        bar.inc(len);
     }
     let got = BlobId(hasher.finalize().into());
     if got != c.id {

@@ -48,6 +48,8 @@ pub struct PushOptions {
     pub blobs_from: Vec<BlobsFrom>,
     /// Blob uploads at once.
     pub jobs: usize,
+    /// Show a progress bar (bytes of blobs made present) on stderr.
+    pub progress: bool,
     /// How to reach the registry.
     pub registry: RegistryOptions,
 }
@@ -188,13 +190,18 @@ pub fn push(opts: &PushOptions) -> Result<PushReport, OciError> {
         sources: &sources,
         copies: &copies.0,
         host: &r.host,
+        bar: super::transfer_bar(opts.progress, 0, "pushing"),
     };
     let mut report = PushReport {
         reference: r.to_string(),
         digest: digest.clone(),
         ..PushReport::default()
     };
-    let outcomes = pusher.blobs_in_parallel(&local.blobs, opts.jobs.max(1))?;
+    let total = local.blobs.iter().map(|(c, _)| c.size).sum();
+    pusher.bar.set_length(total);
+    let outcomes = pusher.blobs_in_parallel(&local.blobs, opts.jobs.max(1));
+    pusher.bar.finish_and_clear();
+    let outcomes = outcomes?;
     let extra = [
         (
             Content::of(&local.bootstrap),
@@ -262,6 +269,8 @@ struct Pusher<'a> {
     copies: &'a Path,
     /// The destination's `host[:port]`.
     host: &'a str,
+    /// Bytes of data blobs made present so far.
+    bar: indicatif::ProgressBar,
 }
 
 impl Pusher<'_> {
@@ -353,6 +362,7 @@ impl Pusher<'_> {
                         Origin::Image(src) => self.ensure_from(c, *src),
                     };
                     let failed = r.is_err();
+                    self.bar.inc(c.size);
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                     if failed {
                         // The others stop at their next blob.
