@@ -14,7 +14,6 @@
 //! redacts them.
 
 pub mod auth;
-pub mod credential_helper;
 pub mod session;
 
 use self::auth::Clock;

@@ -52,7 +52,6 @@ mod readonly_tests;
 #[cfg(test)]
 mod tests;
 pub mod tools;
-pub mod tools_images;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

@@ -50,7 +50,7 @@ use crate::backend::BlobId;
 use crate::image::{Image, ImageError};
 use crate::util::human_bytes;
 
-use super::tools_images as images;
+pub mod images;
 
 /// Arguments of `rafs cache`.
 #[derive(Debug)]

@@ -41,7 +41,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use super::credential_helper::{
+pub mod credential_helper;
+pub use credential_helper::{
     docker_config_helper, parse_helper_reply, run_helper, HelperError, HELPER_OUTPUT_LIMIT,
     HELPER_TIMEOUT,
 };

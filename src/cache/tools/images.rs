@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use super::tools::{allocated, io_err, ToolError};
+use super::{allocated, io_err, ToolError};
 
 /// One kept image.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! stdin, bounded output, a time limit after which its process group is
 //! killed) and parsing its answer.
 
-use super::auth::{auths_key_matches, Credentials, EnvLookup};
+use super::{auths_key_matches, Credentials, EnvLookup};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
