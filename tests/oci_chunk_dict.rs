@@ -14,8 +14,10 @@
 mod common;
 
 use common::compare::{assert_same_tree, exclude_none};
+use common::json;
 use common::oci::{dir, file, noise, reference_tree, write_layout, E};
 use common::registry::{Registry, RegistryAuth};
+use common::umoci::skopeo_copy;
 use serde_json::Value;
 use std::path::Path;
 
@@ -28,24 +30,6 @@ fn version(conf: &'static str) -> Vec<Vec<E>> {
         file("etc/conf", conf, 11),
         file("big", noise(BIG, 7), 12),
     ]]
-}
-
-fn json(run: &common::Run) -> Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"))
-}
-
-fn skopeo_copy(from: &str, to: &str) {
-    common::cmd(
-        "skopeo",
-        args![
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            from,
-            to
-        ],
-    )
-    .ok();
 }
 
 fn convert(src: &str, dst: &str, dict: Option<&str>) -> common::Run {
@@ -199,7 +183,7 @@ fn a_local_dictionary_fills_a_layout_and_push_finds_its_blobs() {
         "64K"
     ])
     .ok();
-    let posts = || upload_posts(&reg);
+    let posts = || reg.upload_posts();
     let before = posts();
     let r = format!("{h}/e:v2");
     let missing = common::rafs(args!["push", &out, &r, "--plain-http"]);
@@ -244,7 +228,7 @@ fn a_dictionary_that_is_not_a_rafs_image_fails_before_any_push() {
     let work = common::tempdir();
     let reg = sources(work.path());
     let h = &reg.host;
-    let before = upload_posts(&reg);
+    let before = reg.upload_posts();
     let run = convert(
         &format!("docker://{h}/src:v2"),
         &format!("docker://{h}/f:v2"),
@@ -252,7 +236,7 @@ fn a_dictionary_that_is_not_a_rafs_image_fails_before_any_push() {
     );
     assert!(!run.status.success(), "{run}");
     assert!(run.stderr.contains("not a rafs image"), "{run}");
-    assert_eq!(upload_posts(&reg), before, "{}", reg.log());
+    assert_eq!(reg.upload_posts(), before, "{}", reg.log());
     let pull = common::rafs(args![
         "pull",
         format!("{h}/f:v2"),
@@ -264,11 +248,4 @@ fn a_dictionary_that_is_not_a_rafs_image_fails_before_any_push() {
         !pull.status.success() && pull.stderr.contains("manifest unknown"),
         "{pull}"
     );
-}
-
-fn upload_posts(reg: &Registry) -> usize {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("http.request.method=POST") && l.contains("/blobs/uploads/"))
-        .count()
 }

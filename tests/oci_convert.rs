@@ -16,28 +16,12 @@
 mod common;
 
 use common::compare::{assert_same_tree, exclude_none};
+use common::json;
 use common::oci::{layers, reference_tree, write_layout};
 use common::registry::{Registry, RegistryAuth};
+use common::umoci::skopeo_copy;
 use serde_json::Value;
 use std::path::Path;
-
-fn json(run: &common::Run) -> Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"))
-}
-
-fn skopeo_copy(from: &str, to: &str) {
-    common::cmd(
-        "skopeo",
-        args![
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            from,
-            to
-        ],
-    )
-    .ok();
-}
 
 fn convert(src: &str, dst: &str) -> common::Run {
     common::rafs(args![

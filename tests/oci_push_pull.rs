@@ -60,13 +60,6 @@ fn report(run: &common::Run) -> serde_json::Value {
 
 /// Upload sessions the registry has started (its log of POSTs to
 /// `/blobs/uploads/`).
-fn upload_posts(reg: &Registry) -> usize {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("http.request.method=POST") && l.contains("/blobs/uploads/"))
-        .count()
-}
-
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -157,7 +150,7 @@ fn second_push_uploads_nothing_and_gives_the_same_digest() {
     let reg = Registry::start(RegistryAuth::Anonymous);
     let r = reference(&reg, REPO, "v1");
     let first = report(&push(&out, &r, &[]).ok());
-    let posts = upload_posts(&reg);
+    let posts = reg.upload_posts();
     assert!(
         posts >= 3,
         "no upload seen in the registry log:\n{}",
@@ -166,7 +159,7 @@ fn second_push_uploads_nothing_and_gives_the_same_digest() {
     let second = report(&push(&out, &r, &[]).ok());
     assert_eq!(second["digest"], first["digest"]);
     assert_eq!(second["uploaded"], 0, "{second}");
-    assert_eq!(upload_posts(&reg), posts, "the second push started uploads");
+    assert_eq!(reg.upload_posts(), posts, "the second push started uploads");
     // Plain output: the digest alone; another tag, same digest.
     let run = common::rafs(args![
         "push",
@@ -372,7 +365,7 @@ fn source_config_and_digest_are_carried_over_and_blobs_mount_across_repos() {
     let cfg_s = cfg.display().to_string();
     let extra = ["--config", &cfg_s, "--source-digest", &source];
     let a = report(&push(&out, &reference(&reg, REPO, "v1"), &extra).ok());
-    let posts = upload_posts(&reg);
+    let posts = reg.upload_posts();
     // Another repository of the same registry: every blob is mounted, none
     // uploaded, and the manifest is byte for byte the same.
     let mut mount = extra.to_vec();
@@ -387,7 +380,7 @@ fn source_config_and_digest_are_carried_over_and_blobs_mount_across_repos() {
         .filter(|l| l.contains("http.request.method=POST") && l.contains("mount="))
         .count();
     assert_eq!(
-        upload_posts(&reg) - posts,
+        reg.upload_posts() - posts,
         mount_posts,
         "plain uploads started"
     );

@@ -18,6 +18,7 @@ mod common;
 use common::compare::{assert_same_tree, exclude_none};
 use common::mount::Mounted;
 use common::registry::{Registry, RegistryAuth, REPO};
+use common::umoci::Overlay;
 use rafs::backend::BlobId;
 use sha2::{Digest, Sha256};
 use std::ffi::OsString;
@@ -77,46 +78,6 @@ fn mount_ref(r: &str, mnt: &Path, extra: &[OsString]) -> Mounted {
 fn expected_output(src: &Path) -> String {
     let version = std::fs::read_to_string(src.join("etc/debian_version")).unwrap();
     format!("{HELLO}\n{}\n0\n/etc\n", version.trim())
-}
-
-/// An overlay with `lower` as its lower layer, upper and work on a tmpfs
-/// under `dir`, mounted on `target`; unmounted on drop.
-struct Overlay {
-    target: PathBuf,
-    tmpfs: PathBuf,
-}
-
-impl Overlay {
-    fn mount(lower: &Path, dir: &Path, target: &Path) -> Overlay {
-        let tmpfs = dir.join("rw");
-        std::fs::create_dir_all(&tmpfs).unwrap();
-        common::cmd("mount", args!["-t", "tmpfs", "tmpfs", &tmpfs]).ok();
-        for d in ["upper", "work"] {
-            std::fs::create_dir(tmpfs.join(d)).unwrap();
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            tmpfs.join("upper").display(),
-            tmpfs.join("work").display()
-        );
-        common::cmd(
-            "mount",
-            args!["-t", "overlay", "overlay", "-o", opts, target],
-        )
-        .ok();
-        Overlay {
-            target: target.to_owned(),
-            tmpfs,
-        }
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = common::cmd("umount", args![&self.target]);
-        let _ = common::cmd("umount", args![&self.tmpfs]);
-    }
 }
 
 #[test]

@@ -25,6 +25,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
+/// `run`'s stdout parsed as JSON (panics with the run on failure).
+pub fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"))
+}
+
 /// Output of one command.
 #[derive(Debug)]
 pub struct Run {

@@ -295,6 +295,14 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
+    /// Blob upload sessions started so far (POSTs to `/blobs/uploads/`).
+    pub fn upload_posts(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("http.request.method=POST") && l.contains("/blobs/uploads/"))
+            .count()
+    }
+
     /// Uploads `bytes` as blob `id` of [`REPO`] (monolithic upload: POST
     /// to start, PUT with the digest), with push credentials.
     pub fn push(&self, id: &BlobId, bytes: &[u8]) {
