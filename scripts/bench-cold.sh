@@ -61,6 +61,9 @@
 #                                         debootstrap strace)
 # env:   RAFS_BENCH_DIR (/var/tmp/rafs-bench): every file this script writes
 #        RAFS_BENCH_REPS (3), RAFS_BENCH_DELAY_MS (10), RAFS_BENCH_RATE_MBIT (200)
+#        RAFS_BENCH_TREE (a prebuilt rootfs, only read: no debootstrap),
+#        RAFS_DEBIAN_INCLUDE (packages added to minbase, e.g. the issue-12
+#        image: python3,gcc,g++,git,perl),
 #        RAFS_BENCH_CMD, RAFS_BENCH_SKIP_RAFS, RAFS_BENCH_CREATE_ARGS (extra
 #        `rafs create` flags), RAFS_BENCH_MOUNT_ARGS (extra `rafs mount`
 #        flags), RAFS_BIN (a prebuilt binary: no cargo build)
@@ -150,8 +153,14 @@ if [ -z "${RAFS_BIN:-}" ]; then
 fi
 [ -x "$rafs" ] || die "no binary at $rafs"
 
-rootfs=$bench/rootfs
-"$repo/scripts/debootstrap-rootfs.sh" "$rootfs"
+if [ -n "${RAFS_BENCH_TREE:-}" ]; then
+  rootfs=$RAFS_BENCH_TREE
+  [ -d "$rootfs" ] || die "RAFS_BENCH_TREE=$rootfs is not a directory"
+else
+  # One cached rootfs per package set (RAFS_DEBIAN_INCLUDE).
+  rootfs=$bench/rootfs${RAFS_DEBIAN_INCLUDE:+-$(printf %s "$RAFS_DEBIAN_INCLUDE" | tr -c 'A-Za-z0-9\n' -)}
+  "$repo/scripts/debootstrap-rootfs.sh" "$rootfs"
+fi
 for f in /usr/bin/dpkg /usr/bin/perl; do
   [ -e "$rootfs$f" ] || log "warning: $f is missing from the rootfs"
 done
