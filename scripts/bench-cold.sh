@@ -26,10 +26,10 @@
 #   all       --prefetch-all on mount.
 #   baseline  curl the tar.gz through the proxy piped into `tar -xzf` (download
 #             and extraction overlap: the strongest form of the baseline; no
-#             digest check), then `chroot DIR sh -c "$CMD"`.
+#             digest check), then `sh -c "$CMD"` in bubblewrap with DIR as `/`.
 #   cold      from starting `rafs mount BOOTSTRAP MNT --backend
 #             registry+http://PROXY/rafs/rootfs --cache-dir FRESH --api-socket
-#             SOCK` to the end of `chroot MNT sh -c "$CMD"` (the unmount is not
+#             SOCK` to the end of `sh -c "$CMD"` in bubblewrap with MNT as `/` (read-only; real /dev, /proc; tmpfs /tmp) (the unmount is not
 #             timed).
 #   warm      the same with the cache dir of a cold run kept (only the page
 #             cache is dropped).
@@ -129,11 +129,11 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # ---- prerequisites
-[ "$(id -u)" = 0 ] || die "run as root (chroot, FUSE, drop_caches)"
+[ "$(id -u)" = 0 ] || die "run as root (bubblewrap, FUSE, drop_caches)"
 ensure_packages() {
   local missing=() pair
   for pair in docker-registry:docker-registry python3:python3 curl:curl \
-    fusermount3:fuse3 debootstrap:debootstrap strace:strace; do
+    fusermount3:fuse3 debootstrap:debootstrap strace:strace bwrap:bubblewrap; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -145,6 +145,14 @@ ensure_packages() {
 }
 ensure_packages
 mkdir -p "$work"
+
+# Runs CMD with ROOT as `/`, like a container: bubblewrap with ROOT bound
+# read-only, a real /dev and /proc and a tmpfs /tmp (the rafs mount is
+# read-only; commands such as gcc write to /tmp).
+in_root() { # ROOT CMD
+  bwrap --ro-bind "$1" / --dev /dev --proc /proc --tmpfs /tmp --unshare-pid --die-with-parent \
+    -- /bin/sh -c "$2"
+}
 
 # ---- build, rootfs, image, tarball
 if [ -z "${RAFS_BIN:-}" ]; then
@@ -283,7 +291,7 @@ read_bytes_file=$work/read-bytes.$(printf '%s\n%s' "$cmd" "$tar_hex" | sha256sum
 if [ ! -f "$read_bytes_file" ]; then
   rm -rf "$ref" && mkdir -p "$ref"
   tar -xzf "$tarball" -C "$ref"
-  strace -f -qq -e trace=openat,execve -o "$work/strace.log" chroot "$ref" /bin/sh -c "$cmd"
+  strace -f -qq -e trace=openat,execve -o "$work/strace.log" in_root "$ref" "$cmd"
   python3 - "$ref" "$work/strace.log" >"$read_bytes_file.partial" <<'EOF'
 import os, re, stat, sys
 root, logf = sys.argv[1], sys.argv[2]
@@ -329,7 +337,7 @@ run_baseline() { # REP
   b0=$(proxy_bytes)
   t0=$(now_ns)
   curl -sfL --max-time 600 "$purl/v2/$repo_name/blobs/sha256:$tar_hex" | tar -xzf - -C "$dir"
-  chroot "$dir" /bin/sh -c "$cmd"
+  in_root "$dir" "$cmd"
   t1=$(now_ns)
   times[baseline]+=" $((t1 - t0))"
   bytes[baseline]+=" $(($(proxy_bytes) - b0))"
@@ -376,7 +384,7 @@ run_rafs() { # SCENARIO REP
   pids+=("$pid")
   mounts+=("$mnt")
   wait_for_line "$out" 60 '^rafs: mounted' "$pid" || { tail -20 "$err" >&2; die "rafs mount ($scen $rep) did not become ready"; }
-  chroot "$mnt" /bin/sh -c "$cmd" || die "command failed in the rafs mount; daemon log: $(tail -5 "$err")"
+  in_root "$mnt" "$cmd" || die "command failed in the rafs mount; daemon log: $(tail -5 "$err")"
   t1=$(now_ns)
   times[$scen]+=" $((t1 - t0))"
   bytes[$scen]+=" $(($(proxy_bytes) - b0))"
@@ -433,7 +441,7 @@ echo
 echo "## rafs cold start ($(date -u +%F), ${delay_ms} ms each way, ${rate_mbit} Mbit/s, median of $reps)"
 echo
 echo "image: $(human "$image_bytes") of blobs; rootfs.tar.gz: $(human "$tar_bytes"); files read by the command: $(human "$read_bytes")"
-echo "command: chroot ROOT /bin/sh -c '$cmd'"
+echo "command: bwrap (ROOT as /, ro; /dev, /proc, tmpfs /tmp) /bin/sh -c '$cmd'"
 echo
 echo "| scenario | time (s) | bytes fetched (proxy) | rafs_backend_bytes_total | % of image | x files read | speed-up vs baseline | target |"
 echo "|---|---|---|---|---|---|---|---|"
