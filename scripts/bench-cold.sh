@@ -81,6 +81,8 @@ rafs=${RAFS_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/rafs}
 
 log() { echo "bench-cold: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 
 # ---- cleanup: every background process and mount this script starts.
 pids=()
@@ -104,29 +106,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Waits (up to $2 s) for the regex $3 in file $1 while process $4 lives.
-wait_for_line() {
-  local file=$1 secs=$2 re=$3 pid=$4 i
-  for ((i = 0; i < secs * 20; i++)); do
-    grep -qE "$re" "$file" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
-
-now_ns() { date +%s%N; }
 secs() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e9:.3f}')" "$1"; }
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
-human() { python3 -c "
-import sys
-n = float(sys.argv[1])
-for u in ('B', 'KiB', 'MiB', 'GiB'):
-    if n < 1024 or u == 'GiB':
-        print(f'{n:.1f} {u}' if u != 'B' else f'{int(n)} B'); break
-    n /= 1024" "$1"; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # ---- prerequisites
 [ "$(id -u)" = 0 ] || die "run as root (bubblewrap, FUSE, drop_caches)"
@@ -149,9 +129,12 @@ mkdir -p "$work"
 # Runs CMD with ROOT as `/`, like a container: bubblewrap with ROOT bound
 # read-only, a real /dev and /proc and a tmpfs /tmp (the rafs mount is
 # read-only; commands such as gcc write to /tmp).
-in_root() { # ROOT CMD
-  bwrap --ro-bind "$1" / --dev /dev --proc /proc --tmpfs /tmp --unshare-pid --die-with-parent \
-    -- /bin/sh -c "$2"
+# Any further arguments are a wrapper to run bwrap under (strace).
+in_root() { # ROOT CMD [WRAPPER...]
+  local root=$1 c=$2
+  shift 2
+  "$@" bwrap --ro-bind "$root" / --dev /dev --proc /proc --tmpfs /tmp --unshare-pid \
+    --die-with-parent -- /bin/sh -c "$c"
 }
 
 # ---- build, rootfs, image, tarball
@@ -291,7 +274,7 @@ read_bytes_file=$work/read-bytes.$(printf '%s\n%s' "$cmd" "$tar_hex" | sha256sum
 if [ ! -f "$read_bytes_file" ]; then
   rm -rf "$ref" && mkdir -p "$ref"
   tar -xzf "$tarball" -C "$ref"
-  strace -f -qq -e trace=openat,execve -o "$work/strace.log" in_root "$ref" "$cmd"
+  in_root "$ref" "$cmd" strace -f -qq -e trace=openat,execve -o "$work/strace.log"
   python3 - "$ref" "$work/strace.log" >"$read_bytes_file.partial" <<'EOF'
 import os, re, stat, sys
 root, logf = sys.argv[1], sys.argv[2]

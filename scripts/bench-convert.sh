@@ -70,6 +70,8 @@ env_path=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { echo "bench-convert: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 
 # ---- cleanup: every container, mount, process and temp dir of this run.
 pids=()
@@ -102,18 +104,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Waits (up to $2 s) for the regex $3 in file $1 while process $4 lives.
-# Polls every 10 ms: the cold start's time includes the poll's lag.
-wait_for_line() {
-  local file=$1 secs=$2 re=$3 pid=$4 i
-  for ((i = 0; i < secs * 100; i++)); do
-    grep -qE "$re" "$file" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.01
-  done
-  return 1
-}
-
 # Stops process $1 (TERM, then KILL after 10 s).
 stop_pid() {
   local p=$1
@@ -123,19 +113,8 @@ stop_pid() {
   wait "$p" 2>/dev/null || true
 }
 
-now_ns() { date +%s%N; }
 secs() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e9:.2f}')" "$1"; }
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
-human() { python3 -c "
-import sys
-n = float(sys.argv[1])
-for u in ('B', 'KiB', 'MiB', 'GiB'):
-    if n < 1024 or u == 'GiB':
-        print(f'{n:.1f} {u}' if u != 'B' else f'{int(n)} B'); break
-    n /= 1024" "$1"; }
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.2f}' if b else '-')" "$1" "$2"; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 json_get() { python3 -c 'import json, sys
 v = json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."):
