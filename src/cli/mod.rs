@@ -105,7 +105,7 @@ fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
                 .build
                 .chunk_dict
                 .as_ref()
-                .filter(|d| d.starts_with("docker:"))
+                .filter(|d| d.to_str().is_some_and(|s| s.starts_with("docker://")))
             {
                 anyhow::bail!(
                     "--chunk-dict {}: rafs create takes a bootstrap file; a registry image as dictionary works with rafs convert (or rafs pull it first)",

@@ -103,6 +103,20 @@ fn show_progress(no_progress: bool, json: bool) -> bool {
     !no_progress && !json && std::io::stderr().is_terminal()
 }
 
+/// Prints `report` as JSON with `--json`, else just the manifest digest.
+fn print_report(
+    json: bool,
+    report: &impl serde::Serialize,
+    digest: &str,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{digest}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `rafs push`.
 pub fn run_push(a: &PushArgs) -> anyhow::Result<ExitCode> {
     let opts = PushOptions {
@@ -121,12 +135,7 @@ pub fn run_push(a: &PushArgs) -> anyhow::Result<ExitCode> {
         registry: a.registry.options()?,
     };
     let report = push::push(&opts).with_context(|| format!("pushing {}", opts.outdir.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", report.digest);
-    }
-    Ok(ExitCode::SUCCESS)
+    print_report(a.json, &report, &report.digest)
 }
 
 /// Runs `rafs pull`.
@@ -139,12 +148,7 @@ pub fn run_pull(a: &PullArgs) -> anyhow::Result<ExitCode> {
         registry: a.registry.options()?,
     };
     let report = pull::pull(&opts).with_context(|| format!("pulling {}", a.reference))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", report.digest);
-    }
-    Ok(ExitCode::SUCCESS)
+    print_report(a.json, &report, &report.digest)
 }
 
 /// Arguments of `rafs bundle`.
@@ -230,7 +234,7 @@ pub fn run_convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
     let chunk_dict = build
         .chunk_dict
         .take()
-        .map(|d| ChunkDict::parse(&d.to_string_lossy()))
+        .map(ChunkDict::from_arg)
         .transpose()?;
     let opts = ConvertOptions {
         source: Location::parse(&a.source)?,
@@ -242,10 +246,5 @@ pub fn run_convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
         registry: a.registry.options()?,
     };
     let report = convert::convert(&opts).with_context(|| format!("converting {}", a.source))?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", report.digest);
-    }
-    Ok(ExitCode::SUCCESS)
+    print_report(a.json, &report, &report.digest)
 }

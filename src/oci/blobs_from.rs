@@ -47,6 +47,15 @@ pub(crate) struct ImageSource {
     pub blobs: HashSet<BlobId>,
 }
 
+impl ImageSource {
+    /// The repository to cross-mount this source's blobs from into `dest`:
+    /// only on the same registry, and only from another repository.
+    pub fn mount_repo_for(&self, dest: &Reference) -> Option<&str> {
+        let r = &self.reference;
+        (r.host == dest.host && r.repo != dest.repo).then_some(r.repo.as_str())
+    }
+}
+
 /// Opened sources, in the order given.
 #[derive(Default)]
 pub(crate) struct Sources {
@@ -127,8 +136,7 @@ impl Sources {
     pub fn same_registry_repos(&self, r: &Reference) -> Vec<String> {
         self.images
             .iter()
-            .filter(|i| i.reference.host == r.host && i.reference.repo != r.repo)
-            .map(|i| i.reference.repo.clone())
+            .filter_map(|i| i.mount_repo_for(r).map(str::to_owned))
             .collect()
     }
 

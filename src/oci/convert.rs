@@ -60,11 +60,12 @@ pub enum ChunkDict {
 }
 
 impl ChunkDict {
-    /// `docker://REF` is an image, anything else a bootstrap path.
-    pub fn parse(s: &str) -> Result<ChunkDict, OciError> {
-        match BlobsFrom::parse(s)? {
-            BlobsFrom::Image(r) => Ok(ChunkDict::Image(r)),
-            BlobsFrom::Dir(p) => Ok(ChunkDict::Bootstrap(p)),
+    /// `docker://REF` is an image, anything else a bootstrap path (kept
+    /// as given: a path need not be UTF-8).
+    pub fn from_arg(arg: PathBuf) -> Result<ChunkDict, OciError> {
+        match arg.to_str().map(BlobsFrom::parse).transpose()? {
+            Some(BlobsFrom::Image(r)) => Ok(ChunkDict::Image(r)),
+            _ => Ok(ChunkDict::Bootstrap(arg)),
         }
     }
 }

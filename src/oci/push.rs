@@ -189,7 +189,7 @@ pub fn push(opts: &PushOptions) -> Result<PushReport, OciError> {
         mount_from: opts.mount_from.as_deref(),
         sources: &sources,
         copies: &copies.0,
-        host: &r.host,
+        dest: r,
         bar: super::transfer_bar(opts.progress, 0, "pushing"),
     };
     let mut report = PushReport {
@@ -267,8 +267,8 @@ struct Pusher<'a> {
     sources: &'a Sources,
     /// Where blobs copied from another registry are staged.
     copies: &'a Path,
-    /// The destination's `host[:port]`.
-    host: &'a str,
+    /// The destination.
+    dest: &'a Reference,
     /// Bytes of data blobs made present so far.
     bar: indicatif::ProgressBar,
 }
@@ -486,10 +486,8 @@ impl Pusher<'_> {
             .images
             .get(src)
             .ok_or_else(|| OciError::invalid("push", "no such blob source"))?;
-        let same =
-            source.reference.host == self.host && source.reference.repo != self.client.repo();
-        if same {
-            if let Mount::Done = self.try_mount(c, &source.reference.repo)? {
+        if let Some(from) = source.mount_repo_for(self.dest) {
+            if let Mount::Done = self.try_mount(c, from)? {
                 return self.verify(c, Outcome::Mounted);
             }
         }
