@@ -22,7 +22,6 @@ use super::pull::write_atomic;
 use super::push::{self, PushOptions, PushReport};
 use super::source::{Location, Source, Verdict, Verified, REF_NAME};
 use super::{OciError, RegistryOptions};
-use crate::backend::BlobId;
 use crate::builder::{self, error::BuildError, layers::LayerInput};
 use rafs_format::Bootstrap;
 use serde::Serialize;
@@ -247,14 +246,7 @@ fn write_layout(
     let bootstrap = push::read_limited(&bpath, manifest::BOOTSTRAP_LIMIT)?;
     let boot = Bootstrap::open(&bootstrap)
         .map_err(|e| OciError::invalid(bpath.display().to_string(), e.to_string()))?;
-    let blobs: Vec<Content> = boot
-        .blobs()
-        .iter()
-        .map(|b| Content {
-            id: BlobId(b.id),
-            size: b.compressed_size.get(),
-        })
-        .collect();
+    let blobs = Content::blob_table(&boot);
     let m = RafsManifest {
         blobs: blobs.clone(),
         bootstrap: Content::of(&bootstrap),

@@ -63,6 +63,16 @@ impl Content {
             size: bytes.len() as u64,
         }
     }
+    /// The data blobs a bootstrap's blob table names, in its order.
+    pub fn blob_table(b: &rafs_format::Bootstrap<'_>) -> Vec<Content> {
+        b.blobs()
+            .iter()
+            .map(|i| Content {
+                id: BlobId(i.id),
+                size: i.compressed_size.get(),
+            })
+            .collect()
+    }
     /// `sha256:<hex>`.
     pub fn digest(&self) -> String {
         format!("sha256:{}", self.id.to_hex())

@@ -158,14 +158,7 @@ pub fn fetch(client: &RegistryClient, r: &Reference) -> Result<Fetched, OciError
 pub(crate) fn check_bootstrap(bytes: &[u8], m: &RafsManifest, name: &str) -> Result<(), OciError> {
     let what = || format!("{name}: bootstrap {}", m.bootstrap.digest());
     let b = Bootstrap::open(bytes).map_err(|e| OciError::invalid(what(), e.to_string()))?;
-    let table: Vec<Content> = b
-        .blobs()
-        .iter()
-        .map(|i| Content {
-            id: BlobId(i.id),
-            size: i.compressed_size.get(),
-        })
-        .collect();
+    let table = Content::blob_table(&b);
     if table != m.blobs {
         let why = format!(
             "its blob table ({} blobs) differs from the manifest's {} blob layers",

@@ -129,11 +129,7 @@ fn read_local(opts: &PushOptions, sources: &Sources) -> Result<Local, OciError> 
     let boot = Bootstrap::open(&bootstrap)
         .map_err(|e| OciError::invalid(bpath.display().to_string(), e.to_string()))?;
     let mut blobs = Vec::new();
-    for b in boot.blobs() {
-        let c = Content {
-            id: BlobId(b.id),
-            size: b.compressed_size.get(),
-        };
+    for c in Content::blob_table(&boot) {
         blobs.push((c, sources.locate(&opts.outdir, &c)?));
     }
     let config = match &opts.config {
