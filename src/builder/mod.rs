@@ -589,4 +589,4 @@ fn finish(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -60,6 +60,11 @@ pub struct ReadArgs {
     /// (0: off) [default: 1M].
     #[arg(long, value_name = "SIZE")]
     pub readahead: Option<String>,
+    /// Once a file's reads miss at two places apart (a mapped executable
+    /// or library), fetch the rest of it in the background if it is stored
+    /// in at most SIZE bytes (0: off; only with a disk cache) [default: 64M].
+    #[arg(long, value_name = "SIZE")]
+    pub widen: Option<String>,
     /// Memory budget of the decompressed-chunk cache [default: 16M].
     #[arg(long, value_name = "SIZE")]
     pub chunk_cache_size: Option<String>,
@@ -226,6 +231,7 @@ impl ReadArgs {
         ReadArgs {
             fetch_threads: self.fetch_threads.or(other.fetch_threads),
             readahead: self.readahead.clone().or(other.readahead),
+            widen: self.widen.clone().or(other.widen),
             chunk_cache_size: self.chunk_cache_size.clone().or(other.chunk_cache_size),
         }
     }
@@ -238,6 +244,9 @@ impl ReadArgs {
         }
         if let Some(r) = size("readahead", self.readahead.as_ref())? {
             f.readahead = r;
+        }
+        if let Some(w) = size("widen", self.widen.as_ref())? {
+            f.widen = w;
         }
         if let Some(n) = size("chunk-cache-size", self.chunk_cache_size.as_ref())? {
             f.memory_bytes = usize::try_from(n).unwrap_or(usize::MAX);
@@ -308,6 +317,7 @@ mod tests {
             // On-demand read settings mean nothing to `rafs prefetch`.
             (PREFETCH, "--fetch-threads"),
             (PREFETCH, "--readahead"),
+            (PREFETCH, "--widen"),
             (PREFETCH, "--chunk-cache-size"),
             (MOUNT, "--jobs"),
             (MOUNT, "--bandwidth"),

@@ -149,6 +149,7 @@ struct FileConfig {
     #[serde(alias = "fetch-threads")]
     fetch_threads: Option<usize>,
     readahead: Option<Size>,
+    widen: Option<Size>,
     #[serde(alias = "prefetch-list")]
     prefetch_list: Option<PathBuf>,
     #[serde(alias = "prefetch-all")]
@@ -237,6 +238,7 @@ impl FileConfig {
         let read = ReadArgs {
             fetch_threads: self.fetch_threads.take(),
             readahead: self.readahead.take().map(Size::text),
+            widen: self.widen.take().map(Size::text),
             chunk_cache_size: self.chunk_cache_size.take().map(Size::text),
         };
         (fetch, read)

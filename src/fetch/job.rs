@@ -268,9 +268,17 @@ impl Fetcher {
         let t0 = Instant::now();
         let got = self.backend.read_range(&id, start, len);
         self.metrics.inflight.dec();
-        self.metrics
-            .backend_seconds
-            .observe(t0.elapsed().as_secs_f64());
+        let took = t0.elapsed();
+        self.metrics.backend_seconds.observe(took.as_secs_f64());
+        tracing::trace!(
+            blob = job.blob,
+            start,
+            len,
+            frames = frames.len(),
+            background = job.background,
+            us = took.as_micros() as u64,
+            "range request"
+        );
         let bytes = match got {
             Ok(b) => b,
             Err(e) => {

@@ -81,6 +81,9 @@ pub struct FetchMetrics {
     pub prefetch_bytes: Counter,
     /// Chunks fetched by the background lane.
     pub prefetch_chunks: Counter,
+    /// Stored bytes launched by speculative whole-file fetches (`--widen`),
+    /// a part of `prefetch_bytes` once fetched.
+    pub speculative_bytes: Counter,
     /// On-demand reads served by data the background lane fetched.
     pub prefetch_hits: Counter,
     /// Seconds the last prefetch run took, start to end.
@@ -131,6 +134,7 @@ impl Default for FetchMetrics {
             read_timeouts: Counter::default(),
             prefetch_bytes: Counter::default(),
             prefetch_chunks: Counter::default(),
+            speculative_bytes: Counter::default(),
             prefetch_hits: Counter::default(),
             prefetch_seconds: Gauge::default(),
             prefetch_promoted: Counter::default(),
@@ -235,6 +239,12 @@ impl FetchMetrics {
             "rafs_prefetch_bytes",
             "Stored bytes fetched by the prefetch lane",
             &self.prefetch_bytes,
+        );
+        c(
+            r,
+            "rafs_speculative_bytes",
+            "Stored bytes launched by speculative whole-file fetches (--widen)",
+            &self.speculative_bytes,
         );
         c(
             r,

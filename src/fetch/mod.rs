@@ -73,6 +73,11 @@ pub struct FetchConfig {
     /// On a miss, also fetch the file's next chunks up to this many bytes
     /// (read-ahead; 0 disables it).
     pub readahead: u64,
+    /// Fetch a file whole, in the background lane, once its reads miss at
+    /// two places apart (an executable or library being mapped and faulted
+    /// in out of order), if its frames hold at most this many stored bytes
+    /// (`--widen`; 0 disables it). Only with a disk cache.
+    pub widen: u64,
     /// On-demand backend requests in flight at most (worker threads).
     pub concurrency: usize,
     /// Prefetch (background lane) requests in flight at most.
@@ -99,6 +104,7 @@ impl Default for FetchConfig {
             read_timeout: Duration::from_secs(30),
             max_request: 4 << 20,
             readahead: 1 << 20,
+            widen: 64 << 20,
             concurrency: 8,
             prefetch_threads: 2,
             prefetch_bandwidth: None,
@@ -409,7 +415,7 @@ impl Fetcher {
                         let mut need = self.missing(&wants[i..]);
                         need.extend(self.missing(ahead));
                         self.stream_ahead(&mut need);
-                        mine = self.launch_flights(need, deadline, false);
+                        mine = self.launch_flights(need, deadline, false, self.cfg.max_request);
                     }
                     let fi = self.index.blobs[key.0 as usize].find(key.1);
                     let flight = fi.and_then(|fi| mine.get(&(key.0, fi)));
@@ -589,17 +595,18 @@ impl Fetcher {
     /// Starts fetching `frames` that nobody fetches yet, coalesced into
     /// range requests, in the on-demand or the background lane.
     pub(crate) fn launch(&self, frames: Vec<(u32, usize)>, deadline: Instant, background: bool) {
-        self.launch_flights(frames, deadline, background);
+        self.launch_flights(frames, deadline, background, self.cfg.max_request);
     }
 
-    /// [`Fetcher::launch`], returning the flight of every frame that has
-    /// one now (new, joined or promoted); frames without one were in
-    /// memory already.
+    /// [`Fetcher::launch`] in requests of at most `max_request` stored
+    /// bytes, returning the flight of every frame that has one now (new,
+    /// joined or promoted); frames without one were in memory already.
     fn launch_flights(
         &self,
         mut frames: Vec<(u32, usize)>,
         deadline: Instant,
         background: bool,
+        max_request: u64,
     ) -> HashMap<(u32, usize), Arc<Flight>> {
         frames.sort_unstable();
         frames.dedup();
@@ -642,7 +649,7 @@ impl Fetcher {
         } else {
             &self.jobs
         };
-        for job in self.coalesce(new, deadline, background) {
+        for job in self.coalesce(new, deadline, background, max_request) {
             // Workers live as long as the fetcher: the send cannot fail.
             let _ = lane.send(job);
         }
@@ -650,13 +657,19 @@ impl Fetcher {
     }
 
     /// Groups sorted frames into jobs of adjacent frames of one blob, each
-    /// at most `max_request` stored bytes (a larger frame is a job alone).
-    fn coalesce(&self, frames: Vec<(u32, usize)>, deadline: Instant, background: bool) -> Vec<Job> {
+    /// at most `max` stored bytes (a larger frame is a job alone).
+    fn coalesce(
+        &self,
+        frames: Vec<(u32, usize)>,
+        deadline: Instant,
+        background: bool,
+        max: u64,
+    ) -> Vec<Job> {
         // A slow bandwidth limit gets small requests, so it is honoured
         // smoothly rather than in bursts of max_request.
         let max = match self.cfg.prefetch_bandwidth {
-            Some(rate) if background => self.cfg.max_request.min(rate.max(64 << 10)),
-            _ => self.cfg.max_request,
+            Some(rate) if background => max.min(rate.max(64 << 10)),
+            _ => max,
         };
         let mut jobs: Vec<Job> = Vec::new();
         let mut bytes = 0u64;

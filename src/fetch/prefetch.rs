@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 /// Frames at most per window: launched together, then waited for.
 const WINDOW: usize = 64;
 
+/// Largest range request of a speculative fetch ([`Fetcher::speculate`]):
+/// an on-demand read that joins one waits for little more than its frame.
+const SPECULATE_REQUEST: u64 = 1 << 20;
+
 /// How waiting for one prefetched frame ended.
 enum Waited {
     /// This run's flight (or one it joined) delivered it.
@@ -135,6 +139,40 @@ impl Fetcher {
             }
         }
         plan
+    }
+
+    /// Starts fetching the frames of `plan` that are not cached, in the
+    /// background lane (an on-demand read that needs one joins or promotes
+    /// it), in requests of at most 1 MiB, without waiting. Only with a disk
+    /// cache: without one the frames would only churn the memory LRU.
+    /// Returns the stored bytes launched.
+    pub fn speculate(&self, plan: &Plan) -> u64 {
+        if self.store.is_none() && self.remote.is_none() {
+            return 0;
+        }
+        let frames: Vec<(u32, usize)> = plan
+            .frames
+            .iter()
+            .copied()
+            .filter(|&(blob, fi)| !self.frame_cached(blob, fi))
+            .collect();
+        let bytes: u64 = frames
+            .iter()
+            .map(|&(blob, fi)| u64::from(self.index.blobs[blob as usize].frames[fi].clen))
+            .sum();
+        if frames.is_empty() {
+            return 0;
+        }
+        let deadline = Instant::now() + self.cfg.read_timeout;
+        let max = SPECULATE_REQUEST.min(self.cfg.max_request);
+        self.launch_flights(frames, deadline, true, max);
+        self.metrics.speculative_bytes.inc_by(bytes);
+        bytes
+    }
+
+    /// Whether speculative fetches ([`Fetcher::speculate`]) can happen.
+    pub fn speculates(&self) -> bool {
+        self.cfg.widen > 0 && (self.store.is_some() || self.remote.is_some())
     }
 
     /// Whether the frame holding (non-hole) chunk `c` is cached.
@@ -257,7 +295,7 @@ impl Fetcher {
             Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
         });
         let deadline = Instant::now() + self.cfg.read_timeout * 4 + throttle;
-        let flights = self.launch_flights(need.to_vec(), deadline, true);
+        let flights = self.launch_flights(need.to_vec(), deadline, true, self.cfg.max_request);
         for &(blob, fi) in need {
             let waited = match flights.get(&(blob, fi)) {
                 Some(f) => self.wait_prefetched(f, deadline, stop),

@@ -247,3 +247,113 @@ fn prefetch_fetches_a_plan_once_in_the_background_lane() {
     assert_eq!(backend.calls(), before);
     assert!(f.metrics().prefetch_hits.get() >= 1);
 }
+
+/// An image of one file, `/f`, of `n` 4 KiB chunks of noise, made by the
+/// builder (fixed 4 KiB chunks, no batching: one frame per chunk).
+fn one_file_image(n: usize) -> TestImage {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data: Vec<u8> = (0..n).flat_map(|i| noise(4096, 100 + i as u64)).collect();
+    std::fs::write(src.join("f"), &data).unwrap();
+    let out = dir.path().join("out");
+    crate::builder::build(&crate::builder::tests::opts(&src, &out)).unwrap();
+    TestImage {
+        bootstrap: out.join("bootstrap"),
+        blobs: out.join("blobs"),
+        blob_id: None,
+        dir,
+    }
+}
+
+/// Polls until every chunk of file `ino` is cached, for at most 20 s.
+fn wait_all_cached(fs: &RafsFs, ino: u32) -> bool {
+    let b = fs.image().bootstrap().unwrap();
+    let run = b.file_chunks(ino).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if run.iter().all(|c| fs.fetcher().chunk_cached(c)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+fn cached(t: &TestImage, tune: impl FnOnce(&mut FetchConfig)) -> FetchConfig {
+    let mut cfg = FetchConfig {
+        cache_dir: Some(t.dir.path().join("cache")),
+        readahead: 0,
+        ..FetchConfig::default()
+    };
+    tune(&mut cfg);
+    cfg
+}
+
+#[test]
+fn a_file_read_at_two_places_apart_is_fetched_whole_in_the_background() {
+    let t = one_file_image(64);
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    let fs = fs_with(&t, backend.clone(), cached(&t, |_| {}));
+    let f = fs.lookup(0, b"f").unwrap().ino;
+    assert_eq!(fs.read(f, 0, 4096).unwrap(), noise(4096, 100));
+    assert_eq!(fs.fetcher().metrics().speculative_bytes.get(), 0);
+    assert_eq!(fs.read(f, 40 * 4096, 4096).unwrap(), noise(4096, 140));
+    assert!(fs.fetcher().metrics().speculative_bytes.get() > 0);
+    assert!(wait_all_cached(&fs, f), "the rest of the file was fetched");
+    let calls = backend.calls();
+    assert_eq!(fs.read(f, 20 * 4096, 4096).unwrap(), noise(4096, 120));
+    assert_eq!(backend.calls(), calls, "a third place is a hit");
+    // Each frame came once (a frame the read promoted out of the
+    // background job may also lie inside that job's range: 4 KiB more).
+    let blob_size: u64 = std::fs::read_dir(&t.blobs)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let fetched = backend.bytes.load(Ordering::SeqCst);
+    assert!(
+        (blob_size..=blob_size + 4096).contains(&fetched),
+        "{fetched}"
+    );
+}
+
+#[test]
+fn no_speculation_without_a_disk_cache_when_off_or_sequential_or_too_large() {
+    let t = one_file_image(32);
+    let cases: [(&str, FetchConfig, &[u64]); 4] = [
+        ("memory only", no_readahead(), &[0, 20]),
+        ("--widen 0", cached(&t, |c| c.widen = 0), &[0, 20]),
+        ("sequential", cached(&t, |_| {}), &[0, 1, 2, 3]),
+        ("too large", cached(&t, |c| c.widen = 4096), &[0, 20]),
+    ];
+    for (what, cfg, at) in cases {
+        let _ = std::fs::remove_dir_all(t.dir.path().join("cache"));
+        let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+        let fs = fs_with(&t, backend.clone(), cfg);
+        let f = fs.lookup(0, b"f").unwrap().ino;
+        for &k in at {
+            let got = fs.read(f, k * 4096, 4096).unwrap();
+            assert_eq!(got, noise(4096, 100 + k), "{what}");
+        }
+        let m = fs.fetcher().metrics();
+        assert_eq!(m.speculative_bytes.get(), 0, "{what}");
+        assert_eq!(backend.calls(), at.len() as u64, "{what}");
+    }
+}
+
+#[test]
+fn a_small_file_read_from_its_start_is_fetched_whole_at_once() {
+    let t = one_file_image(8);
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    // Read-ahead of one chunk only; the file (8 frames) fits the budget of
+    // a whole small file, which is the read-ahead budget in stored bytes.
+    let cfg = cached(&t, |c| c.readahead = 64 << 10);
+    let fs = fs_with(&t, backend.clone(), cfg);
+    let f = fs.lookup(0, b"f").unwrap().ino;
+    assert_eq!(fs.read(f, 0, 4096).unwrap(), noise(4096, 100));
+    assert!(fs.fetcher().metrics().speculative_bytes.get() > 0);
+    assert!(wait_all_cached(&fs, f));
+    let calls = backend.calls();
+    assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), noise(4096, 107));
+    assert_eq!(backend.calls(), calls);
+}

@@ -21,6 +21,7 @@ mod error;
 mod metrics;
 mod read;
 pub mod record;
+mod spread;
 
 pub use error::FsError;
 pub use metrics::{Metrics, Op};
@@ -179,6 +180,8 @@ pub struct RafsFs {
     metrics: Arc<Metrics>,
     /// The access record, when recording (`--record-access`).
     recorder: Option<Arc<record::Recorder>>,
+    /// Which files are read scattered (fetched whole: `--widen`).
+    spread: spread::Spread,
 }
 
 impl RafsFs {
@@ -222,6 +225,7 @@ impl RafsFs {
             fetcher,
             metrics,
             recorder: None,
+            spread: spread::Spread::default(),
         })
     }
 

@@ -8,6 +8,7 @@
 use super::{FsError, Metrics, Op, RafsFs};
 use crate::backend::BlobId;
 use crate::chunk::FetchError;
+use crate::fetch::prefetch::Plan;
 use crate::fetch::Want;
 use rafs_format::layout::ChunkInfo;
 use rafs_format::Bootstrap;
@@ -15,6 +16,11 @@ use rafs_format::Bootstrap;
 /// Chunks of read-ahead per read at most (honest chunks are KiBs or MiBs,
 /// so the byte budget ends read-ahead long before).
 const MAX_AHEAD_CHUNKS: usize = 1024;
+
+/// Chunks a file may have at most to be fetched whole on its first miss
+/// (small files) and once read scattered (`--widen`): bounds the planning
+/// cost of a hostile or huge chunk run.
+const MAX_WIDEN_CHUNKS: [usize; 2] = [64, 1 << 16];
 
 impl RafsFs {
     /// Reads up to `size` bytes of regular file `ino` at `offset`; short
@@ -38,6 +44,13 @@ impl RafsFs {
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         let first = run.partition_point(|c| c.file_end() <= pos);
+        if self.fetcher.speculates()
+            && run
+                .get(first)
+                .is_some_and(|c| !c.is_hole() && !self.fetcher.chunk_cached(c))
+        {
+            self.widen(ino, run, offset, end);
+        }
         let mut i = first;
         // Holes are zeros, written in place; data chunks go to the fetcher
         // in one batch per run of them, so its first miss can launch every
@@ -57,7 +70,15 @@ impl RafsFs {
             i += 1;
         }
         let ahead = self.readahead(run, first, i);
+        let t0 = std::time::Instant::now();
         self.fetch_wants(&b, ino, run_start, &mut wants, &ahead, &mut out)?;
+        tracing::trace!(
+            ino,
+            offset,
+            size,
+            us = t0.elapsed().as_micros() as u64,
+            "read"
+        );
         Metrics::add(&self.metrics.bytes_read, out.len() as u64);
         Ok(out)
     }
@@ -94,6 +115,29 @@ impl RafsFs {
             }
         }
         out
+    }
+
+    /// Notes a read of `ino` that missed the cache and, if the file is now
+    /// known to be read scattered (or is small and read from its start),
+    /// fetches the rest of it in the background: see [`super::spread`].
+    fn widen(&self, ino: u32, run: &[ChunkInfo], offset: u64, end: u64) {
+        use super::spread::Verdict;
+        let cfg = self.fetcher.config();
+        let (budget, max_chunks) = match self.spread.miss(ino, offset, end) {
+            Verdict::First => (cfg.readahead, MAX_WIDEN_CHUNKS[0]),
+            Verdict::Scattered => (cfg.widen, MAX_WIDEN_CHUNKS[1]),
+            Verdict::Nothing => return,
+        };
+        if run.len() > max_chunks {
+            return;
+        }
+        let mut plan = Plan::default();
+        self.fetcher.plan_chunks(run, None, &mut plan);
+        if plan.bytes <= budget {
+            let n = self.fetcher.speculate(&plan);
+            tracing::trace!(ino, planned = plan.bytes, launched = n, "widen file");
+            self.spread.done(ino);
+        }
     }
 
     /// Appends the data of `wants` (chunk indices in the file's run and
