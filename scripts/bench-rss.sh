@@ -16,12 +16,14 @@
 #   find MNT -printf '%p %s %m %U %G %T@ %n %i\n' >/dev/null
 # and a read of every file
 #   find MNT -type f -print0 | xargs -0 cat >/dev/null
-# and the daemon's VmHWM is read before it is stopped. The median of
-# RAFS_BENCH_REPS such mounts is reported.
+# and the daemon's VmHWM (peak), RssAnon and RssFile (after the walks: heap
+# vs. mapped files such as an mmapped bootstrap) are read before it is
+# stopped. The median of RAFS_BENCH_REPS such mounts is reported.
 #
-# Rows: N. Columns: rafs VmHWM, nydusd VmHWM, rafs/nydusd, and the bootstrap
-# sizes. Below: each daemon's slope in MiB per 100k files (least squares over
-# the rows): "flat in the number of files" is issue 12's target.
+# Rows: N. Columns: rafs VmHWM, nydusd VmHWM, rafs/nydusd, each daemon's
+# RssAnon/RssFile at the end, and the bootstrap sizes. Below: each daemon's
+# slope of VmHWM and of RssAnon in MiB per 100k files (least squares over the
+# rows): "flat in the number of files" is issue 12's target.
 #
 # usage: scripts/bench-rss.sh              (root)
 #        RAFS_BIN=/path/rafs NYDUSD=... NYDUS_IMAGE=... RAFS_BENCH_REPS=1 scripts/bench-rss.sh
@@ -98,9 +100,10 @@ rafs_mount() {
   return 1
 }
 
-# measure DAEMON IMGDIR: one cold mount, both walks; prints VmHWM in kB.
+# measure DAEMON IMGDIR: one cold mount, both walks; prints "VmHWM RssAnon
+# RssFile" in kB.
 measure() {
-  local d=$1 img=$2 mnt=$work/mnt
+  local d=$1 img=$2 mnt=$work/mnt pid anon file
   drop_caches
   case $d in
     rafs) rafs_mount "$img/rafs" "$mnt" ;;
@@ -112,7 +115,10 @@ measure() {
   esac
   find "$mnt" -printf '%p %s %m %U %G %T@ %n %i\n' >/dev/null
   find "$mnt" -type f -print0 | xargs -0 cat >/dev/null
-  daemon_stop "$(cat "$work/$d.pid")" "$mnt"
+  pid=$(cat "$work/$d.pid")
+  anon=$(awk '/^RssAnon/ { print $2 }' "/proc/$pid/status")
+  file=$(awk '/^RssFile/ { print $2 }' "/proc/$pid/status")
+  echo "$(daemon_stop "$pid" "$mnt") $anon $file"
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
@@ -137,7 +143,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$work/mnt"
 
-declare -A hwm size
+declare -A hwm anon file size
 for n in $counts; do
   src=$(files_tree "$n")
   img=$cache/rss/img-$n
@@ -152,26 +158,30 @@ for n in $counts; do
     size[$n,nydusd]=$(stat -c %s "$img/nydus/bootstrap")
   fi
   for d in $daemons; do
-    vals=()
-    for ((r = 0; r < reps; r++)); do vals+=("$(measure "$d" "$img")"); done
-    hwm[$n,$d]=$(median "${vals[@]}")
-    echo "N=$n $d VmHWM ${vals[*]} kB" >&2
+    : >"$work/vals"
+    for ((r = 0; r < reps; r++)); do measure "$d" "$img" >>"$work/vals"; done
+    hwm[$n,$d]=$(median "$(cut -d' ' -f1 "$work/vals")")
+    anon[$n,$d]=$(median "$(cut -d' ' -f2 "$work/vals")")
+    file[$n,$d]=$(median "$(cut -d' ' -f3 "$work/vals")")
+    echo "N=$n $d VmHWM RssAnon RssFile (kB): $(tr "\n" " " <"$work/vals")" >&2
   done
 done
 
 echo
 echo "Daemon peak RSS (VmHWM, MiB, median of $reps cold mounts) after a stat walk and a read of every file."
 echo
-echo "| files | rafs VmHWM | nydusd VmHWM | rafs/nydusd | rafs bootstrap | nydus bootstrap |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| files | rafs VmHWM | nydusd VmHWM | rafs/nydusd | rafs anon/file | nydusd anon/file | rafs bootstrap | nydus bootstrap |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for n in $counts; do
   echo "| $n | $(mib "${hwm[$n,rafs]:-}") | $(mib "${hwm[$n,nydusd]:-}") | $(ratio "${hwm[$n,rafs]:-}" "${hwm[$n,nydusd]:-}") |" \
-    "$(mib "$(( ${size[$n,rafs]:-0} / 1024 ))") MiB | $(mib "$(( ${size[$n,nydusd]:-0} / 1024 ))") MiB |"
+    "$(mib "${anon[$n,rafs]:-}")/$(mib "${file[$n,rafs]:-}") | $(mib "${anon[$n,nydusd]:-}")/$(mib "${file[$n,nydusd]:-}") |" \
+    "$(mib "$((${size[$n,rafs]:-0} / 1024))") MiB | $(mib "$((${size[$n,nydusd]:-0} / 1024))") MiB |"
 done
 echo
 for d in $daemons; do
   s=$(for n in $counts; do echo "$n ${hwm[$n,$d]}"; done | slope)
-  echo "- $d: $s MiB per 100k files (least-squares slope of VmHWM over N)"
+  a=$(for n in $counts; do echo "$n ${anon[$n,$d]}"; done | slope)
+  echo "- $d: VmHWM $s MiB, RssAnon $a MiB per 100k files (least-squares slopes over N)"
 done
 echo
 nyd=
