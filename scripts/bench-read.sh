@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Read benchmarks: `rafs mount` against the native directory, kernel EROFS,
-# kernel squashfs and squashfuse, on two trees:
+# kernel squashfs, squashfuse and (when NYDUSD and NYDUS_IMAGE are set)
+# nydusd, on two trees:
 #
 # - rootfs: a Debian bookworm minbase rootfs (scripts/debootstrap-rootfs.sh);
 # - vendor: `cargo vendor` of this project's own dependencies: thousands of
@@ -9,8 +10,15 @@
 # Each tree gets one large file, large.bin (256 MiB of the tree's own files
 # concatenated: real, compressible data), for the fio workloads. Images:
 # mkfs.erofs -zlz4hc, mksquashfs -comp zstd, rafs create (defaults, blobs
-# local). Workloads, each cold (page cache dropped and a fresh mount before
-# every run) and warm (one warm-up run, same mount):
+# local, mounted with --blobs DIR and no disk cache: memory only), and
+# nydus-image create -t dir-rafs (defaults, RAFS v6 unless NYDUS_FS_VERSION=5,
+# blobs local) served by nydusd's localfs backend (--rlimit-nofile 0).
+# nydusd refuses a v6 image without its blobcache, so each nydusd mount gets
+# a fresh, empty blobcache directory under the work dir (fetched data is
+# written there too); with NYDUS_FS_VERSION=5 it uses "dummycache" (memory
+# only, like rafs). See scripts/bench-nydus.sh. Workloads, each cold (page
+# cache dropped and a fresh mount before every run) and warm (one warm-up
+# run, same mount):
 #
 #   full   tar cf - -C MNT . | wc -c          (every byte of every file)
 #   meta   find MNT -printf '%p %s %m %U %G %T@ %n %i\n'   (every stat field)
@@ -19,21 +27,31 @@
 #   rand   fio: 8192 random 4 KiB reads of large.bin (fixed seed)
 #   par8   find MNT -type f | xargs -P8 cat   (8 parallel readers)
 #
-# hyperfine runs each RAFS_BENCH_REPS times; the table shows medians in
-# seconds and the ratio to native, then rafs's ratios to EROFS, and the
-# rafs daemon's peak RSS (VmHWM) over all its mounts of that tree.
+# hyperfine runs each RAFS_BENCH_REPS times. Rows: tree x workload x mode.
+# Columns: each system's median seconds with its ratio to native, then
+# rafs/erofs and (with nydusd) rafs/nydusd. Below the table, per tree: the
+# peak RSS (VmHWM) of the rafs daemon and of nydusd over all their mounts.
 #
-# usage: scripts/bench-read.sh            (root; release build)
-# env:   RAFS_BENCH_CACHE (default /var/tmp/rafs-bench): trees and images
+# usage: scripts/bench-read.sh            (root)
+#        RAFS_BIN=/path/rafs NYDUSD=... NYDUS_IMAGE=... RAFS_BENCH_REPS=1 \
+#          RAFS_BENCH_WORKLOADS="full rand" scripts/bench-read.sh
+# env:   RAFS_BIN (default: $repo/target/release/rafs, built by cargo build
+#          --release; when set, nothing is built)
+#        RAFS_BENCH_CACHE (default /var/tmp/rafs-bench): trees and images
 #        RAFS_BENCH_TREES (default "rootfs vendor")
-#        RAFS_BENCH_SYSTEMS (default "native erofs squashfs squashfuse rafs")
+#        RAFS_BENCH_SYSTEMS (default "native erofs squashfs squashfuse rafs",
+#          plus "nydusd" when NYDUSD and NYDUS_IMAGE are set)
+#        RAFS_BENCH_WORKLOADS (default "full meta seq rand par8")
 #        RAFS_BENCH_REPS (default 3)
+#        NYDUSD, NYDUS_IMAGE, NYDUS_FS_VERSION (default 6): see bench-nydus.sh
 # needs: squashfs-tools squashfuse erofs-utils fio hyperfine fuse3 debootstrap
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 self=$repo/scripts/bench-read.sh
 cache=${RAFS_BENCH_CACHE:-/var/tmp/rafs-bench}
-rafs=$repo/target/release/rafs
+rafs=${RAFS_BIN:-$repo/target/release/rafs}
+# shellcheck source=scripts/bench-nydus.sh
+. "$repo/scripts/bench-nydus.sh"
 
 # ---- mount control, also run by hyperfine's --prepare as `$self __ctl ...`
 # Mounts live under $BENCH_WORK/mnt/SYS; images under $cache/images/TREE.
@@ -61,6 +79,12 @@ do_mount() { # SYS TREE
       tail -5 "$BENCH_WORK/rafs.err" >&2
       return 1
       ;;
+    nydusd)
+      rm -rf "$BENCH_WORK/nydus-cache" && mkdir -p "$BENCH_WORK/nydus-cache"
+      nydus_config "$img/nydus/blobs" "$BENCH_WORK/nydus-cache" >"$BENCH_WORK/nydusd.json"
+      nydus_mount "$img/nydus/bootstrap" "$mnt" "$BENCH_WORK/nydusd.json" \
+        "$BENCH_WORK/nydusd.log" "$BENCH_WORK/nydusd.pid"
+      ;;
   esac
 }
 
@@ -71,13 +95,10 @@ do_umount() { # SYS
     native) ;;
     erofs | squashfs) umount "$mnt" ;;
     squashfuse) fusermount3 -u "$mnt" ;;
-    rafs)
-      pid=$(cat "$BENCH_WORK/rafs.pid")
-      awk '/VmHWM/ { print $2 }' "/proc/$pid/status" >>"$BENCH_WORK/rafs.hwm"
-      kill -TERM "$pid"
+    rafs | nydusd)
       # Gone or a zombie (our own child until `wait`), and unmounted.
-      while [ -e "/proc/$pid" ] && ! grep -q ') Z' "/proc/$pid/stat" 2>/dev/null; do sleep 0.02; done
-      while mountpoint -q "$mnt"; do sleep 0.02; done
+      pid=$(cat "$BENCH_WORK/$sys.pid")
+      daemon_stop "$pid" "$mnt" >>"$BENCH_WORK/$sys.hwm"
       ;;
   esac
 }
@@ -101,10 +122,19 @@ for t in mksquashfs squashfuse mkfs.erofs fio hyperfine fusermount3; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (mounts, drop_caches)" >&2; exit 1; }
 trees=${RAFS_BENCH_TREES:-rootfs vendor}
-systems=${RAFS_BENCH_SYSTEMS:-native erofs squashfs squashfuse rafs}
+default_systems="native erofs squashfs squashfuse rafs"
+nydus_available && default_systems+=" nydusd"
+systems=${RAFS_BENCH_SYSTEMS:-$default_systems}
+workloads=${RAFS_BENCH_WORKLOADS:-full meta seq rand par8}
 reps=${RAFS_BENCH_REPS:-3}
+has_sys() { [[ " $systems " == *" $1 "* ]]; }
+if has_sys nydusd && ! nydus_available; then
+  echo "system nydusd needs NYDUSD and NYDUS_IMAGE (executables)" >&2
+  exit 1
+fi
 mkdir -p "$cache/images"
-(cd "$repo" && cargo build --release --quiet)
+[ -n "${RAFS_BIN:-}" ] || (cd "$repo" && cargo build --release --quiet)
+[ -x "$rafs" ] || { echo "no rafs binary at $rafs" >&2; exit 1; }
 
 vendor_tree() { # DEST
   local dest=$1 sync=()
@@ -148,6 +178,11 @@ build_images() { # TREE SRC
   echo "rafs create $1" >&2
   rm -rf "$img/rafs"
   "$rafs" create "$src" -o "$img/rafs" --no-progress >/dev/null
+  # nydus-image is fixed: built once per fs-version, linked as $img/nydus.
+  if has_sys nydusd; then
+    nydus_create "$src" "$img/nydus-v$(nydus_fs_version)"
+    ln -sfn "nydus-v$(nydus_fs_version)" "$img/nydus"
+  fi
 }
 
 # ---- measurement
@@ -155,7 +190,7 @@ workload() { # NAME MNT -> the command
   local m=$2
   case $1 in
     full) echo "tar cf - -C $m . | wc -c" ;;
-    meta) echo "find $m -printf '%p %s %m %U %G %T@ %n %i\n' >/dev/null" ;;
+    meta) printf '%s\n' "find $m -printf '%p %s %m %U %G %T@ %n %i\n' >/dev/null" ;;
     seq) echo "fio --name=seq --filename=$m/large.bin --readonly --rw=read --bs=1M --size=256M --ioengine=psync --invalidate=0 --output=/dev/null" ;;
     rand) echo "fio --name=rand --filename=$m/large.bin --readonly --rw=randread --bs=4k --size=256M --io_size=32M --randseed=42 --norandommap --ioengine=psync --invalidate=0 --output=/dev/null" ;;
     par8) echo "find $m -type f -print0 | xargs -0 -P8 -n 64 cat >/dev/null" ;;
@@ -192,14 +227,14 @@ cleanup() {
   rm -rf "$BENCH_WORK"
 }
 trap cleanup EXIT
-export cache rafs self
+export cache rafs self NYDUSD NYDUS_IMAGE NYDUS_FS_VERSION
 
 declare -A result
-workloads="full meta seq rand par8"
 for tree in $trees; do
   src=$(bench_tree "$tree")
   build_images "$tree" "$src"
   : >"$BENCH_WORK/rafs.hwm"
+  : >"$BENCH_WORK/nydusd.hwm"
   for sys in $systems; do
     do_mount "$sys" "$tree"
     for w in $workloads; do
@@ -210,7 +245,8 @@ for tree in $trees; do
     done
     do_umount "$sys"
   done
-  result[$tree,hwm]=$(sort -n "$BENCH_WORK/rafs.hwm" | tail -1)
+  result[$tree,hwm,rafs]=$(sort -n "$BENCH_WORK/rafs.hwm" | tail -1)
+  result[$tree,hwm,nydusd]=$(sort -n "$BENCH_WORK/nydusd.hwm" | tail -1)
   result[$tree,size]=$(du -sb --apparent-size "$src" | cut -f1)
   result[$tree,files]=$(find "$src" -type f | wc -l)
 done
@@ -221,28 +257,43 @@ cell() { # TREE SYS W MODE
   [ -n "$v" ] || { echo "-"; return; }
   if [ "$2" = native ] || [ -z "$n" ]; then echo "$v"; else echo "$v ($(ratio "$v" "$n")×)"; fi
 }
+mib() { awk -v k="${1:-0}" 'BEGIN { if (k > 0) printf "%.1f MiB", k / 1024; else print "-" }'; }
+# The ratio columns: rafs against each of these systems that ran.
+versus=()
+for s in erofs nydusd; do has_sys rafs && has_sys "$s" && versus+=("$s"); done
 echo
 echo "Median seconds of $reps runs; (×) = ratio to native. Cold: page cache dropped and a fresh mount before each run."
 echo
 header="| tree | workload | mode |"
 sep="| --- | --- | --- |"
 for sys in $systems; do header+=" $sys |"; sep+=" ---: |"; done
-echo "$header rafs/erofs |"
-echo "$sep ---: |"
+for s in "${versus[@]}"; do header+=" rafs/$s |"; sep+=" ---: |"; done
+echo "$header"
+echo "$sep"
 for tree in $trees; do
   for w in $workloads; do
     for mode in cold warm; do
       row="| $tree | $w | $mode |"
       for sys in $systems; do row+=" $(cell "$tree" "$sys" "$w" "$mode") |"; done
-      row+=" $(ratio "${result[$tree,rafs,$w,$mode]:-0}" "${result[$tree,erofs,$w,$mode]:-0}") |"
+      for s in "${versus[@]}"; do
+        row+=" $(ratio "${result[$tree,rafs,$w,$mode]:-0}" "${result[$tree,$s,$w,$mode]:-0}") |"
+      done
       echo "$row"
     done
   done
 done
 echo
 for tree in $trees; do
-  echo "- $tree: $(awk -v b="${result[$tree,size]}" 'BEGIN { printf "%.0f", b / 1048576 }') MiB in ${result[$tree,files]} files (incl. 256 MiB large.bin); rafs daemon peak RSS (VmHWM): $(awk -v k="${result[$tree,hwm]:-0}" 'BEGIN { printf "%.1f", k / 1024 }') MiB"
+  line="- $tree: $(awk -v b="${result[$tree,size]}" 'BEGIN { printf "%.0f", b / 1048576 }') MiB in ${result[$tree,files]} files (incl. 256 MiB large.bin); daemon peak RSS (VmHWM):"
+  has_sys rafs && line+=" rafs $(mib "${result[$tree,hwm,rafs]}")"
+  has_sys nydusd && line+=", nydusd $(mib "${result[$tree,hwm,nydusd]}")"
+  echo "$line"
 done
 echo
-echo "Images: mkfs.erofs -zlz4hc, mksquashfs -comp zstd, rafs create defaults. Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)."
+nydus_note=
+if has_sys nydusd; then
+  nydus_note=", nydus-image create -t dir-rafs --fs-version $(nydus_fs_version) defaults (nydusd localfs backend, cache:"
+  if [ "$(nydus_fs_version)" = 5 ]; then nydus_note+=" dummycache, memory only)"; else nydus_note+=" blobcache in a fresh dir per mount)"; fi
+fi
+echo "Images: mkfs.erofs -zlz4hc, mksquashfs -comp zstd, rafs create defaults (mounted with --blobs, memory only)$nydus_note. Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)."
 echo "Targets (not asserted): warm full read <= 1.5x EROFS; warm meta <= 2x EROFS; cold full read <= 1.5x native; daemon RSS < 64 MiB."
