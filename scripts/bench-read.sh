@@ -43,6 +43,9 @@
 #          plus "nydusd" when NYDUSD and NYDUS_IMAGE are set)
 #        RAFS_BENCH_WORKLOADS (default "full meta seq rand par8")
 #        RAFS_BENCH_REPS (default 3)
+#        RAFS_BENCH_RAFS_CACHE (default 1: each rafs mount gets a fresh
+#          --cache-dir, as nydusd gets a fresh blobcache; 0: memory only)
+#        RAFS_BENCH_MOUNT_ARGS (extra `rafs mount` flags)
 #        NYDUSD, NYDUS_IMAGE, NYDUS_FS_VERSION (default 6): see bench-nydus.sh
 # needs: squashfs-tools squashfuse erofs-utils fio hyperfine fuse3 debootstrap
 set -euo pipefail
@@ -67,8 +70,16 @@ do_mount() { # SYS TREE
     squashfs) mount -t squashfs -o loop,ro "$img/img.sqfs" "$mnt" ;;
     squashfuse) squashfuse "$img/img.sqfs" "$mnt" ;;
     rafs)
-      "$rafs" mount "$img/rafs/bootstrap" "$mnt" --blobs "$img/rafs/blobs" \
-        </dev/null >"$BENCH_WORK/rafs.out" 2>>"$BENCH_WORK/rafs.err" &
+      # A fresh disk cache per mount, like nydusd's blobcache below (a
+      # cold run starts empty); RAFS_BENCH_RAFS_CACHE=0: memory only.
+      local cache_args=()
+      if [ "${RAFS_BENCH_RAFS_CACHE:-1}" = 1 ]; then
+        rm -rf "$BENCH_WORK/rafs-cache" && mkdir -p "$BENCH_WORK/rafs-cache"
+        cache_args=(--cache-dir "$BENCH_WORK/rafs-cache")
+      fi
+      # shellcheck disable=SC2086 # RAFS_BENCH_MOUNT_ARGS is a list of flags
+      "$rafs" mount "$img/rafs/bootstrap" "$mnt" --blobs "$img/rafs/blobs" "${cache_args[@]}" \
+        ${RAFS_BENCH_MOUNT_ARGS:-} </dev/null >"$BENCH_WORK/rafs.out" 2>>"$BENCH_WORK/rafs.err" &
       echo $! >"$BENCH_WORK/rafs.pid"
       for _ in $(seq 600); do
         grep -q '^rafs: mounted' "$BENCH_WORK/rafs.out" 2>/dev/null && return 0

@@ -65,7 +65,8 @@ pub struct ReadArgs {
     /// in at most SIZE bytes (0: off; only with a disk cache) [default: 64M].
     #[arg(long, value_name = "SIZE")]
     pub widen: Option<String>,
-    /// Memory budget of the decompressed-chunk cache [default: 16M].
+    /// Memory budget of the decompressed-chunk cache [default: 16M, 4M
+    /// with a disk cache].
     #[arg(long, value_name = "SIZE")]
     pub chunk_cache_size: Option<String>,
 }
@@ -225,7 +226,23 @@ impl FetchArgs {
     }
 }
 
+/// The decompressed-chunk cache's default budget when a disk cache (a
+/// directory or the blob manager's) holds every fetched frame: just-read
+/// frames are then found in the disk cache's pages or in the committer's
+/// backlog, and the memory LRU only saves a `pread`.
+pub const DISK_BACKED_CHUNK_CACHE: usize = 4 << 20;
+
 impl ReadArgs {
+    /// `f` with the smaller chunk-cache default when it has a disk cache
+    /// and `--chunk-cache-size` was not given.
+    pub fn disk_backed(&self, mut f: FetchConfig) -> FetchConfig {
+        let disk = f.cache_dir.is_some() || f.manager.is_some();
+        if disk && self.chunk_cache_size.is_none() {
+            f.memory_bytes = f.memory_bytes.min(DISK_BACKED_CHUNK_CACHE);
+        }
+        f
+    }
+
     /// Each setting of `self`, else of `other` (flags over a file).
     pub fn or(&self, other: ReadArgs) -> ReadArgs {
         ReadArgs {

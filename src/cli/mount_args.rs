@@ -269,7 +269,8 @@ impl MountArgs {
     fn merge(&self, mut file: FileConfig, is_root: bool) -> Result<MountConfig, MountError> {
         let (file_fetch, file_read) = file.engine();
         let fetch = self.fetch.or(file_fetch).to_config(Default::default());
-        let fetch = self.read.or(file_read).to_config(fetch.map_err(flag_err)?);
+        let read = self.read.or(file_read);
+        let fetch = read.to_config(fetch.map_err(flag_err)?);
         let file_manager = ManagerArgs {
             blob_manager: file.blob_manager.take(),
             blob_manager_fallback: file.blob_manager_fallback.take(),
@@ -277,7 +278,7 @@ impl MountArgs {
         };
         let fetch = fetch.map_err(flag_err)?;
         let fetch = self.manager.or(file_manager).to_config(fetch);
-        let fetch = fetch.map_err(flag_err)?;
+        let fetch = read.disk_backed(fetch.map_err(flag_err)?);
         let prefetch = prefetch_source(self, &file)?;
         let access = access_policy(self, &file, is_root)?;
         let mut backend_options = self.net.options().map_err(flag_err)?;
@@ -536,6 +537,28 @@ mod tests {
         // The old opt-out flag is gone: allow_other is never on by default.
         let v = ["m", "/b", "/m", "--blobs", "/d", "--no-allow-other"];
         assert!(Cmd::try_parse_from(v).is_err());
+    }
+
+    #[test]
+    fn a_disk_cache_shrinks_the_default_chunk_cache_only() {
+        let merge = |a: &[&str], f: &str| {
+            let mut v = vec!["/b", "/m", "--blobs", "/d"];
+            v.extend_from_slice(a);
+            merge_of(args(&v), file(f).unwrap(), false).unwrap().fetch
+        };
+        let mem = |f: FetchConfig| (f.memory_bytes, f.widen);
+        let default = FetchConfig::default();
+        assert_eq!(mem(merge(&[], "")), (16 << 20, default.widen));
+        assert_eq!(merge(&["--cache-dir", "/c"], "").memory_bytes, 4 << 20);
+        assert_eq!(merge(&[], "cache-dir = '/c'").memory_bytes, 4 << 20);
+        let given = merge(&["--cache-dir", "/c", "--chunk-cache-size", "16M"], "");
+        assert_eq!(given.memory_bytes, 16 << 20);
+        let given = merge(&["--cache-dir", "/c"], "chunk_cache_size = '32M'");
+        assert_eq!(given.memory_bytes, 32 << 20);
+        let m = merge(&["--blob-manager", "/run/m.sock"], "");
+        assert_eq!(m.memory_bytes, 4 << 20);
+        assert_eq!(merge(&["--widen", "0"], "").widen, 0);
+        assert_eq!(merge(&[], "widen = '8M'").widen, 8 << 20);
     }
 
     #[test]

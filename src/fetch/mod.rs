@@ -108,7 +108,7 @@ impl Default for FetchConfig {
             concurrency: 8,
             prefetch_threads: 2,
             prefetch_bandwidth: None,
-            commit_backlog: 64 << 20,
+            commit_backlog: 8 << 20,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
         }
