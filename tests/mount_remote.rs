@@ -56,6 +56,16 @@ fn rootfs_from_registry_with_cache_equals_source_and_survives_the_registry() {
     let creds = ["--registry-user", "rafs", "--registry-password", "s3cret"];
     opts.extend(creds.iter().map(|s| s.to_string()));
     let mnt = mount(&bootstrap, &work.path().join("mnt"), &opts);
+    // Before any read, the mount warms the backend up (a one-byte GET of a
+    // blob), so the first read finds a connection and a token ready.
+    let blob_gets = || {
+        let log = registry.log();
+        log.lines()
+            .filter(|l| l.contains("method=GET") && l.contains("/blobs/sha256:"))
+            .count()
+    };
+    let long = std::time::Duration::from_secs(20);
+    common::wait_until("the warm-up request", long, || blob_gets() >= 1);
     assert_same_tree(&src, &mnt.mountpoint, &exclude_none);
     // Single flight and the caches: reading everything fetches each stored
     // byte about once.

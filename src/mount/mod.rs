@@ -27,7 +27,8 @@ pub mod prefetch;
 pub use config::{default_threads, MountConfig, PrefetchSource};
 
 use crate::api::{Api, ApiError, ApiServer, Control, ControlError, StatusInfo};
-use crate::backend::url::UrlError;
+use crate::backend::url::{BackendUrl, UrlError};
+use crate::backend::{Backend, BlobId};
 use crate::fs::record::{RecordError, Recorder};
 use crate::fs::RafsFs;
 use crate::fuse::FuseFs;
@@ -279,11 +280,36 @@ fn open_fs(cfg: &MountConfig) -> Result<(Arc<RafsFs>, u64, u64), MountError> {
         (u64::from(b.inode_count()), b.blobs().len() as u64)
     };
     let backend = cfg.backend.open(&cfg.backend_options)?;
+    let first_blob = image
+        .bootstrap()
+        .ok()
+        .and_then(|b| b.blobs().first().map(|x| BlobId(x.id)));
+    let remote = !matches!(cfg.backend, BackendUrl::File(_)) && cfg.fetch.manager.is_none();
+    if let (true, Some(id)) = (remote, first_blob) {
+        warm_up(backend.clone(), id);
+    }
     let mut fs = RafsFs::new(image, backend, cfg.fetch.clone())?;
     if let Some(path) = &cfg.record_access {
         fs = fs.with_recorder(Arc::new(Recorder::new(path.clone())));
     }
     Ok((Arc::new(fs), inodes, blobs))
+}
+
+/// Asks a remote backend for the size of blob `id` from a thread, so that
+/// the first read finds a connection (TCP, TLS) and a registry token
+/// ready instead of paying their round trips. Failures only log: the read
+/// that needs the backend reports its own.
+fn warm_up(backend: Arc<dyn Backend>, id: BlobId) {
+    let spawned = std::thread::Builder::new()
+        .name("rafs-warm-up".into())
+        .spawn(move || {
+            if let Err(e) = backend.blob_size(&id) {
+                tracing::debug!(blob = %id, "warming the backend up: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("warm-up thread: {e}");
+    }
 }
 
 /// Forwards SIGINT, SIGTERM, SIGHUP and SIGUSR1 to `tx` from a thread
