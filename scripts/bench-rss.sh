@@ -32,6 +32,7 @@
 #        RAFS_BENCH_CACHE (default /var/tmp/rafs-bench): trees and images
 #        RAFS_RSS_COUNTS (default "10000 50000 200000"): the values of N
 #        RAFS_BENCH_REPS (default 3)
+#        RAFS_BENCH_RAFS_CACHE (default 1: a fresh --cache-dir per rafs mount; 0: none)
 #        NYDUSD, NYDUS_IMAGE, NYDUS_FS_VERSION (default 6): see bench-nydus.sh
 # needs: fuse3, python3
 set -euo pipefail
@@ -86,7 +87,14 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 rafs_mount() {
   local img=$1 mnt=$2 pid i
   : >"$work/rafs.out"
-  "$rafs" mount "$img/bootstrap" "$mnt" --blobs "$img/blobs" \
+  # A fresh disk cache, as nydusd gets a fresh blobcache (bench-read.sh
+  # does the same); RAFS_BENCH_RAFS_CACHE=0: memory only.
+  local cache_args=()
+  if [ "${RAFS_BENCH_RAFS_CACHE:-1}" = 1 ]; then
+    rm -rf "$work/rafs-cache" && mkdir -p "$work/rafs-cache"
+    cache_args=(--cache-dir "$work/rafs-cache")
+  fi
+  "$rafs" mount "$img/bootstrap" "$mnt" --blobs "$img/blobs" "${cache_args[@]}" \
     </dev/null >"$work/rafs.out" 2>>"$work/rafs.err" &
   pid=$!
   echo "$pid" >"$work/rafs.pid"
