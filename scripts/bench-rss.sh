@@ -8,7 +8,8 @@
 # top-level directory (so N = 200k has 20 top-level, 2000 leaf directories),
 # mtimes fixed (@0); generated once under $RAFS_BENCH_CACHE/rss/files-N.
 # Images: rafs create (defaults, rebuilt every run: the system under test;
-# mounted with --blobs DIR and no disk cache: memory only); nydus-image create
+# mounted with --blobs DIR and a fresh --cache-dir per mount, or memory
+# only with RAFS_BENCH_RAFS_CACHE=0); nydus-image create
 # -t dir-rafs (built once; fs-version and cache as in scripts/bench-nydus.sh:
 # v6 with a fresh blobcache dir per mount by default).
 #
@@ -194,4 +195,6 @@ done
 echo
 nyd=
 [[ " $daemons " == *" nydusd "* ]] && nyd=", nydusd with nydus-image create --fs-version $(nydus_fs_version) defaults"
-echo "rafs: $rafs create defaults, mounted with --blobs (memory only)$nyd. Machine: $(nproc) cores, kernel $(uname -r); shared machine, figures noisy."
+rafs_cache_note="a fresh --cache-dir per mount"
+[ "${RAFS_BENCH_RAFS_CACHE:-1}" = 1 ] || rafs_cache_note="no disk cache (memory only)"
+echo "rafs: $rafs create defaults, mounted with --blobs and $rafs_cache_note$nyd. Machine: $(nproc) cores, kernel $(uname -r); shared machine, figures noisy."
