@@ -20,6 +20,9 @@
 # env:   RAFS_BENCH_CACHE (default /var/tmp/rafs-bench): trees are kept here
 #        RAFS_BENCH_TREES (default "rootfs mixed")
 #        RAFS_BENCH_ROOTFS (default $RAFS_BENCH_CACHE/rootfs): built if missing
+#        RAFS_BIN (a prebuilt rafs: no cargo build)
+#        NYDUS_IMAGE (nydus-image, e.g. v2.4.4 built from source): adds its
+#          `create` rows (RAFS v6 and v5, default chunking and compression)
 # needs: squashfs-tools erofs-utils zstd time debootstrap
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +35,12 @@ for t in mksquashfs mkfs.erofs zstd /usr/bin/time; do
   command -v "$t" >/dev/null || { echo "missing $t (apt-get install squashfs-tools erofs-utils zstd time)" >&2; exit 1; }
 done
 
-cargo build --release --quiet
-rafs=$PWD/target/release/rafs
+if [ -n "${RAFS_BIN:-}" ]; then
+  rafs=$RAFS_BIN
+else
+  cargo build --release --quiet
+  rafs=$PWD/target/release/rafs
+fi
 
 # Appends up to $2 MiB of regular files and symlinks under $1 to the list.
 pick() {
@@ -84,7 +91,7 @@ run() {
   read -r wall user sys rss <"$work/time"
   local size dedup=-
   size=$(du -sb "$out" | cut -f1)
-  if [ -f "$out/bootstrap" ]; then
+  if [ -f "$out/bootstrap" ] && [[ $name == rafs* ]]; then
     dedup=$("$rafs" inspect "$out/bootstrap" --json | tr -d ' \n' |
       grep -o '"dedup_ratio":[0-9.eE+-]*' | cut -d: -f2 | awk '{ printf "%.2f", $1 }')
   fi
@@ -104,8 +111,17 @@ for tree in $trees; do
   echo "| $tree | *input: $(mib "$insize") MiB, $(find "$src" | wc -l) entries* | | | | | | |"
   run "rafs (defaults: cdc 1M, zstd 10)" "$work/rafs" "$rafs" create "$src" -o "$work/rafs" --no-progress
   run "rafs fixed 1M" "$work/rafs" "$rafs" create "$src" -o "$work/rafs" --no-progress --chunker fixed
+  if [ -n "${NYDUS_IMAGE:-}" ]; then
+    for v in 6 5; do
+      # shellcheck disable=SC2016 # expanded by the inner bash
+      run "nydus-image create v$v" "$work/nydus" bash -c 'mkdir -p "$3/blobs" &&
+        "$1" create -t dir-rafs --fs-version "$2" -B "$3/bootstrap" -D "$3/blobs" "$4"' \
+        _ "$NYDUS_IMAGE" "$v" "$work/nydus" "$src"
+    done
+  fi
   run "mksquashfs zstd" "$work/img.sqfs" mksquashfs "$src" "$work/img.sqfs" -comp zstd -no-progress -quiet
   run "mkfs.erofs lz4hc" "$work/img.erofs" mkfs.erofs -zlz4hc "$work/img.erofs" "$src"
+  # shellcheck disable=SC2016 # expanded by the inner bash
   run "tar \\| zstd -3 -T0" "$work/img.tar.zst" bash -c 'tar -C "$1" -cf - . | zstd -q -3 -T0 -o "$2"' _ "$src" "$work/img.tar.zst"
 done
 echo
