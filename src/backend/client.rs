@@ -1,7 +1,13 @@
 //! The HTTP plumbing shared by the `http`, `registry` and `s3` backends: one
-//! pooled [`ureq`] agent per backend, configured from [`BackendOptions`],
+//! pooled [`reqwest`] client per backend, configured from [`BackendOptions`],
 //! and a range GET that turns every way a server can answer wrongly into a
 //! typed [`BackendError`].
+//!
+//! The client speaks HTTP/2 to servers that offer it over TLS (ALPN), so the
+//! fetch workers' concurrent range requests share one connection, and
+//! HTTP/1.1 with keep-alive otherwise (plain `http://` stays HTTP/1.1). TLS
+//! is rustls with the *ring* provider; certificates are checked against the
+//! system's trust store plus the PEM files of `--ca-cert`.
 //!
 //! What a range GET checks:
 //! - `206 Partial Content` with a `Content-Range: bytes a-b/size` that
@@ -19,7 +25,7 @@
 //!   `404` is `NotFound`; `401`/`403` are `Auth`; everything else is
 //!   `Status` (transient if 5xx or 429).
 //!
-//! Redirects (301, 302, 303, 307, 308) are followed here, not by ureq, so
+//! Redirects (301, 302, 303, 307, 308) are followed here, not by reqwest, so
 //! each hop passes [`redirect_target`]: at most 5 of them, never from HTTPS
 //! to plain HTTP nor to another scheme (a final
 //! [`BackendError::RefusedRedirect`]), and the `Authorization` header is
@@ -28,9 +34,11 @@
 //! the hops of a request.
 
 use super::{BackendError, BackendOptions, BlobId};
+use http::{HeaderMap, StatusCode, Uri};
+use reqwest::blocking::{Client, Response};
+use reqwest::{Method, Proxy};
+use std::io::Read;
 use std::time::{Duration, Instant};
-use ureq::http::{HeaderMap, Response, StatusCode, Uri};
-use ureq::{Agent, Body, Proxy};
 
 /// The most bytes of an error body kept for messages.
 const ERROR_BODY_LIMIT: u64 = 4096;
@@ -38,10 +46,11 @@ const ERROR_BODY_LIMIT: u64 = 4096;
 /// Redirects followed at most per request.
 const MAX_REDIRECTS: usize = 5;
 
-/// A pooled HTTP agent with the backend's timeouts and proxy.
+/// A pooled HTTP client with the backend's timeouts, proxy and trusted
+/// certificates.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    agent: Agent,
+    client: Client,
     /// The deadline of one request, all its redirects included.
     timeout: Duration,
 }
@@ -67,29 +76,37 @@ pub enum SendData {
 }
 
 impl HttpClient {
-    /// An agent with `opts`' timeouts and proxy (`opts.proxy`, else the
-    /// environment's `HTTPS_PROXY` & co., honouring `NO_PROXY`).
+    /// A client with `opts`' timeouts, proxy (`opts.proxy`, else the
+    /// environment's `HTTPS_PROXY` & co., honouring `NO_PROXY`) and extra
+    /// trusted certificates (`opts.ca_certs`).
     pub fn new(opts: &BackendOptions) -> Result<HttpClient, BackendError> {
-        let proxy = match &opts.proxy {
-            Some(p) => Some(
-                Proxy::new(p).map_err(|e| BackendError::Config(format!("--proxy '{p}': {e}")))?,
-            ),
-            None => Proxy::try_from_env(),
-        };
-        let agent = Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(proxy)
+        // The process-wide rustls provider; already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut b = Client::builder()
             // Followed by `send`, hop by hop (see the module docs).
-            .max_redirects(0)
-            .timeout_connect(Some(opts.connect_timeout))
-            .timeout_global(Some(opts.request_timeout))
-            .max_idle_connections_per_host(16)
-            .max_idle_age(Duration::from_secs(30))
-            .user_agent(concat!("rafs/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(opts.connect_timeout)
+            .timeout(opts.request_timeout)
+            .pool_max_idle_per_host(16)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("rafs/", env!("CARGO_PKG_VERSION")));
+        if let Some(p) = &opts.proxy {
+            let proxy =
+                Proxy::all(p).map_err(|e| BackendError::Config(format!("--proxy '{p}': {e}")))?;
+            b = b.proxy(proxy);
+        }
+        let mut extra = Vec::new();
+        for path in &opts.ca_certs {
+            extra.extend(ca_certs(path)?);
+        }
+        if !extra.is_empty() {
+            b = b.tls_certs_merge(extra);
+        }
+        let client = b
             .build()
-            .new_agent();
+            .map_err(|e| BackendError::Config(format!("HTTP client: {}", chain(&e))))?;
         Ok(HttpClient {
-            agent,
+            client,
             timeout: opts.request_timeout,
         })
     }
@@ -125,21 +142,18 @@ impl HttpClient {
         body: SendData,
         limit: u64,
     ) -> Result<Raw, BackendError> {
-        let mut req = ureq::http::Request::builder().method(method).uri(url);
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| BackendError::Config(format!("{url}: {e}")))?;
+        let mut req = self.client.request(method, url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let bad = |e: ureq::http::Error| BackendError::Config(format!("{url}: {e}"));
-        let resp = match body {
-            SendData::Empty => self.agent.run(req.body(()).map_err(bad)?),
-            SendData::Bytes(b) => self.agent.run(req.body(b).map_err(bad)?),
-            SendData::Reader(r, len) => {
-                let req = req.header("Content-Length", len.to_string());
-                let send = ureq::SendBody::from_owned_reader(r);
-                self.agent.run(req.body(send).map_err(bad)?)
-            }
-        }
-        .map_err(|e| transport(blob, url, e))?;
+        let req = match body {
+            SendData::Empty => req,
+            SendData::Bytes(b) => req.body(b),
+            SendData::Reader(r, len) => req.body(reqwest::blocking::Body::sized(r, len)),
+        };
+        let resp = req.send().map_err(|e| transport(blob, url, &e))?;
         let cap = if resp.status().is_success() {
             limit
         } else {
@@ -154,7 +168,7 @@ impl HttpClient {
         blob: &BlobId,
         url: &str,
         headers: &[(&str, &str)],
-    ) -> Result<Response<Body>, BackendError> {
+    ) -> Result<Response, BackendError> {
         let deadline = Instant::now() + self.timeout;
         let mut current = url.to_owned();
         let mut hop_headers: Vec<(&str, &str)> = headers.to_vec();
@@ -163,16 +177,11 @@ impl HttpClient {
             if left.is_zero() {
                 return Err(timed_out(blob, &current));
             }
-            let mut req = self
-                .agent
-                .get(&current)
-                .config()
-                .timeout_global(Some(left))
-                .build();
+            let mut req = self.client.get(&current).timeout(left);
             for (k, v) in &hop_headers {
                 req = req.header(*k, *v);
             }
-            let resp = req.call().map_err(|e| transport(blob, &current, e))?;
+            let resp = req.send().map_err(|e| transport(blob, &current, &e))?;
             let follow = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
             let location = resp.headers().get("location").and_then(|v| v.to_str().ok());
             let (true, Some(location)) = (follow, location) else {
@@ -345,27 +354,36 @@ pub fn answer_locally(
     None
 }
 
-fn read_raw(blob: &BlobId, url: &str, resp: Response<Body>, cap: u64) -> Result<Raw, BackendError> {
-    let (parts, mut body) = resp.into_parts();
-    let body = match body.with_config().limit(cap).read_to_vec() {
-        Ok(b) => b,
-        // More than asked for: a success body is a protocol violation
-        // (reported as ShortBody by the caller's length check, so keep a
-        // marker of the right length class); an error body is just cut.
-        Err(ureq::Error::BodyExceedsLimit(_)) if parts.status.is_success() => {
+fn read_raw(blob: &BlobId, url: &str, resp: Response, cap: u64) -> Result<Raw, BackendError> {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    // One byte past the cap tells a body over it from one exactly at it.
+    let mut body = Vec::new();
+    let got = resp.take(cap.saturating_add(1)).read_to_end(&mut body);
+    if let Err(e) = got {
+        return Err(BackendError::Transport {
+            blob: *blob,
+            detail: format!("{}: reading the body: {}", without_query(url), chain(&e)),
+            timeout: e.kind() == std::io::ErrorKind::TimedOut,
+        });
+    }
+    if body.len() as u64 > cap {
+        if status.is_success() {
+            // More than asked for: a success body is a protocol violation
+            // (reported as ShortBody by the caller's length check, so keep
+            // a marker of the right length class); an error body is cut.
             return Err(BackendError::ShortBody {
                 blob: *blob,
                 offset: 0,
                 expected: cap.saturating_sub(1),
                 got: cap,
-            })
+            });
         }
-        Err(ureq::Error::BodyExceedsLimit(_)) => Vec::new(),
-        Err(e) => return Err(transport(blob, url, e)),
-    };
+        body.clear();
+    }
     Ok(Raw {
-        status: parts.status,
-        headers: parts.headers,
+        status,
+        headers,
         body,
     })
 }
@@ -499,21 +517,46 @@ fn timed_out(blob: &BlobId, url: &str) -> BackendError {
     }
 }
 
-fn transport(blob: &BlobId, url: &str, e: ureq::Error) -> BackendError {
-    let timeout = matches!(e, ureq::Error::Timeout(_))
-        || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut);
+fn transport(blob: &BlobId, url: &str, e: &reqwest::Error) -> BackendError {
     BackendError::Transport {
         blob: *blob,
-        detail: format!("{url}: {e}"),
-        timeout,
+        detail: format!("{}: {}", without_query(url), chain(e)),
+        timeout: e.is_timeout(),
     }
+}
+
+/// An error and its sources, `: `-joined (reqwest's own message is only
+/// "error sending request"; the cause, e.g. a certificate check, is below).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut at = e.source();
+    while let Some(s) = at {
+        let next = s.to_string();
+        if !out.contains(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
+        at = s.source();
+    }
+    out
+}
+
+/// The certificates of PEM file `path` (`--ca-cert`).
+fn ca_certs(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, BackendError> {
+    let bad = |why: String| BackendError::Config(format!("--ca-cert {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(chain(&e)))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// The origin of an http(s) URL, `scheme://host:port` in lower case with
 /// the default port filled in: what decides whether two URLs are the same
 /// server (for credentials and redirects). `None` for anything else.
 pub fn origin(url: &str) -> Option<String> {
-    let uri: ureq::http::Uri = url.trim().parse().ok()?;
+    let uri: Uri = url.trim().parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let default = match scheme.as_str() {
         "http" => 80,
@@ -528,7 +571,7 @@ pub fn origin(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ureq::http::HeaderValue;
+    use http::HeaderValue;
 
     fn headers(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -205,6 +205,9 @@ pub struct BackendOptions {
     /// `HTTP_PROXY` / `ALL_PROXY` (and lower-case forms), honouring
     /// `NO_PROXY`.
     pub proxy: Option<String>,
+    /// PEM files of extra certificates trusted for HTTPS (`--ca-cert`),
+    /// beside the system's trust store.
+    pub ca_certs: Vec<std::path::PathBuf>,
     /// Timeout of one request, connect to last body byte.
     pub request_timeout: std::time::Duration,
     /// Timeout of the TCP/TLS connect alone.
@@ -241,6 +244,7 @@ impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
             proxy: None,
+            ca_certs: Vec::new(),
             request_timeout: std::time::Duration::from_secs(10),
             connect_timeout: std::time::Duration::from_secs(5),
             registry_user: None,

@@ -15,6 +15,10 @@ pub struct BackendArgs {
     /// HTTP_PROXY, honouring NO_PROXY].
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
+    /// A PEM file of certificates to trust for HTTPS backends and
+    /// registries, beside the system's trust store (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
     /// Timeout of one backend request, e.g. 10s or 500ms [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub request_timeout: Option<String>,
@@ -60,6 +64,7 @@ impl BackendArgs {
                 parse_duration(t).map_err(|e| SettingError(format!("--request-timeout: {e}")))?;
         }
         o.proxy.clone_from(&self.proxy);
+        o.ca_certs.clone_from(&self.ca_cert);
         o.registry_user.clone_from(&self.registry_user);
         o.registry_password.clone_from(&self.registry_password);
         o.docker_config.clone_from(&self.docker_config);

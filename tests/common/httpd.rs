@@ -181,7 +181,8 @@ fn serve(conn: TcpStream, handler: &Handler, reqs: &Mutex<Vec<Request>>) {
     let _ = conn.shutdown(Shutdown::Write);
 }
 
-/// A CONNECT proxy that counts tunnels and records their targets.
+/// An HTTP proxy (CONNECT tunnels, and absolute-form requests for plain
+/// HTTP) that counts connections and records their targets.
 pub struct ConnectProxy {
     /// `http://127.0.0.1:port`, for `--proxy`.
     pub url: String,
@@ -235,17 +236,33 @@ fn tunnel(client: TcpStream, count: &AtomicUsize, targets: &Mutex<Vec<String>>) 
         return;
     };
     let mut client = client;
-    if req.method != "CONNECT" {
-        let _ = client.write_all(b"HTTP/1.1 405 X\r\nContent-Length: 0\r\n\r\n");
-        return;
-    }
-    let Ok(upstream) = TcpStream::connect(&req.target) else {
+    // CONNECT host:port (a tunnel), or an absolute-form request for plain
+    // HTTP (`GET http://host:port/path`), forwarded as is.
+    let host = match req.target.strip_prefix("http://") {
+        _ if req.method == "CONNECT" => req.target.clone(),
+        Some(rest) => rest.split('/').next().unwrap_or("").to_owned(),
+        None => {
+            let _ = client.write_all(b"HTTP/1.1 405 X\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+    };
+    let Ok(mut upstream) = TcpStream::connect(&host) else {
         let _ = client.write_all(b"HTTP/1.1 502 X\r\nContent-Length: 0\r\n\r\n");
         return;
     };
     count.fetch_add(1, Ordering::SeqCst);
-    targets.lock().unwrap().push(req.target.clone());
-    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+    targets.lock().unwrap().push(host);
+    if req.method == "CONNECT" {
+        let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+    } else {
+        let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
+        for (k, v) in &req.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = upstream.write_all(head.as_bytes());
+        let _ = upstream.write_all(&req.body);
+    }
     // Copying from `reader` first forwards what the client sent after the
     // CONNECT head and is still in its buffer.
     let mut up_w = upstream.try_clone().unwrap();
