@@ -199,6 +199,8 @@ pub struct Registry {
     /// The token server, in the token setup.
     pub tokens: Option<TokenServer>,
     push_auth: Option<String>,
+    /// The self-signed certificate of an HTTPS registry ([`Registry::start_tls`]).
+    pub cert: Option<PathBuf>,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -236,9 +238,42 @@ fn auth_yaml(auth: &RegistryAuth, dir: &Path) -> (String, Option<TokenServer>, O
     }
 }
 
+/// A key and a self-signed certificate for 127.0.0.1 in `dir`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        // An end-entity certificate (webpki refuses a CA one as a server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (cert, key)
+}
+
 impl Registry {
     /// Starts a registry with `auth`.
     pub fn start(auth: RegistryAuth) -> Registry {
+        Registry::spawn(auth, false)
+    }
+
+    /// Starts a registry with `auth` serving HTTPS (and so HTTP/2) with a
+    /// self-signed certificate for 127.0.0.1 ([`Registry::cert`], made by
+    /// the `openssl` CLI).
+    pub fn start_tls(auth: RegistryAuth) -> Registry {
+        Registry::spawn(auth, true)
+    }
+
+    fn spawn(auth: RegistryAuth, tls: bool) -> Registry {
         assert!(
             Path::new(REGISTRY).exists(),
             "{REGISTRY} is missing: apt-get install docker-registry"
@@ -246,10 +281,19 @@ impl Registry {
         let dir = crate::common::tempdir();
         let port = free_port();
         let (auth_yaml, tokens, push_auth) = auth_yaml(&auth, dir.path());
+        let cert = tls.then(|| self_signed(dir.path()));
+        let tls_yaml = match &cert {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let conf = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}/data\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: rafs-test-secret\n{auth_yaml}",
+             http:\n  addr: 127.0.0.1:{port}\n  secret: rafs-test-secret\n{tls_yaml}{auth_yaml}",
             dir.path().display()
         );
         let conf_path = dir.path().join("config.yml");
@@ -269,6 +313,7 @@ impl Registry {
             host,
             tokens,
             push_auth,
+            cert: cert.map(|(c, _)| c),
             child,
             dir,
         }
@@ -276,7 +321,30 @@ impl Registry {
 
     /// The backend URL of [`REPO`].
     pub fn url(&self) -> String {
-        format!("registry+http://{}/{REPO}", self.host)
+        match self.cert {
+            Some(_) => format!("registry://{}/{REPO}", self.host),
+            None => format!("registry+http://{}/{REPO}", self.host),
+        }
+    }
+
+    /// Requests (log lines) whose line contains `what`, from log line
+    /// `since` on, and the distinct client connections (remote address and
+    /// port) they came over.
+    pub fn connections(&self, what: &str, since: usize) -> (usize, usize) {
+        let log = self.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .skip(since)
+            .filter(|l| l.contains(what))
+            .collect();
+        let mut peers: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split("http.request.remoteaddr=").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        (lines.len(), peers.len())
     }
 
     /// The registry's log so far.
