@@ -519,6 +519,12 @@ pub struct ChunkDetail {
     pub compressed_size: u32,
     /// Offset in the blob's uncompressed space.
     pub uncompressed_offset: u64,
+    /// Batch members: this chunk's offset in its frame's decompressed
+    /// bytes; else 0.
+    pub batch_offset: u32,
+    /// Batch members: the decompressed length of the whole frame (which
+    /// `compressed_offset`/`compressed_size` describe); else 0.
+    pub batch_size: u32,
     /// blake3 of the data, hex (zeros for holes).
     pub digest: String,
 }
@@ -562,6 +568,8 @@ fn chunk_detail(b: &Bootstrap<'_>, ino: u32) -> Result<Vec<ChunkDetail>, FormatE
             compressed_offset: c.compressed_offset.get(),
             compressed_size: c.compressed_size.get(),
             uncompressed_offset: c.uncompressed_offset.get(),
+            batch_offset: c.batch_offset.get(),
+            batch_size: c.batch_size.get(),
             digest: hex::encode(c.digest),
         });
     }
@@ -823,6 +831,38 @@ mod tests {
         let err = file_detail(&b, b"/etc/nope").unwrap_err();
         assert!(matches!(err, InspectError::NoSuchPath(_)));
         assert!(err.to_string().contains("/etc/nope"), "{err}");
+    }
+
+    #[test]
+    fn file_detail_shows_batch_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("a"), b"first small file ".repeat(50)).unwrap();
+        std::fs::write(src.join("b"), b"second small file ".repeat(70)).unwrap();
+        let out = dir.path().join("out");
+        let mut o = crate::builder::tests::opts(&src, &out);
+        o.batch = crate::builder::batch::BatchConfig {
+            frame_size: 64 << 10,
+            threshold: 16 << 10,
+            level: 3,
+        };
+        crate::builder::build(&o).unwrap();
+        let image = crate::image::Image::open(&out.join("bootstrap")).unwrap();
+        let b = image.bootstrap().unwrap();
+        let (a, bb) = (
+            file_detail(&b, b"a").unwrap(),
+            file_detail(&b, b"b").unwrap(),
+        );
+        let (a, bb) = (&a.chunks[0], &bb.chunks[0]);
+        // One frame holds both: same stored bytes, the frame's full size,
+        // each member at its own offset in it.
+        assert_eq!(a.compressed_offset, bb.compressed_offset);
+        assert_eq!(a.batch_size, 50 * 17 + 70 * 18);
+        assert_eq!(bb.batch_size, a.batch_size);
+        assert_eq!((a.batch_offset, bb.batch_offset), (0, 50 * 17));
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["batch_size"], a.batch_size);
     }
 
     #[test]

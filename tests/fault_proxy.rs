@@ -1,7 +1,8 @@
 //! The fault-injecting proxy (`tests/common/faultproxy.rs`) against a tiny
 //! in-test upstream: one seeded 1 MiB body at every path, `Range` support
 //! (206 with `Content-Range`), keep-alive, `/chunked` answered with chunked
-//! transfer encoding. Clients are `ureq` agents (as in the backends) and,
+//! transfer encoding. Clients are `ureq` agents (HTTP/1.1, like the backends'
+//! reqwest client over plain HTTP) and,
 //! where the exact bytes on the wire matter, raw sockets.
 
 mod common;
