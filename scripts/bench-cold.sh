@@ -493,7 +493,8 @@ run_rafs() {
   pids+=("$pid")
   mounts+=("$mnt")
   wait_for_line "$out" 60 '^rafs: mounted' "$pid" || { tail -20 "$err" >&2; die "rafs mount ($scen $rep) did not become ready"; }
-  in_root "$mnt" "$c" >/dev/null || die "command failed in the rafs mount; daemon log: $(tail -5 "$err")"
+  in_root "$mnt" "$c" >/dev/null || die "command failed in the rafs mount ($scen $rep);" \
+    "$(mountpoint "$mnt" 2>&1); top level: $(find "$mnt" -mindepth 1 -maxdepth 1 -printf "%f " 2>&1); daemon log: $(tail -5 "$err")"
   t1=$(now_ns)
   m=$(curl -sf --max-time 10 --unix-socket "$sock" http://x/metrics |
     awk '$1 == "rafs_backend_bytes_total" { s += $2 } END { if (NR) printf "%d", s }' || true)
