@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Nydus helpers of the benchmark scripts (sourced, not run): build a nydus
 # image of a directory, mount it with nydusd, stop a FUSE daemon and report
-# its peak RSS. Used by bench-read.sh and bench-rss.sh.
+# its peak RSS. Used by bench-read.sh, bench-rss.sh and bench-cold.sh.
 #
 # env: NYDUSD, NYDUS_IMAGE: the nydusd and nydus-image binaries (v2.4.4 is
 #      what the figures were taken with)
@@ -38,20 +38,39 @@ nydus_create() {
   touch "$out/done"
 }
 
+# nydus_cache_json CACHEDIR: the "cache" object of a nydusd config: dummycache
+# for fs-version 5, else a blobcache in CACHEDIR.
+nydus_cache_json() {
+  if [ "$(nydus_fs_version)" = 5 ]; then
+    echo '{"type": "dummycache"}'
+  else
+    echo "{\"type\": \"blobcache\", \"config\": {\"work_dir\": \"$1\"}}"
+  fi
+}
+
 # nydus_config BLOBS CACHEDIR: the nydusd JSON config on stdout. CACHEDIR is
 # only used for fs-version 6 (blobcache); the caller makes it fresh.
 nydus_config() {
-  local blobs=$1 cachedir=$2 cache_json
-  if [ "$(nydus_fs_version)" = 5 ]; then
-    cache_json='{"type": "dummycache"}'
-  else
-    cache_json="{\"type\": \"blobcache\", \"config\": {\"work_dir\": \"$cachedir\"}}"
-  fi
+  nydus_config_backend "{\"type\": \"localfs\", \"config\": {\"dir\": \"$1\"}}" "$2"
+}
+
+# nydus_config_registry SCHEME HOST:PORT REPO CACHEDIR: the same with the
+# registry backend (anonymous; for https, skip_verify: a self-signed cert).
+nydus_config_registry() {
+  local skip=false
+  [ "$1" = https ] && skip=true
+  nydus_config_backend "{\"type\": \"registry\", \"config\": {\"scheme\": \"$1\", \"host\": \"$2\",
+    \"repo\": \"$3\", \"skip_verify\": $skip, \"timeout\": 60, \"connect_timeout\": 10,
+    \"retry_limit\": 2}}" "$4"
+}
+
+# nydus_config_backend BACKEND_JSON CACHEDIR: the whole config on stdout.
+nydus_config_backend() {
   cat <<EOF
 {
   "device": {
-    "backend": {"type": "localfs", "config": {"dir": "$blobs"}},
-    "cache": $cache_json
+    "backend": $1,
+    "cache": $(nydus_cache_json "$2")
   },
   "mode": "direct",
   "digest_validate": false,

@@ -515,8 +515,13 @@ pub struct ChunkDetail {
     pub blob: Option<String>,
     /// Offset of the stored bytes in the blob.
     pub compressed_offset: u64,
-    /// Stored length.
+    /// Stored length (of the whole frame for a batch member).
     pub compressed_size: u32,
+    /// Offset in the frame's uncompressed bytes (batch members; else 0).
+    pub batch_offset: u32,
+    /// Uncompressed size of the frame (batch members; else 0): a member's
+    /// share of the stored bytes is `compressed_size * length / batch_size`.
+    pub batch_size: u32,
     /// Offset in the blob's uncompressed space.
     pub uncompressed_offset: u64,
     /// Batch members: this chunk's offset in its frame's decompressed
@@ -567,6 +572,12 @@ fn chunk_detail(b: &Bootstrap<'_>, ino: u32) -> Result<Vec<ChunkDetail>, FormatE
             blob,
             compressed_offset: c.compressed_offset.get(),
             compressed_size: c.compressed_size.get(),
+            batch_offset: if c.is_batch() {
+                c.batch_offset.get()
+            } else {
+                0
+            },
+            batch_size: if c.is_batch() { c.batch_size.get() } else { 0 },
             uncompressed_offset: c.uncompressed_offset.get(),
             batch_offset: c.batch_offset.get(),
             batch_size: c.batch_size.get(),
@@ -820,6 +831,7 @@ mod tests {
         assert_eq!(d.chunks[1].length, 4096);
         assert_eq!(d.chunks[1].blob, img.blob_id);
         assert_eq!(d.chunks[0].blob, None);
+        assert_eq!((d.chunks[1].batch_offset, d.chunks[1].batch_size), (0, 0));
         let d = file_detail(&b, b"/hello2").unwrap();
         assert_eq!(d.paths, ["/etc/hello", "/hello2"]);
         assert_eq!(d.chunks[0].flags, "zstd");

@@ -62,6 +62,13 @@ fn members_decode_to_their_bytes() {
     assert!(built.chunks("d/s00")[0].is_batch());
     let big1 = built.chunks("big1");
     assert!(!big1[0].is_batch() && big1[3].is_batch());
+    // `rafs inspect --file --json` gives a member's frame (batch_size).
+    let d = crate::inspect::file_detail(&built.b(), b"big1").unwrap();
+    let (whole, tail) = (&d.chunks[0], &d.chunks[3]);
+    assert_eq!((whole.batch_offset, whole.batch_size), (0, 0));
+    assert_eq!(tail.batch_size, big1[3].batch_size.get());
+    assert_eq!(tail.batch_offset, big1[3].batch_offset.get());
+    assert!(tail.batch_size > tail.length);
     // Frames hold at most 16 KiB; members lie inside them.
     for c in built.b().chunks().iter().filter(|c| c.is_batch()) {
         assert!(c.batch_size.get() <= 16384);
