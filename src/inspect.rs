@@ -524,12 +524,6 @@ pub struct ChunkDetail {
     pub batch_size: u32,
     /// Offset in the blob's uncompressed space.
     pub uncompressed_offset: u64,
-    /// Batch members: this chunk's offset in its frame's decompressed
-    /// bytes; else 0.
-    pub batch_offset: u32,
-    /// Batch members: the decompressed length of the whole frame (which
-    /// `compressed_offset`/`compressed_size` describe); else 0.
-    pub batch_size: u32,
     /// blake3 of the data, hex (zeros for holes).
     pub digest: String,
 }
@@ -579,8 +573,6 @@ fn chunk_detail(b: &Bootstrap<'_>, ino: u32) -> Result<Vec<ChunkDetail>, FormatE
             },
             batch_size: if c.is_batch() { c.batch_size.get() } else { 0 },
             uncompressed_offset: c.uncompressed_offset.get(),
-            batch_offset: c.batch_offset.get(),
-            batch_size: c.batch_size.get(),
             digest: hex::encode(c.digest),
         });
     }
