@@ -295,10 +295,14 @@ impl Fetcher {
             Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
         });
         let deadline = Instant::now() + self.cfg.read_timeout * 4 + throttle;
-        let flights = self.launch_flights(need.to_vec(), deadline, true, self.cfg.max_request);
+        let mut flights =
+            self.launch_flights(need.to_vec(), deadline, true, self.cfg.max_request);
         for &(blob, fi) in need {
-            let waited = match flights.get(&(blob, fi)) {
-                Some(f) => self.wait_prefetched(f, deadline, stop),
+            // Each flight (and the frame its result holds) is let go once
+            // waited for, not at the window's end: a window of large frames
+            // would otherwise stay in memory whole.
+            let waited = match flights.remove(&(blob, fi)) {
+                Some(f) => self.wait_prefetched(&f, deadline, stop),
                 None => Waited::Cached, // in memory by the time it launched
             };
             match waited {
