@@ -229,11 +229,14 @@ scheme=http
 curl_tls=()
 if [ "$tls" = 1 ]; then
   scheme=https
-  cert=$work/tls/cert.pem
+  cert=$work/tls/server.pem
   if [ ! -f "$cert" ]; then
     mkdir -p "$work/tls"
+    # An end-entity certificate: webpki (rustls) refuses a CA one, which
+    # is what `req -x509` makes by default, as a server's.
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=127.0.0.1 \
-      -addext subjectAltName=IP:127.0.0.1 -keyout "$work/tls/key.pem" -out "$cert.partial" 2>/dev/null ||
+      -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+      -addext extendedKeyUsage=serverAuth -keyout "$work/tls/key.pem" -out "$cert.partial" 2>/dev/null ||
       die "openssl req -x509 failed"
     mv "$cert.partial" "$cert"
   fi
