@@ -64,26 +64,27 @@ fn tls_registry_needs_the_ca_and_speaks_http2() {
         &cert
     ])
     .ok();
-    let cache = work.path().join("cache");
     let bootstrap = out.join("bootstrap");
+    // `rafs prefetch --all` of the image into `cache`, with `extra` flags.
+    let prefetch = |cache: &str, extra: &[&str]| {
+        let mut a = args![
+            "prefetch",
+            &bootstrap,
+            "--all",
+            "--no-progress",
+            "--backend",
+            registry.url(),
+            "--cache-dir",
+            work.path().join(cache)
+        ];
+        a.extend(extra.iter().map(std::ffi::OsString::from));
+        common::rafs(a)
+    };
     let since = registry.log().lines().count();
-    common::rafs(args![
-        "prefetch",
-        &bootstrap,
-        "--all",
-        "--no-progress",
-        "--backend",
-        registry.url(),
-        "--cache-dir",
-        &cache,
-        "--ca-cert",
-        &cert,
-        "--prefetch-threads",
-        "4",
-        "--max-request-size",
-        "64K"
-    ])
-    .ok();
+    let cert_arg = cert.to_str().unwrap();
+    let many = ["--prefetch-threads", "4", "--max-request-size", "64K"];
+    prefetch("cache", &[&["--ca-cert", cert_arg][..], &many[..]].concat()).ok();
+    let cache = work.path().join("cache");
     common::rafs(args!["cache", "verify", &cache, "--bootstrap", &bootstrap]).ok();
 
     // HTTP/2: the prefetch's concurrent range requests used one connection
@@ -93,19 +94,7 @@ fn tls_registry_needs_the_ca_and_speaks_http2() {
     assert_eq!(peers, 1, "{gets} blob requests over {peers} connections");
 
     // The same without the certificate: refused by the client.
-    let cache2 = work.path().join("cache2");
-    let r = common::rafs(args![
-        "prefetch",
-        &bootstrap,
-        "--all",
-        "--no-progress",
-        "--backend",
-        registry.url(),
-        "--cache-dir",
-        &cache2,
-        "--request-timeout",
-        "5s"
-    ]);
+    let r = prefetch("cache2", &["--request-timeout", "5s"]);
     assert!(!r.status.success(), "{}", r.all_output());
     assert!(r.all_output().to_lowercase().contains("certificate"));
 }

@@ -295,8 +295,7 @@ impl Fetcher {
             Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
         });
         let deadline = Instant::now() + self.cfg.read_timeout * 4 + throttle;
-        let mut flights =
-            self.launch_flights(need.to_vec(), deadline, true, self.cfg.max_request);
+        let mut flights = self.launch_flights(need.to_vec(), deadline, true, self.cfg.max_request);
         for &(blob, fi) in need {
             // Each flight (and the frame its result holds) is let go once
             // waited for, not at the window's end: a window of large frames
