@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of the benchmark scripts (sourced, not run).
 
 # Waits (up to $2 s) for the regex $3 in file $1 while process $4 lives.
@@ -23,3 +24,13 @@ for u in ('B', 'KiB', 'MiB', 'GiB'):
     n /= 1024" "$1"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# rafs_fresh_cache DIR: the `rafs mount` flags of a disk cache that starts
+# empty (DIR is emptied), one per line: a cold run's cache is empty, as
+# nydusd's fresh blobcache is in the same benches. RAFS_BENCH_RAFS_CACHE=0:
+# none (memory only). Use: mapfile -t args < <(rafs_fresh_cache DIR).
+rafs_fresh_cache() {
+  [ "${RAFS_BENCH_RAFS_CACHE:-1}" = 1 ] || return 0
+  rm -rf "$1" && mkdir -p "$1"
+  printf '%s\n' --cache-dir "$1"
+}

@@ -54,6 +54,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 self=$repo/scripts/bench-read.sh
 cache=${RAFS_BENCH_CACHE:-/var/tmp/rafs-bench}
 rafs=${RAFS_BIN:-$repo/target/release/rafs}
+# shellcheck source=scripts/bench-lib.sh
+. "$repo/scripts/bench-lib.sh"
 # shellcheck source=scripts/bench-nydus.sh
 . "$repo/scripts/bench-nydus.sh"
 
@@ -71,22 +73,13 @@ do_mount() { # SYS TREE
     squashfs) mount -t squashfs -o loop,ro "$img/img.sqfs" "$mnt" ;;
     squashfuse) squashfuse "$img/img.sqfs" "$mnt" ;;
     rafs)
-      # A fresh disk cache per mount, like nydusd's blobcache below (a
-      # cold run starts empty); RAFS_BENCH_RAFS_CACHE=0: memory only.
-      local cache_args=()
-      if [ "${RAFS_BENCH_RAFS_CACHE:-1}" = 1 ]; then
-        rm -rf "$BENCH_WORK/rafs-cache" && mkdir -p "$BENCH_WORK/rafs-cache"
-        cache_args=(--cache-dir "$BENCH_WORK/rafs-cache")
-      fi
+      local cache_args
+      mapfile -t cache_args < <(rafs_fresh_cache "$BENCH_WORK/rafs-cache")
       # shellcheck disable=SC2086 # RAFS_BENCH_MOUNT_ARGS is a list of flags
       "$rafs" mount "$img/rafs/bootstrap" "$mnt" --blobs "$img/rafs/blobs" "${cache_args[@]}" \
         ${RAFS_BENCH_MOUNT_ARGS:-} </dev/null >"$BENCH_WORK/rafs.out" 2>>"$BENCH_WORK/rafs.err" &
       echo $! >"$BENCH_WORK/rafs.pid"
-      for _ in $(seq 600); do
-        grep -q '^rafs: mounted' "$BENCH_WORK/rafs.out" 2>/dev/null && return 0
-        kill -0 "$(cat "$BENCH_WORK/rafs.pid")" 2>/dev/null || break
-        sleep 0.05
-      done
+      wait_for_line "$BENCH_WORK/rafs.out" 30 '^rafs: mounted' "$!" && return 0
       echo "rafs mount did not become ready:" >&2
       tail -5 "$BENCH_WORK/rafs.err" >&2
       return 1
@@ -115,7 +108,6 @@ do_umount() { # SYS
   esac
 }
 
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 if [ "${1:-}" = __ctl ]; then
   case $2 in
@@ -209,7 +201,7 @@ workload() { # NAME MNT -> the command
   esac
 }
 
-median() { # JSON -> seconds
+json_median() { # JSON -> seconds
   grep -o '"median": *[0-9.e+-]*' "$1" | head -1 | awk -F: '{ printf "%.3f", $2 }'
 }
 
@@ -225,7 +217,7 @@ measure() {
     hyperfine --shell=bash --runs "$reps" --warmup 1 --export-json "$json" \
       "$cmd" >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
   fi
-  median "$json"
+  json_median "$json"
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }

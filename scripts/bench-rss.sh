@@ -42,6 +42,8 @@ cache=${RAFS_BENCH_CACHE:-/var/tmp/rafs-bench}
 rafs=${RAFS_BIN:-$repo/target/release/rafs}
 counts=${RAFS_RSS_COUNTS:-10000 50000 200000}
 reps=${RAFS_BENCH_REPS:-3}
+# shellcheck source=scripts/bench-lib.sh
+. "$repo/scripts/bench-lib.sh"
 # shellcheck source=scripts/bench-nydus.sh
 . "$repo/scripts/bench-nydus.sh"
 
@@ -81,29 +83,17 @@ EOF
   echo "$dest"
 }
 
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
-# rafs_mount IMG MNT: starts the daemon, waits (10 ms polls, up to 60 s)
-# for its "mounted" line; its pid goes to $work/rafs.pid.
+# rafs_mount IMG MNT: starts the daemon, waits (up to 60 s) for its
+# "mounted" line; its pid goes to $work/rafs.pid.
 rafs_mount() {
-  local img=$1 mnt=$2 pid i
+  local img=$1 mnt=$2 pid cache_args
   : >"$work/rafs.out"
-  # A fresh disk cache, as nydusd gets a fresh blobcache (bench-read.sh
-  # does the same); RAFS_BENCH_RAFS_CACHE=0: memory only.
-  local cache_args=()
-  if [ "${RAFS_BENCH_RAFS_CACHE:-1}" = 1 ]; then
-    rm -rf "$work/rafs-cache" && mkdir -p "$work/rafs-cache"
-    cache_args=(--cache-dir "$work/rafs-cache")
-  fi
+  mapfile -t cache_args < <(rafs_fresh_cache "$work/rafs-cache")
   "$rafs" mount "$img/bootstrap" "$mnt" --blobs "$img/blobs" "${cache_args[@]}" \
     </dev/null >"$work/rafs.out" 2>>"$work/rafs.err" &
   pid=$!
   echo "$pid" >"$work/rafs.pid"
-  for ((i = 0; i < 6000; i++)); do
-    grep -q '^rafs: mounted' "$work/rafs.out" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.01
-  done
+  wait_for_line "$work/rafs.out" 60 '^rafs: mounted' "$pid" && return 0
   echo "rafs mount did not become ready:" >&2
   tail -5 "$work/rafs.err" >&2
   return 1
@@ -130,7 +120,6 @@ measure() {
   echo "$(daemon_stop "$pid" "$mnt") $anon $file"
 }
 
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 mib() { awk -v k="${1:-0}" 'BEGIN { if (k > 0) printf "%.1f", k / 1024; else print "-" }'; }
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
 # slope "N KB" lines on stdin: least-squares MiB per 100k files.

@@ -383,13 +383,16 @@ impl Fetcher {
 
     /// Appends the bytes of every want, in order, to `out`. `ahead` are
     /// chunks the caller expects to be read next (read-ahead): fetched in
-    /// the background with the first miss, never waited for. On failure,
+    /// the background with the first miss, never waited for. `on_miss` is
+    /// called once that first miss has launched its fetches, before any
+    /// wait (the caller's chance to start more, see `--widen`). On failure,
     /// returns the index of the want that failed and why.
     pub fn read(
         &self,
         wants: &[Want<'_>],
         ahead: &[Want<'_>],
         out: &mut Vec<u8>,
+        on_miss: &mut dyn FnMut(),
     ) -> Result<(), (usize, FetchError)> {
         let deadline = Instant::now() + self.cfg.read_timeout;
         let mut launched = false;
@@ -416,6 +419,7 @@ impl Fetcher {
                         need.extend(self.missing(ahead));
                         self.stream_ahead(&mut need);
                         mine = self.launch_flights(need, deadline, false, self.cfg.max_request);
+                        on_miss();
                     }
                     let fi = self.index.blobs[key.0 as usize].find(key.1);
                     let flight = fi.and_then(|fi| mine.get(&(key.0, fi)));

@@ -147,7 +147,7 @@ impl Fetcher {
     /// cache: without one the frames would only churn the memory LRU.
     /// Returns the stored bytes launched.
     pub fn speculate(&self, plan: &Plan) -> u64 {
-        if self.store.is_none() && self.remote.is_none() {
+        if !self.disk_backed() {
             return 0;
         }
         let frames: Vec<(u32, usize)> = plan
@@ -156,10 +156,7 @@ impl Fetcher {
             .copied()
             .filter(|&(blob, fi)| !self.frame_cached(blob, fi))
             .collect();
-        let bytes: u64 = frames
-            .iter()
-            .map(|&(blob, fi)| u64::from(self.index.blobs[blob as usize].frames[fi].clen))
-            .sum();
+        let bytes: u64 = frames.iter().map(|&(b, fi)| self.stored_len(b, fi)).sum();
         if frames.is_empty() {
             return 0;
         }
@@ -172,7 +169,12 @@ impl Fetcher {
 
     /// Whether speculative fetches ([`Fetcher::speculate`]) can happen.
     pub fn speculates(&self) -> bool {
-        self.cfg.widen > 0 && (self.store.is_some() || self.remote.is_some())
+        self.cfg.widen > 0 && self.disk_backed()
+    }
+
+    /// Whether fetched frames go to a disk cache (ours or the manager's).
+    fn disk_backed(&self) -> bool {
+        self.store.is_some() || self.remote.is_some()
     }
 
     /// Whether the frame holding (non-hole) chunk `c` is cached.
@@ -247,7 +249,7 @@ impl Fetcher {
                     break;
                 }
             }
-            if self.store.is_none() && self.remote.is_none() {
+            if !self.disk_backed() {
                 // Memory only: past the LRU's budget, prefetch would evict
                 // its own data. (A blob manager's cache is the target.)
                 let planned: u64 = report.fetched_bytes + need_bytes;

@@ -266,18 +266,13 @@ fn one_file_image(n: usize) -> TestImage {
     }
 }
 
-/// Polls until every chunk of file `ino` is cached, for at most 20 s.
-fn wait_all_cached(fs: &RafsFs, ino: u32) -> bool {
+/// Waits (polling, at most 20 s) until every chunk of file `ino` is cached.
+fn wait_all_cached(fs: &RafsFs, ino: u32) {
     let b = fs.image().bootstrap().unwrap();
     let run = b.file_chunks(ino).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if run.iter().all(|c| fs.fetcher().chunk_cached(c)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
+    crate::testimage::wait_until("the whole file cached", Duration::from_secs(20), || {
+        run.iter().all(|c| fs.fetcher().chunk_cached(c))
+    });
 }
 
 fn cached(t: &TestImage, tune: impl FnOnce(&mut FetchConfig)) -> FetchConfig {
@@ -300,7 +295,7 @@ fn a_file_read_at_two_places_apart_is_fetched_whole_in_the_background() {
     assert_eq!(fs.fetcher().metrics().speculative_bytes.get(), 0);
     assert_eq!(fs.read(f, 40 * 4096, 4096).unwrap(), noise(4096, 140));
     assert!(fs.fetcher().metrics().speculative_bytes.get() > 0);
-    assert!(wait_all_cached(&fs, f), "the rest of the file was fetched");
+    wait_all_cached(&fs, f); // the rest of the file was fetched
     let calls = backend.calls();
     assert_eq!(fs.read(f, 20 * 4096, 4096).unwrap(), noise(4096, 120));
     assert_eq!(backend.calls(), calls, "a third place is a hit");
@@ -352,7 +347,7 @@ fn a_small_file_read_from_its_start_is_fetched_whole_at_once() {
     let f = fs.lookup(0, b"f").unwrap().ino;
     assert_eq!(fs.read(f, 0, 4096).unwrap(), noise(4096, 100));
     assert!(fs.fetcher().metrics().speculative_bytes.get() > 0);
-    assert!(wait_all_cached(&fs, f));
+    wait_all_cached(&fs, f);
     let calls = backend.calls();
     assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), noise(4096, 107));
     assert_eq!(backend.calls(), calls);

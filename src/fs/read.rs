@@ -22,6 +22,21 @@ const MAX_AHEAD_CHUNKS: usize = 1024;
 /// cost of a hostile or huge chunk run.
 const MAX_WIDEN_CHUNKS: [usize; 2] = [64, 1 << 16];
 
+/// One read as the read path sees it: for error messages and for noting
+/// its first miss (see [`super::spread`]).
+struct Reading<'r, 'b> {
+    b: &'r Bootstrap<'b>,
+    ino: u32,
+    /// The file's chunk run.
+    run: &'r [ChunkInfo],
+    /// Chunk-table index of the run's first chunk.
+    run_start: u64,
+    /// The bytes asked for, `offset..end`.
+    span: (u64, u64),
+    /// Whether the read has missed the caches yet.
+    missed: bool,
+}
+
 impl RafsFs {
     /// Reads up to `size` bytes of regular file `ino` at `offset`; short
     /// only at the end of the file.
@@ -44,13 +59,14 @@ impl RafsFs {
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         let first = run.partition_point(|c| c.file_end() <= pos);
-        if self.fetcher.speculates()
-            && run
-                .get(first)
-                .is_some_and(|c| !c.is_hole() && !self.fetcher.chunk_cached(c))
-        {
-            self.widen(ino, run, offset, end);
-        }
+        let mut r = Reading {
+            b: &b,
+            ino,
+            run,
+            run_start,
+            span: (offset, end),
+            missed: false,
+        };
         let mut i = first;
         // Holes are zeros, written in place; data chunks go to the fetcher
         // in one batch per run of them, so its first miss can launch every
@@ -61,7 +77,7 @@ impl RafsFs {
             let from = (pos - c.file_offset.get()) as usize;
             let to = (end.min(c.file_end()) - c.file_offset.get()) as usize;
             if c.is_hole() {
-                self.fetch_wants(&b, ino, run_start, &mut wants, &[], &mut out)?;
+                self.fetch_wants(&mut r, &mut wants, &[], &mut out)?;
                 out.resize(out.len() + (to - from), 0);
             } else {
                 wants.push((i, Want { c, from, to }));
@@ -71,7 +87,7 @@ impl RafsFs {
         }
         let ahead = self.readahead(run, first, i);
         let t0 = std::time::Instant::now();
-        self.fetch_wants(&b, ino, run_start, &mut wants, &ahead, &mut out)?;
+        self.fetch_wants(&mut r, &mut wants, &ahead, &mut out)?;
         tracing::trace!(
             ino,
             offset,
@@ -141,12 +157,11 @@ impl RafsFs {
     }
 
     /// Appends the data of `wants` (chunk indices in the file's run and
-    /// the part of each wanted) to `out`, and empties `wants`.
+    /// the part of each wanted) to `out`, and empties `wants`. The read's
+    /// first miss goes to [`RafsFs::widen`].
     fn fetch_wants(
         &self,
-        b: &Bootstrap<'_>,
-        ino: u32,
-        run_start: u64,
+        r: &mut Reading<'_, '_>,
         wants: &mut Vec<(usize, Want<'_>)>,
         ahead: &[Want<'_>],
         out: &mut Vec<u8>,
@@ -155,12 +170,19 @@ impl RafsFs {
             return Ok(());
         }
         let only: Vec<Want<'_>> = wants.iter().map(|w| w.1).collect();
-        let r = self.fetcher.read(&only, ahead, out).map_err(|(k, source)| {
+        let mut on_miss = || {
+            if !r.missed && self.fetcher.speculates() {
+                self.widen(r.ino, r.run, r.span.0, r.span.1);
+            }
+            r.missed = true;
+        };
+        let got = self.fetcher.read(&only, ahead, out, &mut on_miss);
+        let got = got.map_err(|(k, source)| {
             let (i, w) = wants[k];
-            self.data_error(b, ino, run_start + i as u64, w.c, source)
+            self.data_error(r.b, r.ino, r.run_start + i as u64, w.c, source)
         });
         wants.clear();
-        r
+        got
     }
 
     /// Logs and wraps a data failure, naming blob, chunk and file.
