@@ -479,3 +479,37 @@ fn reads_of_fetched_data_do_not_wait_for_a_stalled_cache_disk() {
     );
     assert!(fs.fetcher().flush(Duration::from_secs(30)));
 }
+
+#[test]
+fn a_busy_cache_disk_paces_caching_but_loses_no_frame() {
+    use rafs::cache::io::testing::Stall;
+    let work = common::tempdir();
+    // 8 MiB read in 64 KiB chunks through a 1 MiB backlog, each fdatasync
+    // 100 ms late: the committer is behind all the time, yet never stuck.
+    let (src, bootstrap) = image(work.path(), 8, 1 << 20);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let cache = work.path().join("cache");
+    let slow = Stall::new(rafs::cache::io::real());
+    slow.slow_syncs(Duration::from_millis(100));
+    let cfg = FetchConfig {
+        commit_backlog: 1 << 20,
+        ..cached(&cache)
+    };
+    let backend = Arc::new(Slow {
+        inner: FileBackend::new(&blobs),
+        delay: Duration::ZERO,
+        requests: AtomicU64::new(0),
+    });
+    let first = RafsFs::with_storage(Image::open(&bootstrap).unwrap(), backend, cfg, slow).unwrap();
+    assert_tree(&first, &src);
+    assert!(
+        first.fetcher().flush(Duration::from_secs(60)),
+        "committer done"
+    );
+    assert_eq!(first.fetcher().metrics().commits_skipped.get(), 0);
+    drop(first);
+    // Everything read went to the disk: a second run needs no backend.
+    let (fs, backend) = fs(&bootstrap, &blobs, Duration::ZERO, cached(&cache));
+    assert_tree(&fs, &src);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+}

@@ -293,6 +293,7 @@ impl Fetcher {
         };
         ChunkCounters::add(&self.counters.backend_bytes, len);
         let mut bad = Vec::new();
+        let mut late = Vec::new();
         let mut why = String::new();
         for (&fi, f) in job.frames.iter().zip(&frames) {
             let from = (f.coff - start) as usize;
@@ -308,7 +309,7 @@ impl Fetcher {
                         background: job.background,
                         lock: locks.remove(&fi),
                     };
-                    self.publish_ok(job.blob, fi, frame, true, via)
+                    late.extend(self.publish_ok(job.blob, fi, frame, true, via));
                 }
                 Ok((frame, Some(e))) => {
                     why = e;
@@ -320,6 +321,7 @@ impl Fetcher {
                 }
             }
         }
+        self.commit_late(job.blob, late);
         match bad.is_empty() {
             true => Outcome::Done,
             false => Outcome::Retry(bad, why),
@@ -381,7 +383,7 @@ impl Fetcher {
                         background: job.background,
                         lock: None,
                     };
-                    self.publish_ok(blob, fi, frame, false, via)
+                    self.publish_ok(blob, fi, frame, false, via);
                 }
                 None => self.publish_err(blob, fi, err.clone()),
             }

@@ -128,6 +128,18 @@ pub struct Want<'a> {
 
 type FlightResult = Result<Arc<Frame>, Arc<FetchError>>;
 
+/// How long the committer may show no progress before an on-demand frame
+/// stops waiting for room in the backlog (see [`Fetcher::commit_late`]).
+const COMMIT_STALL: Duration = Duration::from_secs(2);
+
+/// An on-demand frame served to its readers but not yet handed to the
+/// committer (the backlog was full).
+pub(super) struct Late {
+    fi: usize,
+    frame: Arc<Frame>,
+    lock: Option<crate::cache::blobfile::SpanLock>,
+}
+
 /// How a frame reached [`Fetcher::publish_ok`].
 #[derive(Default)]
 struct Via {
@@ -702,14 +714,24 @@ impl Fetcher {
 
     /// Publishes a fetched frame: memory, then its waiters, then the disk
     /// (if `commit` and the blob has a cache; `lock`, the cross-process
-    /// claim on the frame, is released once its bits are set). Readers are
-    /// woken before anything touches the disk, and a committer that is
-    /// behind by more than `commit_backlog` bytes (a slow or hung cache
-    /// disk) costs an on-demand frame its caching, never a reader its wait;
-    /// the background lane waits for room instead, up to a read timeout
-    /// (its frames are fetched for the disk). Prefetched frames bound for the disk skip
-    /// the memory LRU, which belongs to on-demand reads.
-    fn publish_ok(&self, blob: u32, fi: usize, frame: Arc<Frame>, commit: bool, how: Via) {
+    /// claim on the frame, is released once its bits are set). Prefetched
+    /// frames bound for the disk skip the memory LRU, which belongs to
+    /// on-demand reads.
+    ///
+    /// The committer may be behind by `commit_backlog` bytes. Past that,
+    /// the background lane waits for room (up to a read timeout: prefetch
+    /// is for the disk, and the disk's pace is its back-pressure). An
+    /// on-demand frame never makes its reader wait: its readers are woken
+    /// and the frame comes back as [`Late`], for [`Fetcher::commit_late`]
+    /// once the job's other frames are out.
+    fn publish_ok(
+        &self,
+        blob: u32,
+        fi: usize,
+        frame: Arc<Frame>,
+        commit: bool,
+        how: Via,
+    ) -> Option<Late> {
         let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
         // Only under its span lock may a frame be written: nobody else then
         // writes the same bytes, and the cache never writes over ready ones.
@@ -725,29 +747,65 @@ impl Fetcher {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(key);
         }
-        let (true, Some(store), Some(tx)) = (to_disk, &self.store, &self.commits) else {
+        let (true, Some(store)) = (to_disk, &self.store) else {
             self.finish(key, Ok(frame));
-            return;
+            return None;
         };
         // Readable from `pending` before the flight ends, so a reader that
-        // finds no flight finds the frame. The background lane waits for
-        // room in the backlog (prefetch is for the disk, and the disk's pace
-        // is its back-pressure); an on-demand frame skips caching instead.
+        // finds no flight finds the frame.
         let wait = match how.background {
             true => self.cfg.read_timeout,
             false => Duration::ZERO,
         };
         if !store.try_hold(key, frame.clone(), wait) {
-            self.metrics.commits_skipped.inc();
-            self.finish(key, Ok(frame));
-            return; // the claim (`how.lock`) is dropped: nothing written
+            self.finish(key, Ok(frame.clone()));
+            if how.background {
+                self.metrics.commits_skipped.inc();
+                return None; // the claim (`how.lock`) is dropped: nothing written
+            }
+            let lock = how.lock;
+            return Some(Late { fi, frame, lock });
         }
         self.finish(key, Ok(frame.clone()));
+        self.send_commit(blob, fi, frame, how.lock);
+        None
+    }
+
+    /// Holds on-demand frames that found the backlog full (their readers
+    /// already have them) until the committer has room: a busy disk paces
+    /// this worker, a disk that shows no progress for `COMMIT_STALL` (or a
+    /// quarter of the read timeout) costs the frames their caching instead
+    /// (`rafs_cache_commits_skipped_total`).
+    pub(super) fn commit_late(&self, blob: u32, late: Vec<Late>) {
+        let Some(store) = &self.store else { return };
+        let stall = COMMIT_STALL.min(self.cfg.read_timeout / 4);
+        for l in late {
+            let key = (blob, self.index.blobs[blob as usize].frames[l.fi].coff);
+            let wait = self.cfg.read_timeout;
+            if store.try_hold_unless_stalled(key, l.frame.clone(), wait, stall) {
+                self.send_commit(blob, l.fi, l.frame, l.lock);
+            } else {
+                self.metrics.commits_skipped.inc();
+            }
+        }
+    }
+
+    fn send_commit(
+        &self,
+        blob: u32,
+        fi: usize,
+        data: Arc<Frame>,
+        lock: Option<crate::cache::blobfile::SpanLock>,
+    ) {
+        let (Some(store), Some(tx)) = (&self.store, &self.commits) else {
+            return;
+        };
+        let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
         let c = Commit {
             blob,
             frame: fi,
-            data: frame,
-            lock: how.lock,
+            data,
+            lock,
         };
         if let Err(e) = tx.send(c) {
             // The committer is gone (shutting down): not cached.

@@ -329,7 +329,9 @@ impl Fetcher {
         match background {
             // Prefetched into the shared cache: not into the memory LRU.
             true => self.finish(key, Ok(frame)),
-            false => self.publish_ok(blob, fi, frame, false, super::Via::default()),
+            false => {
+                self.publish_ok(blob, fi, frame, false, super::Via::default());
+            }
         }
         true
     }

@@ -64,6 +64,11 @@ pub struct Store {
     backlog: u64,
     /// Signalled when `pending` shrinks (room in the backlog).
     room: std::sync::Condvar,
+    /// When the committer last showed progress (a frame written, or the
+    /// backlog starting from empty), in ms since `epoch`: tells a busy
+    /// disk, worth waiting for, from a stalled one.
+    progress: AtomicU64,
+    epoch: std::time::Instant,
     quota: Mutex<Quota>,
     /// `--cache-size` (also in `quota`; here to skip the stamps on hits).
     limit: Option<u64>,
@@ -174,6 +179,8 @@ impl Store {
             pending: Mutex::default(),
             backlog,
             room: std::sync::Condvar::new(),
+            progress: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             quota: Mutex::new(quota),
             limit,
             stamps,
@@ -207,18 +214,53 @@ impl Store {
     /// backlog has room for it (or is empty), waiting up to `wait` for
     /// room. The backlog bounds the memory a slow disk can pin.
     pub fn try_hold(&self, key: Key, frame: Arc<Frame>, wait: std::time::Duration) -> bool {
+        self.hold_while(key, frame, wait, None)
+    }
+
+    /// [`Store::try_hold`] that also gives up once the committer has shown
+    /// no progress for `stall`: a busy disk is waited for, a stalled one
+    /// is not (a reader never depends on it; this only paces the worker).
+    pub fn try_hold_unless_stalled(
+        &self,
+        key: Key,
+        frame: Arc<Frame>,
+        wait: std::time::Duration,
+        stall: std::time::Duration,
+    ) -> bool {
+        self.hold_while(key, frame, wait, Some(stall))
+    }
+
+    fn hold_while(
+        &self,
+        key: Key,
+        frame: Arc<Frame>,
+        wait: std::time::Duration,
+        stall: Option<std::time::Duration>,
+    ) -> bool {
         let len = frame.data().len() as u64;
         let until = std::time::Instant::now() + wait;
         let mut p = self.lock_pending();
         while !(p.frames.is_empty() || p.bytes + len <= self.backlog) {
-            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+            let Some(mut left) = until.checked_duration_since(std::time::Instant::now()) else {
                 return false;
             };
+            if let Some(stall) = stall {
+                let idle = self
+                    .now_ms()
+                    .saturating_sub(self.progress.load(Ordering::Relaxed));
+                let Some(grace) = stall.checked_sub(std::time::Duration::from_millis(idle)) else {
+                    return false; // no progress for `stall`: the disk is stuck
+                };
+                left = left.min(grace.max(std::time::Duration::from_millis(1)));
+            }
             p = self
                 .room
                 .wait_timeout(p, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+        }
+        if p.frames.is_empty() {
+            self.progress.store(self.now_ms(), Ordering::Relaxed);
         }
         if let Some(old) = p.frames.insert(key, frame) {
             p.bytes -= old.data().len() as u64;
@@ -227,11 +269,16 @@ impl Store {
         true
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// Forgets a held frame (written, or not to be written after all).
     pub fn release(&self, key: &Key) {
         let mut p = self.lock_pending();
         if let Some(old) = p.frames.remove(key) {
             p.bytes -= old.data().len() as u64;
+            self.progress.store(self.now_ms(), Ordering::Relaxed);
             self.room.notify_all();
         }
     }
@@ -447,5 +494,32 @@ mod tests {
         // One frame larger than the whole budget still goes when alone.
         store.release(&(0, 1));
         assert!(store.try_hold((0, 2), frame(5000), Duration::ZERO));
+    }
+
+    #[test]
+    fn a_waiter_gives_up_on_a_committer_without_progress_but_not_on_a_busy_one() {
+        let store = Store::new(Vec::new(), Arc::default(), None, 1000, Arc::default());
+        let (stall, long) = (Duration::from_secs(1), Duration::from_secs(30));
+        assert!(store.try_hold((0, 0), frame(600), Duration::ZERO));
+        // Nothing written since the backlog started: given up after about
+        // `stall`, long before the wait.
+        let t0 = Instant::now();
+        assert!(!store.try_hold_unless_stalled((0, 1), frame(600), long, stall));
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        // A committer that keeps writing: waited for, past `stall`.
+        store.try_hold((0, 9), frame(1), Duration::ZERO);
+        store.release(&(0, 9));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| store.try_hold_unless_stalled((0, 1), frame(600), long, stall));
+            for k in 2..17 {
+                // Progress every 100 ms (other frames come and go)...
+                store.try_hold((0, k), frame(1), Duration::ZERO);
+                std::thread::sleep(Duration::from_millis(100));
+                store.release(&(0, k));
+            }
+            // ...and the room comes after 1.5 s, past `stall`.
+            store.release(&(0, 0));
+            assert!(waiter.join().unwrap(), "the waiter got the room");
+        });
     }
 }

@@ -55,6 +55,11 @@ const READAHEAD_KB: u32 = 1024;
 /// unmount before exiting anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an exiting mount waits for the committer to write the frames
+/// it still holds (fetched data the next mount would otherwise fetch
+/// again); a stalled cache disk must not keep the process forever.
+const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why `rafs mount` failed.
 #[derive(Debug, Error)]
 pub enum MountError {
@@ -343,8 +348,8 @@ fn print_ready(cfg: &MountConfig, name: &str) {
 }
 
 /// Mounts, prints the ready line, starts the prefetch, and serves until
-/// a signal or an external unmount; then stops the prefetch and writes
-/// the access record.
+/// a signal or an external unmount; then stops the prefetch, writes the
+/// access record and lets the committer finish writing to the cache.
 pub fn serve(cfg: &MountConfig, is_root: bool) -> Result<(), MountError> {
     serve_as(cfg, is_root, &cfg.bootstrap.display().to_string())
 }
@@ -387,6 +392,11 @@ fn serve_as(cfg: &MountConfig, is_root: bool, name: &str) -> Result<(), MountErr
     signals.close();
     prefetch.stop();
     log_record(&fs, "unmount");
+    if !fs.fetcher().flush(EXIT_FLUSH_TIMEOUT) {
+        tracing::warn!(
+            "exiting with frames still not written to the cache after {EXIT_FLUSH_TIMEOUT:?}"
+        );
+    }
     if let Some(api) = api {
         api.shutdown();
     }

@@ -12,7 +12,7 @@
 //!   of each pending write survives or not).
 //! - [`Stall`] wraps a storage and blocks its writes (`pwrite`,
 //!   `fdatasync`, `msync`, punch) while the test says so: a cache disk that
-//!   hangs.
+//!   hangs; or slows its `fdatasync`s down: a busy disk.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -464,6 +464,8 @@ struct StallState {
     blocked: bool,
     waiting: usize,
     passed: u64,
+    /// Added to every `fdatasync` (a busy disk, not a hung one).
+    sync_delay: std::time::Duration,
 }
 
 impl Stall {
@@ -485,6 +487,12 @@ impl Stall {
     pub fn release(&self) {
         lock(&self.state).blocked = false;
         self.cv.notify_all();
+    }
+
+    /// From now on, every `fdatasync` takes `delay` longer: a disk that is
+    /// slow but keeps going.
+    pub fn slow_syncs(&self, delay: std::time::Duration) {
+        lock(&self.state).sync_delay = delay;
     }
 
     /// How many writes are waiting right now (poll this to know that the
@@ -517,6 +525,8 @@ impl Storage for Stall {
 
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
         self.gate();
+        let delay = lock(&self.state).sync_delay;
+        std::thread::sleep(delay);
         self.inner.sync_data(file, path)
     }
 
