@@ -57,10 +57,12 @@ pub fn decode_frame(c: &ChunkInfo, stored: &[u8]) -> Result<Vec<u8>, ChunkError>
         });
     }
     if !c.is_zstd() {
-        return Ok(stored.to_vec());
+        let mut out = crate::util::pool::take(stored.len());
+        out.extend_from_slice(stored);
+        return Ok(out);
     }
     let want = c.frame_size() as usize;
-    let mut out = Vec::with_capacity(want);
+    let mut out = crate::util::pool::take(want);
     zstd::bulk::Decompressor::new()
         .and_then(|mut d| d.decompress_to_buffer(stored, &mut out))
         .map_err(|e| ChunkError::Decompress(e.to_string()))?;

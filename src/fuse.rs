@@ -233,7 +233,10 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         match rafs_ino(ino).and_then(|i| self.fs.read(i, offset, size)) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                reply.data(&data);
+                crate::util::pool::give(data);
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

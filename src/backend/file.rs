@@ -73,7 +73,7 @@ impl Backend for FileBackend {
                 size,
             });
         }
-        let mut buf = vec![0u8; len as usize];
+        let mut buf = crate::util::pool::zeroed(len as usize);
         file.read_exact_at(&mut buf, offset)
             .map_err(|e| BackendError::Io {
                 blob: *id,

@@ -170,7 +170,7 @@ impl CacheFile {
     /// ranges whose bits are set.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, CacheError> {
         self.check(offset, len as u64)?;
-        let mut buf = vec![0u8; len];
+        let mut buf = crate::util::pool::zeroed(len);
         self.file
             .read_exact_at(&mut buf, offset)
             .map_err(|e| io_err(&self.path, e))?;

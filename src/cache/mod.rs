@@ -169,6 +169,17 @@ pub struct BlobCache {
     _lock: Option<Flock<std::fs::File>>,
 }
 
+/// What [`BlobCache::commit_reporting`] did.
+#[derive(Debug)]
+pub struct Committed {
+    /// Ranges newly marked ready.
+    pub marked: u64,
+    /// Indices of the fills written (the others were ready already).
+    pub written: Vec<usize>,
+    /// The map generation the written fills are valid at.
+    pub generation: u64,
+}
+
 /// A fill for [`BlobCache::commit_covering`]: `bytes` go at `offset`, and
 /// the ranges lying inside `offset..cover_end` are marked ready. `cover_end`
 /// may exceed the end of `bytes` only over padding no chunk references (an
@@ -347,6 +358,14 @@ impl BlobCache {
     /// invalidated ([`BlobCache::invalidate`]: generation bumped, bits
     /// cleared and flushed) before anything is written.
     pub fn commit_covering(&self, fills: &[Fill<'_>]) -> Result<u64, CacheError> {
+        Ok(self.commit_reporting(fills)?.marked)
+    }
+
+    /// [`BlobCache::commit_covering`], saying which fills it wrote and the
+    /// map generation they were written at: the bytes of those fills are
+    /// what a reader finds there for as long as the generation has not
+    /// moved (every later change to a ready range bumps it first).
+    pub fn commit_reporting(&self, fills: &[Fill<'_>]) -> Result<Committed, CacheError> {
         self.writable()?;
         let size = self.data.size();
         for f in fills {
@@ -363,7 +382,8 @@ impl BlobCache {
             }
         }
         let mut todo = Vec::with_capacity(fills.len());
-        for f in fills {
+        let mut written = Vec::with_capacity(fills.len());
+        for (i, f) in fills.iter().enumerate() {
             let cover = self.ranges_touching(f.offset, f.cover_end - f.offset);
             if !cover.is_empty() && self.map.all_ready(cover)? {
                 continue;
@@ -371,9 +391,17 @@ impl BlobCache {
             let touched = self.ranges_touching(f.offset, f.bytes.len() as u64);
             self.invalidate_ready(touched)?;
             todo.push(f);
+            written.push(i);
         }
+        // After the invalidations, before the writes: any later change to
+        // these ranges bumps the generation past this.
+        let generation = self.generation();
         if todo.is_empty() {
-            return Ok(0);
+            return Ok(Committed {
+                marked: 0,
+                written,
+                generation,
+            });
         }
         for f in &todo {
             self.data.write_at(f.offset, f.bytes)?;
@@ -395,7 +423,11 @@ impl BlobCache {
                 None => merged = Some((start, end)),
             }
         }
-        Ok(marked)
+        Ok(Committed {
+            marked,
+            written,
+            generation,
+        })
     }
 
     /// Invalidates the ready ranges among `ranges` (each maximal run of

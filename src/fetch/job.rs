@@ -321,6 +321,7 @@ impl Fetcher {
                 }
             }
         }
+        crate::util::pool::give(bytes);
         self.commit_late(job.blob, late);
         match bad.is_empty() {
             true => Outcome::Done,

@@ -51,6 +51,12 @@ impl Frame {
     }
 }
 
+impl Drop for Frame {
+    fn drop(&mut self) {
+        crate::util::pool::give(std::mem::take(&mut self.data));
+    }
+}
+
 /// A verified chunk's data inside a cached frame.
 pub struct FrameSlice {
     /// The frame.

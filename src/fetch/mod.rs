@@ -231,7 +231,7 @@ pub struct Fetcher {
     prefetched: Mutex<HashSet<Key>>,
     /// Disk frames verified by this process, and at which map generation
     /// (see [`verify`]).
-    verified: verify::Verified,
+    verified: Arc<store::Verified>,
     /// When (`clock_ms`) a claim of another process last outlived its
     /// wait; 0: never, or it answered since.
     stuck_since: std::sync::atomic::AtomicU64,
@@ -287,6 +287,7 @@ impl Fetcher {
             ),
             None => None,
         };
+        let verified = Arc::new(store::memo(index.blobs.iter().map(|b| b.frames.len())));
         let (store, commits) = match &cfg.cache_dir {
             Some(_) if remote.is_some() => {
                 tracing::warn!("--cache-dir ignored: the blob manager owns the cache");
@@ -294,13 +295,14 @@ impl Fetcher {
             }
             Some(dir) => {
                 let caches = store::open_caches(dir, b.blobs(), &index, storage, &metrics)?;
-                let store = Arc::new(Store::new(
+                let store = Store::new(
                     caches,
                     index.clone(),
                     cfg.cache_limit,
                     cfg.commit_backlog,
                     metrics.clone(),
-                ));
+                );
+                let store = Arc::new(store.with_memo(verified.clone()));
                 let tx = store.start().map_err(|e| crate::cache::io_err(dir, e))?;
                 (Some(store), Some(tx))
             }
@@ -311,7 +313,6 @@ impl Fetcher {
         let bucket = cfg
             .prefetch_bandwidth
             .map(|rate| Mutex::new(Bucket::new(rate)));
-        let verified = verify::memo(index.blobs.iter().map(|b| b.frames.len()));
         let fetcher = Arc::new(Fetcher {
             image,
             backend,

@@ -25,6 +25,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Per blob, per frame: 0 if never verified in this process, else the
+/// map generation at which it was, plus one.
+pub type Verified = Vec<Vec<AtomicU64>>;
+
+/// The memo table for `frames[b]` frames per blob.
+pub fn memo(frames: impl Iterator<Item = usize>) -> Verified {
+    frames
+        .map(|n| (0..n).map(|_| AtomicU64::new(0)).collect())
+        .collect()
+}
+
 /// Frames a batch may hold before it is written.
 const BATCH: usize = 32;
 /// Frames fetched and waiting for the committer, with their bytes.
@@ -80,6 +91,9 @@ pub struct Store {
     clock: AtomicU64,
     metrics: Arc<FetchMetrics>,
     logged: [AtomicBool; 2],
+    /// The fetcher's memo of verified disk frames (`super::verify`),
+    /// filled in for the frames the committer writes.
+    memo: Arc<Verified>,
 }
 
 /// The layout identity of a blob's cache: a digest of what the blob-table
@@ -187,7 +201,14 @@ impl Store {
             clock: AtomicU64::new(tick),
             metrics,
             logged: [AtomicBool::new(false), AtomicBool::new(false)],
+            memo: Arc::default(),
         }
+    }
+
+    /// Shares the fetcher's verified-frames memo with the committer.
+    pub fn with_memo(mut self, memo: Arc<Verified>) -> Store {
+        self.memo = memo;
+        self
     }
 
     /// Starts the committer thread; frames sent to the returned channel
@@ -356,8 +377,22 @@ impl Store {
             });
             added.push(((blob, f.coff), (blob, c.frame, cover.end - cover.start)));
         }
-        match cache.commit_covering(&fills) {
-            Ok(_) => self.account(added),
+        match cache.commit_reporting(&fills) {
+            Ok(done) => {
+                // What this process wrote it had verified (a commit carries
+                // a fully verified frame): its disk hits need no second
+                // check while the generation holds (see `super::verify`).
+                let memo = self.memo.get(blob as usize);
+                for &i in &done.written {
+                    let (Some(&(_, (_, fi, _))), Some(memo)) = (added.get(i), memo) else {
+                        continue;
+                    };
+                    if let Some(v) = memo.get(fi) {
+                        v.store(done.generation + 1, Ordering::Release);
+                    }
+                }
+                self.account(added)
+            }
             Err(e) => self.write_failed(&e),
         }
     }

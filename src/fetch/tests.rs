@@ -352,3 +352,32 @@ fn a_small_file_read_from_its_start_is_fetched_whole_at_once() {
     assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), noise(4096, 107));
     assert_eq!(backend.calls(), calls);
 }
+
+#[test]
+fn frames_this_process_wrote_are_read_back_without_a_second_check() {
+    let t = one_file_image(16);
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    // No memory LRU: every read after the commit is a disk hit.
+    let fs = fs_with(&t, backend.clone(), cached(&t, |c| c.memory_bytes = 0));
+    let f = fs.lookup(0, b"f").unwrap().ino;
+    for k in 0..16 {
+        assert_eq!(fs.read(f, k * 4096, 4096).unwrap(), noise(4096, 100 + k));
+    }
+    assert!(fs.fetcher().flush(Duration::from_secs(20)), "committed");
+    let calls = backend.calls();
+    for k in 0..16 {
+        assert_eq!(fs.read(f, k * 4096, 4096).unwrap(), noise(4096, 100 + k));
+    }
+    let m = fs.fetcher().metrics();
+    assert_eq!(backend.calls(), calls, "served by the disk");
+    assert!(m.cache_hits.get() >= 16);
+    assert_eq!(m.cache_verified.get(), 0, "written verified: not read back to check");
+    drop(fs);
+    // Another process (a new fetcher) checks each frame once.
+    let fs = fs_with(&t, backend.clone(), cached(&t, |c| c.memory_bytes = 0));
+    for k in 0..16 {
+        assert_eq!(fs.read(f, k * 4096, 4096).unwrap(), noise(4096, 100 + k));
+    }
+    assert_eq!(backend.calls(), calls);
+    assert_eq!(fs.fetcher().metrics().cache_verified.get(), 16);
+}

@@ -5,9 +5,12 @@
 //! another image that claims the same blob id with a different chunk
 //! layout), so a set bit is not trusted by itself. The first time this
 //! process serves a frame from the disk, it reads the whole frame, checks
-//! every member chunk against its digest, and remembers that in
-//! `Store::verified` together with the map's *generation*. Later hits of
-//! the frame are one `pread` as before, as long as the generation has not
+//! every member chunk against its digest, and remembers that in the memo
+//! (`store::Verified`) together with the map's *generation*. Frames this
+//! process wrote itself were verified before the write: the committer
+//! records them at the generation they were written at, so reading back
+//! what a cold read just fetched is not checked twice. Later hits of the
+//! frame are one `pread` as before, as long as the generation has not
 //! moved.
 //!
 //! The generation (in the map's live block, shared by every process using
@@ -25,19 +28,8 @@
 
 use super::memory::Frame;
 use super::{Fetcher, Want};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// Per blob, per frame: 0 if never verified in this process, else the
-/// map generation at which it was, plus one.
-pub(super) type Verified = Vec<Vec<AtomicU64>>;
-
-/// The memo table for `frames[b]` frames per blob.
-pub(super) fn memo(frames: impl Iterator<Item = usize>) -> Verified {
-    frames
-        .map(|n| (0..n).map(|_| AtomicU64::new(0)).collect())
-        .collect()
-}
 
 impl Fetcher {
     /// A disk cache hit appended to `out`, if the bytes are ready and

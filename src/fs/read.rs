@@ -56,7 +56,7 @@ impl RafsFs {
         }
         let run = b.file_chunks(ino)?;
         let run_start = u64::from(inode.payload_start.get());
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut out = crate::util::pool::take(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         let first = run.partition_point(|c| c.file_end() <= pos);
         let mut r = Reading {

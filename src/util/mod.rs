@@ -1,6 +1,9 @@
 //! Small shared helpers: human sizes and durations, the private bind of a
 //! daemon's Unix socket ([`bind_private`], [`replace_stale_socket`]), and
 //! the accept loops' wait ([`poll_readable`]).
+//! [`pool`] keeps large buffers for reuse.
+
+pub mod pool;
 
 /// Parses a size like `4096`, `64K`, `4KiB`, `1M`, `1MiB`, `2G` (binary
 /// multiples; `B` suffix optional).
