@@ -513,3 +513,78 @@ fn a_busy_cache_disk_paces_caching_but_loses_no_frame() {
     assert_tree(&fs, &src);
     assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
+    use rafs::cache::io::testing::Stall;
+    let work = common::tempdir();
+    // 8 MiB in 64 KiB frames; the committer may be behind by 1 MiB, of
+    // which the prefetch may use half.
+    let (src, bootstrap) = image(work.path(), 9, 1 << 20);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let stall = Stall::new(rafs::cache::io::real());
+    let cfg = FetchConfig {
+        commit_backlog: 1 << 20,
+        prefetch_threads: 2,
+        ..cached(&work.path().join("cache"))
+    };
+    let backend = Arc::new(Slow {
+        inner: FileBackend::new(&blobs),
+        delay: Duration::ZERO,
+        requests: AtomicU64::new(0),
+    });
+    let fs = RafsFs::with_storage(
+        Image::open(&bootstrap).unwrap(),
+        backend.clone(),
+        cfg,
+        stall.clone(),
+    )
+    .unwrap();
+    stall.block();
+    let stop = AtomicBool::new(false);
+    let report = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let plan = fs.fetcher().plan_all();
+            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
+        });
+        // Whatever happens below, the disk comes back (nothing hangs).
+        struct Unstall<'a>(&'a Stall);
+        impl Drop for Unstall<'_> {
+            fn drop(&mut self) {
+                self.0.release();
+            }
+        }
+        let _unstall = Unstall(&stall);
+        common::wait_until("the committer on the disk", Duration::from_secs(20), || {
+            stall.waiting() >= 1
+        });
+        // The disk is stuck: the prefetch does not go on fetching into
+        // memory: a job starts only while the prefetch's half of the 1 MiB
+        // backlog has room for it, so the two workers' first jobs (512 KiB
+        // each, the request size is capped at that share) are all there
+        // is. Let it try for a while, then look.
+        let fetched = || {
+            let c = fs.fetcher().counters();
+            c.backend_bytes.load(Ordering::SeqCst)
+        };
+        common::wait_until("the prefetch paused", Duration::from_secs(20), || {
+            let before = fetched();
+            std::thread::sleep(Duration::from_millis(300));
+            before == fetched()
+        });
+        assert!(
+            fetched() <= 1 << 20,
+            "fetched {} bytes with the disk stuck",
+            fetched()
+        );
+        stall.release();
+        run.join().unwrap()
+    });
+    assert!(report.stopped.is_none(), "{report:?}");
+    assert!(fs.fetcher().flush(Duration::from_secs(30)));
+    assert_tree(&fs, &src);
+    assert!(
+        report.fetched + report.cached == report.frames,
+        "{report:?}"
+    );
+}

@@ -66,6 +66,7 @@ impl Fetcher {
             // process) would wait for. Its frames stay promotable until
             // then; those an on-demand read took over are dropped here.
             self.throttle(&job);
+            self.await_commit_room(&job);
             job.frames = self.take_background(blob, &job.frames);
         }
         if self.remote.is_some() {
@@ -110,6 +111,31 @@ impl Fetcher {
                     job.frames = left.into_iter().map(|(fi, _)| fi).collect();
                 }
             }
+        }
+    }
+
+    /// Waits until the committer can take the job's frames (half of the
+    /// backlog at most, the other half being the on-demand reads'), up to
+    /// a read timeout: the background lane fetches for the disk, so it
+    /// goes at the disk's pace and holds no fetched frames while waiting.
+    fn await_commit_room(&self, job: &Job) {
+        let Some(store) = &self.store else { return };
+        if self.disk(job.blob).is_none() {
+            return;
+        }
+        let bf = &self.index.blobs[job.blob as usize];
+        let bytes: u64 = job
+            .frames
+            .iter()
+            .filter_map(|&fi| bf.frames.get(fi))
+            .map(|f| u64::from(f.ulen))
+            .sum();
+        let share = self.cfg.commit_backlog / 2;
+        if !store.wait_room(bytes.min(share), share, self.cfg.read_timeout) {
+            tracing::debug!(
+                blob = job.blob,
+                "prefetch: the cache disk is behind; fetching anyway"
+            );
         }
     }
 

@@ -85,8 +85,9 @@ pub struct FetchConfig {
     /// Prefetch bandwidth limit, bytes per second (`None`: unlimited).
     pub prefetch_bandwidth: Option<u64>,
     /// Fetched bytes waiting to be written to the disk cache at most: past
-    /// it (a slow or hung cache disk) on-demand frames are served but not
-    /// cached, and prefetch waits.
+    /// it, on-demand frames are served, then wait for room (a busy disk) or
+    /// go uncached (a stalled one); the background lane uses half of it and
+    /// waits before fetching.
     pub commit_backlog: u64,
     /// First retry delay (doubles per retry, full jitter).
     pub retry_base: Duration,

@@ -161,10 +161,21 @@ impl Fetcher {
             return 0;
         }
         let deadline = Instant::now() + self.cfg.read_timeout;
-        let max = SPECULATE_REQUEST.min(self.cfg.max_request);
+        let max = SPECULATE_REQUEST.min(self.background_request());
         self.launch_flights(frames, deadline, true, max);
         self.metrics.speculative_bytes.inc_by(bytes);
         bytes
+    }
+
+    /// The largest background request: `max_request`, and with a disk
+    /// cache at most the background lane's share of the commit backlog
+    /// (half), so that a job waiting for the committer holds no more than
+    /// that (see `Fetcher::await_commit_room`).
+    fn background_request(&self) -> u64 {
+        match self.store.is_some() {
+            true => self.cfg.max_request.min(self.cfg.commit_backlog / 2),
+            false => self.cfg.max_request,
+        }
     }
 
     /// Whether speculative fetches ([`Fetcher::speculate`]) can happen.
@@ -297,7 +308,8 @@ impl Fetcher {
             Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
         });
         let deadline = Instant::now() + self.cfg.read_timeout * 4 + throttle;
-        let mut flights = self.launch_flights(need.to_vec(), deadline, true, self.cfg.max_request);
+        let mut flights =
+            self.launch_flights(need.to_vec(), deadline, true, self.background_request());
         for &(blob, fi) in need {
             // Each flight (and the frame its result holds) is let go once
             // waited for, not at the window's end: a window of large frames

@@ -294,6 +294,26 @@ impl Store {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Waits (up to `wait`) until the backlog holds at most `limit - bytes`
+    /// bytes, or nothing: a background job asks before it fetches, so that
+    /// a disk that is behind slows the prefetch instead of piling fetched
+    /// frames up in memory. False if the wait ran out.
+    pub fn wait_room(&self, bytes: u64, limit: u64, wait: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + wait;
+        let mut p = self.lock_pending();
+        while !(p.frames.is_empty() || p.bytes + bytes <= limit) {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+                return false;
+            };
+            p = self
+                .room
+                .wait_timeout(p, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
     /// Forgets a held frame (written, or not to be written after all).
     pub fn release(&self, key: &Key) {
         let mut p = self.lock_pending();

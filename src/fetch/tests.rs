@@ -371,7 +371,11 @@ fn frames_this_process_wrote_are_read_back_without_a_second_check() {
     let m = fs.fetcher().metrics();
     assert_eq!(backend.calls(), calls, "served by the disk");
     assert!(m.cache_hits.get() >= 16);
-    assert_eq!(m.cache_verified.get(), 0, "written verified: not read back to check");
+    assert_eq!(
+        m.cache_verified.get(),
+        0,
+        "written verified: not read back to check"
+    );
     drop(fs);
     // Another process (a new fetcher) checks each frame once.
     let fs = fs_with(&t, backend.clone(), cached(&t, |c| c.memory_bytes = 0));
