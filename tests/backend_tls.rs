@@ -1,11 +1,13 @@
 //! The network backends over TLS: a `docker-registry` serving HTTPS with a
 //! self-signed certificate made at test time. With `--ca-cert` push,
 //! prefetch and pull work and every byte verifies; without it they fail
-//! with a certificate error, promptly. Over TLS the client speaks HTTP/2:
-//! many concurrent range requests share one connection.
+//! with a certificate error, promptly; a mount over HTTPS reads the tree
+//! back; a bad `--ca-cert` file is a configuration error. Over TLS the
+//! client speaks HTTP/2: many concurrent range requests share one
+//! connection.
 //!
-//! Fails (not skips) without `docker-registry` or `openssl`: `.ci/run`
-//! installs them.
+//! Fails (not skips) without `docker-registry`, `openssl` or FUSE:
+//! `.ci/run` installs them.
 
 #[macro_use]
 mod common;
@@ -28,6 +30,13 @@ fn image(work: &Path) -> std::path::PathBuf {
     out
 }
 
+/// `docker://HOST:PORT/REPO:v1` on `registry`.
+fn docker_reference(registry: &Registry) -> String {
+    let url = registry.url();
+    let host = url.trim_start_matches("registry://").split('/').next();
+    format!("docker://{}/{REPO}:v1", host.unwrap())
+}
+
 #[test]
 fn tls_registry_needs_the_ca_and_speaks_http2() {
     let work = common::tempdir();
@@ -37,14 +46,7 @@ fn tls_registry_needs_the_ca_and_speaks_http2() {
         .cert
         .clone()
         .expect("a TLS registry has a certificate");
-    let host = registry.url();
-    let host = host
-        .trim_start_matches("registry://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let reference = format!("docker://{host}/{REPO}:v1");
+    let reference = docker_reference(&registry);
 
     // Not trusted: a certificate error, and no hang.
     let t0 = Instant::now();
@@ -97,4 +99,76 @@ fn tls_registry_needs_the_ca_and_speaks_http2() {
     let r = prefetch("cache2", &["--request-timeout", "5s"]);
     assert!(!r.status.success(), "{}", r.all_output());
     assert!(r.all_output().to_lowercase().contains("certificate"));
+}
+
+#[test]
+fn a_mount_over_https_with_the_ca_cert_reads_the_tree_back() {
+    use common::compare::{assert_same_tree, exclude_none};
+    let work = common::tempdir();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), b"rafs\n").unwrap();
+    std::fs::write(src.join("big.bin"), common::oci::noise(3 << 20, 7)).unwrap();
+    let out = work.path().join("out");
+    common::create(&src, &out, &[]);
+    let registry = Registry::start_tls(RegistryAuth::Anonymous);
+    let cert = registry
+        .cert
+        .clone()
+        .expect("a TLS registry has a certificate");
+    let reference = docker_reference(&registry);
+    common::rafs(args![
+        "push",
+        &out,
+        &reference,
+        "--no-progress",
+        "--ca-cert",
+        &cert
+    ])
+    .ok();
+    let opts: Vec<std::ffi::OsString> = args!["--backend", registry.url(), "--ca-cert", &cert];
+    let mnt = common::mount::Mounted::with_options(
+        &out.join("bootstrap"),
+        &work.path().join("mnt"),
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Every byte came over TLS and verified.
+    assert_same_tree(&src, &mnt.mountpoint, &exclude_none);
+}
+
+#[test]
+fn a_bad_ca_cert_file_is_a_configuration_error() {
+    let work = common::tempdir();
+    let out = image(work.path());
+    let registry = Registry::start_tls(RegistryAuth::Anonymous);
+    let prefetch = |ca: &Path| {
+        let r = common::rafs(args![
+            "prefetch",
+            out.join("bootstrap"),
+            "--all",
+            "--no-progress",
+            "--backend",
+            registry.url(),
+            "--cache-dir",
+            work.path().join("cache"),
+            "--ca-cert",
+            ca
+        ]);
+        assert!(!r.status.success(), "{}", r.all_output());
+        r.all_output()
+    };
+    let missing = work.path().join("missing.pem");
+    let msg = prefetch(&missing);
+    assert!(
+        msg.contains("--ca-cert") && msg.contains("missing.pem"),
+        "{msg}"
+    );
+    let junk = work.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let msg = prefetch(&junk);
+    assert!(
+        msg.contains("--ca-cert") && msg.contains("no PEM certificate"),
+        "{msg}"
+    );
 }
