@@ -37,6 +37,26 @@ fn docker_reference(registry: &Registry) -> String {
     format!("docker://{}/{REPO}:v1", host.unwrap())
 }
 
+/// `rafs push` of `out` to `registry` with its certificate trusted;
+/// returns the certificate's path.
+fn push_trusted(registry: &Registry, out: &Path) -> std::path::PathBuf {
+    let cert = registry
+        .cert
+        .clone()
+        .expect("a TLS registry has a certificate");
+    let reference = docker_reference(registry);
+    common::rafs(args![
+        "push",
+        out,
+        &reference,
+        "--no-progress",
+        "--ca-cert",
+        &cert
+    ])
+    .ok();
+    cert
+}
+
 #[test]
 fn tls_registry_needs_the_ca_and_speaks_http2() {
     let work = common::tempdir();
@@ -57,15 +77,7 @@ fn tls_registry_needs_the_ca_and_speaks_http2() {
     assert!(t0.elapsed() < Duration::from_secs(30));
 
     // Trusted: push, then prefetch everything through the backend.
-    common::rafs(args![
-        "push",
-        &out,
-        &reference,
-        "--no-progress",
-        "--ca-cert",
-        &cert
-    ])
-    .ok();
+    push_trusted(&registry, &out);
     let bootstrap = out.join("bootstrap");
     // `rafs prefetch --all` of the image into `cache`, with `extra` flags.
     let prefetch = |cache: &str, extra: &[&str]| {
@@ -112,20 +124,7 @@ fn a_mount_over_https_with_the_ca_cert_reads_the_tree_back() {
     let out = work.path().join("out");
     common::create(&src, &out, &[]);
     let registry = Registry::start_tls(RegistryAuth::Anonymous);
-    let cert = registry
-        .cert
-        .clone()
-        .expect("a TLS registry has a certificate");
-    let reference = docker_reference(&registry);
-    common::rafs(args![
-        "push",
-        &out,
-        &reference,
-        "--no-progress",
-        "--ca-cert",
-        &cert
-    ])
-    .ok();
+    let cert = push_trusted(&registry, &out);
     let opts: Vec<std::ffi::OsString> = args!["--backend", registry.url(), "--ca-cert", &cert];
     let mnt = common::mount::Mounted::with_options(
         &out.join("bootstrap"),

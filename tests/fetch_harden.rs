@@ -64,6 +64,21 @@ fn fs(bootstrap: &Path, blobs: &Path, delay: Duration, cfg: FetchConfig) -> (Raf
     (fs, backend)
 }
 
+/// [`fs`] over a cache disk `storage` (a test double).
+fn fs_on(
+    bootstrap: &Path,
+    blobs: &Path,
+    cfg: FetchConfig,
+    storage: Arc<dyn rafs::cache::io::Storage>,
+) -> RafsFs {
+    let backend = Arc::new(Slow {
+        inner: FileBackend::new(blobs),
+        delay: Duration::ZERO,
+        requests: AtomicU64::new(0),
+    });
+    RafsFs::with_storage(Image::open(bootstrap).unwrap(), backend, cfg, storage).unwrap()
+}
+
 fn read_file(fs: &RafsFs, name: &str) -> Result<Vec<u8>, rafs::fs::FsError> {
     let attr = fs.lookup(0, name.as_bytes())?;
     let mut out = Vec::new();
@@ -435,18 +450,7 @@ fn reads_of_fetched_data_do_not_wait_for_a_stalled_cache_disk() {
         commit_backlog: 1 << 20,
         ..cached(&work.path().join("cache"))
     };
-    let backend = Arc::new(Slow {
-        inner: FileBackend::new(&blobs),
-        delay: Duration::ZERO,
-        requests: AtomicU64::new(0),
-    });
-    let fs = RafsFs::with_storage(
-        Image::open(&bootstrap).unwrap(),
-        backend,
-        cfg,
-        stall.clone(),
-    )
-    .unwrap();
+    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
     stall.block();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
@@ -495,12 +499,7 @@ fn a_busy_cache_disk_paces_caching_but_loses_no_frame() {
         commit_backlog: 1 << 20,
         ..cached(&cache)
     };
-    let backend = Arc::new(Slow {
-        inner: FileBackend::new(&blobs),
-        delay: Duration::ZERO,
-        requests: AtomicU64::new(0),
-    });
-    let first = RafsFs::with_storage(Image::open(&bootstrap).unwrap(), backend, cfg, slow).unwrap();
+    let first = fs_on(&bootstrap, &blobs, cfg, slow);
     assert_tree(&first, &src);
     assert!(
         first.fetcher().flush(Duration::from_secs(60)),
@@ -528,18 +527,7 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
         prefetch_threads: 2,
         ..cached(&work.path().join("cache"))
     };
-    let backend = Arc::new(Slow {
-        inner: FileBackend::new(&blobs),
-        delay: Duration::ZERO,
-        requests: AtomicU64::new(0),
-    });
-    let fs = RafsFs::with_storage(
-        Image::open(&bootstrap).unwrap(),
-        backend.clone(),
-        cfg,
-        stall.clone(),
-    )
-    .unwrap();
+    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
     stall.block();
     let stop = AtomicBool::new(false);
     let report = std::thread::scope(|s| {
