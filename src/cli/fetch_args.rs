@@ -40,8 +40,8 @@ pub struct FetchArgs {
     /// together [default: 4M].
     #[arg(long, value_name = "SIZE")]
     pub max_request_size: Option<String>,
-    /// Prefetch (background) requests in flight at most [default: 2 for a
-    /// mount, 4 for `rafs prefetch`].
+    /// Prefetch (background) requests in flight at most, each of at most
+    /// 1 MiB [default: 4].
     #[arg(long, value_name = "N")]
     pub prefetch_threads: Option<usize>,
     /// Limit prefetch to RATE bytes per second, e.g. 50MiB/s, 10M or

@@ -107,7 +107,7 @@ impl Default for FetchConfig {
             readahead: 1 << 20,
             widen: 64 << 20,
             concurrency: 8,
-            prefetch_threads: 2,
+            prefetch_threads: 4,
             prefetch_bandwidth: None,
             commit_backlog: 8 << 20,
             retry_base: Duration::from_millis(100),
