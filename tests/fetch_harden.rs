@@ -547,23 +547,17 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
             stall.waiting() >= 1
         });
         // The disk is stuck: the prefetch does not go on fetching into
-        // memory: a job starts only while the prefetch's half of the 1 MiB
-        // backlog has room for it, so the two workers' first jobs (512 KiB
-        // each, the request size is capped at that share) are all there
-        // is. Let it try for a while, then look.
-        let fetched = || {
-            let c = fs.fetcher().counters();
-            c.backend_bytes.load(Ordering::SeqCst)
-        };
-        common::wait_until("the prefetch paused", Duration::from_secs(20), || {
-            let before = fetched();
-            std::thread::sleep(Duration::from_millis(300));
-            before == fetched()
+        // memory. A job starts only while the prefetch's half of the 1 MiB
+        // backlog has room for it, so once the two workers' first jobs
+        // (512 KiB each: requests are capped at that share) fill it, both
+        // wait before fetching, and that is all that was fetched.
+        common::wait_until("both workers waiting", Duration::from_secs(20), || {
+            fs.fetcher().metrics().prefetch_waiting.get() == 2
         });
+        let fetched = fs.fetcher().counters().backend_bytes.load(Ordering::SeqCst);
         assert!(
-            fetched() <= 1 << 20,
-            "fetched {} bytes with the disk stuck",
-            fetched()
+            fetched <= 1 << 20,
+            "fetched {fetched} bytes with the disk stuck"
         );
         stall.release();
         run.join().unwrap()

@@ -131,7 +131,10 @@ impl Fetcher {
             .map(|f| u64::from(f.ulen))
             .sum();
         let share = self.cfg.commit_backlog / 2;
-        if !store.wait_room(bytes.min(share), share, self.cfg.read_timeout) {
+        self.metrics.prefetch_waiting.inc();
+        let room = store.wait_room(bytes.min(share), share, self.cfg.read_timeout);
+        self.metrics.prefetch_waiting.dec();
+        if !room {
             tracing::debug!(
                 blob = job.blob,
                 "prefetch: the cache disk is behind; fetching anyway"

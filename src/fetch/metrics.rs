@@ -65,6 +65,9 @@ pub struct FetchMetrics {
     pub errors: Family<Kind, Counter>,
     /// Backend requests in flight.
     pub inflight: Gauge,
+    /// Background jobs waiting for room in the commit backlog before they
+    /// fetch (a cache disk that is behind).
+    pub prefetch_waiting: Gauge,
     /// Bytes of ready ranges this daemon accounts in the disk cache.
     pub cache_usage: Gauge<u64, AtomicU64>,
     /// `--cache-size` (0: no limit).
@@ -126,6 +129,7 @@ impl Default for FetchMetrics {
             retries: Counter::default(),
             errors: Family::default(),
             inflight: Gauge::default(),
+            prefetch_waiting: Gauge::default(),
             cache_usage: Gauge::default(),
             cache_limit: Gauge::default(),
             evictions: Counter::default(),
@@ -312,6 +316,11 @@ impl FetchMetrics {
             "rafs_backend_inflight",
             "Backend requests in flight",
             self.inflight.clone(),
+        );
+        r.register(
+            "rafs_prefetch_waiting_for_cache",
+            "Background jobs waiting for the disk cache's committer before fetching",
+            self.prefetch_waiting.clone(),
         );
         r.register(
             "rafs_cache_usage_bytes",

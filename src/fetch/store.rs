@@ -259,27 +259,9 @@ impl Store {
         stall: Option<std::time::Duration>,
     ) -> bool {
         let len = frame.data().len() as u64;
-        let until = std::time::Instant::now() + wait;
-        let mut p = self.lock_pending();
-        while !(p.frames.is_empty() || p.bytes + len <= self.backlog) {
-            let Some(mut left) = until.checked_duration_since(std::time::Instant::now()) else {
-                return false;
-            };
-            if let Some(stall) = stall {
-                let idle = self
-                    .now_ms()
-                    .saturating_sub(self.progress.load(Ordering::Relaxed));
-                let Some(grace) = stall.checked_sub(std::time::Duration::from_millis(idle)) else {
-                    return false; // no progress for `stall`: the disk is stuck
-                };
-                left = left.min(grace.max(std::time::Duration::from_millis(1)));
-            }
-            p = self
-                .room
-                .wait_timeout(p, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let Some(mut p) = self.wait_for_room(len, self.backlog, wait, stall) else {
+            return false;
+        };
         if p.frames.is_empty() {
             self.progress.store(self.now_ms(), Ordering::Relaxed);
         }
@@ -299,19 +281,38 @@ impl Store {
     /// a disk that is behind slows the prefetch instead of piling fetched
     /// frames up in memory. False if the wait ran out.
     pub fn wait_room(&self, bytes: u64, limit: u64, wait: std::time::Duration) -> bool {
+        self.wait_for_room(bytes, limit, wait, None).is_some()
+    }
+
+    /// The backlog, locked, once `bytes` more fit under `limit` (or it is
+    /// empty); `None` after `wait`, or once the committer has shown no
+    /// progress for `stall`.
+    fn wait_for_room(
+        &self,
+        bytes: u64,
+        limit: u64,
+        wait: std::time::Duration,
+        stall: Option<std::time::Duration>,
+    ) -> Option<std::sync::MutexGuard<'_, Pending>> {
         let until = std::time::Instant::now() + wait;
         let mut p = self.lock_pending();
         while !(p.frames.is_empty() || p.bytes + bytes <= limit) {
-            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
-                return false;
-            };
+            let mut left = until.checked_duration_since(std::time::Instant::now())?;
+            if let Some(stall) = stall {
+                let idle = self
+                    .now_ms()
+                    .saturating_sub(self.progress.load(Ordering::Relaxed));
+                // No progress for `stall`: the disk is stuck.
+                let grace = stall.checked_sub(std::time::Duration::from_millis(idle))?;
+                left = left.min(grace.max(std::time::Duration::from_millis(1)));
+            }
             p = self
                 .room
                 .wait_timeout(p, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        true
+        Some(p)
     }
 
     /// Forgets a held frame (written, or not to be written after all).
@@ -566,13 +567,14 @@ mod tests {
         store.release(&(0, 9));
         std::thread::scope(|s| {
             let waiter = s.spawn(|| store.try_hold_unless_stalled((0, 1), frame(600), long, stall));
-            for k in 2..17 {
-                // Progress every 100 ms (other frames come and go)...
-                store.try_hold((0, k), frame(1), Duration::ZERO);
-                std::thread::sleep(Duration::from_millis(100));
-                store.release(&(0, k));
+            // Progress many times a `stall` (other frames come and go)...
+            let until = Instant::now() + stall * 3 / 2;
+            while Instant::now() < until {
+                store.try_hold((0, 2), frame(1), Duration::ZERO);
+                std::thread::park_timeout(Duration::from_millis(10));
+                store.release(&(0, 2));
             }
-            // ...and the room comes after 1.5 s, past `stall`.
+            // ...and the room comes after 1.5 `stall`s.
             store.release(&(0, 0));
             assert!(waiter.join().unwrap(), "the waiter got the room");
         });
