@@ -123,13 +123,7 @@ impl Fetcher {
         if self.disk(job.blob).is_none() {
             return;
         }
-        let bf = &self.index.blobs[job.blob as usize];
-        let bytes: u64 = job
-            .frames
-            .iter()
-            .filter_map(|&fi| bf.frames.get(fi))
-            .map(|f| u64::from(f.ulen))
-            .sum();
+        let bytes = self.job_bytes(job, |f| f.ulen);
         let share = self.cfg.commit_backlog / 2;
         self.metrics.prefetch_waiting.inc();
         let room = store.wait_room(bytes.min(share), share, self.cfg.read_timeout);
@@ -142,16 +136,21 @@ impl Fetcher {
         }
     }
 
+    /// The sum of `size` over the job's frames (stored or decompressed
+    /// bytes).
+    fn job_bytes(&self, job: &Job, size: fn(&FrameInfo) -> u32) -> u64 {
+        let bf = &self.index.blobs[job.blob as usize];
+        job.frames
+            .iter()
+            .filter_map(|&fi| bf.frames.get(fi))
+            .map(|f| u64::from(size(f)))
+            .sum()
+    }
+
     /// Waits for the bandwidth the job's stored bytes need.
     fn throttle(&self, job: &Job) {
         let Some(bucket) = &self.bucket else { return };
-        let bf = &self.index.blobs[job.blob as usize];
-        let len: u64 = job
-            .frames
-            .iter()
-            .filter_map(|&fi| bf.frames.get(fi))
-            .map(|f| u64::from(f.clen))
-            .sum();
+        let len = self.job_bytes(job, |f| f.clen);
         let wait = bucket
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
