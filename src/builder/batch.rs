@@ -35,9 +35,9 @@ use rafs_format::layout::MAX_CHUNK_SIZE;
 use std::collections::HashSet;
 
 /// Default decompressed frame size (see docs/chunking.md).
-pub const DEFAULT_BATCH_SIZE: &str = "1M";
+pub const DEFAULT_BATCH_SIZE: &str = "256K";
 /// Default threshold: chunks shorter than this are batched.
-pub const DEFAULT_BATCH_THRESHOLD: &str = "256K";
+pub const DEFAULT_BATCH_THRESHOLD: &str = "128K";
 
 /// Batching parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

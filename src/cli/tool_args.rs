@@ -68,11 +68,11 @@ pub struct BuildFlags {
     #[arg(long, default_value_t = DEFAULT_LEVEL, value_name = "N", allow_hyphen_values = true)]
     pub compression_level: i32,
     /// Pack chunks shorter than --batch-threshold into shared zstd frames of
-    /// up to SIZE bytes (0: no batching) [default: 1M].
+    /// up to SIZE bytes (0: no batching) [default: 256K].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub batch_size: Option<u64>,
     /// Chunks shorter than SIZE (small files, tails) are batched
-    /// [default: 256K, at most --batch-size].
+    /// [default: 128K, at most --batch-size].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub batch_threshold: Option<u64>,
     /// zstd level for batch frames [default: --compression-level].

@@ -36,6 +36,9 @@ pub struct FrameInfo {
     /// at most once. A hostile bootstrap can make thousands of distinct
     /// members each span almost the whole frame.
     pub disjoint: bool,
+    /// A batch frame (small files and tails packed together), not one
+    /// plain chunk.
+    pub batch: bool,
 }
 
 impl FrameInfo {
@@ -179,6 +182,7 @@ fn add_frame(bf: &mut BlobFrames, chunks: &[ChunkInfo], group: &[usize]) -> bool
         rep: rep as u64,
         members: at..bf.members.len(),
         disjoint,
+        batch: r.is_batch(),
     });
     agree && disjoint
 }

@@ -25,6 +25,7 @@
 
 pub mod index;
 mod job;
+mod locality;
 pub mod memory;
 pub mod metrics;
 pub(crate) mod pace;
@@ -240,9 +241,8 @@ pub struct Fetcher {
     started: Instant,
     /// Whether `prefetched` ever held anything.
     any_prefetched: std::sync::atomic::AtomicBool,
-    /// Per blob: (end of the last on-demand fetch in stored bytes, how many
-    /// misses in a row started there).
-    streams: Vec<Mutex<(u64, u64)>>,
+    /// Cross-file read-ahead state (see [`locality`]).
+    locality: locality::Locality,
     cfg: FetchConfig,
     metrics: Arc<FetchMetrics>,
     counters: Arc<ChunkCounters>,
@@ -333,7 +333,7 @@ impl Fetcher {
             stuck_since: Default::default(),
             started: Instant::now(),
             any_prefetched: Default::default(),
-            streams: blobs.iter().map(|_| Mutex::new((u64::MAX, 0))).collect(),
+            locality: locality::Locality::new(blobs.len()),
             cfg,
             metrics,
             counters,
@@ -430,9 +430,11 @@ impl Fetcher {
                     if !launched {
                         launched = true;
                         let mut need = self.missing(&wants[i..]);
+                        let around = self.plan_around(&need);
                         need.extend(self.missing(ahead));
                         self.stream_ahead(&mut need);
                         mine = self.launch_flights(need, deadline, false, self.cfg.max_request);
+                        self.speculate(&around);
                         on_miss();
                     }
                     let fi = self.index.blobs[key.0 as usize].find(key.1);
@@ -481,48 +483,6 @@ impl Fetcher {
             ChunkCounters::add(&self.counters.lru_misses, 1);
         }
         pending
-    }
-
-    /// Sequential read-ahead across files: when a miss starts where the
-    /// previous miss of the same blob ended (a tree read in build order, a
-    /// `tar` of the mount), the frames that follow in the blob are fetched
-    /// too, in a window that doubles per sequential miss up to
-    /// `max_request`, from the third sequential miss in a row on. A miss
-    /// elsewhere resets it, so random access (a program starting) fetches
-    /// only what it reads.
-    fn stream_ahead(&self, need: &mut Vec<(u32, usize)>) {
-        if self.cfg.readahead == 0 {
-            return; // `--readahead 0` turns every kind of read-ahead off
-        }
-        let Some(&(blob, first)) = need.iter().min() else {
-            return;
-        };
-        let bf = &self.index.blobs[blob as usize];
-        let Some(last) = need.iter().filter(|f| f.0 == blob).map(|f| f.1).max() else {
-            return;
-        };
-        let mut stream = self.streams[blob as usize]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let start = bf.frames[first].coff;
-        stream.1 = if stream.0 == start { stream.1 + 1 } else { 0 };
-        let mut budget = match stream.1 {
-            0 | 1 => 0,
-            n => (self.cfg.readahead << (n - 2).min(16)).min(self.cfg.max_request),
-        };
-        let mut end = bf.frames[last].cend();
-        for fi in last + 1..bf.frames.len() {
-            let f = &bf.frames[fi];
-            if budget < u64::from(f.clen) || f.coff != end {
-                break;
-            }
-            budget -= u64::from(f.clen);
-            end = f.cend();
-            if !self.frame_cached(blob, fi) {
-                need.push((blob, fi));
-            }
-        }
-        stream.0 = end;
     }
 
     /// Frames of `wants` that are neither on disk nor in memory.

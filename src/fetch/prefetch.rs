@@ -51,7 +51,7 @@ pub struct Plan {
     pub bytes: u64,
     /// Chunks (frame members) in all frames.
     pub chunks: u64,
-    seen: HashSet<(u32, usize)>,
+    pub(super) seen: HashSet<(u32, usize)>,
 }
 
 /// Where a prefetch run is.
@@ -110,7 +110,7 @@ impl Fetcher {
         }
     }
 
-    fn plan_frame(&self, blob: u32, fi: usize, plan: &mut Plan) {
+    pub(super) fn plan_frame(&self, blob: u32, fi: usize, plan: &mut Plan) {
         if !plan.seen.insert((blob, fi)) {
             return;
         }
@@ -191,7 +191,7 @@ impl Fetcher {
     }
 
     /// Whether fetched frames go to a disk cache (ours or the manager's).
-    fn disk_backed(&self) -> bool {
+    pub(super) fn disk_backed(&self) -> bool {
         self.store.is_some() || self.remote.is_some()
     }
 

@@ -1,0 +1,163 @@
+//! Read-ahead across files: what a miss fetches besides the frames its
+//! read needs, from where those frames lie in the blob.
+//!
+//! The builder stores files in tree order and packs small files (and the
+//! tails of larger ones) into batch frames, so files read together — a
+//! package's modules, a program's data files, one directory — lie close
+//! together in the blob. Three rules use that; all are off with
+//! `--readahead 0`:
+//!
+//! - **Streams** ([`Fetcher::stream_ahead`]): a miss that starts where the
+//!   previous miss of the blob ended (a tree read in build order, a `tar`
+//!   of the mount) fetches the frames that follow too, in a window that
+//!   doubles per sequential miss. The frames join the miss's on-demand
+//!   requests.
+//! - **Neighbours**: a miss on a batch frame also fetches the batch frames
+//!   stored right after it, up to `readahead` decompressed bytes.
+//! - **Hot regions**: once misses have hit [`HOT_MISSES`] distinct batch
+//!   frames of one [`REGION`] of a blob's stored bytes, every batch frame
+//!   of that region is fetched (once per fetcher).
+//!
+//! Neighbours and hot regions are speculation ([`Fetcher::speculate`]):
+//! background requests issued right after the miss's own, so the reader
+//! waits for no extra byte, only with a disk cache, and a later read that
+//! needs one of those frames joins or promotes its flight. A program
+//! starting reads its small files one after another, each read a round
+//! trip when it misses; these rules turn many of those round trips into
+//! frames already fetched. Plain chunks (large files) are left to in-file
+//! read-ahead and `--widen`.
+//!
+//! Costs: a miss looks at the frames after it (at most `readahead` bytes'
+//! worth) and, on a region's [`HOT_MISSES`]th miss, at the region's
+//! frames, found by binary search; the region counters hold one entry per
+//! region a miss touched.
+
+use super::prefetch::Plan;
+use super::Fetcher;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+/// Size of a hot region, in stored bytes, aligned in the blob.
+pub const REGION: u64 = 1 << 20;
+
+/// Distinct batch frames missed in a region that make it hot.
+pub const HOT_MISSES: u8 = 2;
+
+/// Per-fetcher state of the rules.
+pub(super) struct Locality {
+    /// Per blob: (end of the last on-demand fetch in stored bytes, how
+    /// many misses in a row started there).
+    streams: Vec<Mutex<(u64, u64)>>,
+    /// Per (blob, region index): batch frames missed there so far,
+    /// saturating at [`HOT_MISSES`] (then the region has been fetched).
+    regions: Mutex<HashMap<(u32, u64), u8>>,
+}
+
+impl Locality {
+    pub(super) fn new(blobs: usize) -> Locality {
+        Locality {
+            streams: (0..blobs).map(|_| Mutex::new((u64::MAX, 0))).collect(),
+            regions: Mutex::default(),
+        }
+    }
+
+    /// Counts a miss on a batch frame of `region`; true when this miss
+    /// makes the region hot.
+    fn miss(&self, blob: u32, region: u64) -> bool {
+        let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = regions.entry((blob, region)).or_insert(0);
+        if *n >= HOT_MISSES {
+            return false;
+        }
+        *n += 1;
+        *n == HOT_MISSES
+    }
+}
+
+impl Fetcher {
+    /// Streams: when a miss starts where the previous miss of the same
+    /// blob ended, the frames that follow in the blob are added to `need`,
+    /// in a window that doubles per sequential miss up to `max_request`,
+    /// from the third sequential miss in a row on. A miss elsewhere resets
+    /// it, so random access fetches only what it reads (and what the other
+    /// rules speculate).
+    pub(super) fn stream_ahead(&self, need: &mut Vec<(u32, usize)>) {
+        if self.cfg.readahead == 0 {
+            return;
+        }
+        let Some(&(blob, first)) = need.iter().min() else {
+            return;
+        };
+        let bf = &self.index.blobs[blob as usize];
+        let Some(last) = need.iter().filter(|f| f.0 == blob).map(|f| f.1).max() else {
+            return;
+        };
+        let mut stream = self.locality.streams[blob as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let start = bf.frames[first].coff;
+        stream.1 = if stream.0 == start { stream.1 + 1 } else { 0 };
+        let mut budget = match stream.1 {
+            0 | 1 => 0,
+            n => (self.cfg.readahead << (n - 2).min(16)).min(self.cfg.max_request),
+        };
+        let mut end = bf.frames[last].cend();
+        for fi in last + 1..bf.frames.len() {
+            let f = &bf.frames[fi];
+            if budget < u64::from(f.clen) || f.coff != end {
+                break;
+            }
+            budget -= u64::from(f.clen);
+            end = f.cend();
+            if !self.frame_cached(blob, fi) {
+                need.push((blob, fi));
+            }
+        }
+        stream.0 = end;
+    }
+
+    /// Neighbours and hot regions of the batch frames in `missed` (the
+    /// frames a read found missing): the frames to speculate, not
+    /// including `missed` itself.
+    pub(super) fn plan_around(&self, missed: &[(u32, usize)]) -> Plan {
+        let mut plan = Plan::default();
+        if self.cfg.readahead == 0 || !self.disk_backed() {
+            return plan;
+        }
+        for &(blob, fi) in missed {
+            plan.seen.insert((blob, fi));
+        }
+        for &(blob, fi) in missed {
+            let Some(bf) = self.index.blobs.get(blob as usize) else {
+                continue;
+            };
+            let Some(f) = bf.frames.get(fi).filter(|f| f.batch) else {
+                continue;
+            };
+            // Neighbours: the batch frames stored right after this one.
+            let mut budget = self.cfg.readahead;
+            let mut end = f.cend();
+            for (n, next) in bf.frames.iter().enumerate().skip(fi + 1) {
+                if !next.batch || next.coff != end || budget < u64::from(next.ulen) {
+                    break;
+                }
+                budget -= u64::from(next.ulen);
+                end = next.cend();
+                self.plan_frame(blob, n, &mut plan);
+            }
+            // Hot region: every batch frame of it.
+            let region = f.coff / REGION;
+            if self.locality.miss(blob, region) {
+                let from = bf.frames.partition_point(|f| f.coff < region * REGION);
+                let to = bf.frames.partition_point(|f| f.coff < (region + 1) * REGION);
+                for n in from..to {
+                    if bf.frames[n].batch {
+                        self.plan_frame(blob, n, &mut plan);
+                    }
+                }
+                tracing::trace!(blob, region, "hot region");
+            }
+        }
+        plan
+    }
+}
