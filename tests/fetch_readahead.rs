@@ -1,13 +1,16 @@
-//! Cross-file sequential read-ahead, through the filesystem core with a
-//! counting backend: reading files in build order opens a read-ahead
-//! window (fewer requests than files); reading them in a scattered order
-//! fetches exactly the files read, one request each, nothing more; and
-//! `--readahead 0` turns the window off.
+//! Cross-file read-ahead, through the filesystem core with a counting
+//! backend: reading files in build order opens a read-ahead window (fewer
+//! requests than files); reading them in a scattered order fetches exactly
+//! the files read, one request each, nothing more; and `--readahead 0`
+//! turns the window off. With a disk cache, a miss on a batch frame also
+//! fetches its neighbours, and two misses in one region of the blob fetch
+//! the region's batch frames (see `fetch::locality`).
 
 mod common;
 
 use rafs::backend::file::FileBackend;
 use rafs::backend::{Backend, BackendError, BlobId};
+use rafs::fetch::index::FrameIndex;
 use rafs::fetch::FetchConfig;
 use rafs::fs::RafsFs;
 use rafs::image::Image;
@@ -139,4 +142,134 @@ fn readahead_zero_turns_off_the_cross_file_window_too() {
         bytes <= stored / FILES * read + 4096,
         "{bytes} bytes for {read} files"
     );
+}
+
+/// Small files: 256 of 16 KiB with 4 bits of entropy per byte (they
+/// compress to about half), so 256 KiB batch frames of ~128 KiB stored,
+/// about 2 MiB stored in all: two 1 MiB regions.
+fn small_files(work: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = work.join("small");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..256u64 {
+        let data: Vec<u8> = common::tree::random_bytes(i + 7, 16 << 10)
+            .iter()
+            .map(|b| b"abcdefghijklmnop"[usize::from(b & 15)])
+            .collect();
+        std::fs::write(src.join(format!("s{i:03}")), data).unwrap();
+    }
+    let out = work.join("small-image");
+    let bootstrap = common::create(
+        &src,
+        &out,
+        &["--batch-size", "256K", "--batch-threshold", "64K"],
+    );
+    (src, bootstrap)
+}
+
+/// The batch frames of blob 0 and, per file name, the frame holding it.
+fn frames_of(fs: &RafsFs, bootstrap: &Path) -> (Vec<(u64, u32)>, Vec<usize>) {
+    let image = Image::open(bootstrap).unwrap();
+    let b = image.bootstrap().unwrap();
+    let index = FrameIndex::build(&b);
+    let bf = &index.blobs[0];
+    assert!(
+        bf.frames.iter().all(|f| f.batch),
+        "every frame is a batch frame"
+    );
+    let mut of_file = Vec::new();
+    for i in 0..256 {
+        let ino = fs.lookup(0, format!("s{i:03}").as_bytes()).unwrap().ino;
+        let c = b.file_chunks(ino).unwrap()[0];
+        of_file.push(bf.find(c.compressed_offset.get()).unwrap());
+    }
+    (
+        bf.frames.iter().map(|f| (f.coff, f.clen)).collect(),
+        of_file,
+    )
+}
+
+fn cached_fs(
+    bootstrap: &Path,
+    blobs: &Path,
+    cache: &Path,
+    readahead: u64,
+) -> (RafsFs, Arc<Counting>) {
+    let cfg = FetchConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        readahead,
+        ..FetchConfig::default()
+    };
+    mounted_with(bootstrap, blobs, cfg)
+}
+
+fn read_small(fs: &RafsFs, src: &Path, i: usize) {
+    let name = format!("s{i:03}");
+    let ino = fs.lookup(0, name.as_bytes()).unwrap().ino;
+    let got = fs.read(ino, 0, 16 << 10).unwrap();
+    assert!(got == std::fs::read(src.join(&name)).unwrap(), "{name}");
+}
+
+/// Waits until exactly the frames `want` are cached (polling, 20 s), then
+/// checks that the backend was asked for those frames' bytes and no more.
+fn wait_cached(fs: &RafsFs, backend: &Counting, frames: &[(u64, u32)], want: &[usize]) {
+    let f = fs.fetcher();
+    common::wait_until(
+        "the speculated frames on disk",
+        std::time::Duration::from_secs(20),
+        || want.iter().all(|&fi| f.frame_cached(0, fi)),
+    );
+    let cached: Vec<usize> = (0..frames.len())
+        .filter(|&fi| f.frame_cached(0, fi))
+        .collect();
+    assert_eq!(cached, want, "cached frames");
+    let bytes: u64 = want.iter().map(|&fi| u64::from(frames[fi].1)).sum();
+    assert_eq!(backend.bytes.load(Ordering::SeqCst), bytes, "bytes fetched");
+}
+
+#[test]
+fn a_batch_frame_miss_fetches_its_neighbours_and_two_misses_its_region() {
+    let work = common::tempdir();
+    let (src, bootstrap) = small_files(work.path());
+    let blobs = work.path().join("small-image/blobs");
+    let cache = work.path().join("cache");
+    // Neighbours: a budget of one frame (256 KiB decompressed).
+    let (fs, backend) = cached_fs(&bootstrap, &blobs, &cache, 256 << 10);
+    let (frames, of_file) = frames_of(&fs, &bootstrap);
+    assert!(frames.len() >= 12, "{} frames", frames.len());
+    let region = |fi: usize| frames[fi].0 / rafs::fetch::locality::REGION;
+    assert!(region(frames.len() - 1) >= 1, "two regions");
+    let first = of_file[40];
+    read_small(&fs, &src, 40);
+    wait_cached(&fs, &backend, &frames, &[first, first + 1]);
+
+    // A second miss in the region, not next to the first: the region's
+    // frames, and this one's neighbour (maybe in the next region).
+    let far = (0..256)
+        .rev()
+        .find(|&i| region(of_file[i]) == region(first) && of_file[i] > first + 2);
+    let far = far.expect("a file three frames on in the same region");
+    read_small(&fs, &src, far);
+    let mut want: Vec<usize> = (0..frames.len())
+        .filter(|&fi| region(fi) == region(first))
+        .collect();
+    want.push(of_file[far] + 1);
+    want.dedup();
+    wait_cached(&fs, &backend, &frames, &want);
+}
+
+#[test]
+fn readahead_zero_speculates_no_neighbour_and_no_region() {
+    let work = common::tempdir();
+    let (src, bootstrap) = small_files(work.path());
+    let blobs = work.path().join("small-image/blobs");
+    let (fs, backend) = cached_fs(&bootstrap, &blobs, &work.path().join("cache"), 0);
+    let (frames, of_file) = frames_of(&fs, &bootstrap);
+    for i in [40, 44, 100, 30] {
+        read_small(&fs, &src, i);
+    }
+    let mut want: Vec<usize> = [40, 44, 100, 30].iter().map(|&i| of_file[i]).collect();
+    want.sort_unstable();
+    want.dedup();
+    wait_cached(&fs, &backend, &frames, &want);
+    assert_eq!(fs.fetcher().metrics().speculative_bytes.get(), 0);
 }

@@ -44,7 +44,7 @@ pub const REGION: u64 = 1 << 20;
 pub const HOT_MISSES: u8 = 2;
 
 /// Per-fetcher state of the rules.
-pub(super) struct Locality {
+pub(crate) struct Locality {
     /// Per blob: (end of the last on-demand fetch in stored bytes, how
     /// many misses in a row started there).
     streams: Vec<Mutex<(u64, u64)>>,
@@ -149,7 +149,9 @@ impl Fetcher {
             let region = f.coff / REGION;
             if self.locality.miss(blob, region) {
                 let from = bf.frames.partition_point(|f| f.coff < region * REGION);
-                let to = bf.frames.partition_point(|f| f.coff < (region + 1) * REGION);
+                let to = bf
+                    .frames
+                    .partition_point(|f| f.coff < (region + 1) * REGION);
                 for n in from..to {
                     if bf.frames[n].batch {
                         self.plan_frame(blob, n, &mut plan);

@@ -25,7 +25,7 @@
 
 pub mod index;
 mod job;
-mod locality;
+pub mod locality;
 pub mod memory;
 pub mod metrics;
 pub(crate) mod pace;
