@@ -38,6 +38,8 @@ use http::{HeaderMap, StatusCode, Uri};
 use reqwest::blocking::{Client, Response};
 use reqwest::{Method, Proxy};
 use std::io::Read;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The most bytes of an error body kept for messages.
@@ -50,9 +52,16 @@ const MAX_REDIRECTS: usize = 5;
 /// certificates.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: Client,
+    client: Arc<Lazy>,
     /// The deadline of one request, all its redirects included.
     timeout: Duration,
+}
+
+/// A client being built on its own thread, then built (or why not).
+#[derive(Debug)]
+struct Lazy {
+    built: OnceLock<Result<Client, String>>,
+    build: Mutex<Option<JoinHandle<Result<Client, String>>>>,
 }
 
 /// A response whose status the caller interprets (auth flows).
@@ -102,13 +111,37 @@ impl HttpClient {
         if !extra.is_empty() {
             b = b.tls_certs_merge(extra);
         }
-        let client = b
-            .build()
-            .map_err(|e| BackendError::Config(format!("HTTP client: {}", chain(&e))))?;
+        // Building loads the system's trust store (tens of ms from a cold
+        // page cache): off the caller's path, so a mount is up meanwhile.
+        let build = std::thread::Builder::new()
+            .name("http-client".into())
+            .spawn(move || b.build().map_err(|e| format!("HTTP client: {}", chain(&e))))
+            .map_err(|e| BackendError::Config(format!("HTTP client: {e}")))?;
         Ok(HttpClient {
-            client,
+            client: Arc::new(Lazy {
+                built: OnceLock::new(),
+                build: Mutex::new(Some(build)),
+            }),
             timeout: opts.request_timeout,
         })
+    }
+
+    /// The client, once built (the first request waits for it).
+    fn client(&self) -> Result<&Client, BackendError> {
+        let lazy = &*self.client;
+        let built = lazy.built.get_or_init(|| {
+            let build = lazy
+                .build
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            match build.map(JoinHandle::join) {
+                Some(Ok(r)) => r,
+                Some(Err(_)) => Err("HTTP client: its builder panicked".into()),
+                None => Err("HTTP client: not built".into()),
+            }
+        });
+        built.as_ref().map_err(|e| BackendError::Config(e.clone()))
     }
 
     /// GET `url` with `headers`, without interpreting the status. Bodies
@@ -144,7 +177,7 @@ impl HttpClient {
     ) -> Result<Raw, BackendError> {
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|e| BackendError::Config(format!("{url}: {e}")))?;
-        let mut req = self.client.request(method, url);
+        let mut req = self.client()?.request(method, url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -177,7 +210,7 @@ impl HttpClient {
             if left.is_zero() {
                 return Err(timed_out(blob, &current));
             }
-            let mut req = self.client.get(&current).timeout(left);
+            let mut req = self.client()?.get(&current).timeout(left);
             for (k, v) in &hop_headers {
                 req = req.header(*k, *v);
             }

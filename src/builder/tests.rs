@@ -458,8 +458,8 @@ fn option_parsing_and_validation() {
     assert_eq!(
         o.batch,
         BatchConfig {
-            frame_size: 1 << 20,
-            threshold: 256 << 10,
+            frame_size: 256 << 10,
+            threshold: 128 << 10,
             level: DEFAULT_LEVEL
         }
     );
