@@ -273,3 +273,23 @@ fn readahead_zero_speculates_no_neighbour_and_no_region() {
     wait_cached(&fs, &backend, &frames, &want);
     assert_eq!(fs.fetcher().metrics().speculative_bytes.get(), 0);
 }
+
+#[test]
+fn a_read_in_stored_order_streams_without_speculating_around_its_misses() {
+    let work = common::tempdir();
+    let (src, bootstrap) = small_files(work.path());
+    let blobs = work.path().join("small-image/blobs");
+    let (fs, backend) = cached_fs(&bootstrap, &blobs, &work.path().join("cache"), 256 << 10);
+    let (frames, _) = frames_of(&fs, &bootstrap);
+    for i in 0..256 {
+        read_small(&fs, &src, i);
+    }
+    let stored: u64 = frames.iter().map(|f| u64::from(f.1)).sum();
+    let speculated = fs.fetcher().metrics().speculative_bytes.get();
+    // The first misses, before the stream is recognised, may speculate.
+    assert!(
+        speculated <= 3 * u64::from(frames[0].1.max(frames[1].1).max(frames[2].1)),
+        "{speculated} of {stored} stored bytes speculated"
+    );
+    assert!(backend.requests.load(Ordering::SeqCst) < frames.len() as u64 / 2);
+}

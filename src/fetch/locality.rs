@@ -18,7 +18,8 @@
 //!   frames of one [`REGION`] of a blob's stored bytes, every batch frame
 //!   of that region is fetched (once per fetcher).
 //!
-//! Neighbours and hot regions are speculation ([`Fetcher::speculate`]):
+//! Neighbours and hot regions are for misses that do not continue a
+//! stream, and are speculation ([`Fetcher::speculate`]):
 //! background requests issued right after the miss's own, so the reader
 //! waits for no extra byte, only with a disk cache, and a later read that
 //! needs one of those frames joins or promotes its flight. A program
@@ -45,19 +46,50 @@ pub const HOT_MISSES: u8 = 2;
 
 /// Per-fetcher state of the rules.
 pub(crate) struct Locality {
-    /// Per blob: (end of the last on-demand fetch in stored bytes, how
-    /// many misses in a row started there).
-    streams: Vec<Mutex<(u64, u64)>>,
+    /// Per blob: the stream of on-demand misses.
+    streams: Vec<Mutex<Stream>>,
     /// Per (blob, region index): batch frames missed there so far,
     /// saturating at [`HOT_MISSES`] (then the region has been fetched).
     regions: Mutex<HashMap<(u32, u64), u8>>,
 }
 
+/// Where a blob's last on-demand miss left off.
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    /// Start of the last miss (stored bytes; `u64::MAX`: none yet).
+    start: u64,
+    /// End of the frames fetched for the stream so far (window included).
+    end: u64,
+    /// End of the neighbours speculated after it (at least `end`): a miss
+    /// starting after the last one's start, up to here, continues the
+    /// stream (a reader in stored order, reaching frames still in flight).
+    ahead: u64,
+    /// Misses in a row that continued the stream.
+    run: u64,
+}
+
 impl Locality {
     pub(super) fn new(blobs: usize) -> Locality {
+        let none = Stream {
+            start: u64::MAX,
+            end: u64::MAX,
+            ahead: u64::MAX,
+            run: 0,
+        };
         Locality {
-            streams: (0..blobs).map(|_| Mutex::new((u64::MAX, 0))).collect(),
+            streams: (0..blobs).map(|_| Mutex::new(none)).collect(),
             regions: Mutex::default(),
+        }
+    }
+
+    /// Moves the end of `blob`'s stream from `from` to `to` (speculated
+    /// neighbours), if it ends at `from`.
+    fn stream_past(&self, blob: u32, from: u64, to: u64) {
+        if let Some(s) = self.streams.get(blob as usize) {
+            let mut stream = s.lock().unwrap_or_else(PoisonError::into_inner);
+            if stream.end == from {
+                stream.ahead = stream.ahead.max(to);
+            }
         }
     }
 
@@ -76,33 +108,44 @@ impl Locality {
 
 impl Fetcher {
     /// Streams: when a miss starts where the previous miss of the same
-    /// blob ended, the frames that follow in the blob are added to `need`,
+    /// blob ended (or inside the neighbours speculated after it), the
+    /// frames that follow in the blob are added to `need`,
     /// in a window that doubles per sequential miss up to `max_request`,
     /// from the third sequential miss in a row on. A miss elsewhere resets
     /// it, so random access fetches only what it reads (and what the other
-    /// rules speculate).
-    pub(super) fn stream_ahead(&self, need: &mut Vec<(u32, usize)>) {
+    /// rules speculate). True if this miss continued the previous one (a
+    /// read in stored order: the other rules stay out of its way).
+    pub(super) fn stream_ahead(&self, need: &mut Vec<(u32, usize)>) -> bool {
         if self.cfg.readahead == 0 {
-            return;
+            return false;
         }
         let Some(&(blob, first)) = need.iter().min() else {
-            return;
+            return false;
         };
         let bf = &self.index.blobs[blob as usize];
         let Some(last) = need.iter().filter(|f| f.0 == blob).map(|f| f.1).max() else {
-            return;
+            return false;
         };
         let mut stream = self.locality.streams[blob as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let start = bf.frames[first].coff;
-        stream.1 = if stream.0 == start { stream.1 + 1 } else { 0 };
-        let mut budget = match stream.1 {
+        let continues = stream.start != u64::MAX && stream.start < start && start <= stream.ahead;
+        stream.run = if continues { stream.run + 1 } else { 0 };
+        let mut budget = match stream.run {
             0 | 1 => 0,
             n => (self.cfg.readahead << (n - 2).min(16)).min(self.cfg.max_request),
         };
+        // The window goes on from the stream's end (frames before it are
+        // fetched or in flight already).
         let mut end = bf.frames[last].cend();
-        for fi in last + 1..bf.frames.len() {
+        let mut next = last + 1;
+        if continues && stream.end > end {
+            if let Some(fi) = bf.find(stream.end) {
+                (end, next) = (stream.end, fi);
+            }
+        }
+        for fi in next..bf.frames.len() {
             let f = &bf.frames[fi];
             if budget < u64::from(f.clen) || f.coff != end {
                 break;
@@ -113,7 +156,10 @@ impl Fetcher {
                 need.push((blob, fi));
             }
         }
-        stream.0 = end;
+        stream.start = start;
+        stream.end = if continues { end.max(stream.end) } else { end };
+        stream.ahead = stream.end;
+        continues
     }
 
     /// Neighbours and hot regions of the batch frames in `missed` (the
@@ -145,6 +191,9 @@ impl Fetcher {
                 end = next.cend();
                 self.plan_frame(blob, n, &mut plan);
             }
+            // A reader in stored order misses next where the neighbours end:
+            // that continues its stream.
+            self.locality.stream_past(blob, f.cend(), end);
             // Hot region: every batch frame of it.
             let region = f.coff / REGION;
             if self.locality.miss(blob, region) {

@@ -430,11 +430,18 @@ impl Fetcher {
                     if !launched {
                         launched = true;
                         let mut need = self.missing(&wants[i..]);
-                        let around = self.plan_around(&need);
+                        let missed = need.len();
                         need.extend(self.missing(ahead));
-                        self.stream_ahead(&mut need);
+                        // A read in stored order has its window; the
+                        // speculation around a miss is for the others.
+                        let around = match self.stream_ahead(&mut need) {
+                            true => None,
+                            false => Some(self.plan_around(&need[..missed])),
+                        };
                         mine = self.launch_flights(need, deadline, false, self.cfg.max_request);
-                        self.speculate(&around);
+                        if let Some(around) = around {
+                            self.speculate(&around);
+                        }
                         on_miss();
                     }
                     let fi = self.index.blobs[key.0 as usize].find(key.1);

@@ -159,7 +159,7 @@ impl Fetcher {
             .frames
             .iter()
             .copied()
-            .filter(|&(blob, fi)| !self.frame_cached(blob, fi))
+            .filter(|&(blob, fi)| !self.frame_cached(blob, fi) && !self.in_flight(blob, fi))
             .collect();
         let bytes: u64 = frames.iter().map(|&(b, fi)| self.stored_len(b, fi)).sum();
         if frames.is_empty() {
@@ -183,6 +183,16 @@ impl Fetcher {
             true => max.min(self.cfg.commit_backlog / 2),
             false => max,
         }
+    }
+
+    /// Whether frame `fi` of `blob` is being fetched (or queued).
+    fn in_flight(&self, blob: u32, fi: usize) -> bool {
+        let f = self
+            .index
+            .blobs
+            .get(blob as usize)
+            .and_then(|b| b.frames.get(fi));
+        f.is_some_and(|f| self.flight(&(blob, f.coff)).is_some())
     }
 
     /// Whether speculative fetches ([`Fetcher::speculate`]) can happen.

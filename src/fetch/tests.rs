@@ -251,11 +251,24 @@ fn prefetch_fetches_a_plan_once_in_the_background_lane() {
 /// An image of one file, `/f`, of `n` 4 KiB chunks of noise, made by the
 /// builder (fixed 4 KiB chunks, no batching: one frame per chunk).
 fn one_file_image(n: usize) -> TestImage {
+    file_image(
+        &(0..n)
+            .flat_map(|i| noise(4096, 100 + i as u64))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// `n` chunks of 4 KiB that compress about 4× (2 bits of noise a byte).
+fn compressible(n: usize) -> Vec<u8> {
+    let bytes = (0..n).flat_map(|i| noise(4096, 100 + i as u64));
+    bytes.map(|b| b"abcd"[usize::from(b & 3)]).collect()
+}
+
+fn file_image(data: &[u8]) -> TestImage {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    let data: Vec<u8> = (0..n).flat_map(|i| noise(4096, 100 + i as u64)).collect();
-    std::fs::write(src.join("f"), &data).unwrap();
+    std::fs::write(src.join("f"), data).unwrap();
     let out = dir.path().join("out");
     crate::builder::build(&crate::builder::tests::opts(&src, &out)).unwrap();
     TestImage {
@@ -338,18 +351,19 @@ fn no_speculation_without_a_disk_cache_when_off_or_sequential_or_too_large() {
 
 #[test]
 fn a_small_file_read_from_its_start_is_fetched_whole_at_once() {
-    let t = one_file_image(8);
+    let data = compressible(8);
+    let t = file_image(&data);
     let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
-    // Read-ahead of one chunk only; the file (8 frames) fits the budget of
-    // a whole small file, which is the read-ahead budget in stored bytes.
-    let cfg = cached(&t, |c| c.readahead = 64 << 10);
+    // In-file read-ahead covers 16 KiB of the 32 KiB file; the whole file
+    // fits the budget of a small file (the read-ahead, in stored bytes).
+    let cfg = cached(&t, |c| c.readahead = 16 << 10);
     let fs = fs_with(&t, backend.clone(), cfg);
     let f = fs.lookup(0, b"f").unwrap().ino;
-    assert_eq!(fs.read(f, 0, 4096).unwrap(), noise(4096, 100));
+    assert_eq!(fs.read(f, 0, 4096).unwrap(), data[..4096]);
     assert!(fs.fetcher().metrics().speculative_bytes.get() > 0);
     wait_all_cached(&fs, f);
     let calls = backend.calls();
-    assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), noise(4096, 107));
+    assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), data[7 * 4096..]);
     assert_eq!(backend.calls(), calls);
 }
 
