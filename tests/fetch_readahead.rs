@@ -23,12 +23,14 @@ struct Counting {
     inner: FileBackend,
     requests: AtomicU64,
     bytes: AtomicU64,
+    largest: AtomicU64,
 }
 
 impl Backend for Counting {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.bytes.fetch_add(len, Ordering::SeqCst);
+        self.largest.fetch_max(len, Ordering::SeqCst);
         self.inner.read_range(id, offset, len)
     }
 
@@ -63,6 +65,7 @@ fn mounted_with(bootstrap: &Path, blobs: &Path, cfg: FetchConfig) -> (RafsFs, Ar
         inner: FileBackend::new(blobs),
         requests: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        largest: AtomicU64::new(0),
     });
     let fs = RafsFs::new(Image::open(bootstrap).unwrap(), backend.clone(), cfg).unwrap();
     (fs, backend)
@@ -290,6 +293,32 @@ fn a_read_in_stored_order_streams_without_speculating_around_its_misses() {
     assert!(
         speculated <= 3 * u64::from(frames[0].1.max(frames[1].1).max(frames[2].1)),
         "{speculated} of {stored} stored bytes speculated"
+    );
+    assert!(backend.requests.load(Ordering::SeqCst) < frames.len() as u64 / 2);
+}
+
+#[test]
+fn a_stream_window_counts_decompressed_bytes_too() {
+    let work = common::tempdir();
+    let (src, bootstrap) = small_files(work.path());
+    let blobs = work.path().join("small-image/blobs");
+    let cfg = FetchConfig {
+        cache_dir: Some(work.path().join("cache")),
+        max_request: 1 << 20,
+        ..FetchConfig::default()
+    };
+    let (fs, backend) = mounted_with(&bootstrap, &blobs, cfg);
+    let (frames, _) = frames_of(&fs, &bootstrap);
+    for i in 0..256 {
+        read_small(&fs, &src, i);
+    }
+    // Frames decompress to twice their stored size: a window of at most
+    // 1 MiB decompressed is about 512 KiB stored, plus the missed frame.
+    let frame = frames.iter().map(|f| u64::from(f.1)).max().unwrap();
+    let largest = backend.largest.load(Ordering::SeqCst);
+    assert!(
+        largest <= (1 << 20) / 2 + 2 * frame,
+        "a request of {largest} stored bytes (frames of {frame})"
     );
     assert!(backend.requests.load(Ordering::SeqCst) < frames.len() as u64 / 2);
 }

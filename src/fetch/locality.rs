@@ -147,10 +147,13 @@ impl Fetcher {
         }
         for fi in next..bf.frames.len() {
             let f = &bf.frames[fi];
-            if budget < u64::from(f.clen) || f.coff != end {
+            // Counted decompressed too: the window's frames are held in
+            // memory, decompressed, until written.
+            let cost = u64::from(f.clen.max(f.ulen));
+            if budget < cost || f.coff != end {
                 break;
             }
-            budget -= u64::from(f.clen);
+            budget -= cost;
             end = f.cend();
             if !self.frame_cached(blob, fi) {
                 need.push((blob, fi));
