@@ -56,8 +56,10 @@ pub struct ReadArgs {
     /// Backend requests of reads in flight at most [default: 8].
     #[arg(long, value_name = "N")]
     pub fetch_threads: Option<usize>,
-    /// On a miss, also fetch the file's next SIZE bytes in the background
-    /// (0: off) [default: 1M].
+    /// On a miss, also fetch the file's next SIZE bytes in the background,
+    /// and after a small file's miss the small files stored after it; the
+    /// start of the window of a read in stored order (0: all read-ahead
+    /// off) [default: 1M].
     #[arg(long, value_name = "SIZE")]
     pub readahead: Option<String>,
     /// Once a file's reads miss at two places apart (a mapped executable
