@@ -60,14 +60,13 @@ impl Fetcher {
     pub(super) fn run_job(&self, job: Job) {
         let (blob, background, deadline) = (job.blob, job.background, job.deadline);
         let mut job = job;
-        let mut room = None;
         if background {
             // Throttle before claiming: a job waiting for bandwidth must not
             // hold span locks that on-demand reads (here or in another
             // process) would wait for. Its frames stay promotable until
             // then; those an on-demand read took over are dropped here.
             self.throttle(&job);
-            room = self.await_commit_room(&job);
+            self.await_commit_room(&job);
             job.frames = self.take_background(blob, &job.frames);
         }
         if self.remote.is_some() {
@@ -75,7 +74,6 @@ impl Fetcher {
         }
         let (job, busy, locks) = self.claim(job);
         self.fetch_run(job, locks);
-        drop(room);
         for fi in busy {
             if let Err(lock) = self.wait_claim(blob, fi, background, deadline) {
                 let one = Job {
@@ -118,25 +116,24 @@ impl Fetcher {
 
     /// Waits until the committer can take the job's frames (half of the
     /// backlog at most, the other half being the on-demand reads'), up to
-    /// a read timeout, and reserves that room for the job's run: the
-    /// background lane fetches for the disk, so it goes at the disk's pace,
-    /// holds no fetched frames while waiting, and its workers together
-    /// hold at most that half decompressed.
-    fn await_commit_room(&self, job: &Job) -> Option<super::store::Reservation<'_>> {
-        let store = self.store.as_ref()?;
-        self.disk(job.blob)?;
+    /// a read timeout: the background lane fetches for the disk, so it
+    /// goes at the disk's pace and holds no fetched frames while waiting.
+    fn await_commit_room(&self, job: &Job) {
+        let Some(store) = &self.store else { return };
+        if self.disk(job.blob).is_none() {
+            return;
+        }
         let bytes = self.job_bytes(job, |f| f.ulen);
         let share = self.cfg.commit_backlog / 2;
         self.metrics.prefetch_waiting.inc();
-        let room = store.reserve(bytes.min(share), share, self.cfg.read_timeout);
+        let room = store.wait_room(bytes.min(share), share, self.cfg.read_timeout);
         self.metrics.prefetch_waiting.dec();
-        if room.is_none() {
+        if !room {
             tracing::debug!(
                 blob = job.blob,
                 "prefetch: the cache disk is behind; fetching anyway"
             );
         }
-        room
     }
 
     /// The sum of `size` over the job's frames (stored or decompressed

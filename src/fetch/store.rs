@@ -43,25 +43,6 @@ const BATCH: usize = 32;
 struct Pending {
     frames: HashMap<Key, Arc<Frame>>,
     bytes: u64,
-    /// Decompressed bytes background jobs have reserved before fetching
-    /// (see [`Store::reserve`]).
-    reserved: u64,
-}
-
-/// Room a background job reserved in the backlog; given back on drop.
-pub struct Reservation<'a> {
-    store: &'a Store,
-    bytes: u64,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if self.bytes > 0 {
-            let mut p = self.store.lock_pending();
-            p.reserved = p.reserved.saturating_sub(self.bytes);
-            self.store.room.notify_all();
-        }
-    }
 }
 
 /// A fetched, fully verified frame to write.
@@ -295,34 +276,12 @@ impl Store {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Waits (up to `wait`) until the backlog and the other reservations
-    /// leave `bytes` of room under `limit` (or there are none), then
-    /// reserves them until the returned guard drops: a background job asks
-    /// before it fetches, so that a disk that is behind slows the prefetch
-    /// instead of piling fetched frames up in memory, and concurrent jobs
-    /// together hold at most `limit` (plus one job). `None` if the wait ran
-    /// out.
-    pub fn reserve(
-        &self,
-        bytes: u64,
-        limit: u64,
-        wait: std::time::Duration,
-    ) -> Option<Reservation<'_>> {
-        let until = std::time::Instant::now() + wait;
-        let mut p = self.lock_pending();
-        let fits = |p: &Pending| {
-            (p.frames.is_empty() && p.reserved == 0) || p.bytes + p.reserved + bytes <= limit
-        };
-        while !fits(&p) {
-            let left = until.checked_duration_since(std::time::Instant::now())?;
-            p = self
-                .room
-                .wait_timeout(p, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        p.reserved += bytes;
-        Some(Reservation { store: self, bytes })
+    /// Waits (up to `wait`) until the backlog holds at most `limit - bytes`
+    /// bytes, or nothing: a background job asks before it fetches, so that
+    /// a disk that is behind slows the prefetch instead of piling fetched
+    /// frames up in memory. False if the wait ran out.
+    pub fn wait_room(&self, bytes: u64, limit: u64, wait: std::time::Duration) -> bool {
+        self.wait_for_room(bytes, limit, wait, None).is_some()
     }
 
     /// The backlog, locked, once `bytes` more fit under `limit` (or it is
@@ -591,35 +550,6 @@ mod tests {
         // One frame larger than the whole budget still goes when alone.
         store.release(&(0, 1));
         assert!(store.try_hold((0, 2), frame(5000), Duration::ZERO));
-    }
-
-    #[test]
-    fn background_reservations_share_their_limit_until_dropped() {
-        let store = Store::new(Vec::new(), Arc::default(), None, 1000, Arc::default());
-        let (none, long) = (Duration::ZERO, Duration::from_secs(20));
-        let first = store
-            .reserve(300, 500, none)
-            .expect("room for the first job");
-        // Together past the limit: refused, whatever the backlog holds.
-        assert!(store.reserve(300, 500, none).is_none());
-        assert!(store.reserve(200, 500, none).is_some(), "what is left");
-        // Held frames count too.
-        assert!(store.try_hold((0, 0), frame(100), none));
-        assert!(store.reserve(150, 500, none).is_none());
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| store.reserve(300, 500, long).is_some());
-            drop(first);
-            assert!(waiter.join().unwrap(), "the waiter got the room");
-        });
-        // On-demand frames do not wait for reservations (up to the backlog).
-        let _big = store.reserve(400, 500, none).expect("room again");
-        assert!(store.try_hold((0, 1), frame(800), none));
-        // With nothing held and nothing reserved, a job larger than the
-        // limit still goes.
-        drop(_big);
-        store.release(&(0, 0));
-        store.release(&(0, 1));
-        assert!(store.reserve(5000, 500, none).is_some());
     }
 
     #[test]
