@@ -14,7 +14,7 @@ use rafs::fetch::index::FrameIndex;
 use rafs::fetch::FetchConfig;
 use rafs::fs::RafsFs;
 use rafs::image::Image;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -149,24 +149,55 @@ fn readahead_zero_turns_off_the_cross_file_window_too() {
 
 /// Small files: 256 of 16 KiB with 4 bits of entropy per byte (they
 /// compress to about half), so 256 KiB batch frames of ~128 KiB stored,
-/// about 2 MiB stored in all: two 1 MiB regions.
-fn small_files(work: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let src = work.join("small");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..256u64 {
-        let data: Vec<u8> = common::tree::random_bytes(i + 7, 16 << 10)
-            .iter()
-            .map(|b| b"abcdefghijklmnop"[usize::from(b & 15)])
-            .collect();
-        std::fs::write(src.join(format!("s{i:03}")), data).unwrap();
+/// about 2 MiB stored in all: two 1 MiB regions. In its own directory.
+struct Small {
+    work: tempfile::TempDir,
+    src: PathBuf,
+    bootstrap: PathBuf,
+}
+
+impl Small {
+    fn new() -> Small {
+        let work = common::tempdir();
+        let src = work.path().join("small");
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..256u64 {
+            let data: Vec<u8> = common::tree::random_bytes(i + 7, 16 << 10)
+                .iter()
+                .map(|b| b"abcdefghijklmnop"[usize::from(b & 15)])
+                .collect();
+            std::fs::write(src.join(format!("s{i:03}")), data).unwrap();
+        }
+        let out = work.path().join("small-image");
+        let opts = ["--batch-size", "256K", "--batch-threshold", "64K"];
+        let bootstrap = common::create(&src, &out, &opts);
+        Small {
+            work,
+            src,
+            bootstrap,
+        }
     }
-    let out = work.join("small-image");
-    let bootstrap = common::create(
-        &src,
-        &out,
-        &["--batch-size", "256K", "--batch-threshold", "64K"],
-    );
-    (src, bootstrap)
+
+    /// Mounted with a disk cache and `tune`d settings.
+    fn mount(&self, tune: impl FnOnce(&mut FetchConfig)) -> (RafsFs, Arc<Counting>) {
+        let mut cfg = FetchConfig {
+            cache_dir: Some(self.work.path().join("cache")),
+            ..FetchConfig::default()
+        };
+        tune(&mut cfg);
+        let blobs = self.work.path().join("small-image/blobs");
+        mounted_with(&self.bootstrap, &blobs, cfg)
+    }
+
+    fn read(&self, fs: &RafsFs, i: usize) {
+        let name = format!("s{i:03}");
+        let ino = fs.lookup(0, name.as_bytes()).unwrap().ino;
+        let got = fs.read(ino, 0, 16 << 10).unwrap();
+        assert!(
+            got == std::fs::read(self.src.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
 }
 
 /// The batch frames of blob 0 and, per file name, the frame holding it.
@@ -191,27 +222,6 @@ fn frames_of(fs: &RafsFs, bootstrap: &Path) -> (Vec<(u64, u32)>, Vec<usize>) {
     )
 }
 
-fn cached_fs(
-    bootstrap: &Path,
-    blobs: &Path,
-    cache: &Path,
-    readahead: u64,
-) -> (RafsFs, Arc<Counting>) {
-    let cfg = FetchConfig {
-        cache_dir: Some(cache.to_path_buf()),
-        readahead,
-        ..FetchConfig::default()
-    };
-    mounted_with(bootstrap, blobs, cfg)
-}
-
-fn read_small(fs: &RafsFs, src: &Path, i: usize) {
-    let name = format!("s{i:03}");
-    let ino = fs.lookup(0, name.as_bytes()).unwrap().ino;
-    let got = fs.read(ino, 0, 16 << 10).unwrap();
-    assert!(got == std::fs::read(src.join(&name)).unwrap(), "{name}");
-}
-
 /// Waits until exactly the frames `want` are cached (polling, 20 s), then
 /// checks that the backend was asked for those frames' bytes and no more.
 fn wait_cached(fs: &RafsFs, backend: &Counting, frames: &[(u64, u32)], want: &[usize]) {
@@ -231,18 +241,15 @@ fn wait_cached(fs: &RafsFs, backend: &Counting, frames: &[(u64, u32)], want: &[u
 
 #[test]
 fn a_batch_frame_miss_fetches_its_neighbours_and_two_misses_its_region() {
-    let work = common::tempdir();
-    let (src, bootstrap) = small_files(work.path());
-    let blobs = work.path().join("small-image/blobs");
-    let cache = work.path().join("cache");
+    let small = Small::new();
     // Neighbours: a budget of one frame (256 KiB decompressed).
-    let (fs, backend) = cached_fs(&bootstrap, &blobs, &cache, 256 << 10);
-    let (frames, of_file) = frames_of(&fs, &bootstrap);
+    let (fs, backend) = small.mount(|c| c.readahead = 256 << 10);
+    let (frames, of_file) = frames_of(&fs, &small.bootstrap);
     assert!(frames.len() >= 12, "{} frames", frames.len());
     let region = |fi: usize| frames[fi].0 / rafs::fetch::locality::REGION;
     assert!(region(frames.len() - 1) >= 1, "two regions");
     let first = of_file[40];
-    read_small(&fs, &src, 40);
+    small.read(&fs, 40);
     wait_cached(&fs, &backend, &frames, &[first, first + 1]);
 
     // A second miss in the region, not next to the first: the region's
@@ -251,7 +258,7 @@ fn a_batch_frame_miss_fetches_its_neighbours_and_two_misses_its_region() {
         .rev()
         .find(|&i| region(of_file[i]) == region(first) && of_file[i] > first + 2);
     let far = far.expect("a file three frames on in the same region");
-    read_small(&fs, &src, far);
+    small.read(&fs, far);
     let mut want: Vec<usize> = (0..frames.len())
         .filter(|&fi| region(fi) == region(first))
         .collect();
@@ -262,13 +269,11 @@ fn a_batch_frame_miss_fetches_its_neighbours_and_two_misses_its_region() {
 
 #[test]
 fn readahead_zero_speculates_no_neighbour_and_no_region() {
-    let work = common::tempdir();
-    let (src, bootstrap) = small_files(work.path());
-    let blobs = work.path().join("small-image/blobs");
-    let (fs, backend) = cached_fs(&bootstrap, &blobs, &work.path().join("cache"), 0);
-    let (frames, of_file) = frames_of(&fs, &bootstrap);
+    let small = Small::new();
+    let (fs, backend) = small.mount(|c| c.readahead = 0);
+    let (frames, of_file) = frames_of(&fs, &small.bootstrap);
     for i in [40, 44, 100, 30] {
-        read_small(&fs, &src, i);
+        small.read(&fs, i);
     }
     let mut want: Vec<usize> = [40, 44, 100, 30].iter().map(|&i| of_file[i]).collect();
     want.sort_unstable();
@@ -279,13 +284,11 @@ fn readahead_zero_speculates_no_neighbour_and_no_region() {
 
 #[test]
 fn a_read_in_stored_order_streams_without_speculating_around_its_misses() {
-    let work = common::tempdir();
-    let (src, bootstrap) = small_files(work.path());
-    let blobs = work.path().join("small-image/blobs");
-    let (fs, backend) = cached_fs(&bootstrap, &blobs, &work.path().join("cache"), 256 << 10);
-    let (frames, _) = frames_of(&fs, &bootstrap);
+    let small = Small::new();
+    let (fs, backend) = small.mount(|c| c.readahead = 256 << 10);
+    let (frames, _) = frames_of(&fs, &small.bootstrap);
     for i in 0..256 {
-        read_small(&fs, &src, i);
+        small.read(&fs, i);
     }
     let stored: u64 = frames.iter().map(|f| u64::from(f.1)).sum();
     let speculated = fs.fetcher().metrics().speculative_bytes.get();
@@ -299,18 +302,11 @@ fn a_read_in_stored_order_streams_without_speculating_around_its_misses() {
 
 #[test]
 fn a_stream_window_counts_decompressed_bytes_too() {
-    let work = common::tempdir();
-    let (src, bootstrap) = small_files(work.path());
-    let blobs = work.path().join("small-image/blobs");
-    let cfg = FetchConfig {
-        cache_dir: Some(work.path().join("cache")),
-        max_request: 1 << 20,
-        ..FetchConfig::default()
-    };
-    let (fs, backend) = mounted_with(&bootstrap, &blobs, cfg);
-    let (frames, _) = frames_of(&fs, &bootstrap);
+    let small = Small::new();
+    let (fs, backend) = small.mount(|c| c.max_request = 1 << 20);
+    let (frames, _) = frames_of(&fs, &small.bootstrap);
     for i in 0..256 {
-        read_small(&fs, &src, i);
+        small.read(&fs, i);
     }
     // Frames decompress to twice their stored size: a window of at most
     // 1 MiB decompressed is about 512 KiB stored, plus the missed frame.

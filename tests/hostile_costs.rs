@@ -375,3 +375,36 @@ fn sequential_reads_of_one_byte_chunks() {
     });
     assert_ratio("one-byte chunk reads", tn, th);
 }
+
+#[test]
+fn batch_frames_stored_at_the_end_of_the_offset_space() {
+    // A blob that claims 2^64 - 1 stored bytes, its two batch frames (of
+    // two members each) in the last 8 KiB: the read-around of misses
+    // (neighbours, regions of the stored space) must not overflow; each
+    // read fails cleanly (the blob is not there).
+    let member = |i: u32| ChunkSpec {
+        digest: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+        compressed_offset: u64::MAX - 8192 + u64::from(i / 2) * 4096,
+        uncompressed_offset: u64::from(i) * 4096,
+        compressed_size: 4096,
+        uncompressed_size: 4096,
+        flags: CHUNK_ZSTD | CHUNK_BATCH,
+        batch_offset: i % 2 * 4096,
+        batch_size: 8192,
+        blob_index: 0,
+    };
+    let b = blob(u64::MAX, 16384, COMPRESSOR_ZSTD);
+    let bootstrap = image((0..4).map(|i| vec![member(i)]).collect(), b, Vec::new());
+    let work = tempfile::tempdir().unwrap();
+    let cfg = FetchConfig {
+        cache_dir: Some(work.path().join("cache")),
+        read_timeout: std::time::Duration::from_secs(5),
+        retry_base: std::time::Duration::from_millis(1),
+        ..FetchConfig::default()
+    };
+    let fs = mount_with(&work.path().join("img"), &bootstrap, &[0; 16], cfg);
+    // One file of each frame: the second miss makes the region hot.
+    for ino in [1, 3, 2, 4] {
+        assert!(fs.read(ino, 0, 100).is_err(), "file {ino}");
+    }
+}

@@ -38,8 +38,7 @@ use http::{HeaderMap, StatusCode, Uri};
 use reqwest::blocking::{Client, Response};
 use reqwest::{Method, Proxy};
 use std::io::Read;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// The most bytes of an error body kept for messages.
@@ -52,17 +51,13 @@ const MAX_REDIRECTS: usize = 5;
 /// certificates.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: Arc<Lazy>,
+    client: Arc<LazyLock<Result<Client, String>, Build>>,
     /// The deadline of one request, all its redirects included.
     timeout: Duration,
 }
 
-/// A client being built on its own thread, then built (or why not).
-#[derive(Debug)]
-struct Lazy {
-    built: OnceLock<Result<Client, String>>,
-    build: Mutex<Option<JoinHandle<Result<Client, String>>>>,
-}
+/// Waits for the client being built on its own thread.
+type Build = Box<dyn FnOnce() -> Result<Client, String> + Send>;
 
 /// A response whose status the caller interprets (auth flows).
 pub struct Raw {
@@ -117,31 +112,22 @@ impl HttpClient {
             .name("http-client".into())
             .spawn(move || b.build().map_err(|e| format!("HTTP client: {}", chain(&e))))
             .map_err(|e| BackendError::Config(format!("HTTP client: {e}")))?;
+        let join: Build = Box::new(move || {
+            build
+                .join()
+                .unwrap_or_else(|_| Err("HTTP client: its builder panicked".into()))
+        });
         Ok(HttpClient {
-            client: Arc::new(Lazy {
-                built: OnceLock::new(),
-                build: Mutex::new(Some(build)),
-            }),
+            client: Arc::new(LazyLock::new(join)),
             timeout: opts.request_timeout,
         })
     }
 
     /// The client, once built (the first request waits for it).
     fn client(&self) -> Result<&Client, BackendError> {
-        let lazy = &*self.client;
-        let built = lazy.built.get_or_init(|| {
-            let build = lazy
-                .build
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            match build.map(JoinHandle::join) {
-                Some(Ok(r)) => r,
-                Some(Err(_)) => Err("HTTP client: its builder panicked".into()),
-                None => Err("HTTP client: not built".into()),
-            }
-        });
-        built.as_ref().map_err(|e| BackendError::Config(e.clone()))
+        LazyLock::force(&self.client)
+            .as_ref()
+            .map_err(|e| BackendError::Config(e.clone()))
     }
 
     /// GET `url` with `headers`, without interpreting the status. Bodies

@@ -8,10 +8,10 @@
 //! `--readahead 0`:
 //!
 //! - **Streams** ([`Fetcher::stream_ahead`]): a miss that starts where the
-//!   previous miss of the blob ended (a tree read in build order, a `tar`
-//!   of the mount) fetches the frames that follow too, in a window that
-//!   doubles per sequential miss. The frames join the miss's on-demand
-//!   requests.
+//!   previous miss of the blob ended, or inside what was fetched or
+//!   speculated after it (a tree read in build order, a `tar` of the
+//!   mount), fetches the frames that follow too, in a window that doubles
+//!   per sequential miss. The frames join the miss's on-demand requests.
 //! - **Neighbours**: a miss on a batch frame also fetches the batch frames
 //!   stored right after it, up to `readahead` decompressed bytes.
 //! - **Hot regions**: once misses have hit [`HOT_MISSES`] distinct batch
@@ -56,7 +56,8 @@ pub(crate) struct Locality {
 /// Where a blob's last on-demand miss left off.
 #[derive(Debug, Clone, Copy)]
 struct Stream {
-    /// Start of the last miss (stored bytes; `u64::MAX`: none yet).
+    /// Start of the last miss (stored bytes; `u64::MAX`: none yet, so
+    /// nothing continues it).
     start: u64,
     /// End of the frames fetched for the stream so far (window included).
     end: u64,
@@ -130,7 +131,7 @@ impl Fetcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let start = bf.frames[first].coff;
-        let continues = stream.start != u64::MAX && stream.start < start && start <= stream.ahead;
+        let continues = stream.start < start && start <= stream.ahead;
         stream.run = if continues { stream.run + 1 } else { 0 };
         let mut budget = match stream.run {
             0 | 1 => 0,
@@ -200,10 +201,11 @@ impl Fetcher {
             // Hot region: every batch frame of it.
             let region = f.coff / REGION;
             if self.locality.miss(blob, region) {
-                let from = bf.frames.partition_point(|f| f.coff < region * REGION);
-                let to = bf
-                    .frames
-                    .partition_point(|f| f.coff < (region + 1) * REGION);
+                // The last region of a (claimed) 2^64-byte blob ends at
+                // 2^64: saturate rather than wrap.
+                let (start, end) = (region * REGION, (region + 1).saturating_mul(REGION));
+                let from = bf.frames.partition_point(|f| f.coff < start);
+                let to = bf.frames.partition_point(|f| f.coff < end);
                 for n in from..to {
                     if bf.frames[n].batch {
                         self.plan_frame(blob, n, &mut plan);

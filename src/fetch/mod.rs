@@ -163,6 +163,15 @@ const BG_QUEUED: u8 = 1;
 /// Being fetched by a background worker (its request is under way).
 const BG_RUNNING: u8 = 2;
 
+/// What [`Fetcher::launch_flights`] did.
+struct Launched {
+    /// The flight of every frame that has one now (new, joined or
+    /// promoted).
+    flights: HashMap<(u32, usize), Arc<Flight>>,
+    /// Stored bytes of the frames it started (or promoted) a fetch of.
+    started: u64,
+}
+
 /// One frame being fetched; readers wait on it.
 #[derive(Default)]
 struct Flight {
@@ -438,7 +447,9 @@ impl Fetcher {
                             true => None,
                             false => Some(self.plan_around(&need[..missed])),
                         };
-                        mine = self.launch_flights(need, deadline, false, self.cfg.max_request);
+                        mine = self
+                            .launch_flights(need, deadline, false, self.cfg.max_request)
+                            .flights;
                         if let Some(around) = around {
                             self.speculate(&around);
                         }
@@ -592,7 +603,7 @@ impl Fetcher {
         deadline: Instant,
         background: bool,
         max_request: u64,
-    ) -> HashMap<(u32, usize), Arc<Flight>> {
+    ) -> Launched {
         frames.sort_unstable();
         frames.dedup();
         let mut new = Vec::with_capacity(frames.len());
@@ -634,11 +645,15 @@ impl Fetcher {
         } else {
             &self.jobs
         };
+        let started = new.iter().map(|&(b, fi)| self.stored_len(b, fi)).sum();
         for job in self.coalesce(new, deadline, background, max_request) {
             // Workers live as long as the fetcher: the send cannot fail.
             let _ = lane.send(job);
         }
-        out
+        Launched {
+            flights: out,
+            started,
+        }
     }
 
     /// Groups sorted frames into jobs of adjacent frames of one blob, each

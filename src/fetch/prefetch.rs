@@ -159,15 +159,15 @@ impl Fetcher {
             .frames
             .iter()
             .copied()
-            .filter(|&(blob, fi)| !self.frame_cached(blob, fi) && !self.in_flight(blob, fi))
+            .filter(|&(blob, fi)| !self.frame_cached(blob, fi))
             .collect();
-        let bytes: u64 = frames.iter().map(|&(b, fi)| self.stored_len(b, fi)).sum();
         if frames.is_empty() {
             return 0;
         }
         let deadline = Instant::now() + self.cfg.read_timeout;
         let max = self.background_request();
-        self.launch_flights(frames, deadline, true, max);
+        // Frames already in flight are not launched again, nor counted.
+        let bytes = self.launch_flights(frames, deadline, true, max).started;
         self.metrics.speculative_bytes.inc_by(bytes);
         bytes
     }
@@ -183,16 +183,6 @@ impl Fetcher {
             true => max.min(self.cfg.commit_backlog / 2),
             false => max,
         }
-    }
-
-    /// Whether frame `fi` of `blob` is being fetched (or queued).
-    fn in_flight(&self, blob: u32, fi: usize) -> bool {
-        let f = self
-            .index
-            .blobs
-            .get(blob as usize)
-            .and_then(|b| b.frames.get(fi));
-        f.is_some_and(|f| self.flight(&(blob, f.coff)).is_some())
     }
 
     /// Whether speculative fetches ([`Fetcher::speculate`]) can happen.
@@ -308,7 +298,7 @@ impl Fetcher {
         report
     }
 
-    fn stored_len(&self, blob: u32, fi: usize) -> u64 {
+    pub(super) fn stored_len(&self, blob: u32, fi: usize) -> u64 {
         self.index.blobs[blob as usize]
             .frames
             .get(fi)
@@ -325,8 +315,9 @@ impl Fetcher {
             Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
         });
         let deadline = Instant::now() + self.cfg.read_timeout * 4 + throttle;
-        let mut flights =
-            self.launch_flights(need.to_vec(), deadline, true, self.background_request());
+        let mut flights = self
+            .launch_flights(need.to_vec(), deadline, true, self.background_request())
+            .flights;
         for &(blob, fi) in need {
             // Each flight (and the frame its result holds) is let go once
             // waited for, not at the window's end: a window of large frames

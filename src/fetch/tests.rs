@@ -251,16 +251,17 @@ fn prefetch_fetches_a_plan_once_in_the_background_lane() {
 /// An image of one file, `/f`, of `n` 4 KiB chunks of noise, made by the
 /// builder (fixed 4 KiB chunks, no batching: one frame per chunk).
 fn one_file_image(n: usize) -> TestImage {
-    file_image(
-        &(0..n)
-            .flat_map(|i| noise(4096, 100 + i as u64))
-            .collect::<Vec<u8>>(),
-    )
+    file_image(&noise_chunks(n))
+}
+
+/// `n` chunks of 4 KiB of noise, the `i`th `noise(4096, 100 + i)`.
+fn noise_chunks(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| noise(4096, 100 + i as u64)).collect()
 }
 
 /// `n` chunks of 4 KiB that compress about 4× (2 bits of noise a byte).
 fn compressible(n: usize) -> Vec<u8> {
-    let bytes = (0..n).flat_map(|i| noise(4096, 100 + i as u64));
+    let bytes = noise_chunks(n).into_iter();
     bytes.map(|b| b"abcd"[usize::from(b & 3)]).collect()
 }
 
