@@ -31,7 +31,8 @@
 # hyperfine runs each RAFS_BENCH_REPS times. Rows: tree x workload x mode.
 # Columns: each system's median seconds with its ratio to native, then
 # rafs/erofs and (with nydusd) rafs/nydusd. Below the table, per tree: the
-# peak RSS (VmHWM) of the rafs daemon and of nydusd over all their mounts.
+# peak RSS (VmHWM) of the rafs daemon and of nydusd over all their mounts,
+# then per workload (the largest of the daemons that served it).
 #
 # usage: scripts/bench-read.sh            (root)
 #        RAFS_BIN=/path/rafs NYDUSD=... NYDUS_IMAGE=... RAFS_BENCH_REPS=1 \
@@ -94,7 +95,7 @@ do_mount() { # SYS TREE
 }
 
 do_umount() { # SYS
-  local sys=$1 mnt pid
+  local sys=$1 mnt pid h
   mnt=$(mnt_of "$sys")
   case $sys in
     native) ;;
@@ -103,7 +104,10 @@ do_umount() { # SYS
     rafs | nydusd)
       # Gone or a zombie (our own child until `wait`), and unmounted.
       pid=$(cat "$BENCH_WORK/$sys.pid")
-      daemon_stop "$pid" "$mnt" >>"$BENCH_WORK/$sys.hwm"
+      # One line per daemon: the workload it served (its cold runs' last
+      # mount also serves the warm runs), then its VmHWM in kB.
+      h=$(daemon_stop "$pid" "$mnt")
+      [ -z "$h" ] || echo "$(cat "$BENCH_WORK/$sys.serving" 2>/dev/null || echo mount) $h" >>"$BENCH_WORK/$sys.hwm"
       ;;
   esac
 }
@@ -111,7 +115,7 @@ do_umount() { # SYS
 
 if [ "${1:-}" = __ctl ]; then
   case $2 in
-    cold) do_umount "$3"; drop_caches; do_mount "$3" "$4" ;;
+    cold) do_umount "$3"; drop_caches; do_mount "$3" "$4"; echo "$5" >"$BENCH_WORK/$3.serving" ;;
     *) echo "bad ctl $2" >&2; exit 2 ;;
   esac
   exit 0
@@ -212,7 +216,7 @@ measure() {
   [ "$sys" = native ] && cmd=$(workload "$w" "$cache/$tree-bench")
   if [ "$mode" = cold ]; then
     hyperfine --shell=bash --runs "$reps" --export-json "$json" \
-      --prepare "$self __ctl cold $sys $tree" "$cmd" >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
+      --prepare "$self __ctl cold $sys $tree $w" "$cmd" >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
   else
     hyperfine --shell=bash --runs "$reps" --warmup 1 --export-json "$json" \
       "$cmd" >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
@@ -241,6 +245,7 @@ for tree in $trees; do
   : >"$BENCH_WORK/nydusd.hwm"
   for sys in $systems; do
     do_mount "$sys" "$tree"
+    echo mount >"$BENCH_WORK/$sys.serving"
     for w in $workloads; do
       for mode in cold warm; do
         result[$tree,$sys,$w,$mode]=$(measure "$sys" "$tree" "$w" "$mode")
@@ -249,8 +254,12 @@ for tree in $trees; do
     done
     do_umount "$sys"
   done
-  result[$tree,hwm,rafs]=$(sort -n "$BENCH_WORK/rafs.hwm" | tail -1)
-  result[$tree,hwm,nydusd]=$(sort -n "$BENCH_WORK/nydusd.hwm" | tail -1)
+  for d in rafs nydusd; do
+    result[$tree,hwm,$d]=$(awk '{ print $2 }' "$BENCH_WORK/$d.hwm" | sort -n | tail -1)
+    for w in $workloads; do
+      result[$tree,hwm,$d,$w]=$(awk -v w="$w" '$1 == w { print $2 }' "$BENCH_WORK/$d.hwm" | sort -n | tail -1)
+    done
+  done
   result[$tree,size]=$(du -sb --apparent-size "$src" | cut -f1)
   result[$tree,files]=$(find "$src" -type f | wc -l)
 done
@@ -292,6 +301,16 @@ for tree in $trees; do
   has_sys rafs && line+=" rafs $(mib "${result[$tree,hwm,rafs]}")"
   has_sys nydusd && line+=", nydusd $(mib "${result[$tree,hwm,nydusd]}")"
   echo "$line"
+  # Which workload sets the peak: each workload's largest VmHWM.
+  line="  - peak RSS by workload (rafs"
+  has_sys nydusd && line+=" / nydusd"
+  line+="):"
+  for w in $workloads; do
+    line+=" $w $(mib "${result[$tree,hwm,rafs,$w]:-}")"
+    has_sys nydusd && line+=" / $(mib "${result[$tree,hwm,nydusd,$w]:-}")"
+    line+=";"
+  done
+  has_sys rafs && echo "${line%;}"
 done
 echo
 nydus_note=
