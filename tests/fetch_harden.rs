@@ -513,6 +513,16 @@ fn a_busy_cache_disk_paces_caching_but_loses_no_frame() {
     assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
 }
 
+/// Releases a stalled disk when dropped: whatever a test asserts while the
+/// disk is stuck, it comes back (nothing hangs).
+struct Unstall<'a>(&'a rafs::cache::io::testing::Stall);
+
+impl Drop for Unstall<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 #[test]
 fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
     use rafs::cache::io::testing::Stall;
@@ -536,12 +546,6 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
             fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
         });
         // Whatever happens below, the disk comes back (nothing hangs).
-        struct Unstall<'a>(&'a Stall);
-        impl Drop for Unstall<'_> {
-            fn drop(&mut self) {
-                self.0.release();
-            }
-        }
         let _unstall = Unstall(&stall);
         common::wait_until("the committer on the disk", Duration::from_secs(20), || {
             stall.waiting() >= 1
@@ -569,4 +573,61 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
         report.fetched + report.cached == report.frames,
         "{report:?}"
     );
+}
+
+#[test]
+fn a_prefetch_decodes_no_frame_the_stuck_cache_disk_has_no_room_for() {
+    use rafs::cache::io::testing::Stall;
+    let work = common::tempdir();
+    // 8 files of 1 MiB of text in 64 KiB frames: the blob is stored in
+    // far less than one 512 KiB request, which holds all 8 MiB decoded.
+    let src = work.path().join("text");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..FILES {
+        let text: String = (0..)
+            .map(|n| format!("file {i} line {n}\n"))
+            .take(60_000)
+            .collect();
+        std::fs::write(src.join(format!("f{i:02}")), &text.as_bytes()[..1 << 20]).unwrap();
+    }
+    let bootstrap = common::create(&src, &work.path().join("image"), &["--chunk-size", "64K"]);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let stall = Stall::new(rafs::cache::io::real());
+    let cfg = FetchConfig {
+        commit_backlog: 1 << 20,
+        prefetch_threads: 2,
+        ..cached(&work.path().join("cache"))
+    };
+    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
+    stall.block();
+    let stop = AtomicBool::new(false);
+    let report = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let plan = fs.fetcher().plan_all();
+            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
+        });
+        let _unstall = Unstall(&stall);
+        common::wait_until("the committer on the disk", Duration::from_secs(20), || {
+            stall.waiting() >= 1
+        });
+        // The worker waits with its request's stored bytes, before
+        // decoding: what it decoded is what the prefetch's half of the
+        // backlog holds. (Unpaced, it decoded on, up to the whole backlog
+        // and a frame more, and waited holding that.)
+        let m = fs.fetcher().metrics();
+        let decoded = || m.prefetch_chunks.get() * (64 << 10);
+        common::wait_until("the prefetch waiting", Duration::from_secs(20), || {
+            m.prefetch_waiting.get() >= 1 && decoded() == 512 << 10
+        });
+        let decoded = decoded();
+        assert!(
+            decoded <= 512 << 10,
+            "decoded {decoded} bytes with the disk stuck"
+        );
+        stall.release();
+        run.join().unwrap()
+    });
+    assert!(report.stopped.is_none(), "{report:?}");
+    assert!(fs.fetcher().flush(Duration::from_secs(30)));
+    assert_tree(&fs, &src);
 }

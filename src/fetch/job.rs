@@ -326,6 +326,7 @@ impl Fetcher {
         for (&fi, f) in job.frames.iter().zip(&frames) {
             let from = (f.coff - start) as usize;
             let stored = &bytes[from..from + f.clen as usize];
+            self.pace_decode(job, fi, locks);
             match self.check_frame(job.blob, fi, stored) {
                 Ok((frame, None)) => {
                     if job.background {
@@ -355,6 +356,26 @@ impl Fetcher {
             true => Outcome::Done,
             false => Outcome::Retry(bad, why),
         }
+    }
+
+    /// A background frame bound for disk is decoded only once the
+    /// background lane's share of the backlog has room for it: until then
+    /// its stored bytes wait, not its decompressed frame (one per prefetch
+    /// worker, up to a chunk's size each, while the disk catches up).
+    fn pace_decode(&self, job: &Job, fi: usize, locks: &HashMap<usize, SpanLock>) {
+        let (true, Some(store), Some(f)) = (
+            job.background && locks.contains_key(&fi),
+            &self.store,
+            self.index.blobs[job.blob as usize].frames.get(fi),
+        ) else {
+            return;
+        };
+        let limit = self.cfg.commit_backlog / 2;
+        self.metrics.prefetch_waiting.inc();
+        // Out of time: decoded anyway; `publish_ok` then waits for the
+        // whole backlog, and gives up the frame's caching after that.
+        let _ = store.wait_room(u64::from(f.ulen), limit, self.cfg.read_timeout);
+        self.metrics.prefetch_waiting.dec();
     }
 
     /// Decodes a frame and verifies every member; the frame comes back with
