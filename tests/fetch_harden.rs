@@ -523,6 +523,32 @@ impl Drop for Unstall<'_> {
     }
 }
 
+/// Prefetches the whole image with the cache disk stuck, runs `check` once
+/// the committer is blocked on the disk, then lets the disk go; returns the
+/// prefetch's report.
+fn prefetch_on_a_stuck_disk(
+    fs: &RafsFs,
+    stall: &rafs::cache::io::testing::Stall,
+    check: impl FnOnce(),
+) -> rafs::fetch::prefetch::Report {
+    stall.block();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let plan = fs.fetcher().plan_all();
+            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
+        });
+        // Whatever `check` does, the disk comes back (nothing hangs).
+        let _unstall = Unstall(stall);
+        common::wait_until("the committer on the disk", Duration::from_secs(20), || {
+            stall.waiting() >= 1
+        });
+        check();
+        stall.release();
+        run.join().unwrap()
+    })
+}
+
 #[test]
 fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
     use rafs::cache::io::testing::Stall;
@@ -538,18 +564,7 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
         ..cached(&work.path().join("cache"))
     };
     let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
-    stall.block();
-    let stop = AtomicBool::new(false);
-    let report = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            let plan = fs.fetcher().plan_all();
-            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
-        });
-        // Whatever happens below, the disk comes back (nothing hangs).
-        let _unstall = Unstall(&stall);
-        common::wait_until("the committer on the disk", Duration::from_secs(20), || {
-            stall.waiting() >= 1
-        });
+    let report = prefetch_on_a_stuck_disk(&fs, &stall, || {
         // The disk is stuck: the prefetch does not go on fetching into
         // memory. A job starts only while the prefetch's half of the 1 MiB
         // backlog has room for it, so once the two workers' first jobs
@@ -563,8 +578,6 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
             fetched <= 1 << 20,
             "fetched {fetched} bytes with the disk stuck"
         );
-        stall.release();
-        run.join().unwrap()
     });
     assert!(report.stopped.is_none(), "{report:?}");
     assert!(fs.fetcher().flush(Duration::from_secs(30)));
@@ -599,17 +612,7 @@ fn a_prefetch_decodes_no_frame_the_stuck_cache_disk_has_no_room_for() {
         ..cached(&work.path().join("cache"))
     };
     let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
-    stall.block();
-    let stop = AtomicBool::new(false);
-    let report = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            let plan = fs.fetcher().plan_all();
-            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
-        });
-        let _unstall = Unstall(&stall);
-        common::wait_until("the committer on the disk", Duration::from_secs(20), || {
-            stall.waiting() >= 1
-        });
+    let report = prefetch_on_a_stuck_disk(&fs, &stall, || {
         // The worker waits with its request's stored bytes, before
         // decoding: what it decoded is what the prefetch's half of the
         // backlog holds. (Unpaced, it decoded on, up to the whole backlog
@@ -624,8 +627,6 @@ fn a_prefetch_decodes_no_frame_the_stuck_cache_disk_has_no_room_for() {
             decoded <= 512 << 10,
             "decoded {decoded} bytes with the disk stuck"
         );
-        stall.release();
-        run.join().unwrap()
     });
     assert!(report.stopped.is_none(), "{report:?}");
     assert!(fs.fetcher().flush(Duration::from_secs(30)));
