@@ -17,6 +17,8 @@
 //! nothing may scan a whole run or set per call (`getattr` of thousands of
 //! files sharing one long run would be quadratic).
 
+pub mod elf;
+mod elfdeps;
 mod error;
 mod metrics;
 mod read;
@@ -182,6 +184,8 @@ pub struct RafsFs {
     recorder: Option<Arc<record::Recorder>>,
     /// Which files are read scattered (fetched whole: `--widen`).
     spread: spread::Spread,
+    /// The libraries of ELF objects read cold, fetched ahead.
+    elf_deps: elfdeps::ElfDeps,
 }
 
 impl RafsFs {
@@ -226,6 +230,7 @@ impl RafsFs {
             metrics,
             recorder: None,
             spread: spread::Spread::default(),
+            elf_deps: elfdeps::ElfDeps::default(),
         })
     }
 

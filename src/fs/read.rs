@@ -88,6 +88,9 @@ impl RafsFs {
         let ahead = self.readahead(run, first, i);
         let t0 = std::time::Instant::now();
         self.fetch_wants(&mut r, &mut wants, &ahead, &mut out)?;
+        if r.missed && offset == 0 {
+            self.note_read_head(ino, &out);
+        }
         tracing::trace!(
             ino,
             offset,

@@ -297,7 +297,9 @@ fn open_fs(cfg: &MountConfig) -> Result<(Arc<RafsFs>, u64, u64), MountError> {
     if let Some(path) = &cfg.record_access {
         fs = fs.with_recorder(Arc::new(Recorder::new(path.clone())));
     }
-    Ok((Arc::new(fs), inodes, blobs))
+    let fs = Arc::new(fs);
+    fs.start_elf_deps().map_err(MountError::Setup)?;
+    Ok((fs, inodes, blobs))
 }
 
 /// Asks a remote backend for the size of blob `id` from a thread, so that

@@ -1,0 +1,208 @@
+//! Shared libraries fetched before the dynamic loader asks for them.
+//!
+//! A program starts through a chain of opens: the kernel maps the
+//! executable, the loader reads each library it names (`DT_NEEDED`), then
+//! the libraries those name; a library loaded later with `dlopen` (a
+//! Python extension module) starts a chain of its own. On a cold mount
+//! each open is a round trip to the backend, taken one after another.
+//!
+//! When a read of an ELF object's first bytes misses the cache, a worker
+//! reads the names it needs ([`super::elf`]), finds each library in the
+//! image's library directories, and speculates its head (the whole file
+//! if it is stored in at most `--readahead` bytes, else its first
+//! `--readahead` bytes) in the background lane, all of them at once; then
+//! it does the same for those libraries, up to [`MAX_DEPTH`] levels. By the
+//! time the loader opens a library its header, and often all of it, is
+//! cached or on its way. Like the other read-ahead rules it needs a disk
+//! cache and is off with `--readahead 0` or `--widen 0`.
+//!
+//! Costs: each object is inspected once per mount (at most [`MAX_SEEN`]
+//! objects; then inspection stops), with three small reads of bytes the
+//! loader reads anyway; a name is resolved in at most [`LIB_DIRS`] path
+//! walks of at most [`MAX_HOPS`] symlinks each.
+
+use super::elf;
+use super::RafsFs;
+use crate::fetch::prefetch::Plan;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use rafs_format::Bootstrap;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+
+/// Where the loader looks for a library named without a slash (its
+/// default paths on Debian-style and other multiarch or lib64 systems;
+/// `/etc/ld.so.cache` is not read).
+pub const LIB_DIRS: [&[u8]; 8] = [
+    b"/lib/x86_64-linux-gnu",
+    b"/usr/lib/x86_64-linux-gnu",
+    b"/lib/aarch64-linux-gnu",
+    b"/usr/lib/aarch64-linux-gnu",
+    b"/lib64",
+    b"/usr/lib64",
+    b"/lib",
+    b"/usr/lib",
+];
+
+/// Levels of libraries below an object that are inspected.
+pub const MAX_DEPTH: u32 = 4;
+/// Objects inspected per mount at most.
+pub const MAX_SEEN: usize = 4096;
+/// Symlinks followed per path at most.
+pub const MAX_HOPS: u32 = 16;
+/// Objects waiting for the worker at most (more are not inspected).
+const QUEUE: usize = 64;
+
+/// The worker's inbox and what it has seen.
+#[derive(Default)]
+pub(super) struct ElfDeps {
+    tx: OnceLock<Sender<u32>>,
+    seen: Mutex<HashSet<u32>>,
+}
+
+impl ElfDeps {
+    /// True the first time `ino` is offered (and while fewer than
+    /// [`MAX_SEEN`] objects have been).
+    fn first_time(&self, ino: u32) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.len() < MAX_SEEN && seen.insert(ino)
+    }
+}
+
+impl RafsFs {
+    /// Starts the worker that fetches the libraries of ELF objects read
+    /// cold (see the module docs); nothing without speculation (no disk
+    /// cache, `--readahead 0` or `--widen 0`). Idempotent.
+    pub fn start_elf_deps(self: &Arc<Self>) -> std::io::Result<()> {
+        if !self.fetcher.speculates() || self.fetcher.config().readahead == 0 {
+            return Ok(());
+        }
+        let (tx, rx) = bounded(QUEUE);
+        if self.elf_deps.tx.set(tx).is_err() {
+            return Ok(());
+        }
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("rafs-elfdeps".into())
+            .spawn(move || worker(weak, rx))?;
+        Ok(())
+    }
+
+    /// A read of `ino` from offset 0 missed and returned `head`: if it is
+    /// an ELF object not seen before, the worker inspects it.
+    pub(super) fn note_read_head(&self, ino: u32, head: &[u8]) {
+        let Some(tx) = self.elf_deps.tx.get() else {
+            return;
+        };
+        if head.starts_with(elf::MAGIC) && self.elf_deps.first_time(ino) {
+            if let Err(TrySendError::Full(_)) = tx.try_send(ino) {
+                tracing::debug!(ino, "elf deps: queue full");
+            }
+        }
+    }
+
+    /// Inspects `root` and the libraries below it, breadth first.
+    fn inspect(&self, root: u32) {
+        let mut queue = VecDeque::from([(root, 0)]);
+        while let Some((ino, depth)) = queue.pop_front() {
+            let names = elf::needed(&mut |off, len| self.read(ino, off, len).ok());
+            let Ok(b) = self.image.bootstrap() else {
+                return;
+            };
+            for name in names {
+                let Some(lib) = find_library(&b, &name) else {
+                    continue;
+                };
+                if !self.elf_deps.first_time(lib) {
+                    continue;
+                }
+                let planned = self.speculate_head(&b, lib);
+                tracing::trace!(ino, lib, planned, "elf deps: library");
+                if depth < MAX_DEPTH {
+                    queue.push_back((lib, depth + 1));
+                }
+            }
+        }
+    }
+
+    /// Speculates `ino`'s head: the whole file if it is stored in at most
+    /// `--readahead` bytes, else its first `--readahead` bytes. Returns
+    /// the stored bytes planned.
+    fn speculate_head(&self, b: &Bootstrap<'_>, ino: u32) -> u64 {
+        let Ok(run) = b.file_chunks(ino) else {
+            return 0;
+        };
+        let budget = self.fetcher.config().readahead;
+        let mut plan = Plan::default();
+        self.fetcher.plan_chunks(run, None, &mut plan);
+        if plan.bytes > budget {
+            plan = Plan::default();
+            self.fetcher.plan_chunks(run, Some(&[(0, budget)]), &mut plan);
+        }
+        self.fetcher.speculate(&plan);
+        plan.bytes
+    }
+}
+
+fn worker(fs: Weak<RafsFs>, rx: Receiver<u32>) {
+    while let Ok(ino) = rx.recv() {
+        let Some(fs) = fs.upgrade() else {
+            return;
+        };
+        fs.inspect(ino);
+    }
+}
+
+/// The regular file library `name` resolves to in [`LIB_DIRS`], if any
+/// (a name with a slash is a path, taken as it is).
+pub(super) fn find_library(b: &Bootstrap<'_>, name: &[u8]) -> Option<u32> {
+    if name.contains(&b'/') {
+        return resolve(b, name).filter(|&i| is_reg(b, i));
+    }
+    LIB_DIRS.iter().find_map(|dir| {
+        let mut path = dir.to_vec();
+        path.push(b'/');
+        path.extend_from_slice(name);
+        resolve(b, &path).filter(|&i| is_reg(b, i))
+    })
+}
+
+fn is_reg(b: &Bootstrap<'_>, ino: u32) -> bool {
+    b.inode(ino).is_ok_and(|i| i.is_reg())
+}
+
+/// The inode `path` names from the root, following symlinks (at most
+/// [`MAX_HOPS`]) in every component.
+pub(super) fn resolve(b: &Bootstrap<'_>, path: &[u8]) -> Option<u32> {
+    const ROOT: u32 = 0;
+    let parts = |p: &[u8]| -> Vec<Vec<u8>> {
+        p.split(|&c| c == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    let mut todo: VecDeque<Vec<u8>> = parts(path).into();
+    let (mut at, mut hops) = (ROOT, 0);
+    while let Some(part) = todo.pop_front() {
+        if part == b".." {
+            at = b.inode(at).ok()?.parent.get();
+            continue;
+        }
+        let next = b.lookup(at, &part).ok()??;
+        if !b.inode(next).ok()?.is_symlink() {
+            at = next;
+            continue;
+        }
+        hops += 1;
+        if hops > MAX_HOPS {
+            return None;
+        }
+        let target = b.symlink_target(next).ok()?;
+        if target.starts_with(b"/") {
+            at = ROOT;
+        }
+        for p in parts(target).into_iter().rev() {
+            todo.push_front(p);
+        }
+    }
+    Some(at)
+}
