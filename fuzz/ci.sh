@@ -46,7 +46,9 @@ boot=$work/out/bootstrap
 "$rafs" prefetch "$boot" --blobs "$work/out/blobs" --cache-dir "$work/cache" --all \
   --no-progress >/dev/null
 
-mkdir -p corpus/bootstrap corpus/fetch_read corpus/cache_header corpus/blobmgr_message artifacts
+mkdir -p corpus/bootstrap corpus/fetch_read corpus/cache_header corpus/blobmgr_message corpus/elf_needed artifacts
+# A real (small) ELF executable of this machine names its libraries.
+cp /bin/true corpus/elf_needed/seed-true
 # Blob-manager packets (docs/PROTOCOL.md): a Ping, and a CloseBlob of handle 7.
 printf 'RFBM\x01\x00\x0a\x00\0\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0' \
   >corpus/blobmgr_message/seed-ping

@@ -49,6 +49,10 @@ pub const MAX_DEPTH: u32 = 4;
 pub const MAX_SEEN: usize = 4096;
 /// Symlinks followed per path at most.
 pub const MAX_HOPS: u32 = 16;
+/// Chunks a library may have at most to be planned whole (bounds the
+/// planning cost of a hostile chunk run; the head is found by binary
+/// search).
+const WHOLE_CHUNKS: usize = 64;
 /// Objects waiting for the worker at most (more are not inspected).
 const QUEUE: usize = 64;
 
@@ -125,18 +129,22 @@ impl RafsFs {
     }
 
     /// Speculates `ino`'s head: the whole file if it is stored in at most
-    /// `--readahead` bytes, else its first `--readahead` bytes. Returns
-    /// the stored bytes planned.
+    /// `--readahead` bytes (and [`WHOLE_CHUNKS`] chunks), else its first
+    /// `--readahead` bytes. Returns the stored bytes planned.
     fn speculate_head(&self, b: &Bootstrap<'_>, ino: u32) -> u64 {
         let Ok(run) = b.file_chunks(ino) else {
             return 0;
         };
         let budget = self.fetcher.config().readahead;
+        // The chunks of the first `budget` bytes (the run is in file order).
+        let head = &run[..run.partition_point(|c| c.file_offset.get() < budget)];
         let mut plan = Plan::default();
-        self.fetcher.plan_chunks(run, None, &mut plan);
-        if plan.bytes > budget {
+        if run.len() <= WHOLE_CHUNKS {
+            self.fetcher.plan_chunks(run, None, &mut plan);
+        }
+        if plan.bytes == 0 || plan.bytes > budget {
             plan = Plan::default();
-            self.fetcher.plan_chunks(run, Some(&[(0, budget)]), &mut plan);
+            self.fetcher.plan_chunks(head, None, &mut plan);
         }
         self.fetcher.speculate(&plan);
         plan.bytes
@@ -205,4 +213,129 @@ pub(super) fn resolve(b: &Bootstrap<'_>, path: &[u8]) -> Option<u32> {
         }
     }
     Some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::file::FileBackend;
+    use crate::fetch::FetchConfig;
+    use crate::image::Image;
+    use crate::testimage::{noise, wait_until, Builder, Part, TestImage};
+    use std::time::Duration;
+
+    /// An ELF object naming `libs`, then 96 KiB of noise (one frame).
+    fn object(libs: &[&str], seed: u64) -> Vec<Part> {
+        let mut b = elf::tests::object(libs);
+        b.extend_from_slice(&noise(96 << 10, seed));
+        vec![Part::Data(b)]
+    }
+
+    struct Tree {
+        t: TestImage,
+        prog: u32,
+        lib_a: u32,
+        lib_b: u32,
+        lib_c: u32,
+    }
+
+    /// `/usr/bin/prog` needs `libA.so.1`, which needs `libB.so.2` (a
+    /// symlink to `libB.so.2.0`) and a library the image lacks; `/lib` is
+    /// a symlink to `usr/lib` (merged /usr), `libC.so.3` is needed by
+    /// nobody. Files lie apart in the blob (pads between), so no stream
+    /// read-ahead joins them.
+    fn tree() -> Tree {
+        let mut b = Builder::new();
+        let usr = b.dir(0, "usr", 0o755);
+        let lib = b.dir(usr, "lib", 0o755);
+        let multi = b.dir(lib, "x86_64-linux-gnu", 0o755);
+        let bin = b.dir(usr, "bin", 0o755);
+        b.symlink(0, "lib", b"usr/lib");
+        b.symlink(0, "loop", b"/loop");
+        let lib_c = b.file(multi, "libC.so.3", 0o644, object(&[], 1));
+        b.file(0, "pad1", 0o644, vec![Part::Data(noise(64 << 10, 2))]);
+        let lib_b = b.file(multi, "libB.so.2.0", 0o644, object(&[], 3));
+        b.symlink(multi, "libB.so.2", b"libB.so.2.0");
+        b.file(0, "pad2", 0o644, vec![Part::Data(noise(64 << 10, 4))]);
+        let deps = ["libB.so.2", "libmissing.so.9"];
+        let lib_a = b.file(multi, "libA.so.1", 0o644, object(&deps, 5));
+        b.file(0, "pad3", 0o644, vec![Part::Data(noise(64 << 10, 6))]);
+        let prog = b.file(bin, "prog", 0o755, object(&["libA.so.1"], 7));
+        Tree {
+            t: b.finish(),
+            prog,
+            lib_a,
+            lib_b,
+            lib_c,
+        }
+    }
+
+    fn mounted(t: &TestImage, cfg: FetchConfig) -> Arc<RafsFs> {
+        let image = Image::open(&t.bootstrap).unwrap();
+        let backend = Arc::new(FileBackend::new(&t.blobs));
+        let fs = Arc::new(RafsFs::new(image, backend, cfg).unwrap());
+        fs.start_elf_deps().unwrap();
+        fs
+    }
+
+    fn cached(fs: &RafsFs, ino: u32) -> bool {
+        let b = fs.image.bootstrap().unwrap();
+        let run = b.file_chunks(ino).unwrap();
+        run.iter().all(|c| fs.fetcher.chunk_cached(c))
+    }
+
+    #[test]
+    fn libraries_are_found_through_symlinks_in_any_component() {
+        let t = tree();
+        let image = Image::open(&t.t.bootstrap).unwrap();
+        let b = image.bootstrap().unwrap();
+        assert_eq!(find_library(&b, b"libA.so.1"), Some(t.lib_a));
+        // Through /lib -> usr/lib, then libB.so.2 -> libB.so.2.0.
+        assert_eq!(find_library(&b, b"libB.so.2"), Some(t.lib_b));
+        assert_eq!(find_library(&b, b"/usr/bin/prog"), Some(t.prog));
+        assert_eq!(find_library(&b, b"libmissing.so.9"), None);
+        // A directory or a symlink loop is no library.
+        assert_eq!(find_library(&b, b"x86_64-linux-gnu"), None);
+        assert_eq!(find_library(&b, b"/loop"), None);
+        // `..` after a symlink is the parent of its target: /lib/.. is /usr.
+        assert_eq!(resolve(&b, b"/lib/../bin/./prog"), Some(t.prog));
+        assert_eq!(resolve(&b, b"/lib/../usr/bin/prog"), None);
+    }
+
+    #[test]
+    fn a_cold_read_of_a_program_fetches_its_libraries_and_theirs() {
+        let t = tree();
+        let cache = tempfile::tempdir().unwrap();
+        let cfg = FetchConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..FetchConfig::default()
+        };
+        let fs = mounted(&t.t, cfg);
+        let head = fs.read(t.prog, 0, 4096).unwrap();
+        assert!(head.starts_with(elf::MAGIC));
+        // Nothing reads the libraries: the worker fetches them.
+        wait_until("libA and libB cached", Duration::from_secs(20), || {
+            cached(&fs, t.lib_a) && cached(&fs, t.lib_b)
+        });
+        assert!(fs.fetcher.flush(Duration::from_secs(20)));
+        assert!(!cached(&fs, t.lib_c), "a library nobody needs");
+        assert!(fs.fetcher.metrics().speculative_bytes.get() > 0);
+    }
+
+    #[test]
+    fn without_a_disk_cache_or_with_readahead_0_nothing_is_inspected() {
+        let t = tree();
+        let cache = tempfile::tempdir().unwrap();
+        let no_readahead = FetchConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            readahead: 0,
+            ..FetchConfig::default()
+        };
+        for cfg in [FetchConfig::default(), no_readahead] {
+            let fs = mounted(&t.t, cfg);
+            fs.read(t.prog, 0, 4096).unwrap();
+            assert!(fs.elf_deps.tx.get().is_none(), "no worker started");
+            assert!(fs.elf_deps.seen.lock().unwrap().is_empty());
+        }
+    }
 }
