@@ -58,7 +58,8 @@ pub struct ReadArgs {
     pub fetch_threads: Option<usize>,
     /// On a miss, also fetch the file's next SIZE bytes in the background,
     /// and after a small file's miss the small files stored after it; the
-    /// start of the window of a read in stored order (0: all read-ahead
+    /// start of the window of a read in stored order; the head of each
+    /// library a program or library read cold needs (0: all read-ahead
     /// off) [default: 1M].
     #[arg(long, value_name = "SIZE")]
     pub readahead: Option<String>,

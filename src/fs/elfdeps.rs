@@ -278,6 +278,13 @@ mod tests {
         fs
     }
 
+    fn on_disk(cache: &std::path::Path) -> FetchConfig {
+        FetchConfig {
+            cache_dir: Some(cache.to_path_buf()),
+            ..FetchConfig::default()
+        }
+    }
+
     fn cached(fs: &RafsFs, ino: u32) -> bool {
         let b = fs.image.bootstrap().unwrap();
         let run = b.file_chunks(ino).unwrap();
@@ -306,11 +313,7 @@ mod tests {
     fn a_cold_read_of_a_program_fetches_its_libraries_and_theirs() {
         let t = tree();
         let cache = tempfile::tempdir().unwrap();
-        let cfg = FetchConfig {
-            cache_dir: Some(cache.path().to_path_buf()),
-            ..FetchConfig::default()
-        };
-        let fs = mounted(&t.t, cfg);
+        let fs = mounted(&t.t, on_disk(cache.path()));
         let head = fs.read(t.prog, 0, 4096).unwrap();
         assert!(head.starts_with(elf::MAGIC));
         // Nothing reads the libraries: the worker fetches them.
@@ -327,9 +330,8 @@ mod tests {
         let t = tree();
         let cache = tempfile::tempdir().unwrap();
         let no_readahead = FetchConfig {
-            cache_dir: Some(cache.path().to_path_buf()),
             readahead: 0,
-            ..FetchConfig::default()
+            ..on_disk(cache.path())
         };
         for cfg in [FetchConfig::default(), no_readahead] {
             let fs = mounted(&t.t, cfg);
