@@ -43,14 +43,26 @@ impl Backend for Slow {
 /// `FILES` incompressible files (stored raw: the blob layout depends only
 /// on the sizes), content from `seed`. Returns (source dir, bootstrap).
 fn image(work: &Path, seed: u64, size: usize) -> (PathBuf, PathBuf) {
-    let src = work.join(format!("src{seed}"));
+    let data = |i| random_bytes(seed * 1000 + i, size);
+    image_of(work, &format!("{seed}"), "64K", data)
+}
+
+/// `FILES` files `f00`.., file `i` holding `data(i)`, in chunks of
+/// `chunk`, under `work`/src`name` and `work`/image`name`. Returns (source
+/// dir, bootstrap).
+fn image_of(
+    work: &Path,
+    name: &str,
+    chunk: &str,
+    data: impl Fn(u64) -> Vec<u8>,
+) -> (PathBuf, PathBuf) {
+    let src = work.join(format!("src{name}"));
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..FILES {
-        let data = random_bytes(seed * 1000 + i, size);
-        std::fs::write(src.join(format!("f{i:02}")), data).unwrap();
+        std::fs::write(src.join(format!("f{i:02}")), data(i)).unwrap();
     }
-    let out = work.join(format!("image{seed}"));
-    let bootstrap = common::create(&src, &out, &["--chunk-size", "64K"]);
+    let out = work.join(format!("image{name}"));
+    let bootstrap = common::create(&src, &out, &["--chunk-size", chunk]);
     (src, bootstrap)
 }
 
@@ -342,12 +354,7 @@ fn a_stopped_peer_holding_claims_does_not_stall_cold_reads() {
 fn a_stopped_prefetch_reports_only_what_it_fetched() {
     let work = common::tempdir();
     // One 256 KiB frame per file (chunks of 1 MiB), 8 frames.
-    let src = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..FILES {
-        std::fs::write(src.join(format!("f{i:02}")), random_bytes(50 + i, SIZE)).unwrap();
-    }
-    let bootstrap = common::create(&src, &work.path().join("image"), &["--chunk-size", "1M"]);
+    let (_, bootstrap) = image_of(work.path(), "", "1M", |i| random_bytes(50 + i, SIZE));
     let blobs = work.path().join("image/blobs");
     // 256 KiB/s: one frame per request, about one per second.
     let cfg = FetchConfig {
@@ -523,6 +530,22 @@ impl Drop for Unstall<'_> {
     }
 }
 
+/// The image over a cache disk that can be stalled (in `work`/cache),
+/// with a 1 MiB commit backlog and 2 prefetch workers.
+fn on_a_stallable_disk(
+    work: &Path,
+    bootstrap: &Path,
+) -> (RafsFs, Arc<rafs::cache::io::testing::Stall>) {
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let stall = rafs::cache::io::testing::Stall::new(rafs::cache::io::real());
+    let cfg = FetchConfig {
+        commit_backlog: 1 << 20,
+        prefetch_threads: 2,
+        ..cached(&work.join("cache"))
+    };
+    (fs_on(bootstrap, &blobs, cfg, stall.clone()), stall)
+}
+
 /// Prefetches the whole image with the cache disk stuck, runs `check` once
 /// the committer is blocked on the disk, then lets the disk go; returns the
 /// prefetch's report.
@@ -551,19 +574,11 @@ fn prefetch_on_a_stuck_disk(
 
 #[test]
 fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
-    use rafs::cache::io::testing::Stall;
     let work = common::tempdir();
     // 8 MiB in 64 KiB frames; the committer may be behind by 1 MiB, of
     // which the prefetch may use half.
     let (src, bootstrap) = image(work.path(), 9, 1 << 20);
-    let blobs = bootstrap.parent().unwrap().join("blobs");
-    let stall = Stall::new(rafs::cache::io::real());
-    let cfg = FetchConfig {
-        commit_backlog: 1 << 20,
-        prefetch_threads: 2,
-        ..cached(&work.path().join("cache"))
-    };
-    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
+    let (fs, stall) = on_a_stallable_disk(work.path(), &bootstrap);
     let report = prefetch_on_a_stuck_disk(&fs, &stall, || {
         // The disk is stuck: the prefetch does not go on fetching into
         // memory. A job starts only while the prefetch's half of the 1 MiB
@@ -590,28 +605,15 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
 
 #[test]
 fn a_prefetch_decodes_no_frame_the_stuck_cache_disk_has_no_room_for() {
-    use rafs::cache::io::testing::Stall;
     let work = common::tempdir();
     // 8 files of 1 MiB of text in 64 KiB frames: the blob is stored in
     // far less than one 512 KiB request, which holds all 8 MiB decoded.
-    let src = work.path().join("text");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..FILES {
-        let text: String = (0..)
-            .map(|n| format!("file {i} line {n}\n"))
-            .take(60_000)
-            .collect();
-        std::fs::write(src.join(format!("f{i:02}")), &text.as_bytes()[..1 << 20]).unwrap();
-    }
-    let bootstrap = common::create(&src, &work.path().join("image"), &["--chunk-size", "64K"]);
-    let blobs = bootstrap.parent().unwrap().join("blobs");
-    let stall = Stall::new(rafs::cache::io::real());
-    let cfg = FetchConfig {
-        commit_backlog: 1 << 20,
-        prefetch_threads: 2,
-        ..cached(&work.path().join("cache"))
+    let text = |i| {
+        let lines = (0..).map(|n| format!("file {i} line {n}\n"));
+        lines.take(60_000).collect::<String>().into_bytes()[..1 << 20].to_vec()
     };
-    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
+    let (src, bootstrap) = image_of(work.path(), "text", "64K", text);
+    let (fs, stall) = on_a_stallable_disk(work.path(), &bootstrap);
     let report = prefetch_on_a_stuck_disk(&fs, &stall, || {
         // The worker waits with its request's stored bytes, before
         // decoding: what it decoded is what the prefetch's half of the

@@ -222,6 +222,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_read_that_fails_names_nothing() {
+        let obj = object(&["libc.so.6"]);
+        // The three reads: head, dynamic section, string table.
+        for ok_reads in 0..=3 {
+            let mut n = 0;
+            let mut read = |off, len| {
+                n += 1;
+                (n <= ok_reads).then(|| reader(&obj)(off, len)).flatten()
+            };
+            let got = needed(&mut read);
+            assert_eq!(got.len(), usize::from(ok_reads == 3), "{ok_reads} reads ok");
+        }
+    }
+
+    #[test]
     fn every_truncation_and_corruption_is_survived() {
         let obj = object(&["libssl.so.3", "libcrypto.so.3"]);
         for len in 0..obj.len() {

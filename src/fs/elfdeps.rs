@@ -49,10 +49,6 @@ pub const MAX_DEPTH: u32 = 4;
 pub const MAX_SEEN: usize = 4096;
 /// Symlinks followed per path at most.
 pub const MAX_HOPS: u32 = 16;
-/// Chunks a library may have at most to be planned whole (bounds the
-/// planning cost of a hostile chunk run; the head is found by binary
-/// search).
-const WHOLE_CHUNKS: usize = 64;
 /// Objects waiting for the worker at most (more are not inspected).
 const QUEUE: usize = 64;
 
@@ -128,24 +124,23 @@ impl RafsFs {
         }
     }
 
-    /// Speculates `ino`'s head: the whole file if it is stored in at most
-    /// `--readahead` bytes (and [`WHOLE_CHUNKS`] chunks), else its first
-    /// `--readahead` bytes. Returns the stored bytes planned.
+    /// Speculates `ino`'s head: the whole file if it is a small one
+    /// ([`RafsFs::plan_small_file`], as on a first miss at its start),
+    /// else its first `--readahead` bytes. Returns the stored bytes
+    /// planned.
     fn speculate_head(&self, b: &Bootstrap<'_>, ino: u32) -> u64 {
         let Ok(run) = b.file_chunks(ino) else {
             return 0;
         };
-        let budget = self.fetcher.config().readahead;
-        // The chunks of the first `budget` bytes (the run is in file order).
-        let head = &run[..run.partition_point(|c| c.file_offset.get() < budget)];
-        let mut plan = Plan::default();
-        if run.len() <= WHOLE_CHUNKS {
-            self.fetcher.plan_chunks(run, None, &mut plan);
-        }
-        if plan.bytes == 0 || plan.bytes > budget {
-            plan = Plan::default();
+        let plan = self.plan_small_file(run).unwrap_or_else(|| {
+            // The chunks of the first `--readahead` bytes (the run is in
+            // file order).
+            let budget = self.fetcher.config().readahead;
+            let head = &run[..run.partition_point(|c| c.file_offset.get() < budget)];
+            let mut plan = Plan::default();
             self.fetcher.plan_chunks(head, None, &mut plan);
-        }
+            plan
+        });
         self.fetcher.speculate(&plan);
         plan.bytes
     }

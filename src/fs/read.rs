@@ -147,16 +147,29 @@ impl RafsFs {
             Verdict::Scattered => (cfg.widen, MAX_WIDEN_CHUNKS[1]),
             Verdict::Nothing => return,
         };
-        if run.len() > max_chunks {
-            return;
-        }
-        let mut plan = Plan::default();
-        self.fetcher.plan_chunks(run, None, &mut plan);
-        if plan.bytes <= budget {
+        if let Some(plan) = self.plan_whole(run, budget, max_chunks) {
             let n = self.fetcher.speculate(&plan);
             tracing::trace!(ino, planned = plan.bytes, launched = n, "widen file");
             self.spread.done(ino);
         }
+    }
+
+    /// The frames of every chunk of `run`, if it has at most `max_chunks`
+    /// chunks and they are stored in at most `budget` bytes.
+    fn plan_whole(&self, run: &[ChunkInfo], budget: u64, max_chunks: usize) -> Option<Plan> {
+        if run.len() > max_chunks {
+            return None;
+        }
+        let mut plan = Plan::default();
+        self.fetcher.plan_chunks(run, None, &mut plan);
+        (plan.bytes <= budget).then_some(plan)
+    }
+
+    /// [`RafsFs::plan_whole`] for a small file: one fetched whole on its
+    /// first miss at offset 0 (at most `--readahead` stored bytes).
+    pub(super) fn plan_small_file(&self, run: &[ChunkInfo]) -> Option<Plan> {
+        let budget = self.fetcher.config().readahead;
+        self.plan_whole(run, budget, MAX_WIDEN_CHUNKS[0])
     }
 
     /// Appends the data of `wants` (chunk indices in the file's run and
