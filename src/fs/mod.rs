@@ -221,6 +221,9 @@ impl RafsFs {
             Ok(b) => (Holes::new(b.chunks()), blob_bytes(&b)),
             Err(_) => (Holes::default(), 0),
         };
+        // Validation and the scans above read the whole bootstrap; serving
+        // needs only what lookups touch from now on.
+        image.release_pages();
         Ok(RafsFs {
             image,
             holes,

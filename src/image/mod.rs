@@ -80,6 +80,21 @@ impl Image {
         Ok(image)
     }
 
+    /// Unmaps the pages read so far (validation, set-up scans) from this
+    /// process; they stay in the page cache. A daemon serving a few files
+    /// of a large image then holds only the pages of the metadata it uses,
+    /// not the whole bootstrap. Best effort: an error only leaves the pages
+    /// resident.
+    pub fn release_pages(&self) {
+        if let Bytes::Map(m) = &self.bytes {
+            // SAFETY: `Mmap::map` maps the file shared and read-only, so
+            // MADV_DONTNEED discards no data: the next access faults the
+            // same file bytes back in. No reference into the mapping is
+            // alive across the call that could observe anything else.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// The raw bootstrap bytes.
     pub fn data(&self) -> &[u8] {
         match &self.bytes {
