@@ -272,6 +272,7 @@ impl Fetcher {
         let via = Via {
             background,
             lock: None,
+            room: None,
         };
         self.publish_ok(blob, fi, frame, false, via);
         true
@@ -326,7 +327,7 @@ impl Fetcher {
         for (&fi, f) in job.frames.iter().zip(&frames) {
             let from = (f.coff - start) as usize;
             let stored = &bytes[from..from + f.clen as usize];
-            self.pace_decode(job, fi, locks);
+            let room = self.pace_decode(job, fi, locks);
             match self.check_frame(job.blob, fi, stored) {
                 Ok((frame, None)) => {
                     if job.background {
@@ -337,6 +338,7 @@ impl Fetcher {
                     let via = Via {
                         background: job.background,
                         lock: locks.remove(&fi),
+                        room,
                     };
                     late.extend(self.publish_ok(job.blob, fi, frame, true, via));
                 }
@@ -359,23 +361,30 @@ impl Fetcher {
     }
 
     /// A background frame bound for disk is decoded only once the
-    /// background lane's share of the backlog has room for it: until then
-    /// its stored bytes wait, not its decompressed frame (one per prefetch
-    /// worker, up to a chunk's size each, while the disk catches up).
-    fn pace_decode(&self, job: &Job, fi: usize, locks: &HashMap<usize, SpanLock>) {
+    /// background lane's share of the backlog has room for it, reserved
+    /// for it: until then its stored bytes wait, not its decompressed frame
+    /// (up to a chunk's size, while the disk catches up), and the prefetch
+    /// workers together decode no more than the share holds.
+    fn pace_decode(
+        &self,
+        job: &Job,
+        fi: usize,
+        locks: &HashMap<usize, SpanLock>,
+    ) -> Option<super::store::Room<'_>> {
         let (true, Some(store), Some(f)) = (
             job.background && locks.contains_key(&fi),
             &self.store,
             self.index.blobs[job.blob as usize].frames.get(fi),
         ) else {
-            return;
+            return None;
         };
         let limit = self.cfg.commit_backlog / 2;
         self.metrics.prefetch_waiting.inc();
         // Out of time: decoded anyway; `publish_ok` then waits for the
         // whole backlog, and gives up the frame's caching after that.
-        let _ = store.wait_room(u64::from(f.ulen), limit, self.cfg.read_timeout);
+        let room = store.reserve(u64::from(f.ulen), limit, self.cfg.read_timeout);
         self.metrics.prefetch_waiting.dec();
+        room
     }
 
     /// Decodes a frame and verifies every member; the frame comes back with
@@ -432,6 +441,7 @@ impl Fetcher {
                     let via = Via {
                         background: job.background,
                         lock: None,
+                        room: None,
                     };
                     self.publish_ok(blob, fi, frame, false, via);
                 }

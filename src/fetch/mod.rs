@@ -144,11 +144,13 @@ pub(super) struct Late {
 
 /// How a frame reached [`Fetcher::publish_ok`].
 #[derive(Default)]
-struct Via {
+struct Via<'a> {
     /// Fetched by the background (prefetch) lane.
     background: bool,
     /// The cross-process claim on the frame's cache span, if held.
     lock: Option<crate::cache::blobfile::SpanLock>,
+    /// The backlog room the frame was decoded in, if reserved.
+    room: Option<store::Room<'a>>,
 }
 
 /// Which lane owns a flight. On-demand reads never wait on the
@@ -714,7 +716,7 @@ impl Fetcher {
         fi: usize,
         frame: Arc<Frame>,
         commit: bool,
-        how: Via,
+        how: Via<'_>,
     ) -> Option<Late> {
         let key = (blob, self.index.blobs[blob as usize].frames[fi].coff);
         // Only under its span lock may a frame be written: nobody else then
@@ -741,7 +743,11 @@ impl Fetcher {
             true => self.cfg.read_timeout,
             false => Duration::ZERO,
         };
-        if !store.try_hold(key, frame.clone(), wait) {
+        let held = match how.room {
+            Some(room) => store.hold_reserved(key, frame.clone(), wait, room),
+            None => store.try_hold(key, frame.clone(), wait),
+        };
+        if !held {
             self.finish(key, Ok(frame.clone()));
             if how.background {
                 self.metrics.commits_skipped.inc();

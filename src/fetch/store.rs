@@ -43,6 +43,28 @@ const BATCH: usize = 32;
 struct Pending {
     frames: HashMap<Key, Arc<Frame>>,
     bytes: u64,
+    /// Bytes promised to frames being decoded ([`Room`]): counted against
+    /// the backlog's limits as if already held.
+    reserved: u64,
+}
+
+/// Room in the backlog reserved for a frame about to be decoded
+/// ([`Store::reserve`]): workers that decode at once cannot all see the
+/// same room free. Released when dropped, or taken over by
+/// [`Store::hold_reserved`].
+pub struct Room<'a> {
+    store: &'a Store,
+    bytes: u64,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut p = self.store.lock_pending();
+            p.reserved -= self.bytes;
+            self.store.room.notify_all();
+        }
+    }
 }
 
 /// A fetched, fully verified frame to write.
@@ -235,7 +257,20 @@ impl Store {
     /// backlog has room for it (or is empty), waiting up to `wait` for
     /// room. The backlog bounds the memory a slow disk can pin.
     pub fn try_hold(&self, key: Key, frame: Arc<Frame>, wait: std::time::Duration) -> bool {
-        self.hold_while(key, frame, wait, None)
+        self.hold_while(key, frame, wait, None, 0)
+    }
+
+    /// [`Store::try_hold`] for a frame decoded in `room`: its reservation
+    /// becomes the held frame's bytes in one step.
+    pub fn hold_reserved(
+        &self,
+        key: Key,
+        frame: Arc<Frame>,
+        wait: std::time::Duration,
+        mut room: Room<'_>,
+    ) -> bool {
+        let credit = std::mem::take(&mut room.bytes);
+        self.hold_while(key, frame, wait, None, credit)
     }
 
     /// [`Store::try_hold`] that also gives up once the committer has shown
@@ -248,7 +283,7 @@ impl Store {
         wait: std::time::Duration,
         stall: std::time::Duration,
     ) -> bool {
-        self.hold_while(key, frame, wait, Some(stall))
+        self.hold_while(key, frame, wait, Some(stall), 0)
     }
 
     fn hold_while(
@@ -257,9 +292,10 @@ impl Store {
         frame: Arc<Frame>,
         wait: std::time::Duration,
         stall: Option<std::time::Duration>,
+        credit: u64,
     ) -> bool {
         let len = frame.data().len() as u64;
-        let Some(mut p) = self.wait_for_room(len, self.backlog, wait, stall) else {
+        let Some(mut p) = self.wait_for_room(len, self.backlog, wait, stall, credit) else {
             return false;
         };
         if p.frames.is_empty() {
@@ -281,22 +317,38 @@ impl Store {
     /// a disk that is behind slows the prefetch instead of piling fetched
     /// frames up in memory. False if the wait ran out.
     pub fn wait_room(&self, bytes: u64, limit: u64, wait: std::time::Duration) -> bool {
-        self.wait_for_room(bytes, limit, wait, None).is_some()
+        self.wait_for_room(bytes, limit, wait, None, 0).is_some()
+    }
+
+    /// [`Store::wait_room`] that also reserves the room it found: `None`
+    /// if the wait ran out.
+    pub fn reserve(&self, bytes: u64, limit: u64, wait: std::time::Duration) -> Option<Room<'_>> {
+        let mut p = self.wait_for_room(bytes, limit, wait, None, 0)?;
+        p.reserved += bytes;
+        Some(Room { store: self, bytes })
     }
 
     /// The backlog, locked, once `bytes` more fit under `limit` (or it is
-    /// empty); `None` after `wait`, or once the committer has shown no
-    /// progress for `stall`.
+    /// empty), after giving back `credit` reserved bytes; `None` after
+    /// `wait`, or once the committer has shown no progress for `stall`.
     fn wait_for_room(
         &self,
         bytes: u64,
         limit: u64,
         wait: std::time::Duration,
         stall: Option<std::time::Duration>,
+        credit: u64,
     ) -> Option<std::sync::MutexGuard<'_, Pending>> {
         let until = std::time::Instant::now() + wait;
         let mut p = self.lock_pending();
-        while !(p.frames.is_empty() || p.bytes + bytes <= limit) {
+        if credit > 0 {
+            p.reserved -= credit;
+            self.room.notify_all();
+        }
+        let fits = |p: &Pending| {
+            (p.frames.is_empty() && p.reserved == 0) || p.bytes + p.reserved + bytes <= limit
+        };
+        while !fits(&p) {
             let mut left = until.checked_duration_since(std::time::Instant::now())?;
             if let Some(stall) = stall {
                 let idle = self
@@ -550,6 +602,36 @@ mod tests {
         // One frame larger than the whole budget still goes when alone.
         store.release(&(0, 1));
         assert!(store.try_hold((0, 2), frame(5000), Duration::ZERO));
+    }
+
+    #[test]
+    fn reserved_room_counts_as_held_until_its_frame_is_held_or_it_is_dropped() {
+        let store = Store::new(Vec::new(), Arc::default(), None, 1000, Arc::default());
+        let a = store
+            .reserve(400, 500, Duration::ZERO)
+            .expect("empty backlog");
+        // Two decoders cannot both see the same room free.
+        assert!(store.reserve(400, 500, Duration::ZERO).is_none());
+        assert!(!store.try_hold((0, 9), frame(700), Duration::ZERO));
+        // Holding the frame turns the reservation into its bytes, once.
+        assert!(store.hold_reserved((0, 0), frame(400), Duration::ZERO, a));
+        assert!(store.pending(&(0, 0)).is_some());
+        assert!(store.reserve(400, 500, Duration::ZERO).is_none());
+        assert!(store.try_hold((0, 1), frame(600), Duration::ZERO));
+        store.release(&(0, 0));
+        store.release(&(0, 1));
+        // A reservation dropped (its frame failed to decode) frees its room
+        // for a waiter.
+        let b = store
+            .reserve(400, 500, Duration::ZERO)
+            .expect("empty again");
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| store.reserve(400, 500, Duration::from_secs(20)).is_some());
+            drop(b);
+            assert!(waiter.join().unwrap(), "the waiter got the room");
+        });
+        // Nothing held or reserved: one frame larger than the limit goes.
+        assert!(store.reserve(5000, 500, Duration::ZERO).is_some());
     }
 
     #[test]
