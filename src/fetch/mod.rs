@@ -228,7 +228,7 @@ pub struct Fetcher {
     backend: Arc<dyn Backend>,
     blob_ids: Vec<BlobId>,
     index: Arc<FrameIndex>,
-    memory: ChunkCache,
+    memory: Arc<ChunkCache>,
     store: Option<Arc<Store>>,
     commits: Option<Sender<Commit>>,
     /// The blob manager's side (`FetchConfig::manager`): read-only caches
@@ -300,6 +300,7 @@ impl Fetcher {
             None => None,
         };
         let verified = Arc::new(store::memo(index.blobs.iter().map(|b| b.frames.len())));
+        let memory = Arc::new(ChunkCache::new(cfg.memory_bytes));
         let (store, commits) = match &cfg.cache_dir {
             Some(_) if remote.is_some() => {
                 tracing::warn!("--cache-dir ignored: the blob manager owns the cache");
@@ -314,7 +315,8 @@ impl Fetcher {
                     cfg.commit_backlog,
                     metrics.clone(),
                 );
-                let store = Arc::new(store.with_memo(verified.clone()));
+                let store = store.with_memo(verified.clone());
+                let store = Arc::new(store.with_memory(memory.clone()));
                 let tx = store.start().map_err(|e| crate::cache::io_err(dir, e))?;
                 (Some(store), Some(tx))
             }
@@ -330,7 +332,7 @@ impl Fetcher {
             backend,
             blob_ids: blobs.iter().map(|b| b.0).collect(),
             index,
-            memory: ChunkCache::new(cfg.memory_bytes),
+            memory,
             store,
             commits,
             remote,

@@ -13,7 +13,7 @@
 //! so an eviction never breaks a read in progress.
 
 use super::index::FrameIndex;
-use super::memory::{Frame, Key};
+use super::memory::{ChunkCache, Frame, Key};
 use super::metrics::FetchMetrics;
 use crate::backend::BlobId;
 use crate::cache::io::Storage;
@@ -116,6 +116,9 @@ pub struct Store {
     /// The fetcher's memo of verified disk frames (`super::verify`),
     /// filled in for the frames the committer writes.
     memo: Arc<Verified>,
+    /// The fetcher's frame LRU: a frame the committer wrote leaves it (the
+    /// disk serves it from then on; memory keeps what the disk lacks).
+    memory: Option<Arc<ChunkCache>>,
 }
 
 /// The layout identity of a blob's cache: a digest of what the blob-table
@@ -224,7 +227,14 @@ impl Store {
             metrics,
             logged: [AtomicBool::new(false), AtomicBool::new(false)],
             memo: Arc::default(),
+            memory: None,
         }
+    }
+
+    /// Shares the fetcher's frame LRU with the committer.
+    pub fn with_memory(mut self, memory: Arc<ChunkCache>) -> Store {
+        self.memory = Some(memory);
+        self
     }
 
     /// Shares the fetcher's verified-frames memo with the committer.
@@ -457,11 +467,14 @@ impl Store {
                 // check while the generation holds (see `super::verify`).
                 let memo = self.memo.get(blob as usize);
                 for &i in &done.written {
-                    let (Some(&(_, (_, fi, _))), Some(memo)) = (added.get(i), memo) else {
+                    let Some(&(key, (_, fi, _))) = added.get(i) else {
                         continue;
                     };
-                    if let Some(v) = memo.get(fi) {
+                    if let Some(v) = memo.and_then(|m| m.get(fi)) {
                         v.store(done.generation + 1, Ordering::Release);
+                    }
+                    if let Some(memory) = &self.memory {
+                        memory.remove(&key);
                     }
                 }
                 self.account(added)

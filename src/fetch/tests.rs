@@ -400,3 +400,32 @@ fn frames_this_process_wrote_are_read_back_without_a_second_check() {
     assert_eq!(backend.calls(), calls);
     assert_eq!(fs.fetcher().metrics().cache_verified.get(), 16);
 }
+
+#[test]
+fn memory_keeps_the_frames_the_disk_does_not_hold() {
+    let t = one_file_image(16);
+    let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+    let read_all = |fs: &RafsFs, f| {
+        for k in 0..16 {
+            assert_eq!(fs.read(f, k * 4096, 4096).unwrap(), noise(4096, 100 + k));
+        }
+    };
+    // With a disk cache: once written, a frame leaves the LRU (the disk
+    // serves it), and the reads that follow are disk hits.
+    let fs = fs_with(&t, backend.clone(), cached(&t, |_| {}));
+    let f = fs.lookup(0, b"f").unwrap().ino;
+    read_all(&fs, f);
+    assert!(fs.fetcher().flush(Duration::from_secs(20)), "committed");
+    assert_eq!(fs.fetcher().memory_bytes(), 0, "written frames left memory");
+    let calls = backend.calls();
+    read_all(&fs, f);
+    assert_eq!(backend.calls(), calls, "served by the disk");
+    assert!(fs.fetcher().metrics().cache_hits.get() >= 16);
+    // Without one, memory is all there is: the frames stay.
+    let fs = fs_with(&t, backend.clone(), no_readahead());
+    read_all(&fs, f);
+    assert_eq!(fs.fetcher().memory_bytes(), 16 * 4096);
+    let calls = backend.calls();
+    read_all(&fs, f);
+    assert_eq!(backend.calls(), calls, "served from memory");
+}
