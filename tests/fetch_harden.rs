@@ -520,6 +520,64 @@ fn a_busy_cache_disk_paces_caching_but_loses_no_frame() {
     assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
 }
 
+#[test]
+fn reads_outpacing_a_busy_cache_disk_pin_a_bounded_backlog() {
+    use rafs::cache::io::testing::Stall;
+    let work = common::tempdir();
+    // 8 readers each read a 1 MiB file (16 frames of 64 KiB) at once, in
+    // one request each, through a 1 MiB backlog whose disk syncs 100 ms
+    // late. Frames served past the full backlog wait in memory for it;
+    // once they fill half of it, the next frames wait for room before
+    // they are decoded (their readers with them) instead of piling up:
+    // 8 MiB otherwise.
+    let (src, bootstrap) = image(work.path(), 10, 1 << 20);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let slow = Stall::new(rafs::cache::io::real());
+    slow.slow_syncs(Duration::from_millis(100));
+    let cfg = FetchConfig {
+        commit_backlog: 1 << 20,
+        concurrency: 8,
+        readahead: 0,
+        ..cached(&work.path().join("cache"))
+    };
+    let fs = fs_on(&bootstrap, &blobs, cfg, slow);
+    let late = &fs.fetcher().metrics().commit_late_bytes;
+    let done = AtomicBool::new(false);
+    let peak = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(Ordering::SeqCst) {
+                peak = peak.max(late.get());
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+            peak
+        });
+        let readers: Vec<_> = (0..FILES)
+            .map(|i| {
+                let (fs, src) = (&fs, &src);
+                s.spawn(move || {
+                    let name = format!("f{i:02}");
+                    let ino = fs.lookup(0, name.as_bytes()).unwrap().ino;
+                    let got = fs.read(ino, 0, 1 << 20).unwrap();
+                    assert!(got == std::fs::read(src.join(&name)).unwrap(), "{name}");
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        sampler.join().unwrap()
+    });
+    // Half the backlog, plus a frame per worker that checked before the
+    // others' frames were counted.
+    assert!(peak > 0, "some frames waited for the backlog");
+    assert!(peak <= (512 << 10) + 8 * (64 << 10), "{peak} bytes waited");
+    assert!(fs.fetcher().flush(Duration::from_secs(60)));
+    assert_eq!(fs.fetcher().metrics().commits_skipped.get(), 0);
+    assert_tree(&fs, &src);
+}
+
 /// Releases a stalled disk when dropped: whatever a test asserts while the
 /// disk is stuck, it comes back (nothing hangs).
 struct Unstall<'a>(&'a rafs::cache::io::testing::Stall);

@@ -21,7 +21,7 @@ use crate::cache::blobfile::SpanLock;
 use crate::chunk::{decode_frame, FetchError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Attempts per frame at most (first try included).
 const MAX_ATTEMPTS: u32 = 6;
@@ -360,11 +360,18 @@ impl Fetcher {
         }
     }
 
-    /// A background frame bound for disk is decoded only once the
-    /// background lane's share of the backlog has room for it, reserved
-    /// for it: until then its stored bytes wait, not its decompressed frame
-    /// (up to a chunk's size, while the disk catches up), and the prefetch
-    /// workers together decode no more than the share holds.
+    /// Room in the backlog for a frame bound for disk, reserved before it
+    /// is decoded, so that the workers together decode no more than the
+    /// backlog holds.
+    ///
+    /// A background frame waits for room in the background lane's share:
+    /// until then its stored bytes wait, not its decompressed frame (up to
+    /// a chunk's size, while the disk catches up). An on-demand frame takes
+    /// room if there is some; it waits for it (its readers with it) only
+    /// while frames served earlier still wait for the committer beyond
+    /// half the backlog ([`Late`](super::Late)): reads then outpace the
+    /// disk, and each further frame would pin its memory until the disk
+    /// caught up. It never waits on a committer that shows no progress.
     fn pace_decode(
         &self,
         job: &Job,
@@ -372,17 +379,24 @@ impl Fetcher {
         locks: &HashMap<usize, SpanLock>,
     ) -> Option<super::store::Room<'_>> {
         let (true, Some(store), Some(f)) = (
-            job.background && locks.contains_key(&fi),
+            locks.contains_key(&fi),
             &self.store,
             self.index.blobs[job.blob as usize].frames.get(fi),
         ) else {
             return None;
         };
+        let bytes = u64::from(f.ulen);
+        if !job.background {
+            let stall = super::COMMIT_STALL.min(self.cfg.read_timeout / 4);
+            let behind = self.metrics.commit_late_bytes.get() >= self.cfg.commit_backlog / 2;
+            let wait = if behind { stall } else { Duration::ZERO };
+            return store.reserve(bytes, self.cfg.commit_backlog, wait, Some(stall));
+        }
         let limit = self.cfg.commit_backlog / 2;
         self.metrics.prefetch_waiting.inc();
         // Out of time: decoded anyway; `publish_ok` then waits for the
         // whole backlog, and gives up the frame's caching after that.
-        let room = store.reserve(u64::from(f.ulen), limit, self.cfg.read_timeout);
+        let room = store.reserve(bytes, limit, self.cfg.read_timeout, None);
         self.metrics.prefetch_waiting.dec();
         room
     }

@@ -68,6 +68,9 @@ pub struct FetchMetrics {
     /// Background jobs waiting for room in the commit backlog before they
     /// fetch (a cache disk that is behind).
     pub prefetch_waiting: Gauge,
+    /// Bytes of on-demand frames already served and waiting for room in
+    /// the commit backlog (reads outpacing the cache disk).
+    pub commit_late_bytes: Gauge<u64, AtomicU64>,
     /// Bytes of ready ranges this daemon accounts in the disk cache.
     pub cache_usage: Gauge<u64, AtomicU64>,
     /// `--cache-size` (0: no limit).
@@ -130,6 +133,7 @@ impl Default for FetchMetrics {
             errors: Family::default(),
             inflight: Gauge::default(),
             prefetch_waiting: Gauge::default(),
+            commit_late_bytes: Gauge::default(),
             cache_usage: Gauge::default(),
             cache_limit: Gauge::default(),
             evictions: Counter::default(),
@@ -321,6 +325,11 @@ impl FetchMetrics {
             "rafs_prefetch_waiting_for_cache",
             "Background jobs waiting for the disk cache's committer before fetching",
             self.prefetch_waiting.clone(),
+        );
+        r.register(
+            "rafs_cache_late_bytes",
+            "Bytes of served on-demand frames waiting for room in the commit backlog",
+            self.commit_late_bytes.clone(),
         );
         r.register(
             "rafs_cache_usage_bytes",

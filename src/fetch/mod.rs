@@ -756,6 +756,8 @@ impl Fetcher {
                 return None; // the claim (`how.lock`) is dropped: nothing written
             }
             let lock = how.lock;
+            let bytes = frame.data().len() as u64;
+            self.metrics.commit_late_bytes.inc_by(bytes);
             return Some(Late { fi, frame, lock });
         }
         self.finish(key, Ok(frame.clone()));
@@ -774,7 +776,11 @@ impl Fetcher {
         for l in late {
             let key = (blob, self.index.blobs[blob as usize].frames[l.fi].coff);
             let wait = self.cfg.read_timeout;
-            if store.try_hold_unless_stalled(key, l.frame.clone(), wait, stall) {
+            let held = store.try_hold_unless_stalled(key, l.frame.clone(), wait, stall);
+            self.metrics
+                .commit_late_bytes
+                .dec_by(l.frame.data().len() as u64);
+            if held {
                 self.send_commit(blob, l.fi, l.frame, l.lock);
             } else {
                 self.metrics.commits_skipped.inc();

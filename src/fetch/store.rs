@@ -331,9 +331,16 @@ impl Store {
     }
 
     /// [`Store::wait_room`] that also reserves the room it found: `None`
-    /// if the wait ran out.
-    pub fn reserve(&self, bytes: u64, limit: u64, wait: std::time::Duration) -> Option<Room<'_>> {
-        let mut p = self.wait_for_room(bytes, limit, wait, None, 0)?;
+    /// if the wait ran out, or (with `stall`) once the committer has shown
+    /// no progress for `stall`.
+    pub fn reserve(
+        &self,
+        bytes: u64,
+        limit: u64,
+        wait: std::time::Duration,
+        stall: Option<std::time::Duration>,
+    ) -> Option<Room<'_>> {
+        let mut p = self.wait_for_room(bytes, limit, wait, stall, 0)?;
         p.reserved += bytes;
         Some(Room { store: self, bytes })
     }
@@ -621,30 +628,34 @@ mod tests {
     fn reserved_room_counts_as_held_until_its_frame_is_held_or_it_is_dropped() {
         let store = Store::new(Vec::new(), Arc::default(), None, 1000, Arc::default());
         let a = store
-            .reserve(400, 500, Duration::ZERO)
+            .reserve(400, 500, Duration::ZERO, None)
             .expect("empty backlog");
         // Two decoders cannot both see the same room free.
-        assert!(store.reserve(400, 500, Duration::ZERO).is_none());
+        assert!(store.reserve(400, 500, Duration::ZERO, None).is_none());
         assert!(!store.try_hold((0, 9), frame(700), Duration::ZERO));
         // Holding the frame turns the reservation into its bytes, once.
         assert!(store.hold_reserved((0, 0), frame(400), Duration::ZERO, a));
         assert!(store.pending(&(0, 0)).is_some());
-        assert!(store.reserve(400, 500, Duration::ZERO).is_none());
+        assert!(store.reserve(400, 500, Duration::ZERO, None).is_none());
         assert!(store.try_hold((0, 1), frame(600), Duration::ZERO));
         store.release(&(0, 0));
         store.release(&(0, 1));
         // A reservation dropped (its frame failed to decode) frees its room
         // for a waiter.
         let b = store
-            .reserve(400, 500, Duration::ZERO)
+            .reserve(400, 500, Duration::ZERO, None)
             .expect("empty again");
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| store.reserve(400, 500, Duration::from_secs(20)).is_some());
+            let waiter = s.spawn(|| {
+                store
+                    .reserve(400, 500, Duration::from_secs(20), None)
+                    .is_some()
+            });
             drop(b);
             assert!(waiter.join().unwrap(), "the waiter got the room");
         });
         // Nothing held or reserved: one frame larger than the limit goes.
-        assert!(store.reserve(5000, 500, Duration::ZERO).is_some());
+        assert!(store.reserve(5000, 500, Duration::ZERO, None).is_some());
     }
 
     #[test]
