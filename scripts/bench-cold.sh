@@ -59,7 +59,9 @@
 # compressed_size (the frame's) * overlap / batch_size, from `rafs inspect
 # BOOTSTRAP --file PATH --json` (RAFS_INSPECT_BIN, default the rafs binary;
 # it must print batch_size, else needed is "-"). floor = needed at the link
-# rate + the warm time. Also printed: the sizes of the distinct files the
+# rate + the warm time. Also printed beside needed: the stored bytes of the
+# whole frames holding those ranges, the least any fetch in frames can get
+# (a batch frame holds many small files, a chunk up to 4 MiB of a large one). Also printed: the sizes of the distinct files the
 # command opens (strace of a run in the extracted tree, once, untimed: an
 # upper bound of what it reads, without the ELF interpreter).
 #
@@ -387,13 +389,16 @@ PY
   cat "$f"
 }
 
-# needed_of LIST: compressed bytes of the ranges in LIST (see the header), or
-# "-" when `rafs inspect --json` does not give batch_size.
+# needed_of LIST: compressed bytes of the ranges in LIST (see the header),
+# then the stored bytes of the whole frames holding them (the least a fetch
+# in frames can get), or "- -" when `rafs inspect --json` does not give
+# batch_size.
 needed_of() {
-  python3 - "$inspect_bin" "$bootstrap" "$1" <<'PY' || echo -
+  python3 - "$inspect_bin" "$bootstrap" "$1" <<'PY' || echo "- -"
 import json, os, subprocess, sys
 rafs, boot, lst = sys.argv[1:4]
 need = 0.0
+frames = {}
 for raw in open(lst, "rb"):
     line = raw.rstrip(b"\n")
     if not line.strip() or line.startswith(b"#"):
@@ -416,7 +421,8 @@ for raw in open(lst, "rb"):
         ov = sum(max(0, min(b, ce) - max(a, cs)) for a, b in ranges)
         if ov:
             need += c["compressed_size"] * ov / (c["batch_size"] or c["length"])
-print(int(need))
+            frames[(c["blob"], c["compressed_offset"])] = c["compressed_size"]
+print(int(need), sum(frames.values()))
 PY
 }
 
@@ -552,7 +558,7 @@ bench_command() {
       run_pull "$s" "$c"
     done
   done
-  needed=-
+  needed=- in_frames=-
   if [ "$rafs_ok" = 1 ]; then
     rows+=(cold warm)
     for s in cold warm; do
@@ -566,7 +572,7 @@ bench_command() {
       rm -f "$list"
       run_rafs record 0 "$c" "$list"
       [ -s "$list" ] || die "--record-access wrote no list"
-      needed=$(needed_of "$list")
+      read -r needed in_frames <<<"$(needed_of "$list")"
       rows+=(listmount prefetched all)
       for s in listmount prefetched all; do
         for ((r = 1; r <= reps; r++)); do
@@ -609,6 +615,7 @@ report() {
   echo
   local hn=-
   [ "$needed" = - ] || hn=$(human "$needed")
+  [ "$in_frames" = - ] || hn+="; in whole frames: $(human "$in_frames") ($(py "f'{$in_frames / max($needed, 1):.2f}'")x needed, the least a fetch in frames gets)"
   echo "files the command opens: $(human "$rb"); needed: $hn"
   echo
   echo "| row | time (s) | bytes fetched (proxy) | rafs_backend_bytes_total | x needed | speed-up vs pull | vs stream | daemon peak RSS |"
