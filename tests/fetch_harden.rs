@@ -605,16 +605,18 @@ fn on_a_stallable_disk(
 }
 
 /// Prefetches the whole image with the cache disk stuck, runs `check` once
-/// the committer is blocked on the disk, then lets the disk go; returns the
-/// prefetch's report.
+/// the committer is blocked on the disk, then lets the disk go; asserts
+/// that the prefetch ran to its end, the committer caught up and the tree
+/// reads as `src`; returns the prefetch's report.
 fn prefetch_on_a_stuck_disk(
     fs: &RafsFs,
     stall: &rafs::cache::io::testing::Stall,
+    src: &Path,
     check: impl FnOnce(),
 ) -> rafs::fetch::prefetch::Report {
     stall.block();
     let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
+    let report = std::thread::scope(|s| {
         let run = s.spawn(|| {
             let plan = fs.fetcher().plan_all();
             fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
@@ -627,7 +629,11 @@ fn prefetch_on_a_stuck_disk(
         check();
         stall.release();
         run.join().unwrap()
-    })
+    });
+    assert!(report.stopped.is_none(), "{report:?}");
+    assert!(fs.fetcher().flush(Duration::from_secs(30)));
+    assert_tree(fs, src);
+    report
 }
 
 #[test]
@@ -637,7 +643,7 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
     // which the prefetch may use half.
     let (src, bootstrap) = image(work.path(), 9, 1 << 20);
     let (fs, stall) = on_a_stallable_disk(work.path(), &bootstrap);
-    let report = prefetch_on_a_stuck_disk(&fs, &stall, || {
+    let report = prefetch_on_a_stuck_disk(&fs, &stall, &src, || {
         // The disk is stuck: the prefetch does not go on fetching into
         // memory. A job starts only while the prefetch's half of the 1 MiB
         // backlog has room for it, so once the two workers' first jobs
@@ -652,9 +658,6 @@ fn a_prefetch_waits_for_a_stalled_cache_disk_before_fetching_more() {
             "fetched {fetched} bytes with the disk stuck"
         );
     });
-    assert!(report.stopped.is_none(), "{report:?}");
-    assert!(fs.fetcher().flush(Duration::from_secs(30)));
-    assert_tree(&fs, &src);
     assert!(
         report.fetched + report.cached == report.frames,
         "{report:?}"
@@ -672,7 +675,7 @@ fn a_prefetch_decodes_no_frame_the_stuck_cache_disk_has_no_room_for() {
     };
     let (src, bootstrap) = image_of(work.path(), "text", "64K", text);
     let (fs, stall) = on_a_stallable_disk(work.path(), &bootstrap);
-    let report = prefetch_on_a_stuck_disk(&fs, &stall, || {
+    prefetch_on_a_stuck_disk(&fs, &stall, &src, || {
         // The worker waits with its request's stored bytes, before
         // decoding: what it decoded is what the prefetch's half of the
         // backlog holds. (Unpaced, it decoded on, up to the whole backlog
@@ -688,7 +691,4 @@ fn a_prefetch_decodes_no_frame_the_stuck_cache_disk_has_no_room_for() {
             "decoded {decoded} bytes with the disk stuck"
         );
     });
-    assert!(report.stopped.is_none(), "{report:?}");
-    assert!(fs.fetcher().flush(Duration::from_secs(30)));
-    assert_tree(&fs, &src);
 }

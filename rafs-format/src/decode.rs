@@ -314,8 +314,26 @@ impl<'a> Bootstrap<'a> {
     /// Resolves a slash-separated path from the root (leading `/` optional;
     /// empty components and `.` are skipped; symlinks are not followed).
     pub fn resolve(&self, path: &[u8]) -> Result<Option<u32>, FormatError> {
-        let mut ino = 0u32;
-        for comp in path.split(|&b| b == b'/') {
+        self.walk(path, None)
+    }
+
+    /// [`Bootstrap::resolve`] following symlinks in every component, as
+    /// the kernel does: an absolute target from the root, a relative one
+    /// from the link's directory. `None` past `max_hops` symlinks (a loop).
+    /// Cost: linear in the path and the targets followed.
+    pub fn resolve_following(
+        &self,
+        path: &[u8],
+        max_hops: u32,
+    ) -> Result<Option<u32>, FormatError> {
+        self.walk(path, Some(max_hops))
+    }
+
+    fn walk(&self, path: &[u8], follow: Option<u32>) -> Result<Option<u32>, FormatError> {
+        let split = |p| <[u8]>::split(p, |&b| b == b'/');
+        let mut todo: std::collections::VecDeque<&[u8]> = split(path).collect();
+        let (mut ino, mut hops) = (0u32, 0u32);
+        while let Some(comp) = todo.pop_front() {
             if comp.is_empty() || comp == b"." {
                 continue;
             }
@@ -326,9 +344,24 @@ impl<'a> Bootstrap<'a> {
             if !self.inode(ino)?.is_dir() {
                 return Ok(None);
             }
-            match self.lookup(ino, comp)? {
-                Some(next) => ino = next,
-                None => return Ok(None),
+            let Some(next) = self.lookup(ino, comp)? else {
+                return Ok(None);
+            };
+            match follow {
+                Some(max) if self.inode(next)?.is_symlink() => {
+                    hops += 1;
+                    if hops > max {
+                        return Ok(None);
+                    }
+                    let target = self.symlink_target(next)?;
+                    if target.starts_with(b"/") {
+                        ino = 0;
+                    }
+                    for c in split(target).rev() {
+                        todo.push_front(c);
+                    }
+                }
+                _ => ino = next,
             }
         }
         Ok(Some(ino))

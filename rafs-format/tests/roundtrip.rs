@@ -379,3 +379,51 @@ fn resolve_paths() {
     assert_eq!(b.resolve(b"/d-0/f-1/x").unwrap(), None);
     assert_eq!(b.resolve(b"/nope").unwrap(), None);
 }
+
+#[test]
+fn resolve_following_symlinks() {
+    let a = (0o755, 0, 0, 0, 0, vec![]);
+    let g = build(
+        vec![
+            (Pick::Dir, 0, b"d".to_vec(), a.clone()),
+            (Pick::File(vec![]), 1, b"f".to_vec(), a.clone()),
+            (
+                Pick::Symlink(b"d-0".to_vec()),
+                0,
+                b"rel".to_vec(),
+                a.clone(),
+            ),
+            (
+                Pick::Symlink(b"/d-0/f-1".to_vec()),
+                1,
+                b"abs".to_vec(),
+                a.clone(),
+            ),
+            (
+                Pick::Symlink(b"/loop-4".to_vec()),
+                0,
+                b"loop".to_vec(),
+                a.clone(),
+            ),
+        ],
+        a,
+    );
+    let bytes = encode(&g.spec).unwrap();
+    let b = Bootstrap::open(&bytes).unwrap();
+    let f = b.resolve(b"/d-0/f-1").unwrap();
+    let follow = |p: &[u8]| b.resolve_following(p, 8).unwrap();
+    // A relative target from the link's directory, in a middle component;
+    // an absolute one from the root, as the last; `..` after a link.
+    assert_eq!(follow(b"/rel-2/f-1"), f);
+    assert_eq!(follow(b"/rel-2/abs-3"), f);
+    assert_eq!(follow(b"/d-0/abs-3/../f-1"), None, "a file has no entries");
+    assert_eq!(follow(b"/rel-2/../d-0/f-1"), f);
+    // Not following: a link as the last component is the answer, in the
+    // middle it names no directory.
+    let rel = b.resolve(b"/rel-2").unwrap();
+    assert!(rel.is_some() && rel != b.resolve(b"/d-0").unwrap());
+    assert_eq!(b.resolve(b"/rel-2/f-1").unwrap(), None);
+    // A loop ends after the hops allowed.
+    assert_eq!(follow(b"/loop-4"), None);
+    assert_eq!(b.resolve_following(b"/rel-2/f-1", 0).unwrap(), None);
+}

@@ -176,38 +176,7 @@ fn is_reg(b: &Bootstrap<'_>, ino: u32) -> bool {
 /// The inode `path` names from the root, following symlinks (at most
 /// [`MAX_HOPS`]) in every component.
 pub(super) fn resolve(b: &Bootstrap<'_>, path: &[u8]) -> Option<u32> {
-    const ROOT: u32 = 0;
-    let parts = |p: &[u8]| -> Vec<Vec<u8>> {
-        p.split(|&c| c == b'/')
-            .filter(|c| !c.is_empty() && *c != b".")
-            .map(<[u8]>::to_vec)
-            .collect()
-    };
-    let mut todo: VecDeque<Vec<u8>> = parts(path).into();
-    let (mut at, mut hops) = (ROOT, 0);
-    while let Some(part) = todo.pop_front() {
-        if part == b".." {
-            at = b.inode(at).ok()?.parent.get();
-            continue;
-        }
-        let next = b.lookup(at, &part).ok()??;
-        if !b.inode(next).ok()?.is_symlink() {
-            at = next;
-            continue;
-        }
-        hops += 1;
-        if hops > MAX_HOPS {
-            return None;
-        }
-        let target = b.symlink_target(next).ok()?;
-        if target.starts_with(b"/") {
-            at = ROOT;
-        }
-        for p in parts(target).into_iter().rev() {
-            todo.push_front(p);
-        }
-    }
-    Some(at)
+    b.resolve_following(path, MAX_HOPS).ok().flatten()
 }
 
 #[cfg(test)]
