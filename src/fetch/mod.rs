@@ -315,8 +315,10 @@ impl Fetcher {
                     cfg.commit_backlog,
                     metrics.clone(),
                 );
-                let store = store.with_memo(verified.clone());
-                let store = Arc::new(store.with_memory(memory.clone()));
+                let store = store
+                    .with_memo(verified.clone())
+                    .with_memory(memory.clone());
+                let store = Arc::new(store);
                 let tx = store.start().map_err(|e| crate::cache::io_err(dir, e))?;
                 (Some(store), Some(tx))
             }
@@ -351,23 +353,7 @@ impl Fetcher {
             metrics,
             counters,
         });
-        let lanes = [
-            ("fetch", fetcher.cfg.concurrency.max(1), rx),
-            ("prefetch", fetcher.cfg.prefetch_threads.max(1), bg_rx),
-        ];
-        for (lane, n, rx) in lanes {
-            for i in 0..n {
-                let weak = Arc::downgrade(&fetcher);
-                let rx = rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("rafs-{lane}-{i}"))
-                    .spawn(move || worker(weak, rx))
-                    .map_err(|e| CacheError::Io {
-                        path: PathBuf::from("thread"),
-                        source: e,
-                    })?;
-            }
-        }
+        spawn_workers(&fetcher, rx, bg_rx)?;
         Ok(fetcher)
     }
 
@@ -874,6 +860,34 @@ impl Fetcher {
             f.set(r);
         }
     }
+}
+
+/// Starts the fetcher's workers: `--fetch-threads` on the on-demand queue
+/// `rx`, `--prefetch-threads` on the background one. Each holds only a weak
+/// reference, so they end when the fetcher is dropped.
+fn spawn_workers(
+    fetcher: &Arc<Fetcher>,
+    rx: Receiver<Job>,
+    bg_rx: Receiver<Job>,
+) -> Result<(), CacheError> {
+    let lanes = [
+        ("fetch", fetcher.cfg.concurrency.max(1), rx),
+        ("prefetch", fetcher.cfg.prefetch_threads.max(1), bg_rx),
+    ];
+    for (lane, n, rx) in lanes {
+        for i in 0..n {
+            let weak = Arc::downgrade(fetcher);
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("rafs-{lane}-{i}"))
+                .spawn(move || worker(weak, rx))
+                .map_err(|e| CacheError::Io {
+                    path: PathBuf::from("thread"),
+                    source: e,
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// A fetch worker: runs jobs until the fetcher is gone.

@@ -20,7 +20,7 @@ use super::blobs_from::{BlobsFrom, Origin, Sources};
 use super::manifest::{self, Content, RafsManifest, MEDIA_MANIFEST};
 use super::pull::write_atomic;
 use super::push::{self, PushOptions, PushReport};
-use super::source::{Location, Source, Verdict, Verified, REF_NAME};
+use super::source::{Location, Source, SourceImage, Verdict, Verified, REF_NAME};
 use super::{OciError, RegistryOptions};
 use crate::builder::{self, error::BuildError, layers::LayerInput};
 use rafs_format::Bootstrap;
@@ -114,46 +114,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let mut bopts = opts.build.clone();
     bopts.output = out.clone();
     let blobs_from = use_dict(opts, &tmp.0, &mut bopts)?;
-    let mut verdicts: Vec<Verdict> = Vec::new();
-    let built = {
-        let inputs = img.layers.iter().map(|c| {
-            // Stop at the first layer found bad (its verdict is reported).
-            if let Some(last) = verdicts.last() {
-                if let Some(Err(e)) = &*last.lock().unwrap_or_else(|e| e.into_inner()) {
-                    return Err(BuildError::BadOptions(e.to_string()));
-                }
-            }
-            let name = format!("layer {}", c.digest());
-            let raw = src
-                .layer(c)
-                .map_err(|e| BuildError::BadOptions(e.to_string()))?;
-            let (stream, verdict) = Verified::new(raw, *c, name.clone());
-            verdicts.push(verdict);
-            Ok(LayerInput {
-                name,
-                stream: Box::new(stream),
-            })
-        });
-        builder::build_layers(&bopts, inputs)
-    };
-    // A bad layer is reported as such, whatever the build made of it.
-    for v in &verdicts {
-        let mut slot = v.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*slot, Some(Err(_))) {
-            if let Some(Err(e)) = slot.take() {
-                return Err(e.into());
-            }
-        }
-    }
-    built?;
-    let checked = verdicts
-        .iter()
-        .filter(|v| matches!(*v.lock().unwrap_or_else(|e| e.into_inner()), Some(Ok(()))))
-        .count();
-    if verdicts.len() != img.layers.len() || checked != verdicts.len() {
-        let why = "a layer was not read to its end, so its digest was not checked";
-        return Err(OciError::invalid("convert", why).into());
-    }
+    build_checked(&src, &img, &bopts)?;
     let cfg_path = tmp.0.join("config.json");
     std::fs::write(&cfg_path, &config).map_err(OciError::io(&cfg_path))?;
     let mut report = ConvertReport {
@@ -192,6 +153,57 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     }
     report.blobs = std::fs::read_dir(out.join("blobs")).map_or(0, |d| d.count());
     Ok(report)
+}
+
+/// Builds `img`'s layers with `bopts`, each layer's digest checked as it is
+/// read: a bad layer fails the build as such, and so does a layer the build
+/// did not read to its end (its digest then was never checked).
+fn build_checked(
+    src: &Source,
+    img: &SourceImage,
+    bopts: &builder::Options,
+) -> Result<(), ConvertError> {
+    let mut verdicts: Vec<Verdict> = Vec::new();
+    let built = {
+        let inputs = img.layers.iter().map(|c| {
+            // Stop at the first layer found bad (its verdict is reported).
+            if let Some(last) = verdicts.last() {
+                if let Some(Err(e)) = &*last.lock().unwrap_or_else(|e| e.into_inner()) {
+                    return Err(BuildError::BadOptions(e.to_string()));
+                }
+            }
+            let name = format!("layer {}", c.digest());
+            let raw = src
+                .layer(c)
+                .map_err(|e| BuildError::BadOptions(e.to_string()))?;
+            let (stream, verdict) = Verified::new(raw, *c, name.clone());
+            verdicts.push(verdict);
+            Ok(LayerInput {
+                name,
+                stream: Box::new(stream),
+            })
+        });
+        builder::build_layers(bopts, inputs)
+    };
+    // A bad layer is reported as such, whatever the build made of it.
+    for v in &verdicts {
+        let mut slot = v.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*slot, Some(Err(_))) {
+            if let Some(Err(e)) = slot.take() {
+                return Err(e.into());
+            }
+        }
+    }
+    built?;
+    let checked = verdicts
+        .iter()
+        .filter(|v| matches!(*v.lock().unwrap_or_else(|e| e.into_inner()), Some(Ok(()))))
+        .count();
+    if verdicts.len() != img.layers.len() || checked != verdicts.len() {
+        let why = "a layer was not read to its end, so its digest was not checked";
+        return Err(OciError::invalid("convert", why).into());
+    }
+    Ok(())
 }
 
 /// Points the build at `opts.chunk_dict` (a registry image's bootstrap is
