@@ -65,7 +65,9 @@ pub struct ReadArgs {
     pub readahead: Option<String>,
     /// Once a file's reads miss at two places apart (a mapped executable
     /// or library), fetch the rest of it in the background if it is stored
-    /// in at most SIZE bytes (0: off; only with a disk cache) [default: 64M].
+    /// in at most SIZE bytes; an executable file read cold from its start,
+    /// at once if stored in at most 4 x --readahead (0: off; only with a
+    /// disk cache) [default: 64M].
     #[arg(long, value_name = "SIZE")]
     pub widen: Option<String>,
     /// Memory budget of the decompressed-chunk cache [default: 16M, 4M

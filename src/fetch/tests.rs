@@ -266,10 +266,17 @@ fn compressible(n: usize) -> Vec<u8> {
 }
 
 fn file_image(data: &[u8]) -> TestImage {
+    file_image_mode(data, 0o644)
+}
+
+/// An image of one file `f` holding `data`, with permission bits `mode`.
+fn file_image_mode(data: &[u8], mode: u32) -> TestImage {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), data).unwrap();
+    std::fs::set_permissions(src.join("f"), std::fs::Permissions::from_mode(mode)).unwrap();
     let out = dir.path().join("out");
     crate::builder::build(&crate::builder::tests::opts(&src, &out)).unwrap();
     TestImage {
@@ -366,6 +373,30 @@ fn a_small_file_read_from_its_start_is_fetched_whole_at_once() {
     let calls = backend.calls();
     assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), data[7 * 4096..]);
     assert_eq!(backend.calls(), calls);
+}
+
+#[test]
+fn an_executable_read_from_its_start_is_fetched_whole_at_once() {
+    // 128 KiB stored in about 32 KiB: more than the read-ahead (16 KiB
+    // stored), within four times it. An executable is fetched whole on
+    // its first miss; the same file without an execute bit is not (until
+    // a second miss apart).
+    let data = compressible(32);
+    for (mode, whole) in [(0o755, true), (0o644, false)] {
+        let t = file_image_mode(&data, mode);
+        let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
+        let fs = fs_with(&t, backend.clone(), cached(&t, |c| c.readahead = 16 << 10));
+        let f = fs.lookup(0, b"f").unwrap().ino;
+        assert_eq!(fs.read(f, 0, 4096).unwrap(), data[..4096]);
+        let speculated = fs.fetcher().metrics().speculative_bytes.get();
+        assert_eq!(speculated > 0, whole, "mode {mode:o}: {speculated}");
+        if whole {
+            wait_all_cached(&fs, f);
+            let calls = backend.calls();
+            assert_eq!(fs.read(f, 31 * 4096, 4096).unwrap(), data[31 * 4096..]);
+            assert_eq!(backend.calls(), calls, "the end of the file is a hit");
+        }
+    }
 }
 
 #[test]

@@ -21,6 +21,12 @@ const MAX_AHEAD_CHUNKS: usize = 1024;
 /// (small files) and once read scattered (`--widen`): bounds the planning
 /// cost of a hostile or huge chunk run.
 const MAX_WIDEN_CHUNKS: [usize; 2] = [64, 1 << 16];
+/// A file with an execute bit whose first miss is at offset 0 is fetched
+/// whole at once if it is stored in at most this many `--readahead`s (and
+/// `--widen`): exec and the loader map it and fault its pages in out of
+/// order, so its second miss, one round trip later, would fetch it whole
+/// anyway (see [`super::spread`]).
+const EXEC_WHOLE: u64 = 4;
 
 /// One read as the read path sees it: for error messages and for noting
 /// its first miss (see [`super::spread`]).
@@ -137,12 +143,18 @@ impl RafsFs {
     }
 
     /// Notes a read of `ino` that missed the cache and, if the file is now
-    /// known to be read scattered (or is small and read from its start),
-    /// fetches the rest of it in the background: see [`super::spread`].
-    fn widen(&self, ino: u32, run: &[ChunkInfo], offset: u64, end: u64) {
+    /// known to be read scattered (or is small, or executable, and read
+    /// from its start), fetches the rest of it in the background: see
+    /// [`super::spread`].
+    fn widen(&self, b: &Bootstrap<'_>, ino: u32, run: &[ChunkInfo], offset: u64, end: u64) {
         use super::spread::Verdict;
         let cfg = self.fetcher.config();
+        let exec = b.inode(ino).is_ok_and(|i| i.mode.get() & 0o111 != 0);
         let (budget, max_chunks) = match self.spread.miss(ino, offset, end) {
+            Verdict::First if exec => {
+                let budget = cfg.readahead.saturating_mul(EXEC_WHOLE).min(cfg.widen);
+                (budget, MAX_WIDEN_CHUNKS[1])
+            }
             Verdict::First => (cfg.readahead, MAX_WIDEN_CHUNKS[0]),
             Verdict::Scattered => (cfg.widen, MAX_WIDEN_CHUNKS[1]),
             Verdict::Nothing => return,
@@ -188,7 +200,7 @@ impl RafsFs {
         let only: Vec<Want<'_>> = wants.iter().map(|w| w.1).collect();
         let mut on_miss = || {
             if !r.missed && self.fetcher.speculates() {
-                self.widen(r.ino, r.run, r.span.0, r.span.1);
+                self.widen(r.b, r.ino, r.run, r.span.0, r.span.1);
             }
             r.missed = true;
         };

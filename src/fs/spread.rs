@@ -7,7 +7,9 @@
 //! sequential reads have read-ahead), the rest of the file is fetched in the
 //! background lane, so its later faults find it cached. A file whose first
 //! read at offset 0 misses is fetched whole at once if it is no larger than
-//! the read-ahead budget (a small library: header, then its segments).
+//! the read-ahead budget (a small library: header, then its segments), or
+//! than four times that if it has an execute bit (an executable, or a
+//! library such as libc that is one too: it is about to be mapped).
 //!
 //! The state is a bounded LRU of recently missed inodes: memory stays flat
 //! in the number of files.
