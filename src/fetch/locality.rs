@@ -19,7 +19,9 @@
 //!   of that region is fetched (once per fetcher).
 //!
 //! Neighbours and hot regions are for misses that do not continue a
-//! stream, and are speculation ([`Fetcher::speculate`]):
+//! stream, on frames nobody is fetching yet (a read that joins a frame
+//! already in flight joins a prediction, which is no new evidence), and
+//! are speculation ([`Fetcher::speculate`]):
 //! background requests issued right after the miss's own, so the reader
 //! waits for no extra byte, only with a disk cache, and a later read that
 //! needs one of those frames joins or promotes its flight. A program
@@ -166,9 +168,26 @@ impl Fetcher {
         continues
     }
 
+    /// The frames of `need` that nobody is fetching yet. A read that finds
+    /// a frame already in flight joins a prediction (a speculated
+    /// neighbour or region, a file fetched whole): that is no new evidence
+    /// of locality, so only the others go to [`Fetcher::plan_around`].
+    pub(super) fn not_in_flight(&self, need: &[(u32, usize)]) -> Vec<(u32, usize)> {
+        let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        let flying = |&(blob, fi): &(u32, usize)| {
+            let f = self
+                .index
+                .blobs
+                .get(blob as usize)
+                .and_then(|b| b.frames.get(fi));
+            f.is_some_and(|f| flights.contains_key(&(blob, f.coff)))
+        };
+        need.iter().copied().filter(|k| !flying(k)).collect()
+    }
+
     /// Neighbours and hot regions of the batch frames in `missed` (the
-    /// frames a read found missing): the frames to speculate, not
-    /// including `missed` itself.
+    /// frames a read found missing and nobody was fetching): the frames to
+    /// speculate, not including `missed` itself.
     pub(super) fn plan_around(&self, missed: &[(u32, usize)]) -> Plan {
         let mut plan = Plan::default();
         if self.cfg.readahead == 0 || !self.disk_backed() {

@@ -435,7 +435,7 @@ impl Fetcher {
                         // speculation around a miss is for the others.
                         let around = match self.stream_ahead(&mut need) {
                             true => None,
-                            false => Some(self.plan_around(&need[..missed])),
+                            false => Some(self.plan_around(&self.not_in_flight(&need[..missed]))),
                         };
                         mine = self
                             .launch_flights(need, deadline, false, self.cfg.max_request)

@@ -400,6 +400,30 @@ fn an_executable_read_from_its_start_is_fetched_whole_at_once() {
 }
 
 #[test]
+fn a_miss_on_a_frame_in_flight_is_no_evidence_of_locality() {
+    let t = one_file_image(8);
+    // Every request takes a minute: a speculated frame stays in flight
+    // for the whole test.
+    let backend = Instrumented::new(&t, Duration::from_secs(60), Vec::new());
+    let fs = fs_with(&t, backend, cached(&t, |_| {}));
+    let f = fs.lookup(0, b"f").unwrap().ino;
+    let b = fs.image().bootstrap().unwrap();
+    let run = b.file_chunks(f).unwrap();
+    let fetcher = fs.fetcher();
+    let plan_of = |i: usize| {
+        let mut plan = super::prefetch::Plan::default();
+        fetcher.plan_chunks(&run[i..=i], None, &mut plan);
+        plan
+    };
+    let need: Vec<(u32, usize)> = (1..4).map(|i| plan_of(i).frames[0]).collect();
+    assert_eq!(fetcher.not_in_flight(&need), need, "nothing in flight yet");
+    // Chunk 2's frame speculated (a neighbour, say): a read that finds it
+    // joins that flight, and only its other frames count as misses.
+    assert!(fetcher.speculate(&plan_of(2)) > 0);
+    assert_eq!(fetcher.not_in_flight(&need), vec![need[0], need[2]]);
+}
+
+#[test]
 fn frames_this_process_wrote_are_read_back_without_a_second_check() {
     let t = one_file_image(16);
     let backend = Instrumented::new(&t, Duration::ZERO, Vec::new());
