@@ -16,18 +16,32 @@ use rafs::fs::RafsFs;
 use rafs::image::Image;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
-/// Counts requests and bytes.
+/// Counts requests and bytes; while `closed` is set, requests wait.
 struct Counting {
     inner: FileBackend,
     requests: AtomicU64,
     bytes: AtomicU64,
     largest: AtomicU64,
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Counting {
+    fn close(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
 }
 
 impl Backend for Counting {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        drop(
+            self.opened
+                .wait_while(self.closed.lock().unwrap(), |c| *c)
+                .unwrap(),
+        );
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.bytes.fetch_add(len, Ordering::SeqCst);
         self.largest.fetch_max(len, Ordering::SeqCst);
@@ -66,6 +80,8 @@ fn mounted_with(bootstrap: &Path, blobs: &Path, cfg: FetchConfig) -> (RafsFs, Ar
         requests: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         largest: AtomicU64::new(0),
+        closed: Mutex::new(false),
+        opened: Condvar::new(),
     });
     let fs = RafsFs::new(Image::open(bootstrap).unwrap(), backend.clone(), cfg).unwrap();
     (fs, backend)
@@ -265,6 +281,58 @@ fn a_batch_frame_miss_fetches_its_neighbours_and_two_misses_its_region() {
     want.push(of_file[far] + 1);
     want.dedup();
     wait_cached(&fs, &backend, &frames, &want);
+}
+
+#[test]
+fn reads_joining_speculated_frames_speculate_nothing_around_them() {
+    let small = Small::new();
+    // One prefetch worker, and a backend that holds every request: the
+    // first speculated frame keeps the worker busy, the others stay queued.
+    let (fs, backend) = small.mount(|c| {
+        c.readahead = 256 << 10;
+        c.prefetch_threads = 1;
+    });
+    let (frames, of_file) = frames_of(&fs, &small.bootstrap);
+    let region = |fi: usize| frames[fi].0 / rafs::fetch::locality::REGION;
+    let a = 40;
+    let b = (0..256)
+        .rev()
+        .find(|&i| region(of_file[i]) == region(of_file[a]) && of_file[i] > of_file[a] + 2)
+        .expect("a file three frames on in the same region");
+    let blocker = (0..256)
+        .find(|&i| region(of_file[i]) != region(of_file[a]))
+        .expect("a file in another region");
+    backend.close(true);
+    let image = Image::open(&small.bootstrap).unwrap();
+    let boot = image.bootstrap().unwrap();
+    let mut speculated = 0;
+    for i in [blocker, a, b] {
+        let ino = fs.lookup(0, format!("s{i:03}").as_bytes()).unwrap().ino;
+        let mut plan = rafs::fetch::prefetch::Plan::default();
+        fs.fetcher()
+            .plan_chunks(boot.file_chunks(ino).unwrap(), None, &mut plan);
+        assert!(fs.fetcher().speculate(&plan) > 0);
+        speculated += plan.bytes;
+    }
+    let metrics = fs.fetcher().metrics();
+    assert_eq!(metrics.speculative_bytes.get(), speculated);
+    // Two reads in one region, each taking over a queued speculated frame:
+    // predictions, not new misses, so no neighbour and no hot region.
+    std::thread::scope(|s| {
+        s.spawn(|| small.read(&fs, a));
+        s.spawn(|| small.read(&fs, b));
+        common::wait_until(
+            "both reads took over their frames",
+            std::time::Duration::from_secs(20),
+            || metrics.prefetch_promoted.get() == 2,
+        );
+        backend.close(false);
+    });
+    assert_eq!(
+        metrics.speculative_bytes.get(),
+        speculated,
+        "nothing speculated around the reads"
+    );
 }
 
 #[test]

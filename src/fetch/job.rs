@@ -387,7 +387,7 @@ impl Fetcher {
         };
         let bytes = u64::from(f.ulen);
         if !job.background {
-            let stall = super::COMMIT_STALL.min(self.cfg.read_timeout / 4);
+            let stall = self.commit_stall();
             let behind = self.metrics.commit_late_bytes.get() >= self.cfg.commit_backlog / 2;
             let wait = if behind { stall } else { Duration::ZERO };
             return store.reserve(bytes, self.cfg.commit_backlog, wait, Some(stall));

@@ -751,6 +751,12 @@ impl Fetcher {
         None
     }
 
+    /// How long a committer may show no progress before it counts as
+    /// stalled: `COMMIT_STALL`, or a quarter of the read timeout if less.
+    pub(super) fn commit_stall(&self) -> Duration {
+        COMMIT_STALL.min(self.cfg.read_timeout / 4)
+    }
+
     /// Holds on-demand frames that found the backlog full (their readers
     /// already have them) until the committer has room: a busy disk paces
     /// this worker, a disk that shows no progress for `COMMIT_STALL` (or a
@@ -758,7 +764,7 @@ impl Fetcher {
     /// (`rafs_cache_commits_skipped_total`).
     pub(super) fn commit_late(&self, blob: u32, late: Vec<Late>) {
         let Some(store) = &self.store else { return };
-        let stall = COMMIT_STALL.min(self.cfg.read_timeout / 4);
+        let stall = self.commit_stall();
         for l in late {
             let key = (blob, self.index.blobs[blob as usize].frames[l.fi].coff);
             let wait = self.cfg.read_timeout;

@@ -41,6 +41,8 @@ struct Reading<'r, 'b> {
     span: (u64, u64),
     /// Whether the read has missed the caches yet.
     missed: bool,
+    /// Whether the file has an execute bit (see [`EXEC_WHOLE`]).
+    exec: bool,
 }
 
 impl RafsFs {
@@ -72,6 +74,7 @@ impl RafsFs {
             run_start,
             span: (offset, end),
             missed: false,
+            exec: inode.mode.get() & 0o111 != 0,
         };
         let mut i = first;
         // Holes are zeros, written in place; data chunks go to the fetcher
@@ -146,12 +149,12 @@ impl RafsFs {
     /// known to be read scattered (or is small, or executable, and read
     /// from its start), fetches the rest of it in the background: see
     /// [`super::spread`].
-    fn widen(&self, b: &Bootstrap<'_>, ino: u32, run: &[ChunkInfo], offset: u64, end: u64) {
+    fn widen(&self, r: &Reading<'_, '_>) {
         use super::spread::Verdict;
         let cfg = self.fetcher.config();
-        let exec = b.inode(ino).is_ok_and(|i| i.mode.get() & 0o111 != 0);
-        let (budget, max_chunks) = match self.spread.miss(ino, offset, end) {
-            Verdict::First if exec => {
+        let (ino, run) = (r.ino, r.run);
+        let (budget, max_chunks) = match self.spread.miss(ino, r.span.0, r.span.1) {
+            Verdict::First if r.exec => {
                 let budget = cfg.readahead.saturating_mul(EXEC_WHOLE).min(cfg.widen);
                 (budget, MAX_WIDEN_CHUNKS[1])
             }
@@ -200,7 +203,7 @@ impl RafsFs {
         let only: Vec<Want<'_>> = wants.iter().map(|w| w.1).collect();
         let mut on_miss = || {
             if !r.missed && self.fetcher.speculates() {
-                self.widen(r.b, r.ino, r.run, r.span.0, r.span.1);
+                self.widen(r);
             }
             r.missed = true;
         };
