@@ -83,12 +83,24 @@ fn fs_on(
     cfg: FetchConfig,
     storage: Arc<dyn rafs::cache::io::Storage>,
 ) -> RafsFs {
+    fs_counting_on(bootstrap, blobs, cfg, storage).0
+}
+
+/// [`fs_on`], with the backend (its request count).
+fn fs_counting_on(
+    bootstrap: &Path,
+    blobs: &Path,
+    cfg: FetchConfig,
+    storage: Arc<dyn rafs::cache::io::Storage>,
+) -> (RafsFs, Arc<Slow>) {
     let backend = Arc::new(Slow {
         inner: FileBackend::new(blobs),
         delay: Duration::ZERO,
         requests: AtomicU64::new(0),
     });
-    RafsFs::with_storage(Image::open(bootstrap).unwrap(), backend, cfg, storage).unwrap()
+    let image = Image::open(bootstrap).unwrap();
+    let fs = RafsFs::with_storage(image, backend.clone(), cfg, storage).unwrap();
+    (fs, backend)
 }
 
 fn read_file(fs: &RafsFs, name: &str) -> Result<Vec<u8>, rafs::fs::FsError> {
@@ -576,6 +588,88 @@ fn reads_outpacing_a_busy_cache_disk_pin_a_bounded_backlog() {
     assert!(fs.fetcher().flush(Duration::from_secs(60)));
     assert_eq!(fs.fetcher().metrics().commits_skipped.get(), 0);
     assert_tree(&fs, &src);
+}
+
+#[test]
+fn a_frame_written_but_not_yet_synced_is_read_back_from_the_file_not_fetched_again() {
+    use rafs::cache::io::testing::Stall;
+    let work = common::tempdir();
+    let (src, bootstrap) = image(work.path(), 11, SIZE);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let cache = work.path().join("cache");
+    let stall = Stall::new(rafs::cache::io::real());
+    // No memory LRU: a frame is in `pending`, staged in the file, or on
+    // the disk.
+    let cfg = FetchConfig {
+        memory_bytes: 0,
+        ..cached(&cache)
+    };
+    let (fs, backend) = fs_counting_on(&bootstrap, &blobs, cfg, stall.clone());
+    stall.block_syncs();
+    let unstall = Unstall(&stall);
+    let want = std::fs::read(src.join("f00")).unwrap();
+    assert!(read_file(&fs, "f00").unwrap() == want);
+    // The frames are written; the committer waits on the fdatasync, so
+    // their bits are still clear.
+    common::wait_until(
+        "the committer at the fdatasync",
+        Duration::from_secs(20),
+        || stall.waiting() >= 1,
+    );
+    let fetched = backend.requests.load(Ordering::SeqCst);
+    assert!(fetched > 0);
+    assert!(read_file(&fs, "f00").unwrap() == want);
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        fetched,
+        "read back from the file, not fetched again"
+    );
+    let m = fs.fetcher().metrics();
+    assert!(m.cache_staged_reads.get() > 0);
+    assert_eq!(m.cache_hits.get(), 0, "no bit set before the fdatasync");
+    drop(unstall);
+    assert!(fs.fetcher().flush(Duration::from_secs(30)));
+    drop(fs);
+    // Sealed: another process finds the frames on the disk.
+    let (again, backend) = crate::fs(&bootstrap, &blobs, Duration::ZERO, cached(&cache));
+    assert!(read_file(&again, "f00").unwrap() == want);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_hung_fdatasync_does_not_cost_the_frames_fetched_meanwhile_their_caching() {
+    use rafs::cache::io::testing::Stall;
+    let work = common::tempdir();
+    // 8 files of 256 KiB through a 1 MiB backlog: twice the backlog, and
+    // less than the 4 backlogs the writer may be ahead of the sealer.
+    let (src, bootstrap) = image(work.path(), 12, SIZE);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let cache = work.path().join("cache");
+    let stall = Stall::new(rafs::cache::io::real());
+    let cfg = FetchConfig {
+        read_timeout: Duration::from_secs(2),
+        commit_backlog: 1 << 20,
+        ..cached(&cache)
+    };
+    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
+    stall.block_syncs();
+    let unstall = Unstall(&stall);
+    assert_tree(&fs, &src);
+    common::wait_until(
+        "the committer at the fdatasync",
+        Duration::from_secs(20),
+        || stall.waiting() >= 1,
+    );
+    // Longer than the committer-stall bound (a quarter of the read
+    // timeout): frames that waited for the backlog would be given up now.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(unstall);
+    assert!(fs.fetcher().flush(Duration::from_secs(30)));
+    assert_eq!(fs.fetcher().metrics().commits_skipped.get(), 0);
+    drop(fs);
+    let (again, backend) = crate::fs(&bootstrap, &blobs, Duration::ZERO, cached(&cache));
+    assert_tree(&again, &src);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 0, "all cached");
 }
 
 /// Releases a stalled disk when dropped: whatever a test asserts while the

@@ -180,6 +180,29 @@ pub struct Committed {
     pub generation: u64,
 }
 
+/// Fills [`BlobCache::stage`] wrote but has not made ready yet: what
+/// [`BlobCache::seal`] needs to finish the commit.
+#[derive(Debug)]
+pub struct Staged {
+    /// Indices of the fills written (the others were ready already).
+    pub written: Vec<usize>,
+    /// The map generation the written fills are valid at.
+    pub generation: u64,
+    /// The written fills' cover spans, `offset..cover_end`.
+    spans: Vec<(u64, u64)>,
+}
+
+impl Staged {
+    /// Nothing staged.
+    pub fn empty() -> Staged {
+        Staged {
+            written: Vec::new(),
+            generation: 0,
+            spans: Vec::new(),
+        }
+    }
+}
+
 /// A fill for [`BlobCache::commit_covering`]: `bytes` go at `offset`, and
 /// the ranges lying inside `offset..cover_end` are marked ready. `cover_end`
 /// may exceed the end of `bytes` only over padding no chunk references (an
@@ -366,6 +389,23 @@ impl BlobCache {
     /// what a reader finds there for as long as the generation has not
     /// moved (every later change to a ready range bumps it first).
     pub fn commit_reporting(&self, fills: &[Fill<'_>]) -> Result<Committed, CacheError> {
+        let staged = self.stage(fills)?;
+        let marked = self.seal(std::slice::from_ref(&staged))?;
+        Ok(Committed {
+            marked,
+            written: staged.written,
+            generation: staged.generation,
+        })
+    }
+
+    /// The first half of [`BlobCache::commit_reporting`]: checks the
+    /// fills, skips those whose cover is ready, invalidates the ready
+    /// ranges the others touch and `pwrite`s them. Nothing is durable and
+    /// no bit is set until [`BlobCache::seal`]; until then the bytes are
+    /// readable (the writer's page cache) but not ready. The caller must
+    /// keep anybody else from writing the spans in between (the fetcher
+    /// holds their [`blobfile::SpanLock`]s).
+    pub fn stage(&self, fills: &[Fill<'_>]) -> Result<Staged, CacheError> {
         self.writable()?;
         let size = self.data.size();
         for f in fills {
@@ -396,22 +436,35 @@ impl BlobCache {
         // After the invalidations, before the writes: any later change to
         // these ranges bumps the generation past this.
         let generation = self.generation();
-        if todo.is_empty() {
-            return Ok(Committed {
-                marked: 0,
-                written,
-                generation,
-            });
-        }
         for f in &todo {
             self.data.write_at(f.offset, f.bytes)?;
         }
-        self.data.sync()?;
-        let mut spans: Vec<(u64, u64)> = todo.iter().map(|f| (f.offset, f.cover_end)).collect();
+        let spans = todo.iter().map(|f| (f.offset, f.cover_end)).collect();
+        Ok(Staged {
+            written,
+            generation,
+            spans,
+        })
+    }
+
+    /// The second half of [`BlobCache::commit_reporting`], for any number
+    /// of [`BlobCache::stage`]s of this cache: one `fdatasync`, then the
+    /// bit of every range the staged spans (merged) cover entirely.
+    /// Returns the number of ranges newly marked.
+    pub fn seal(&self, staged: &[Staged]) -> Result<u64, CacheError> {
+        let mut spans: Vec<(u64, u64)> = staged
+            .iter()
+            .flat_map(|s| s.spans.iter().copied())
+            .collect();
+        if spans.is_empty() {
+            return Ok(0);
+        }
         spans.sort_unstable();
+        self.data.sync()?;
         let mut marked = 0;
         let mut merged: Option<(u64, u64)> = None;
-        for (start, end) in spans.into_iter().chain([(u64::MAX, u64::MAX)]) {
+        let sentinel = (u64::MAX, u64::MAX);
+        for (start, end) in spans.into_iter().chain(std::iter::once(sentinel)) {
             match merged {
                 Some((s, e)) if start <= e => merged = Some((s, e.max(end))),
                 Some((s, e)) => {
@@ -423,11 +476,7 @@ impl BlobCache {
                 None => merged = Some((start, end)),
             }
         }
-        Ok(Committed {
-            marked,
-            written,
-            generation,
-        })
+        Ok(marked)
     }
 
     /// Invalidates the ready ranges among `ranges` (each maximal run of

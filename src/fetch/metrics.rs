@@ -103,6 +103,10 @@ pub struct FetchMetrics {
     /// Frames read from the disk cache and verified against the image's
     /// digests (first use in this process, or after a change in the cache).
     pub cache_verified: Counter,
+    /// Frames read back from the cache file between the committer's write
+    /// and its `fdatasync` (written, bits not yet set), instead of fetched
+    /// again.
+    pub cache_staged_reads: Counter,
     /// Frames in the disk cache that failed verification (invalidated and
     /// fetched again).
     pub cache_corrupt: Counter,
@@ -148,6 +152,7 @@ impl Default for FetchMetrics {
             prefetch_promoted: Counter::default(),
             commits_skipped: Counter::default(),
             cache_verified: Counter::default(),
+            cache_staged_reads: Counter::default(),
             cache_corrupt: Counter::default(),
             cache_conflicts: Counter::default(),
             lock_timeouts: Counter::default(),
@@ -266,7 +271,7 @@ impl FetchMetrics {
             "On-demand reads served by prefetched data",
             &self.prefetch_hits,
         );
-        let more: [(&str, &str, &Counter); 6] = [
+        let more: [(&str, &str, &Counter); 7] = [
             (
                 "rafs_prefetch_promoted",
                 "Queued prefetch frames taken over by on-demand reads",
@@ -281,6 +286,11 @@ impl FetchMetrics {
                 "rafs_cache_verified",
                 "Frames read from the disk cache and verified",
                 &self.cache_verified,
+            ),
+            (
+                "rafs_cache_staged_reads",
+                "Frames read back from the cache file while written but not yet synced",
+                &self.cache_staged_reads,
             ),
             (
                 "rafs_cache_corrupt",

@@ -110,7 +110,10 @@ impl Default for FetchConfig {
             concurrency: 8,
             prefetch_threads: 4,
             prefetch_bandwidth: None,
-            commit_backlog: 8 << 20,
+            commit_backlog: std::env::var("RAFS_EXP_BACKLOG")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8 << 20),
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
         }
@@ -486,11 +489,14 @@ impl Fetcher {
             ChunkCounters::add(&self.counters.lru_hits, 1);
             return Some(f);
         }
-        let pending = self.store.as_ref().and_then(|s| s.pending(key));
-        if pending.is_none() {
+        let held = self
+            .store
+            .as_ref()
+            .and_then(|s| s.pending(key).or_else(|| self.load_staged(key)));
+        if held.is_none() {
             ChunkCounters::add(&self.counters.lru_misses, 1);
         }
-        pending
+        held
     }
 
     /// Frames of `wants` that are neither on disk nor in memory.
@@ -505,7 +511,8 @@ impl Fetcher {
                 let r = cache.ranges_touching(at, (w.to - w.from) as u64);
                 cache.bitmap().all_ready(r).unwrap_or(false)
             });
-            if ready || self.memory.contains(&key) {
+            let held = || self.store.as_ref().is_some_and(|s| s.holds(&key));
+            if ready || self.memory.contains(&key) || held() {
                 continue;
             }
             if let Some(fi) = self
@@ -615,12 +622,15 @@ impl Fetcher {
                     out.insert((blob, fi), flight.clone());
                     continue;
                 }
-                let pending = || {
-                    self.store
-                        .as_ref()
-                        .is_some_and(|s| s.pending(&key).is_some())
+                // A staged frame needs no fetch, unless an on-demand read
+                // could not load it (`Fetcher::wait`): then it is fetched.
+                let held = || {
+                    self.store.as_ref().is_some_and(|s| match background {
+                        true => s.holds(&key),
+                        false => s.pending(&key).is_some(),
+                    })
                 };
-                if self.memory.contains(&key) || pending() {
+                if self.memory.contains(&key) || held() {
                     continue;
                 }
                 let lane = if background { BG_QUEUED } else { FG };

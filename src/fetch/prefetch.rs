@@ -222,11 +222,7 @@ impl Fetcher {
                 return true;
             }
         }
-        self.memory.contains(&key)
-            || self
-                .store
-                .as_ref()
-                .is_some_and(|s| s.pending(&key).is_some())
+        self.memory.contains(&key) || self.store.as_ref().is_some_and(|s| s.holds(&key))
     }
 
     /// Fetches `plan` in the background lane, window by window, until done,

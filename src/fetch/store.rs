@@ -1,10 +1,12 @@
 //! The disk side of the fetcher: one [`BlobCache`] per cacheable blob, a
-//! committer thread that writes fetched frames in batches (one `fdatasync`
-//! per blob per batch, then the bits: the crash rule of `docs/FORMAT.md`),
-//! and the `--cache-size` quota with LRU eviction at frame granularity.
+//! committer that writes fetched frames in batches (a writer thread that
+//! `pwrite`s them, and the sealer of [`seal`]: one `fdatasync` per blob,
+//! then the bits, the crash rule of `docs/FORMAT.md`), and the
+//! `--cache-size` quota with LRU eviction at frame granularity.
 //!
-//! Frames waiting for the committer stay readable from memory (`pending`),
-//! so a reader never waits on the disk. If a write fails (ENOSPC, EIO), the
+//! Frames waiting for the writer stay readable from memory (`pending`),
+//! written ones waiting for the sealer from the file, so a reader never
+//! waits on the disk. If a write fails (ENOSPC, EIO), the
 //! frame is simply not cached: reads keep being served from memory and the
 //! backend, the condition is logged once per kind and counted.
 //!
@@ -24,6 +26,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+mod seal;
 
 /// Per blob, per frame: 0 if never verified in this process, else the
 /// map generation at which it was, plus one.
@@ -119,7 +123,19 @@ pub struct Store {
     /// The fetcher's frame LRU: a frame the committer wrote leaves it (the
     /// disk serves it from then on; memory keeps what the disk lacks).
     memory: Option<Arc<ChunkCache>>,
+    /// Frames written and not yet sealed (`seal`).
+    staging: Mutex<seal::Staging>,
+    /// Signalled when frames leave `staging`.
+    sealed: std::sync::Condvar,
+    /// Staged bytes past which the writer waits for the sealer.
+    staged_limit: u64,
 }
+
+/// The sealer may fall behind the writer by this many backlogs: written
+/// bytes cost page cache, not memory, so it is larger than the backlog,
+/// yet a stuck `fdatasync` still stops the writer, and with it the
+/// backlog (the committer's stall rules).
+const STAGED_BACKLOGS: u64 = 4;
 
 /// The layout identity of a blob's cache: a digest of what the blob-table
 /// entry says about the blob's two address spaces (sizes, flags,
@@ -228,6 +244,9 @@ impl Store {
             logged: [AtomicBool::new(false), AtomicBool::new(false)],
             memo: Arc::default(),
             memory: None,
+            staging: Mutex::default(),
+            sealed: std::sync::Condvar::new(),
+            staged_limit: backlog.saturating_mul(STAGED_BACKLOGS),
         }
     }
 
@@ -247,16 +266,28 @@ impl Store {
     /// are written in batches. The thread ends when every sender is gone.
     pub fn start(self: &Arc<Store>) -> std::io::Result<Sender<Commit>> {
         let (tx, rx) = unbounded();
+        let (seal_tx, seal_rx) = unbounded();
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("rafs-seal".into())
+            .spawn(move || store.seal_run(seal_rx))?;
         let store = self.clone();
         std::thread::Builder::new()
             .name("rafs-commit".into())
-            .spawn(move || store.run(rx))?;
+            .spawn(move || store.run(rx, seal_tx))?;
         Ok(tx)
     }
 
     /// A frame fetched but not yet on disk.
     pub fn pending(&self, key: &Key) -> Option<Arc<Frame>> {
         self.lock_pending().frames.get(key).cloned()
+    }
+
+    /// Whether frame `key` is with the committer: in memory waiting to be
+    /// written, or written and waiting to be sealed. Either way it needs
+    /// no fetch.
+    pub fn holds(&self, key: &Key) -> bool {
+        self.lock_pending().frames.contains_key(key) || self.is_staged(key)
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -400,9 +431,10 @@ impl Store {
         q.limit.map(|l| l.saturating_sub(q.usage))
     }
 
-    /// Whether frames are still waiting for the committer.
+    /// Whether frames are still waiting for the committer: to be written,
+    /// or written and not yet made ready.
     pub fn busy(&self) -> bool {
-        !self.lock_pending().frames.is_empty()
+        !self.lock_pending().frames.is_empty() || self.staged_count() > 0
     }
 
     /// Marks frame `fi` of `blob` as just used (quota LRU): one atomic
@@ -422,7 +454,12 @@ impl Store {
         }
     }
 
-    fn run(&self, rx: Receiver<Commit>) {
+    /// The writer: takes frames in batches, `pwrite`s each blob's
+    /// ([`BlobCache::stage`]), moves them from `pending` to `staged`
+    /// (memory freed: readers find them in the file from then on) and
+    /// hands them to the sealer. It never waits for an `fdatasync`, only
+    /// for the sealer to fall less than `staged_limit` bytes behind.
+    fn run(&self, rx: Receiver<Commit>, seals: Sender<seal::Seal>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < BATCH {
@@ -436,26 +473,38 @@ impl Store {
                 by_blob.entry(c.blob).or_default().push(c);
             }
             for (blob, commits) in by_blob {
-                self.write(blob, &commits);
-                for c in &commits {
-                    if let Some(f) = self.index.blobs[c.blob as usize].frames.get(c.frame) {
-                        self.release(&(c.blob, f.coff));
+                let keys: Vec<Key> = commits.iter().filter_map(|c| self.key_of(c)).collect();
+                let staged = self.stage(blob, commits);
+                for key in &keys {
+                    self.release(key);
+                }
+                if let Some(s) = staged {
+                    if let Err(e) = seals.send(s) {
+                        // The sealer is gone (it panicked): not cached.
+                        self.unstage(&e.0);
                     }
                 }
             }
         }
     }
 
-    /// Writes one blob's frames: pwrite all, one fdatasync, set the bits.
-    fn write(&self, blob: u32, commits: &[Commit]) {
+    fn key_of(&self, c: &Commit) -> Option<Key> {
+        let f = self.index.blobs.get(c.blob as usize)?.frames.get(c.frame)?;
+        Some((c.blob, f.coff))
+    }
+
+    /// Writes one blob's frames ([`BlobCache::stage`]) and records the
+    /// ones written as staged, before the caller releases them from
+    /// `pending`: a reader finds every frame in one or the other.
+    fn stage(&self, blob: u32, commits: Vec<Commit>) -> Option<seal::Seal> {
         let Some(Some(cache)) = self.caches.get(blob as usize) else {
-            return;
+            return None;
         };
         let frames = &self.index.blobs[blob as usize].frames;
         let size = cache.data().size();
         let mut fills = Vec::with_capacity(commits.len());
         let mut added = Vec::with_capacity(commits.len());
-        for c in commits {
+        for c in &commits {
             let Some(f) = frames.get(c.frame) else {
                 continue;
             };
@@ -465,29 +514,29 @@ impl Store {
                 bytes: c.data.data(),
                 cover_end: cover.end,
             });
-            added.push(((blob, f.coff), (blob, c.frame, cover.end - cover.start)));
+            let len = c.data.data().len() as u64;
+            added.push(((blob, f.coff), c.frame, cover.end - cover.start, len));
         }
-        match cache.commit_reporting(&fills) {
-            Ok(done) => {
-                // What this process wrote it had verified (a commit carries
-                // a fully verified frame): its disk hits need no second
-                // check while the generation holds (see `super::verify`).
-                let memo = self.memo.get(blob as usize);
-                for &i in &done.written {
-                    let Some(&(key, (_, fi, _))) = added.get(i) else {
-                        continue;
-                    };
-                    if let Some(v) = memo.and_then(|m| m.get(fi)) {
-                        v.store(done.generation + 1, Ordering::Release);
-                    }
-                    if let Some(memory) = &self.memory {
-                        memory.remove(&key);
-                    }
-                }
-                self.account(added)
+        let staged = match cache.stage(&fills) {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.write_failed(&e);
+                return None;
             }
-            Err(e) => self.write_failed(&e),
-        }
+        };
+        let frames: Vec<_> = staged
+            .written
+            .iter()
+            .filter_map(|&i| added.get(i).copied())
+            .collect();
+        self.note_staged(&frames);
+        let locks = commits.into_iter().filter_map(|c| c.lock).collect();
+        Some(seal::Seal {
+            blob,
+            staged,
+            frames,
+            _locks: locks,
+        })
     }
 
     fn write_failed(&self, e: &CacheError) {

@@ -98,6 +98,49 @@ impl Fetcher {
         v.load(Ordering::Acquire).checked_sub(1)
     }
 
+    /// Frame `key` loaded from the cache file where the committer has
+    /// written it but not yet set its bits (see `store::seal`), or `None`
+    /// if it is not staged (any more), or something was cleared while it
+    /// was read (the generation moved: a staged frame is never evicted,
+    /// but it may be sealed and evicted meanwhile), or a member fails its
+    /// digest. Then the read fetches it instead.
+    pub(super) fn load_staged(&self, key: &super::memory::Key) -> Option<Arc<Frame>> {
+        let (store, cache) = (self.store.as_ref()?, self.disk(key.0)?);
+        let bf = self.index.blobs.get(key.0 as usize)?;
+        let f = bf.frames.get(bf.find(key.1)?)?;
+        let g0 = cache.generation();
+        if !store.is_staged(key) {
+            return None;
+        }
+        let data = cache.data().read_at(f.ustart, f.ulen as usize).ok()?;
+        if cache.generation() != g0 {
+            return None;
+        }
+        let frame = Arc::new(Frame::new(data));
+        if !self.members_verify(key.0, bf.find(key.1)?, &frame) {
+            return None; // torn by an eviction after all: fetched instead
+        }
+        self.metrics.cache_staged_reads.inc();
+        Some(frame)
+    }
+
+    /// Whether every member chunk of frame `fi` of `blob` in `frame`
+    /// matches its digest.
+    fn members_verify(&self, blob: u32, fi: usize, frame: &Frame) -> bool {
+        let Ok(b) = self.image.bootstrap() else {
+            return false;
+        };
+        let chunks = b.chunks();
+        self.index.blobs[blob as usize]
+            .members_of(fi)
+            .iter()
+            .all(|&m| {
+                chunks
+                    .get(m as usize)
+                    .is_some_and(|c| frame.verify(c).is_ok())
+            })
+    }
+
     /// Frame `fi` read whole from the disk cache and verified (every
     /// member chunk against its digest), or `None` if it is not ready, was
     /// changed while being read, or failed (then it is invalidated, to be
@@ -115,15 +158,9 @@ impl Fetcher {
         if !super::store::ready(cache, &cover) || cache.generation() != g0 {
             return None; // evicted or rewritten while read: a miss
         }
-        let b = self.image.bootstrap().ok()?;
+        self.image.bootstrap().ok()?;
         let frame = Arc::new(Frame::new(data));
-        let chunks = b.chunks();
-        let bad = bf.members_of(fi).iter().any(|&m| {
-            chunks
-                .get(m as usize)
-                .is_none_or(|c| frame.verify(c).is_err())
-        });
-        if bad {
+        if !self.members_verify(blob, fi, &frame) {
             self.metrics.cache_corrupt.inc();
             tracing::warn!(
                 blob = %self.blob_ids[blob as usize],

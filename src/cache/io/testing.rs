@@ -462,6 +462,8 @@ pub struct Stall {
 #[derive(Debug, Default)]
 struct StallState {
     blocked: bool,
+    /// Only `fdatasync` waits (a disk whose flushes hang).
+    syncs_blocked: bool,
     waiting: usize,
     passed: u64,
     /// Added to every `fdatasync` (a busy disk, not a hung one).
@@ -483,9 +485,16 @@ impl Stall {
         lock(&self.state).blocked = true;
     }
 
+    /// From now on, `fdatasync` waits; the other writes go through.
+    pub fn block_syncs(&self) {
+        lock(&self.state).syncs_blocked = true;
+    }
+
     /// Lets every waiting and future write through.
     pub fn release(&self) {
-        lock(&self.state).blocked = false;
+        let mut s = lock(&self.state);
+        s.blocked = false;
+        s.syncs_blocked = false;
         self.cv.notify_all();
     }
 
@@ -507,9 +516,13 @@ impl Stall {
     }
 
     fn gate(&self) {
+        self.gate_if(|s| s.blocked);
+    }
+
+    fn gate_if(&self, blocked: fn(&StallState) -> bool) {
         let mut s = lock(&self.state);
         s.waiting += 1;
-        while s.blocked {
+        while blocked(&s) {
             s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
         s.waiting -= 1;
@@ -524,7 +537,7 @@ impl Storage for Stall {
     }
 
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
-        self.gate();
+        self.gate_if(|s| s.blocked || s.syncs_blocked);
         let delay = lock(&self.state).sync_delay;
         std::thread::sleep(delay);
         self.inner.sync_data(file, path)
