@@ -590,32 +590,67 @@ fn reads_outpacing_a_busy_cache_disk_pin_a_bounded_backlog() {
     assert_tree(&fs, &src);
 }
 
+/// An image of `FILES` files of `SIZE` (content from `seed`) in `work`,
+/// the cache dir for it, and a cache disk whose `fdatasync`s can be hung.
+struct SyncHangs {
+    src: PathBuf,
+    bootstrap: PathBuf,
+    blobs: PathBuf,
+    cache: PathBuf,
+    stall: Arc<rafs::cache::io::testing::Stall>,
+}
+
+impl SyncHangs {
+    fn new(work: &Path, seed: u64) -> SyncHangs {
+        let (src, bootstrap) = image(work, seed, SIZE);
+        let blobs = bootstrap.parent().unwrap().join("blobs");
+        let stall = rafs::cache::io::testing::Stall::new(rafs::cache::io::real());
+        let cache = work.join("cache");
+        SyncHangs {
+            src,
+            bootstrap,
+            blobs,
+            cache,
+            stall,
+        }
+    }
+
+    /// Waits until the committer is stuck in an `fdatasync`.
+    fn wait_for_the_hung_sync(&self) {
+        let what = "the committer at the fdatasync";
+        common::wait_until(what, Duration::from_secs(20), || self.stall.waiting() >= 1);
+    }
+
+    /// Asserts that a new process reads `names` from the disk cache alone.
+    fn assert_cached(&self, names: &[&str]) {
+        let cfg = cached(&self.cache);
+        let (fs, backend) = crate::fs(&self.bootstrap, &self.blobs, Duration::ZERO, cfg);
+        for name in names {
+            let want = std::fs::read(self.src.join(name)).unwrap();
+            assert!(read_file(&fs, name).unwrap() == want, "{name}");
+        }
+        assert_eq!(backend.requests.load(Ordering::SeqCst), 0, "all cached");
+    }
+}
+
 #[test]
 fn a_frame_written_but_not_yet_synced_is_read_back_from_the_file_not_fetched_again() {
-    use rafs::cache::io::testing::Stall;
     let work = common::tempdir();
-    let (src, bootstrap) = image(work.path(), 11, SIZE);
-    let blobs = bootstrap.parent().unwrap().join("blobs");
-    let cache = work.path().join("cache");
-    let stall = Stall::new(rafs::cache::io::real());
+    let h = SyncHangs::new(work.path(), 11);
     // No memory LRU: a frame is in `pending`, staged in the file, or on
     // the disk.
     let cfg = FetchConfig {
         memory_bytes: 0,
-        ..cached(&cache)
+        ..cached(&h.cache)
     };
-    let (fs, backend) = fs_counting_on(&bootstrap, &blobs, cfg, stall.clone());
-    stall.block_syncs();
-    let unstall = Unstall(&stall);
-    let want = std::fs::read(src.join("f00")).unwrap();
+    let (fs, backend) = fs_counting_on(&h.bootstrap, &h.blobs, cfg, h.stall.clone());
+    h.stall.block_syncs();
+    let unstall = Unstall(&h.stall);
+    let want = std::fs::read(h.src.join("f00")).unwrap();
     assert!(read_file(&fs, "f00").unwrap() == want);
     // The frames are written; the committer waits on the fdatasync, so
     // their bits are still clear.
-    common::wait_until(
-        "the committer at the fdatasync",
-        Duration::from_secs(20),
-        || stall.waiting() >= 1,
-    );
+    h.wait_for_the_hung_sync();
     let fetched = backend.requests.load(Ordering::SeqCst);
     assert!(fetched > 0);
     assert!(read_file(&fs, "f00").unwrap() == want);
@@ -630,36 +665,25 @@ fn a_frame_written_but_not_yet_synced_is_read_back_from_the_file_not_fetched_aga
     drop(unstall);
     assert!(fs.fetcher().flush(Duration::from_secs(30)));
     drop(fs);
-    // Sealed: another process finds the frames on the disk.
-    let (again, backend) = crate::fs(&bootstrap, &blobs, Duration::ZERO, cached(&cache));
-    assert!(read_file(&again, "f00").unwrap() == want);
-    assert_eq!(backend.requests.load(Ordering::SeqCst), 0);
+    h.assert_cached(&["f00"]);
 }
 
 #[test]
 fn a_hung_fdatasync_does_not_cost_the_frames_fetched_meanwhile_their_caching() {
-    use rafs::cache::io::testing::Stall;
     let work = common::tempdir();
     // 8 files of 256 KiB through a 1 MiB backlog: twice the backlog, and
     // less than the 4 backlogs the writer may be ahead of the sealer.
-    let (src, bootstrap) = image(work.path(), 12, SIZE);
-    let blobs = bootstrap.parent().unwrap().join("blobs");
-    let cache = work.path().join("cache");
-    let stall = Stall::new(rafs::cache::io::real());
+    let h = SyncHangs::new(work.path(), 12);
     let cfg = FetchConfig {
         read_timeout: Duration::from_secs(2),
         commit_backlog: 1 << 20,
-        ..cached(&cache)
+        ..cached(&h.cache)
     };
-    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
-    stall.block_syncs();
-    let unstall = Unstall(&stall);
-    assert_tree(&fs, &src);
-    common::wait_until(
-        "the committer at the fdatasync",
-        Duration::from_secs(20),
-        || stall.waiting() >= 1,
-    );
+    let fs = fs_on(&h.bootstrap, &h.blobs, cfg, h.stall.clone());
+    h.stall.block_syncs();
+    let unstall = Unstall(&h.stall);
+    assert_tree(&fs, &h.src);
+    h.wait_for_the_hung_sync();
     // Longer than the committer-stall bound (a quarter of the read
     // timeout): frames that waited for the backlog would be given up now.
     std::thread::sleep(Duration::from_secs(1));
@@ -667,9 +691,8 @@ fn a_hung_fdatasync_does_not_cost_the_frames_fetched_meanwhile_their_caching() {
     assert!(fs.fetcher().flush(Duration::from_secs(30)));
     assert_eq!(fs.fetcher().metrics().commits_skipped.get(), 0);
     drop(fs);
-    let (again, backend) = crate::fs(&bootstrap, &blobs, Duration::ZERO, cached(&cache));
-    assert_tree(&again, &src);
-    assert_eq!(backend.requests.load(Ordering::SeqCst), 0, "all cached");
+    let names: Vec<String> = (0..FILES).map(|i| format!("f{i:02}")).collect();
+    h.assert_cached(&names.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// Releases a stalled disk when dropped: whatever a test asserts while the
