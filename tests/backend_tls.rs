@@ -171,3 +171,53 @@ fn a_bad_ca_cert_file_is_a_configuration_error() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_plain_http_front_redirecting_to_https_is_verified_on_the_https_hop() {
+    use common::httpd::{Httpd, Response};
+    use rafs::backend::url::BackendUrl;
+    use rafs::backend::{BackendOptions, BlobId};
+    let work = common::tempdir();
+    let out = image(work.path());
+    let registry = Registry::start_tls(RegistryAuth::Anonymous);
+    let cert = push_trusted(&registry, &out);
+    let blob = std::fs::read_dir(out.join("blobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&blob).unwrap();
+    let hex = blob.file_name().unwrap().to_str().unwrap().to_owned();
+    let id = BlobId::from_hex(&hex).unwrap();
+    let url = registry.url();
+    let host = url
+        .trim_start_matches("registry://")
+        .split('/')
+        .next()
+        .unwrap();
+    let storage = format!("https://{host}/v2/{REPO}/blobs/sha256:");
+    // Plain HTTP in front (its own client, no trust store), HTTPS behind.
+    let front = Httpd::start(move |req| match req.target.strip_prefix("/b/") {
+        Some(h) => Response::new(307, "").with("Location", &format!("{storage}{h}")),
+        None => Response::new(404, ""),
+    });
+    let open = |opts: &BackendOptions| {
+        let url = format!("{}/b/{{blob}}", front.url());
+        BackendUrl::parse(&url).unwrap().open(opts).unwrap()
+    };
+    let trusted = BackendOptions {
+        ca_certs: vec![cert],
+        ..BackendOptions::default()
+    };
+    assert_eq!(
+        open(&trusted).read_range(&id, 7, 1000).unwrap(),
+        &bytes[7..1007]
+    );
+    let untrusted = BackendOptions {
+        request_timeout: Duration::from_secs(5),
+        ..BackendOptions::default()
+    };
+    let e = open(&untrusted).read_range(&id, 7, 1000).unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}

@@ -7,7 +7,15 @@
 //! fetch workers' concurrent range requests share one connection, and
 //! HTTP/1.1 with keep-alive otherwise (plain `http://` stays HTTP/1.1). TLS
 //! is rustls with the *ring* provider; certificates are checked against the
-//! system's trust store plus the PEM files of `--ca-cert`.
+//! system's trust store plus the PEM files of `--ca-cert`. Loading that
+//! store reads every file of `/etc/ssl/certs` (tens of ms from a cold page
+//! cache), so it is built on a thread of its own, and plain `http://`
+//! requests (every hop is dispatched by its own scheme) go through a second
+//! client that has no roots and needs none: a mount's first read from an
+//! HTTP registry does not wait for the store. That client is not made when
+//! a configured or environment proxy is `https://`. Measured on the issue-12
+//! image over 10 ms / 200 Mbit/s, 5 alternating runs: python's cold start
+//! 1016 ms against 1062 ms (medians), gcc's 961-972 against 1009-1062 ms.
 //!
 //! What a range GET checks:
 //! - `206 Partial Content` with a `Content-Range: bytes a-b/size` that
@@ -52,6 +60,12 @@ const MAX_REDIRECTS: usize = 5;
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     client: Arc<LazyLock<Result<Client, String>, Build>>,
+    /// For `http://` URLs: the same client without the system's trust
+    /// store, which plain HTTP does not need and which takes tens of ms to
+    /// load from a cold page cache (on a mount, the first read would wait
+    /// for it). `None` when a proxy may need TLS: then `client` serves
+    /// every URL.
+    plain: Option<Arc<LazyLock<Result<Client, String>, Build>>>,
     /// The deadline of one request, all its redirects included.
     timeout: Duration,
 }
@@ -86,19 +100,7 @@ impl HttpClient {
     pub fn new(opts: &BackendOptions) -> Result<HttpClient, BackendError> {
         // The process-wide rustls provider; already installed is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut b = Client::builder()
-            // Followed by `send`, hop by hop (see the module docs).
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.connect_timeout)
-            .timeout(opts.request_timeout)
-            .pool_max_idle_per_host(16)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("rafs/", env!("CARGO_PKG_VERSION")));
-        if let Some(p) = &opts.proxy {
-            let proxy =
-                Proxy::all(p).map_err(|e| BackendError::Config(format!("--proxy '{p}': {e}")))?;
-            b = b.proxy(proxy);
-        }
+        let mut b = builder(opts)?;
         let mut extra = Vec::new();
         for path in &opts.ca_certs {
             extra.extend(ca_certs(path)?);
@@ -117,15 +119,31 @@ impl HttpClient {
                 .join()
                 .unwrap_or_else(|_| Err("HTTP client: its builder panicked".into()))
         });
+        let plain = match plain_proxies(opts) {
+            true => {
+                // No roots at all: this client never verifies a server.
+                let b = builder(opts)?.tls_certs_only(Vec::new());
+                let build: Build =
+                    Box::new(move || b.build().map_err(|e| format!("HTTP client: {}", chain(&e))));
+                Some(Arc::new(LazyLock::new(build)))
+            }
+            false => None,
+        };
         Ok(HttpClient {
             client: Arc::new(LazyLock::new(join)),
+            plain,
             timeout: opts.request_timeout,
         })
     }
 
-    /// The client, once built (the first request waits for it).
-    fn client(&self) -> Result<&Client, BackendError> {
-        LazyLock::force(&self.client)
+    /// The client for `url` (`plain` for an `http://` URL if there is
+    /// one), once built (the first request waits for it).
+    fn client_for(&self, url: &str) -> Result<&Client, BackendError> {
+        let lazy = match &self.plain {
+            Some(plain) if is_plain_http(url) => plain,
+            _ => &self.client,
+        };
+        LazyLock::force(lazy)
             .as_ref()
             .map_err(|e| BackendError::Config(e.clone()))
     }
@@ -163,7 +181,7 @@ impl HttpClient {
     ) -> Result<Raw, BackendError> {
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|e| BackendError::Config(format!("{url}: {e}")))?;
-        let mut req = self.client()?.request(method, url);
+        let mut req = self.client_for(url)?.request(method, url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -196,7 +214,7 @@ impl HttpClient {
             if left.is_zero() {
                 return Err(timed_out(blob, &current));
             }
-            let mut req = self.client()?.get(&current).timeout(left);
+            let mut req = self.client_for(&current)?.get(&current).timeout(left);
             for (k, v) in &hop_headers {
                 req = req.header(*k, *v);
             }
@@ -514,6 +532,46 @@ pub fn redirect_target(from: &str, location: &str) -> Result<String, &'static st
 
 /// Whether `s` starts with `scheme:` (RFC 3986: a letter, then letters,
 /// digits, `+`, `-`, `.`).
+/// A client builder with `opts`' timeouts and proxy (`opts.proxy`, else
+/// the environment's `HTTPS_PROXY` & co., honouring `NO_PROXY`), following
+/// no redirect by itself (`HttpClient::send` does, hop by hop).
+fn builder(opts: &BackendOptions) -> Result<reqwest::blocking::ClientBuilder, BackendError> {
+    let mut b = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(opts.connect_timeout)
+        .timeout(opts.request_timeout)
+        .pool_max_idle_per_host(16)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("rafs/", env!("CARGO_PKG_VERSION")));
+    if let Some(p) = &opts.proxy {
+        let proxy =
+            Proxy::all(p).map_err(|e| BackendError::Config(format!("--proxy '{p}': {e}")))?;
+        b = b.proxy(proxy);
+    }
+    Ok(b)
+}
+
+/// Whether plain-HTTP requests can go without TLS: no proxy that plain
+/// requests would reach over TLS (an `https://` one in `opts.proxy`, or
+/// in the environment's `HTTP_PROXY` or `ALL_PROXY`, either case).
+fn plain_proxies(opts: &BackendOptions) -> bool {
+    let env = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok());
+    let tls = |p: &String| {
+        p.trim()
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    };
+    !opts.proxy.iter().cloned().chain(env).any(|p| tls(&p))
+}
+
+/// Whether `url` is an `http://` URL (scheme in either case).
+fn is_plain_http(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+}
+
 fn has_scheme(s: &str) -> bool {
     let Some((scheme, _)) = s.split_once(':') else {
         return false;
@@ -669,6 +727,31 @@ mod tests {
             without_query("https://b/z?X-Amz-Signature=s"),
             "https://b/z"
         );
+    }
+
+    #[test]
+    fn plain_http_urls_go_without_tls_unless_a_proxy_needs_it() {
+        assert!(is_plain_http("http://h/x") && is_plain_http("HTTP://h/x"));
+        assert!(!is_plain_http("https://h/x") && !is_plain_http("http:/h"));
+        let opts = |proxy: Option<&str>| BackendOptions {
+            proxy: proxy.map(str::to_owned),
+            ..BackendOptions::default()
+        };
+        let c = HttpClient::new(&opts(None)).unwrap();
+        let (plain, tls) = (
+            c.client_for("http://h/").unwrap(),
+            c.client_for("https://h/").unwrap(),
+        );
+        assert!(!std::ptr::eq(plain, tls), "http:// has its own client");
+        assert!(std::ptr::eq(plain, c.client_for("HTTP://h/b").unwrap()));
+        assert!(plain_proxies(&opts(Some("http://p:3128"))));
+        assert!(plain_proxies(&opts(Some("p:3128"))));
+        let c = HttpClient::new(&opts(Some("HTTPS://p:3128"))).unwrap();
+        assert!(c.plain.is_none(), "a TLS proxy: one client for all");
+        assert!(std::ptr::eq(
+            c.client_for("http://h/").unwrap(),
+            c.client_for("https://h/").unwrap()
+        ));
     }
 
     #[test]
