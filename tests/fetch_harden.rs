@@ -684,15 +684,45 @@ fn a_hung_fdatasync_does_not_cost_the_frames_fetched_meanwhile_their_caching() {
     let unstall = Unstall(&h.stall);
     assert_tree(&fs, &h.src);
     h.wait_for_the_hung_sync();
-    // Longer than the committer-stall bound (a quarter of the read
-    // timeout): frames that waited for the backlog would be given up now.
-    std::thread::sleep(Duration::from_secs(1));
+    // Every frame gets written while the fdatasync hangs (before, the
+    // committer was stuck in it with a full backlog, and frames past the
+    // backlog were given up after the stall bound).
+    let staged = &fs.fetcher().metrics().cache_staged_bytes;
+    let all = FILES * SIZE as u64;
+    common::wait_until("every frame written", Duration::from_secs(20), || {
+        staged.get() >= all
+    });
     drop(unstall);
     assert!(fs.fetcher().flush(Duration::from_secs(30)));
+    assert_eq!(staged.get(), 0, "all sealed");
     assert_eq!(fs.fetcher().metrics().commits_skipped.get(), 0);
     drop(fs);
     let names: Vec<String> = (0..FILES).map(|i| format!("f{i:02}")).collect();
     h.assert_cached(&names.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failing_fdatasync_marks_nothing_ready_and_fails_no_read() {
+    let work = common::tempdir();
+    let h = SyncHangs::new(work.path(), 13);
+    let fs = fs_on(&h.bootstrap, &h.blobs, cached(&h.cache), h.stall.clone());
+    h.stall.fail_syncs();
+    assert_tree(&fs, &h.src);
+    assert!(
+        fs.fetcher().flush(Duration::from_secs(30)),
+        "nothing left staged"
+    );
+    let m = fs.fetcher().metrics();
+    assert_eq!(m.cache_staged_bytes.get(), 0);
+    let io = rafs::fetch::metrics::Kind { kind: "io".into() };
+    assert!(m.write_errors.get_or_create(&io).get() > 0, "counted");
+    assert_tree(&fs, &h.src);
+    assert_eq!(m.cache_hits.get(), 0, "no bit set without a sync");
+    drop(fs);
+    // Nothing was made ready: another process fetches everything again.
+    let (again, backend) = crate::fs(&h.bootstrap, &h.blobs, Duration::ZERO, cached(&h.cache));
+    assert_tree(&again, &h.src);
+    assert!(backend.requests.load(Ordering::SeqCst) > 0);
 }
 
 /// Releases a stalled disk when dropped: whatever a test asserts while the

@@ -110,12 +110,12 @@ impl HttpClient {
         }
         // Building loads the system's trust store (tens of ms from a cold
         // page cache): off the caller's path, so a mount is up meanwhile.
-        let build = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("http-client".into())
-            .spawn(move || b.build().map_err(|e| format!("HTTP client: {}", chain(&e))))
+            .spawn(move || build(b))
             .map_err(|e| BackendError::Config(format!("HTTP client: {e}")))?;
         let join: Build = Box::new(move || {
-            build
+            handle
                 .join()
                 .unwrap_or_else(|_| Err("HTTP client: its builder panicked".into()))
         });
@@ -123,9 +123,8 @@ impl HttpClient {
             true => {
                 // No roots at all: this client never verifies a server.
                 let b = builder(opts)?.tls_certs_only(Vec::new());
-                let build: Build =
-                    Box::new(move || b.build().map_err(|e| format!("HTTP client: {}", chain(&e))));
-                Some(Arc::new(LazyLock::new(build)))
+                let lazy: Build = Box::new(move || build(b));
+                Some(Arc::new(LazyLock::new(lazy)))
             }
             false => None,
         };
@@ -530,8 +529,6 @@ pub fn redirect_target(from: &str, location: &str) -> Result<String, &'static st
     }
 }
 
-/// Whether `s` starts with `scheme:` (RFC 3986: a letter, then letters,
-/// digits, `+`, `-`, `.`).
 /// A client builder with `opts`' timeouts and proxy (`opts.proxy`, else
 /// the environment's `HTTPS_PROXY` & co., honouring `NO_PROXY`), following
 /// no redirect by itself (`HttpClient::send` does, hop by hop).
@@ -549,6 +546,11 @@ fn builder(opts: &BackendOptions) -> Result<reqwest::blocking::ClientBuilder, Ba
         b = b.proxy(proxy);
     }
     Ok(b)
+}
+
+/// Builds `b`, the error as its message.
+fn build(b: reqwest::blocking::ClientBuilder) -> Result<Client, String> {
+    b.build().map_err(|e| format!("HTTP client: {}", chain(&e)))
 }
 
 /// Whether plain-HTTP requests can go without TLS: no proxy that plain
@@ -572,6 +574,8 @@ fn is_plain_http(url: &str) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
 }
 
+/// Whether `s` starts with `scheme:` (RFC 3986: a letter, then letters,
+/// digits, `+`, `-`, `.`).
 fn has_scheme(s: &str) -> bool {
     let Some((scheme, _)) = s.split_once(':') else {
         return false;

@@ -192,17 +192,6 @@ pub struct Staged {
     spans: Vec<(u64, u64)>,
 }
 
-impl Staged {
-    /// Nothing staged.
-    pub fn empty() -> Staged {
-        Staged {
-            written: Vec::new(),
-            generation: 0,
-            spans: Vec::new(),
-        }
-    }
-}
-
 /// A fill for [`BlobCache::commit_covering`]: `bytes` go at `offset`, and
 /// the ranges lying inside `offset..cover_end` are marked ready. `cover_end`
 /// may exceed the end of `bytes` only over padding no chunk references (an
@@ -390,7 +379,7 @@ impl BlobCache {
     /// moved (every later change to a ready range bumps it first).
     pub fn commit_reporting(&self, fills: &[Fill<'_>]) -> Result<Committed, CacheError> {
         let staged = self.stage(fills)?;
-        let marked = self.seal(std::slice::from_ref(&staged))?;
+        let marked = self.seal(&[&staged])?;
         Ok(Committed {
             marked,
             written: staged.written,
@@ -451,7 +440,7 @@ impl BlobCache {
     /// of [`BlobCache::stage`]s of this cache: one `fdatasync`, then the
     /// bit of every range the staged spans (merged) cover entirely.
     /// Returns the number of ranges newly marked.
-    pub fn seal(&self, staged: &[Staged]) -> Result<u64, CacheError> {
+    pub fn seal(&self, staged: &[&Staged]) -> Result<u64, CacheError> {
         let mut spans: Vec<(u64, u64)> = staged
             .iter()
             .flat_map(|s| s.spans.iter().copied())

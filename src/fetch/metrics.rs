@@ -71,6 +71,9 @@ pub struct FetchMetrics {
     /// Bytes of on-demand frames already served and waiting for room in
     /// the commit backlog (reads outpacing the cache disk).
     pub commit_late_bytes: Gauge<u64, AtomicU64>,
+    /// Bytes written to the disk cache and not yet synced and made ready
+    /// (the sealer's backlog: page cache, not the daemon's memory).
+    pub cache_staged_bytes: Gauge<u64, AtomicU64>,
     /// Bytes of ready ranges this daemon accounts in the disk cache.
     pub cache_usage: Gauge<u64, AtomicU64>,
     /// `--cache-size` (0: no limit).
@@ -138,6 +141,7 @@ impl Default for FetchMetrics {
             inflight: Gauge::default(),
             prefetch_waiting: Gauge::default(),
             commit_late_bytes: Gauge::default(),
+            cache_staged_bytes: Gauge::default(),
             cache_usage: Gauge::default(),
             cache_limit: Gauge::default(),
             evictions: Counter::default(),
@@ -340,6 +344,11 @@ impl FetchMetrics {
             "rafs_cache_late_bytes",
             "Bytes of served on-demand frames waiting for room in the commit backlog",
             self.commit_late_bytes.clone(),
+        );
+        r.register(
+            "rafs_cache_staged_bytes",
+            "Bytes written to the disk cache and not yet synced and marked ready",
+            self.cache_staged_bytes.clone(),
         );
         r.register(
             "rafs_cache_usage_bytes",

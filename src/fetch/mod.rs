@@ -110,10 +110,7 @@ impl Default for FetchConfig {
             concurrency: 8,
             prefetch_threads: 4,
             prefetch_bandwidth: None,
-            commit_backlog: std::env::var("RAFS_EXP_BACKLOG")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(8 << 20),
+            commit_backlog: 8 << 20,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
         }

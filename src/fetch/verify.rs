@@ -107,7 +107,8 @@ impl Fetcher {
     pub(super) fn load_staged(&self, key: &super::memory::Key) -> Option<Arc<Frame>> {
         let (store, cache) = (self.store.as_ref()?, self.disk(key.0)?);
         let bf = self.index.blobs.get(key.0 as usize)?;
-        let f = bf.frames.get(bf.find(key.1)?)?;
+        let fi = bf.find(key.1)?;
+        let f = bf.frames.get(fi)?;
         let g0 = cache.generation();
         if !store.is_staged(key) {
             return None;
@@ -117,7 +118,7 @@ impl Fetcher {
             return None;
         }
         let frame = Arc::new(Frame::new(data));
-        if !self.members_verify(key.0, bf.find(key.1)?, &frame) {
+        if !self.members_verify(key.0, fi, &frame)? {
             return None; // torn by an eviction after all: fetched instead
         }
         self.metrics.cache_staged_reads.inc();
@@ -125,20 +126,16 @@ impl Fetcher {
     }
 
     /// Whether every member chunk of frame `fi` of `blob` in `frame`
-    /// matches its digest.
-    fn members_verify(&self, blob: u32, fi: usize, frame: &Frame) -> bool {
-        let Ok(b) = self.image.bootstrap() else {
-            return false;
-        };
+    /// matches its digest; `None` if the bootstrap cannot be read.
+    fn members_verify(&self, blob: u32, fi: usize, frame: &Frame) -> Option<bool> {
+        let b = self.image.bootstrap().ok()?;
         let chunks = b.chunks();
-        self.index.blobs[blob as usize]
-            .members_of(fi)
-            .iter()
-            .all(|&m| {
-                chunks
-                    .get(m as usize)
-                    .is_some_and(|c| frame.verify(c).is_ok())
-            })
+        let members = self.index.blobs.get(blob as usize)?.members_of(fi);
+        Some(members.iter().all(|&m| {
+            chunks
+                .get(m as usize)
+                .is_some_and(|c| frame.verify(c).is_ok())
+        }))
     }
 
     /// Frame `fi` read whole from the disk cache and verified (every
@@ -158,9 +155,8 @@ impl Fetcher {
         if !super::store::ready(cache, &cover) || cache.generation() != g0 {
             return None; // evicted or rewritten while read: a miss
         }
-        self.image.bootstrap().ok()?;
         let frame = Arc::new(Frame::new(data));
-        if !self.members_verify(blob, fi, &frame) {
+        if !self.members_verify(blob, fi, &frame)? {
             self.metrics.cache_corrupt.inc();
             tracing::warn!(
                 blob = %self.blob_ids[blob as usize],

@@ -464,6 +464,8 @@ struct StallState {
     blocked: bool,
     /// Only `fdatasync` waits (a disk whose flushes hang).
     syncs_blocked: bool,
+    /// Every `fdatasync` fails with EIO (a disk whose flushes fail).
+    syncs_fail: bool,
     waiting: usize,
     passed: u64,
     /// Added to every `fdatasync` (a busy disk, not a hung one).
@@ -488,6 +490,11 @@ impl Stall {
     /// From now on, `fdatasync` waits; the other writes go through.
     pub fn block_syncs(&self) {
         lock(&self.state).syncs_blocked = true;
+    }
+
+    /// From now on, every `fdatasync` fails with EIO.
+    pub fn fail_syncs(&self) {
+        lock(&self.state).syncs_fail = true;
     }
 
     /// Lets every waiting and future write through.
@@ -538,7 +545,13 @@ impl Storage for Stall {
 
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
         self.gate_if(|s| s.blocked || s.syncs_blocked);
-        let delay = lock(&self.state).sync_delay;
+        let (delay, fail) = {
+            let s = lock(&self.state);
+            (s.sync_delay, s.syncs_fail)
+        };
+        if fail {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         std::thread::sleep(delay);
         self.inner.sync_data(file, path)
     }

@@ -61,6 +61,7 @@ impl Store {
             *s.frames.entry(key).or_default() += 1;
             s.bytes += len;
         }
+        self.metrics.cache_staged_bytes.set(s.bytes);
     }
 
     /// Forgets the frames of `seal` (sealed, or failed).
@@ -75,6 +76,7 @@ impl Store {
             }
             s.bytes = s.bytes.saturating_sub(len);
         }
+        self.metrics.cache_staged_bytes.set(s.bytes);
         self.sealed.notify_all();
     }
 
@@ -106,9 +108,9 @@ impl Store {
     /// One `fdatasync` for `seals` (all of `blob`), the bits and the memo;
     /// then the frames leave `staged` and their locks go; then the quota
     /// (which may evict): a frame is never evicted while staged.
-    fn seal_blob(&self, blob: u32, mut seals: Vec<Seal>) {
+    fn seal_blob(&self, blob: u32, seals: Vec<Seal>) {
         let added = match self.caches.get(blob as usize) {
-            Some(Some(cache)) => self.seal_in(cache, blob, &mut seals),
+            Some(Some(cache)) => self.seal_in(cache, blob, &seals),
             _ => Vec::new(),
         };
         for s in &seals {
@@ -123,12 +125,9 @@ impl Store {
         &self,
         cache: &crate::cache::BlobCache,
         blob: u32,
-        seals: &mut [Seal],
+        seals: &[Seal],
     ) -> Vec<(Key, (u32, usize, u64))> {
-        let staged: Vec<Staged> = seals
-            .iter_mut()
-            .map(|s| std::mem::replace(&mut s.staged, Staged::empty()))
-            .collect();
+        let staged: Vec<&Staged> = seals.iter().map(|s| &s.staged).collect();
         if let Err(e) = cache.seal(&staged) {
             self.write_failed(&e);
             return Vec::new();
@@ -138,10 +137,10 @@ impl Store {
         // the generation holds (see `super::verify`).
         let memo = self.memo.get(blob as usize);
         let mut added = Vec::new();
-        for (s, st) in seals.iter().zip(&staged) {
+        for s in seals {
             for &(key, fi, cover, _) in &s.frames {
                 if let Some(v) = memo.and_then(|m| m.get(fi)) {
-                    v.store(st.generation + 1, Ordering::Release);
+                    v.store(s.staged.generation + 1, Ordering::Release);
                 }
                 if let Some(memory) = &self.memory {
                     memory.remove(&key);
