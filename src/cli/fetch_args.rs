@@ -59,8 +59,8 @@ pub struct ReadArgs {
     /// On a miss, also fetch the file's next SIZE bytes in the background,
     /// and after a small file's miss the small files stored after it; the
     /// start of the window of a read in stored order; the head of each
-    /// library a program or library read cold needs (0: all read-ahead
-    /// off) [default: 1M].
+    /// library a program or library read cold needs, and at mount of the
+    /// dynamic loader and C library (0: all read-ahead off) [default: 1M].
     #[arg(long, value_name = "SIZE")]
     pub readahead: Option<String>,
     /// Once a file's reads miss at two places apart (a mapped executable

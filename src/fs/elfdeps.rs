@@ -16,6 +16,10 @@
 //! cached or on its way. Like the other read-ahead rules it needs a disk
 //! cache and is off with `--readahead 0` or `--widen 0`.
 //!
+//! Whatever the image, every dynamically linked program starts by mapping
+//! the same few files (the loader, the C library, the loader's cache):
+//! they are speculated at mount ([`STARTUP`]), before any program asks.
+//!
 //! Costs: each object is inspected once per mount (at most [`MAX_SEEN`]
 //! objects; then inspection stops), with three small reads of bytes the
 //! loader reads anyway; a name is resolved in at most [`LIB_DIRS`] path
@@ -42,6 +46,30 @@ pub const LIB_DIRS: [&[u8]; 8] = [
     b"/lib",
     b"/usr/lib",
 ];
+
+/// What every dynamically linked program built for this machine maps
+/// first, whatever it is: the dynamic loader its `PT_INTERP` names
+/// (glibc's or musl's), the C library, and the loader's cache. Speculated
+/// at mount ([`RafsFs::speculate_startup`]); names are found as
+/// libraries are ([`find_library`]), a name with a slash as a path.
+#[cfg(target_arch = "x86_64")]
+pub const STARTUP: [&[u8]; 4] = [
+    b"ld-linux-x86-64.so.2",
+    b"ld-musl-x86_64.so.1",
+    b"libc.so.6",
+    b"/etc/ld.so.cache",
+];
+/// See the x86-64 list.
+#[cfg(target_arch = "aarch64")]
+pub const STARTUP: [&[u8]; 4] = [
+    b"ld-linux-aarch64.so.1",
+    b"ld-musl-aarch64.so.1",
+    b"libc.so.6",
+    b"/etc/ld.so.cache",
+];
+/// See the x86-64 list.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const STARTUP: [&[u8]; 2] = [b"libc.so.6", b"/etc/ld.so.cache"];
 
 /// Levels of libraries below an object that are inspected.
 pub const MAX_DEPTH: u32 = 4;
@@ -85,6 +113,29 @@ impl RafsFs {
             .name("rafs-elfdeps".into())
             .spawn(move || worker(weak, rx))?;
         Ok(())
+    }
+
+    /// Speculates [`STARTUP`]: the loader, C library and loader cache
+    /// every dynamically linked program of the image maps before its own
+    /// libraries, so that the first program started finds them cached or
+    /// on their way instead of taking their round trips after its own
+    /// header's. Each is fetched as a library named by a program would be
+    /// ([`RafsFs::speculate_head`]). Nothing unless the worker runs (see
+    /// [`RafsFs::start_elf_deps`]). Returns the stored bytes planned.
+    pub fn speculate_startup(&self) -> u64 {
+        if self.elf_deps.tx.get().is_none() {
+            return 0;
+        }
+        let Ok(b) = self.image.bootstrap() else {
+            return 0;
+        };
+        let planned = STARTUP
+            .iter()
+            .filter_map(|name| find_library(&b, name))
+            .map(|ino| self.speculate_head(&b, ino))
+            .sum();
+        tracing::debug!(planned, "elf deps: loader and C library speculated");
+        planned
     }
 
     /// A read of `ino` from offset 0 missed and returned `head`: if it is
@@ -287,6 +338,62 @@ mod tests {
         assert!(fs.fetcher.flush(Duration::from_secs(20)));
         assert!(!cached(&fs, t.lib_c), "a library nobody needs");
         assert!(fs.fetcher.metrics().speculative_bytes.get() > 0);
+    }
+
+    /// `/usr/lib` (a library directory on every machine) holding this
+    /// machine's glibc loader and C library, `/etc/ld.so.cache`, and an
+    /// unrelated library; each apart in the blob.
+    fn startup_tree() -> (TestImage, Vec<u32>, u32) {
+        let mut b = Builder::new();
+        let usr = b.dir(0, "usr", 0o755);
+        let lib = b.dir(usr, "lib", 0o755);
+        let etc = b.dir(0, "etc", 0o755);
+        let mut wanted = Vec::new();
+        for (i, name) in STARTUP.iter().enumerate() {
+            let seed = 10 + 2 * i as u64;
+            if name.starts_with(b"ld-musl") {
+                continue;
+            }
+            let ino = match name.strip_prefix(b"/etc/") {
+                Some(file) => b.file(etc, file, 0o644, object(&[], seed)),
+                None => b.file(lib, name, 0o755, object(&[], seed)),
+            };
+            wanted.push(ino);
+            b.file(
+                0,
+                format!("pad{i}"),
+                0o644,
+                vec![Part::Data(noise(64 << 10, seed + 1))],
+            );
+        }
+        let other = b.file(lib, "libother.so.1", 0o644, object(&[], 99));
+        (b.finish(), wanted, other)
+    }
+
+    #[test]
+    fn the_loader_and_c_library_are_fetched_at_mount_before_any_read() {
+        let (t, wanted, other) = startup_tree();
+        assert_eq!(wanted.len(), STARTUP.len() - 1, "all but musl's loader");
+        let cache = tempfile::tempdir().unwrap();
+        let fs = mounted(&t, on_disk(cache.path()));
+        assert!(fs.speculate_startup() > 0);
+        wait_until(
+            "loader, libc and ld.so.cache cached",
+            Duration::from_secs(20),
+            || wanted.iter().all(|&ino| cached(&fs, ino)),
+        );
+        assert!(fs.fetcher.flush(Duration::from_secs(20)));
+        assert!(!cached(&fs, other), "a library nobody named");
+        assert_eq!(fs.metrics.ops(crate::fs::Op::Read), 0, "nothing read them");
+        // Off with read-ahead, as the rest of this module.
+        let cache = tempfile::tempdir().unwrap();
+        let off = FetchConfig {
+            readahead: 0,
+            ..on_disk(cache.path())
+        };
+        let fs = mounted(&t, off);
+        assert_eq!(fs.speculate_startup(), 0);
+        assert!(wanted.iter().all(|&ino| !cached(&fs, ino)));
     }
 
     #[test]

@@ -299,6 +299,7 @@ fn open_fs(cfg: &MountConfig) -> Result<(Arc<RafsFs>, u64, u64), MountError> {
     }
     let fs = Arc::new(fs);
     fs.start_elf_deps().map_err(MountError::Setup)?;
+    fs.speculate_startup();
     Ok((fs, inodes, blobs))
 }
 
