@@ -58,6 +58,11 @@ fn range_clamped_by_server_is_out_of_range_not_short() {
                 nginx.error_log()
             ),
         }
+        let b = open(&nginx.url, &BackendOptions::default());
+        match b.read_range_to(id, offset, len, &mut |_| panic!("clamped bytes streamed")) {
+            Err(BackendError::OutOfRange { size: s, .. }) => assert_eq!(s, size),
+            other => panic!("{offset}+{len} streamed: want OutOfRange, got {other:?}"),
+        }
     }
 }
 
@@ -206,5 +211,99 @@ fn redirects_are_followed_hop_by_hop_within_limits() {
             assert_eq!((e.kind(), e.is_transient()), ("refused_redirect", false))
         }
         other => panic!("want RefusedRedirect, got {:?}", other.map(|v| v.len())),
+    }
+}
+
+/// A one-connection server that answers a range request for `len` bytes
+/// with a `206` declaring them, sends `first` body bytes, then, once the
+/// test opens the gate, `then` more (fewer than the rest: a body cut
+/// short; more: a body over its length) and closes.
+fn held_back_server(
+    len: u64,
+    first: usize,
+    then: usize,
+) -> (
+    String,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let body = common::conformance::noise(7, first + then);
+        let mut conn = conn;
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{}/{len}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            len - 1,
+            (first + then).max(len as usize)
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        conn.write_all(&body[..first]).unwrap();
+        conn.flush().unwrap();
+        let _ = gate.recv_timeout(std::time::Duration::from_secs(60));
+        let _ = conn.write_all(&body[first..]);
+    });
+    (url, open, server)
+}
+
+#[test]
+fn a_range_body_is_handed_over_as_it_arrives_and_checked_to_its_end() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let id = BlobId([7; 32]);
+    let len = 300_000u64;
+    let want = common::conformance::noise(7, len as usize + 10);
+    type Expect = fn(&Result<(), BackendError>) -> bool;
+    // (bytes sent after the gate, the outcome, the bytes streamed)
+    let cases: [(usize, Expect, u64); 3] = [
+        (200_000, |r| r.is_ok(), len),
+        (
+            50_000,
+            |r| r.as_ref().is_err_and(|e| e.is_transient()),
+            150_000,
+        ),
+        (
+            200_010,
+            |r| matches!(r, Err(BackendError::ShortBody { .. })),
+            len,
+        ),
+    ];
+    for (then, outcome, streamed) in cases {
+        let (url, open_gate, server) = held_back_server(len, 100_000, then);
+        let b = open(&format!("{url}{{blob}}"), &BackendOptions::default());
+        let (tx, rx) = mpsc::channel();
+        let result = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut got = Vec::new();
+                let r = b.read_range_to(&id, 0, len, &mut |piece| {
+                    got.extend_from_slice(piece);
+                    let _ = tx.send(got.len());
+                });
+                (r, got)
+            });
+            // The first 100,000 bytes arrive while the rest is held back.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut seen = 0;
+            while seen < 100_000 && std::time::Instant::now() < deadline {
+                seen = rx.recv_timeout(Duration::from_secs(20)).unwrap_or(seen);
+            }
+            open_gate.send(()).unwrap();
+            assert_eq!(seen, 100_000, "the body's start waited for its end");
+            reader.join().unwrap()
+        });
+        server.join().unwrap();
+        let (r, got) = result;
+        assert!(outcome(&r), "{then} after the gate: {r:?}");
+        assert_eq!(got.len() as u64, streamed, "{then} after the gate");
+        assert!(got == want[..got.len()], "wrong bytes streamed");
     }
 }

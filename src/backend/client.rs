@@ -33,6 +33,11 @@
 //!   `404` is `NotFound`; `401`/`403` are `Auth`; everything else is
 //!   `Status` (transient if 5xx or 429).
 //!
+//! [`HttpClient::get_range_to`] makes the same checks, but hands a `206`
+//! body over in pieces as it arrives, once the status and `Content-Range`
+//! have passed: a body that ends early or runs past `len` is an error
+//! after the bytes before it went out (each a byte of the range asked).
+//!
 //! Redirects (301, 302, 303, 307, 308) are followed here, not by reqwest, so
 //! each hop passes [`redirect_target`]: at most 5 of them, never from HTTPS
 //! to plain HTTP nor to another scheme (a final
@@ -280,40 +285,41 @@ impl HttpClient {
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         all.push(("Range", &range));
         let raw = self.get(blob, url, &all, len + 1)?;
-        match raw.status.as_u16() {
-            206 => check_partial(blob, &raw, offset, len),
-            200 => {
-                // A server that ignores Range: acceptable only if the whole
-                // body is exactly what was asked. A complete body (at most
-                // `len` bytes, else the read limit tripped) is the whole
-                // blob, so a range past its end is out of range.
-                let size = raw.body.len() as u64;
-                if offset == 0 && size == len {
-                    Ok(raw.body)
-                } else if size <= len && end > size {
-                    Err(BackendError::OutOfRange {
-                        blob: *blob,
-                        offset,
-                        len,
-                        size,
-                    })
-                } else {
-                    Err(BackendError::ShortBody {
-                        blob: *blob,
-                        offset,
-                        expected: len,
-                        got: raw.body.len() as u64,
-                    })
-                }
-            }
-            416 => Err(BackendError::OutOfRange {
-                blob: *blob,
-                offset,
-                len,
-                size: content_range(&raw.headers).and_then(|c| c.2).unwrap_or(0),
-            }),
-            _ => Err(status_error(blob, url, &raw)),
+        whole_answer(blob, url, raw, offset, len)
+    }
+
+    /// [`HttpClient::get_range`], handing the body of a `206` answer to
+    /// `sink` as it arrives, after the status and `Content-Range` have
+    /// passed; every other answer is read and checked whole first (see
+    /// [`Backend::read_range_to`](super::Backend::read_range_to)). A body
+    /// that ends early is `ShortBody` after its bytes went to `sink`; one
+    /// longer than `len` is `ShortBody` once `len` bytes went.
+    pub fn get_range_to(
+        &self,
+        blob: &BlobId,
+        url: &str,
+        headers: &[(&str, &str)],
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        let Some(end) = offset.checked_add(len).filter(|_| len > 0) else {
+            let bytes = self.get_range(blob, url, headers, offset, len)?;
+            sink(&bytes);
+            return Ok(());
+        };
+        let range = format!("bytes={offset}-{}", end - 1);
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("Range", &range));
+        let resp = self.send(blob, url, &all)?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            let raw = read_raw(blob, url, resp, len + 1)?;
+            let bytes = whole_answer(blob, url, raw, offset, len)?;
+            sink(&bytes);
+            return Ok(());
         }
+        check_content_range(blob, resp.headers(), offset, len)?;
+        stream_body(blob, url, resp, offset, len, sink)
     }
 
     /// The size of the resource at `url`, from a one-byte range GET's
@@ -424,32 +430,140 @@ fn read_raw(blob: &BlobId, url: &str, resp: Response, cap: u64) -> Result<Raw, B
     })
 }
 
-fn check_partial(blob: &BlobId, raw: &Raw, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-    let want_last = offset + len - 1;
+/// A range GET's answer read whole: its bytes, or what is wrong with it
+/// (see the module docs).
+fn whole_answer(
+    blob: &BlobId,
+    url: &str,
+    raw: Raw,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, BackendError> {
+    let end = offset + len;
+    match raw.status.as_u16() {
+        206 => check_partial(blob, raw, offset, len),
+        200 => {
+            // A server that ignores Range: acceptable only if the whole
+            // body is exactly what was asked. A complete body (at most
+            // `len` bytes, else the read limit tripped) is the whole
+            // blob, so a range past its end is out of range.
+            let size = raw.body.len() as u64;
+            if offset == 0 && size == len {
+                Ok(raw.body)
+            } else if size <= len && end > size {
+                Err(BackendError::OutOfRange {
+                    blob: *blob,
+                    offset,
+                    len,
+                    size,
+                })
+            } else {
+                Err(BackendError::ShortBody {
+                    blob: *blob,
+                    offset,
+                    expected: len,
+                    got: raw.body.len() as u64,
+                })
+            }
+        }
+        416 => Err(BackendError::OutOfRange {
+            blob: *blob,
+            offset,
+            len,
+            size: content_range(&raw.headers).and_then(|c| c.2).unwrap_or(0),
+        }),
+        _ => Err(status_error(blob, url, &raw)),
+    }
+}
+
+/// Bytes of a streamed body read at once at most.
+const STREAM_PIECE: usize = 64 << 10;
+
+/// Hands the `len`-byte body of a checked `206` answer to `sink` as it
+/// arrives.
+fn stream_body(
+    blob: &BlobId,
+    url: &str,
+    resp: Response,
+    offset: u64,
+    len: u64,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<(), BackendError> {
     let short = |got| BackendError::ShortBody {
         blob: *blob,
         offset,
         expected: len,
         got,
     };
-    match content_range(&raw.headers) {
-        Some((Some(first), Some(last), _)) if first == offset && last == want_last => {}
+    // One byte past `len` tells a body over it from one exactly at it.
+    let mut body = resp.take(len + 1);
+    let mut piece = crate::util::pool::zeroed(STREAM_PIECE);
+    let mut got = 0u64;
+    let result = loop {
+        let room = (len + 1 - got).min(STREAM_PIECE as u64) as usize;
+        match body.read(&mut piece[..room]) {
+            Ok(0) if got == len => break Ok(()),
+            Ok(0) => break Err(short(got)),
+            Ok(n) if got + n as u64 > len => {
+                sink(&piece[..(len - got) as usize]);
+                break Err(short(got + n as u64));
+            }
+            Ok(n) => {
+                sink(&piece[..n]);
+                got += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                break Err(BackendError::Transport {
+                    blob: *blob,
+                    detail: format!("{}: reading the body: {}", without_query(url), chain(&e)),
+                    timeout: e.kind() == std::io::ErrorKind::TimedOut,
+                })
+            }
+        }
+    };
+    crate::util::pool::give(piece);
+    result
+}
+
+/// Checks a `206` answer's `Content-Range` against the range asked for.
+fn check_content_range(
+    blob: &BlobId,
+    headers: &HeaderMap,
+    offset: u64,
+    len: u64,
+) -> Result<(), BackendError> {
+    let want_last = offset + len - 1;
+    match content_range(headers) {
+        Some((Some(first), Some(last), _)) if first == offset && last == want_last => Ok(()),
         // Servers clamp a range that runs past the end (RFC 9110 14.1.2):
         // the size they report makes it an out-of-range request.
-        Some((_, _, Some(size))) if offset + len > size => {
-            return Err(BackendError::OutOfRange {
-                blob: *blob,
-                offset,
-                len,
-                size,
-            })
-        }
-        _ => return Err(short(0)),
+        Some((_, _, Some(size))) if offset + len > size => Err(BackendError::OutOfRange {
+            blob: *blob,
+            offset,
+            len,
+            size,
+        }),
+        _ => Err(BackendError::ShortBody {
+            blob: *blob,
+            offset,
+            expected: len,
+            got: 0,
+        }),
     }
+}
+
+fn check_partial(blob: &BlobId, raw: Raw, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+    check_content_range(blob, &raw.headers, offset, len)?;
     if raw.body.len() as u64 != len {
-        return Err(short(raw.body.len() as u64));
+        return Err(BackendError::ShortBody {
+            blob: *blob,
+            offset,
+            expected: len,
+            got: raw.body.len() as u64,
+        });
     }
-    Ok(raw.body.clone())
+    Ok(raw.body)
 }
 
 /// Parses `Content-Range: bytes first-last/size` or `bytes */size`;

@@ -61,8 +61,12 @@ impl FileBackend {
     }
 }
 
-impl Backend for FileBackend {
-    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+/// Bytes [`FileBackend::read_range_to`] reads at once at most.
+const PIECE: u64 = 1 << 20;
+
+impl FileBackend {
+    /// The open blob, if `len` bytes at `offset` lie inside it.
+    fn checked(&self, id: &BlobId, offset: u64, len: u64) -> Result<Arc<File>, BackendError> {
         let (file, size) = self.open(id)?;
         let end = offset.checked_add(len);
         if end.is_none_or(|end| end > size) {
@@ -73,6 +77,13 @@ impl Backend for FileBackend {
                 size,
             });
         }
+        Ok(file)
+    }
+}
+
+impl Backend for FileBackend {
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let file = self.checked(id, offset, len)?;
         let mut buf = crate::util::pool::zeroed(len as usize);
         file.read_exact_at(&mut buf, offset)
             .map_err(|e| BackendError::Io {
@@ -80,6 +91,36 @@ impl Backend for FileBackend {
                 source: e,
             })?;
         Ok(buf)
+    }
+
+    /// Reads the range in pieces of at most `PIECE` (1 MiB), so that a
+    /// caller decoding frames as they come holds one piece at a time.
+    fn read_range_to(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        let file = self.checked(id, offset, len)?;
+        let mut buf = crate::util::pool::zeroed(len.min(PIECE) as usize);
+        let mut done = 0u64;
+        let result = loop {
+            if done == len {
+                break Ok(());
+            }
+            let n = (len - done).min(PIECE) as usize;
+            if let Err(e) = file.read_exact_at(&mut buf[..n], offset + done) {
+                break Err(BackendError::Io {
+                    blob: *id,
+                    source: e,
+                });
+            }
+            sink(&buf[..n]);
+            done += n as u64;
+        };
+        crate::util::pool::give(buf);
+        result
     }
 
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {

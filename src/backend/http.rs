@@ -69,6 +69,21 @@ impl Backend for HttpBackend {
         self.client.get_range(id, &self.url(id), &[], offset, len)
     }
 
+    fn read_range_to(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        let known = self.cached_size(id);
+        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
+            return answer.map(|bytes| sink(&bytes));
+        }
+        self.client
+            .get_range_to(id, &self.url(id), &[], offset, len, sink)
+    }
+
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
         if let Some(size) = self.cached_size(id) {
             return Ok(size);

@@ -192,6 +192,26 @@ pub trait Backend: Send + Sync {
     /// read; `len == 0` returns an empty vector if the blob exists.
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
 
+    /// [`Backend::read_range`], handing the bytes to `sink` in order as
+    /// they arrive (pieces of any size), so that a caller can use the
+    /// first bytes of a long range before the last have come. On success
+    /// the pieces add up to exactly `len` bytes; on an error they are a
+    /// prefix of the range (possibly empty), every byte of which is as
+    /// trustworthy as a whole answer's. The default reads the whole range,
+    /// then hands it over at once.
+    fn read_range_to(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        let bytes = self.read_range(id, offset, len)?;
+        sink(&bytes);
+        crate::util::pool::give(bytes);
+        Ok(())
+    }
+
     /// The size of blob `id` in bytes.
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError>;
 }

@@ -80,6 +80,28 @@ impl Backend for RegistryBackend {
             .with_auth(id, &url, |h| http.get_range(id, &url, h, offset, len))
     }
 
+    fn read_range_to(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        let known = self.cached_size(id);
+        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
+            return answer.map(|bytes| sink(&bytes));
+        }
+        let url = self.url(id);
+        let http = self.session.http();
+        // `with_auth` may call twice (after a 401); the body, and so the
+        // sink, comes only with a success status.
+        let sink = std::cell::RefCell::new(sink);
+        self.session.with_auth(id, &url, |h| {
+            let mut sink = sink.borrow_mut();
+            http.get_range_to(id, &url, h, offset, len, &mut **sink)
+        })
+    }
+
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
         if let Some(size) = self.cached_size(id) {
             return Ok(size);

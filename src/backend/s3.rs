@@ -284,6 +284,24 @@ impl Backend for S3Backend {
         }
     }
 
+    fn read_range_to(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        let known = self.cached_size(id);
+        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
+            return answer.map(|bytes| sink(&bytes));
+        }
+        let key = object_key(&self.prefix, id);
+        let url = self.presign(&key);
+        self.client
+            .get_range_to(id, &url, &[], offset, len, sink)
+            .map_err(|e| self.scrub(e, &url, &key))
+    }
+
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
         if let Some(size) = self.cached_size(id) {
             return Ok(size);

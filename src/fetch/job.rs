@@ -10,6 +10,11 @@
 //! the last attempt are published anyway so that only the reads of the bad
 //! chunks fail (each read verifies its own chunk). Only frames whose every
 //! member verified are written to the disk cache.
+//!
+//! An on-demand job's frames are decoded and published as the response
+//! body arrives ([`Backend::read_range_to`](crate::backend::Backend::read_range_to)),
+//! so a reader of its first frame does not wait for the frames behind it;
+//! a failure part-way retries or fails only the frames not yet complete.
 
 use super::index::FrameInfo;
 use super::memory::Frame;
@@ -47,7 +52,34 @@ type Left = (usize, Option<Arc<Frame>>);
 enum Outcome {
     Done,
     Retry(Vec<Left>, String),
-    Fail(FetchError),
+    /// Fail these frames (the others were published).
+    Fail(FetchError, Vec<usize>),
+}
+
+/// A job's response as it comes in ([`Fetcher::receive`]).
+struct Receiving<'f> {
+    /// The job's frames, ascending.
+    frames: &'f [(usize, &'f FrameInfo)],
+    /// Where the response starts in the blob.
+    start: u64,
+    /// The first frame not yet complete.
+    next: usize,
+    /// Bytes of the response taken so far.
+    pos: u64,
+    /// The stored bytes of frame `next` so far, when they came in pieces.
+    buf: Vec<u8>,
+    done: Received,
+}
+
+/// What the frames received so far came to.
+#[derive(Default)]
+struct Received {
+    /// Frames to retry.
+    bad: Vec<Left>,
+    /// Frames served that still wait for the committer.
+    late: Vec<super::Late>,
+    /// Why the last bad frame was bad.
+    why: String,
 }
 
 impl Fetcher {
@@ -97,7 +129,7 @@ impl Fetcher {
             let outcome = self.attempt(&job, &mut locks);
             match outcome {
                 Outcome::Done => return,
-                Outcome::Fail(e) => return self.fail_all(&job, e),
+                Outcome::Fail(e, failed) => return self.fail(job.blob, &failed, e),
                 Outcome::Retry(left, why) => {
                     let wait = backoff(self.cfg.retry_base, self.cfg.retry_max, attempt);
                     let late = Instant::now() + wait >= job.deadline;
@@ -278,24 +310,44 @@ impl Fetcher {
         true
     }
 
-    /// One range request for the job's frames, then decode and verify each.
+    /// One range request for the job's frames, each decoded, verified and
+    /// published as soon as its bytes are in: a reader of the first frame
+    /// of an on-demand request does not wait for the frames read ahead
+    /// after it. A background job reads its range whole first (nobody
+    /// waits for it, and its decoding may wait for room in the backlog,
+    /// which must not hold a response half-read).
     fn attempt(&self, job: &Job, locks: &mut HashMap<usize, SpanLock>) -> Outcome {
         let bf = &self.index.blobs[job.blob as usize];
-        let frames: Vec<&FrameInfo> = job
+        let frames: Vec<(usize, &FrameInfo)> = job
             .frames
             .iter()
-            .filter_map(|&i| bf.frames.get(i))
+            .filter_map(|&i| bf.frames.get(i).map(|f| (i, f)))
             .collect();
         let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
             return Outcome::Done;
         };
-        let start = first.coff;
-        let len = last.cend() - start;
+        let start = first.1.coff;
+        let len = last.1.cend() - start;
         let id = self.blob_ids[job.blob as usize];
         self.metrics.backend_requests.inc();
         self.metrics.inflight.inc();
         let t0 = Instant::now();
-        let got = self.backend.read_range(&id, start, len);
+        let mut rx = Receiving {
+            frames: &frames,
+            start,
+            next: 0,
+            pos: 0,
+            buf: Vec::new(),
+            done: Received::default(),
+        };
+        let mut sink = |piece: &[u8]| self.receive(job, &mut rx, piece, locks);
+        let got = match job.background {
+            false => self.backend.read_range_to(&id, start, len, &mut sink),
+            true => self.backend.read_range(&id, start, len).map(|bytes| {
+                sink(&bytes);
+                crate::util::pool::give(bytes);
+            }),
+        };
         self.metrics.inflight.dec();
         let took = t0.elapsed();
         self.metrics.backend_seconds.observe(took.as_secs_f64());
@@ -308,55 +360,109 @@ impl Fetcher {
             us = took.as_micros() as u64,
             "range request"
         );
-        let bytes = match got {
-            Ok(b) => b,
+        ChunkCounters::add(&self.counters.backend_bytes, rx.pos);
+        crate::util::pool::give(std::mem::take(&mut rx.buf));
+        let Received { mut bad, late, why } = rx.done;
+        self.commit_late(job.blob, late);
+        let rest = frames[rx.next..].iter().map(|&(fi, _)| fi);
+        match got {
             Err(e) => {
                 self.metrics.error(e.kind());
-                return if e.is_transient() {
-                    let left = job.frames.iter().map(|&fi| (fi, None)).collect();
-                    Outcome::Retry(left, e.to_string())
-                } else {
-                    Outcome::Fail(FetchError::Backend(e))
-                };
+                if !e.is_transient() {
+                    let failed = bad.into_iter().map(|(fi, _)| fi).chain(rest).collect();
+                    return Outcome::Fail(FetchError::Backend(e), failed);
+                }
+                bad.extend(rest.map(|fi| (fi, None)));
+                Outcome::Retry(bad, e.to_string())
             }
-        };
-        ChunkCounters::add(&self.counters.backend_bytes, len);
-        let mut bad = Vec::new();
-        let mut late = Vec::new();
-        let mut why = String::new();
-        for (&fi, f) in job.frames.iter().zip(&frames) {
-            let from = (f.coff - start) as usize;
-            let stored = &bytes[from..from + f.clen as usize];
-            let room = self.pace_decode(job, fi, locks);
-            match self.check_frame(job.blob, fi, stored) {
-                Ok((frame, None)) => {
-                    if job.background {
-                        self.metrics.prefetch_bytes.inc_by(u64::from(f.clen));
-                        let members = self.index.blobs[job.blob as usize].members_of(fi);
-                        self.metrics.prefetch_chunks.inc_by(members.len() as u64);
-                    }
-                    let via = Via {
-                        background: job.background,
-                        lock: locks.remove(&fi),
-                        room,
-                    };
-                    late.extend(self.publish_ok(job.blob, fi, frame, true, via));
-                }
-                Ok((frame, Some(e))) => {
-                    why = e;
-                    bad.push((fi, Some(frame)));
-                }
-                Err(e) => {
-                    why = e;
-                    bad.push((fi, None));
+            Ok(()) => {
+                // Frames the bytes did not complete (none from a backend
+                // that kept its contract) are retried, never left pending.
+                let before = bad.len();
+                bad.extend(rest.map(|fi| (fi, None)));
+                match (bad.is_empty(), bad.len() > before) {
+                    (true, _) => Outcome::Done,
+                    (false, true) => Outcome::Retry(bad, "the response ended early".into()),
+                    (false, false) => Outcome::Retry(bad, why),
                 }
             }
         }
-        crate::util::pool::give(bytes);
-        self.commit_late(job.blob, late);
-        match bad.is_empty() {
-            true => Outcome::Done,
-            false => Outcome::Retry(bad, why),
+    }
+
+    /// Takes the next `piece` of a job's response: frames whose bytes are
+    /// complete are decoded, verified and published in order.
+    fn receive(
+        &self,
+        job: &Job,
+        rx: &mut Receiving<'_>,
+        mut piece: &[u8],
+        locks: &mut HashMap<usize, SpanLock>,
+    ) {
+        while !piece.is_empty() && rx.next < rx.frames.len() {
+            let (fi, f) = rx.frames[rx.next];
+            // Bytes between the job's frames (a retry of some of them).
+            let at = f.coff - rx.start;
+            if rx.pos < at {
+                let skip = (at - rx.pos).min(piece.len() as u64);
+                piece = &piece[skip as usize..];
+                rx.pos += skip;
+                continue;
+            }
+            let clen = f.clen as usize;
+            let take = (clen - rx.buf.len()).min(piece.len());
+            let (bytes, rest) = piece.split_at(take);
+            (piece, rx.pos) = (rest, rx.pos + take as u64);
+            if rx.buf.is_empty() && take == clen {
+                // The whole frame in this piece: decoded from it, no copy.
+                self.received(job, fi, bytes, locks, &mut rx.done);
+            } else {
+                if rx.buf.capacity() == 0 {
+                    rx.buf = crate::util::pool::take(clen);
+                }
+                rx.buf.extend_from_slice(bytes);
+                if rx.buf.len() < clen {
+                    continue;
+                }
+                self.received(job, fi, &rx.buf, locks, &mut rx.done);
+                rx.buf.clear();
+            }
+            rx.next += 1;
+        }
+    }
+
+    /// Decodes, verifies and publishes frame `fi` from its `stored` bytes.
+    fn received(
+        &self,
+        job: &Job,
+        fi: usize,
+        stored: &[u8],
+        locks: &mut HashMap<usize, SpanLock>,
+        done: &mut Received,
+    ) {
+        let room = self.pace_decode(job, fi, locks);
+        match self.check_frame(job.blob, fi, stored) {
+            Ok((frame, None)) => {
+                if job.background {
+                    self.metrics.prefetch_bytes.inc_by(stored.len() as u64);
+                    let members = self.index.blobs[job.blob as usize].members_of(fi);
+                    self.metrics.prefetch_chunks.inc_by(members.len() as u64);
+                }
+                let via = Via {
+                    background: job.background,
+                    lock: locks.remove(&fi),
+                    room,
+                };
+                done.late
+                    .extend(self.publish_ok(job.blob, fi, frame, true, via));
+            }
+            Ok((frame, Some(e))) => {
+                done.why = e;
+                done.bad.push((fi, Some(frame)));
+            }
+            Err(e) => {
+                done.why = e;
+                done.bad.push((fi, None));
+            }
         }
     }
 
@@ -464,11 +570,11 @@ impl Fetcher {
         }
     }
 
-    fn fail_all(&self, job: &Job, e: FetchError) {
-        tracing::warn!(blob = job.blob, "fetch failed: {e}");
+    fn fail(&self, blob: u32, frames: &[usize], e: FetchError) {
+        tracing::warn!(blob, frames = frames.len(), "fetch failed: {e}");
         let err = Arc::new(e);
-        for &fi in &job.frames {
-            self.publish_err(job.blob, fi, err.clone());
+        for &fi in frames {
+            self.publish_err(blob, fi, err.clone());
         }
     }
 }

@@ -484,3 +484,82 @@ fn memory_keeps_the_frames_the_disk_does_not_hold() {
     read_all(&fs, f);
     assert_eq!(backend.calls(), calls, "served from memory");
 }
+
+/// A file backend whose first answer holds back all but its first
+/// `first` bytes until the test opens the gate: streamed, those bytes
+/// come at once and the rest after; read whole, nothing comes before.
+struct Halting {
+    inner: FileBackend,
+    first: u64,
+    calls: AtomicU64,
+    gate: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl Halting {
+    fn hold(&self) {
+        if let Some(gate) = self.gate.lock().unwrap().take() {
+            let _ = gate.recv_timeout(Duration::from_secs(60));
+        }
+    }
+}
+
+impl Backend for Halting {
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.hold();
+        self.inner.read_range(id, offset, len)
+    }
+
+    fn read_range_to(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let bytes = self.inner.read_range(id, offset, len)?;
+        let cut = (self.first as usize).min(bytes.len());
+        sink(&bytes[..cut]);
+        self.hold();
+        sink(&bytes[cut..]);
+        Ok(())
+    }
+
+    fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
+        self.inner.blob_size(id)
+    }
+}
+
+#[test]
+fn a_frame_is_served_when_its_bytes_arrive_not_with_the_rest_of_its_request() {
+    let t = one_file_image(8);
+    let image = Image::open(&t.bootstrap).unwrap();
+    let first = {
+        let b = image.bootstrap().unwrap();
+        let f = b.lookup(0, b"f").unwrap().unwrap();
+        u64::from(b.file_chunks(f).unwrap()[0].compressed_size.get())
+    };
+    let (open, gate) = mpsc::channel();
+    let backend = Arc::new(Halting {
+        inner: FileBackend::new(&t.blobs),
+        first,
+        calls: AtomicU64::new(0),
+        gate: Mutex::new(Some(gate)),
+    });
+    // Read-ahead joins the next 7 frames to the first one's request.
+    let fs = RafsFs::new(image, backend.clone(), FetchConfig::default()).unwrap();
+    let f = fs.lookup(0, b"f").unwrap().ino;
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| tx.send(fs.read(f, 0, 100)).unwrap());
+        // Served while the rest of the response is held back.
+        let got = rx.recv_timeout(Duration::from_secs(20));
+        open.send(()).unwrap();
+        let got = got.expect("the first frame waited for the whole response");
+        assert_eq!(got.unwrap(), noise(4096, 100)[..100]);
+    });
+    // The frames behind it came with the same request.
+    assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), noise(4096, 107));
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+}

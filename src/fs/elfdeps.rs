@@ -115,12 +115,12 @@ impl RafsFs {
         Ok(())
     }
 
-    /// Speculates [`STARTUP`]: the loader, C library and loader cache
+    /// Speculates `STARTUP`: the loader, C library and loader cache
     /// every dynamically linked program of the image maps before its own
     /// libraries, so that the first program started finds them cached or
     /// on their way instead of taking their round trips after its own
     /// header's. Each is fetched as a library named by a program would be
-    /// ([`RafsFs::speculate_head`]). Nothing unless the worker runs (see
+    /// (`speculate_head`). Nothing unless the worker runs (see
     /// [`RafsFs::start_elf_deps`]). Returns the stored bytes planned.
     pub fn speculate_startup(&self) -> u64 {
         if self.elf_deps.tx.get().is_none() {

@@ -74,6 +74,19 @@ fn expect_range(b: &dyn Backend, id: &BlobId, bytes: &[u8], offset: u64, len: u6
     assert!(got == want, "blob {id}: range {offset}+{len}: wrong bytes");
 }
 
+/// [`expect_range`] through `read_range_to`: the pieces, in order, are
+/// the range.
+fn expect_streamed(b: &dyn Backend, id: &BlobId, bytes: &[u8], offset: u64, len: u64) {
+    let mut got = Vec::new();
+    b.read_range_to(id, offset, len, &mut |piece| got.extend_from_slice(piece))
+        .unwrap_or_else(|e| panic!("blob {id}: streamed range {offset}+{len}: {e}"));
+    let want = &bytes[offset as usize..(offset + len) as usize];
+    assert!(
+        got == want,
+        "blob {id}: streamed range {offset}+{len}: wrong bytes"
+    );
+}
+
 /// Every behaviour the fetcher relies on: sizes; ranges at the start,
 /// middle and end; one byte; the whole blob; zero-length reads; ranges past
 /// the end (refused as `OutOfRange`, never short); a missing blob
@@ -87,6 +100,10 @@ pub fn check_backend(b: &dyn Backend, fx: &Fixture) {
         expect_range(b, id, bytes, size - 1, 1);
         expect_range(b, id, bytes, size / 3, size / 3);
         expect_range(b, id, bytes, size / 2, size - size / 2);
+        expect_streamed(b, id, bytes, 0, size);
+        expect_streamed(b, id, bytes, size / 3, size / 3);
+        expect_streamed(b, id, bytes, size - 1, 1);
+        expect_streamed(b, id, bytes, 0, 0);
         assert_eq!(b.read_range(id, 0, 0).unwrap(), b"", "zero-length read");
         assert_eq!(
             b.read_range(id, size, 0).unwrap(),
@@ -101,6 +118,11 @@ pub fn check_backend(b: &dyn Backend, fx: &Fixture) {
                     other.map(|v| v.len())
                 ),
             }
+            let mut pieces = 0;
+            match b.read_range_to(id, offset, len, &mut |_| pieces += 1) {
+                Err(BackendError::OutOfRange { .. }) => assert_eq!(pieces, 0),
+                other => panic!("blob {id}: streamed {offset}+{len} past the end: {other:?}"),
+            }
         }
     }
     match b.read_range(&fx.missing, 0, 1) {
@@ -109,6 +131,11 @@ pub fn check_backend(b: &dyn Backend, fx: &Fixture) {
             "missing blob: want NotFound, got {:?}",
             other.map(|v| v.len())
         ),
+    }
+    let mut pieces = 0;
+    match b.read_range_to(&fx.missing, 0, 1, &mut |_| pieces += 1) {
+        Err(BackendError::NotFound(_)) => assert_eq!(pieces, 0, "nothing streamed"),
+        other => panic!("missing blob streamed: want NotFound, got {other:?}"),
     }
     assert!(matches!(
         b.blob_size(&fx.missing),
