@@ -80,6 +80,10 @@ fn s3_wrong_secret_is_auth() {
     assert!(msg.contains("s3://rafs-blobs/p/"), "{msg}");
     assert!(msg.contains("SignatureDoesNotMatch"), "{msg}");
     assert!(!msg.contains("X-Amz-"), "{msg}");
+    // Streamed, the same: the error body is read for the message.
+    let streamed = b.read_range_to(&fx.blobs[1].0, 0, 10, &mut |_| panic!("denied bytes"));
+    let msg = streamed.unwrap_err().to_string();
+    assert!(msg.contains("SignatureDoesNotMatch"), "{msg}");
 }
 
 #[test]

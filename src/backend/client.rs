@@ -313,7 +313,11 @@ impl HttpClient {
         all.push(("Range", &range));
         let resp = self.send(blob, url, &all)?;
         if resp.status() != StatusCode::PARTIAL_CONTENT {
-            let raw = read_raw(blob, url, resp, len + 1)?;
+            let cap = match resp.status().is_success() {
+                true => len + 1,
+                false => ERROR_BODY_LIMIT,
+            };
+            let raw = read_raw(blob, url, resp, cap)?;
             let bytes = whole_answer(blob, url, raw, offset, len)?;
             sink(&bytes);
             return Ok(());

@@ -62,11 +62,7 @@ impl HttpBackend {
 
 impl Backend for HttpBackend {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let known = self.cached_size(id);
-        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
-            return answer;
-        }
-        self.client.get_range(id, &self.url(id), &[], offset, len)
+        super::collect_range(len, |sink| self.read_range_to(id, offset, len, sink))
     }
 
     fn read_range_to(

@@ -216,6 +216,20 @@ pub trait Backend: Send + Sync {
     fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError>;
 }
 
+/// [`Backend::read_range`] of a backend that streams: the pieces `read`
+/// hands its sink, collected.
+pub fn collect_range(
+    len: u64,
+    read: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<(), BackendError>,
+) -> Result<Vec<u8>, BackendError> {
+    // Room for a fetcher's request up front; a longer range (a whole blob
+    // named by an untrusted manifest) grows as its bytes come.
+    let room = len.min(crate::util::pool::MAX as u64) as usize;
+    let mut bytes = crate::util::pool::take(room);
+    read(&mut |piece| bytes.extend_from_slice(piece))?;
+    Ok(bytes)
+}
+
 /// Settings shared by the network backends. Every field has a default
 /// ([`BackendOptions::default`]); flags and the mount's TOML config fill
 /// them, and the environment fills what neither gives (see each field).

@@ -70,14 +70,7 @@ impl RegistryBackend {
 
 impl Backend for RegistryBackend {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let known = self.cached_size(id);
-        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
-            return answer;
-        }
-        let url = self.url(id);
-        let http = self.session.http();
-        self.session
-            .with_auth(id, &url, |h| http.get_range(id, &url, h, offset, len))
+        super::collect_range(len, |sink| self.read_range_to(id, offset, len, sink))
     }
 
     fn read_range_to(

@@ -272,16 +272,7 @@ fn s3_error_code(text: &str) -> Option<&str> {
 
 impl Backend for S3Backend {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let known = self.cached_size(id);
-        if let Some(answer) = answer_locally(id, offset, len, known, || self.blob_size(id)) {
-            return answer;
-        }
-        let key = object_key(&self.prefix, id);
-        let url = self.presign(&key);
-        match self.client.get_range(id, &url, &[], offset, len) {
-            Ok(bytes) => Ok(bytes),
-            Err(e) => Err(self.scrub(e, &url, &key)),
-        }
+        super::collect_range(len, |sink| self.read_range_to(id, offset, len, sink))
     }
 
     fn read_range_to(
