@@ -88,10 +88,8 @@ impl Backend for RegistryBackend {
         let http = self.session.http();
         // `with_auth` may call twice (after a 401); the body, and so the
         // sink, comes only with a success status.
-        let sink = std::cell::RefCell::new(sink);
         self.session.with_auth(id, &url, |h| {
-            let mut sink = sink.borrow_mut();
-            http.get_range_to(id, &url, h, offset, len, &mut **sink)
+            http.get_range_to(id, &url, h, offset, len, sink)
         })
     }
 

@@ -58,10 +58,8 @@ enum Outcome {
 
 /// A job's response as it comes in ([`Fetcher::receive`]).
 struct Receiving<'f> {
-    /// The job's frames, ascending.
+    /// The job's frames, ascending (the response starts at the first).
     frames: &'f [(usize, &'f FrameInfo)],
-    /// Where the response starts in the blob.
-    start: u64,
     /// The first frame not yet complete.
     next: usize,
     /// Bytes of the response taken so far.
@@ -334,7 +332,6 @@ impl Fetcher {
         let t0 = Instant::now();
         let mut rx = Receiving {
             frames: &frames,
-            start,
             next: 0,
             pos: 0,
             buf: Vec::new(),
@@ -362,9 +359,16 @@ impl Fetcher {
         );
         ChunkCounters::add(&self.counters.backend_bytes, rx.pos);
         crate::util::pool::give(std::mem::take(&mut rx.buf));
-        let Received { mut bad, late, why } = rx.done;
+        let Received {
+            mut bad,
+            late,
+            mut why,
+        } = rx.done;
         self.commit_late(job.blob, late);
         let rest = frames[rx.next..].iter().map(|&(fi, _)| fi);
+        // Frames the bytes did not complete (none from a backend that kept
+        // its contract, unless it failed) are retried, never left pending.
+        let ended_early = rx.next < frames.len();
         match got {
             Err(e) => {
                 self.metrics.error(e.kind());
@@ -375,16 +379,13 @@ impl Fetcher {
                 bad.extend(rest.map(|fi| (fi, None)));
                 Outcome::Retry(bad, e.to_string())
             }
+            Ok(()) if bad.is_empty() && !ended_early => Outcome::Done,
             Ok(()) => {
-                // Frames the bytes did not complete (none from a backend
-                // that kept its contract) are retried, never left pending.
-                let before = bad.len();
-                bad.extend(rest.map(|fi| (fi, None)));
-                match (bad.is_empty(), bad.len() > before) {
-                    (true, _) => Outcome::Done,
-                    (false, true) => Outcome::Retry(bad, "the response ended early".into()),
-                    (false, false) => Outcome::Retry(bad, why),
+                if ended_early {
+                    why = "the response ended early".into();
                 }
+                bad.extend(rest.map(|fi| (fi, None)));
+                Outcome::Retry(bad, why)
             }
         }
     }
@@ -401,7 +402,7 @@ impl Fetcher {
         while !piece.is_empty() && rx.next < rx.frames.len() {
             let (fi, f) = rx.frames[rx.next];
             // Bytes between the job's frames (a retry of some of them).
-            let at = f.coff - rx.start;
+            let at = f.coff - rx.frames[0].1.coff;
             if rx.pos < at {
                 let skip = (at - rx.pos).min(piece.len() as u64);
                 piece = &piece[skip as usize..];

@@ -563,3 +563,102 @@ fn a_frame_is_served_when_its_bytes_arrive_not_with_the_rest_of_its_request() {
     assert_eq!(fs.read(f, 7 * 4096, 4096).unwrap(), noise(4096, 107));
     assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
 }
+
+/// A file backend whose first answer stops after its first `first` bytes
+/// with `end` (an error, or `Ok` as if that were all); later answers are
+/// whole, or `NotFound` if `vanish`. Records each request's range.
+struct Cut {
+    inner: FileBackend,
+    first: u64,
+    end: Mutex<Option<Result<(), BackendError>>>,
+    vanish: bool,
+    ranges: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Backend for Cut {
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        crate::backend::collect_range(len, |sink| self.read_range_to(id, offset, len, sink))
+    }
+
+    fn read_range_to(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BackendError> {
+        self.ranges.lock().unwrap().push((offset, len));
+        let bytes = self.inner.read_range(id, offset, len)?;
+        if let Some(end) = self.end.lock().unwrap().take() {
+            sink(&bytes[..(self.first as usize).min(bytes.len())]);
+            return end;
+        }
+        if self.vanish {
+            return Err(BackendError::NotFound(*id));
+        }
+        sink(&bytes);
+        Ok(())
+    }
+
+    fn blob_size(&self, id: &BlobId) -> Result<u64, BackendError> {
+        self.inner.blob_size(id)
+    }
+}
+
+#[test]
+fn a_response_failing_part_way_keeps_the_frames_it_completed() {
+    let t = one_file_image(8);
+    let (frame0, frame1) = {
+        let image = Image::open(&t.bootstrap).unwrap();
+        let b = image.bootstrap().unwrap();
+        let f = b.lookup(0, b"f").unwrap().unwrap();
+        let run = b.file_chunks(f).unwrap();
+        (run[0].compressed_size.get(), run[1].compressed_offset.get())
+    };
+    // (how the first answer ends, whether the blob then vanishes)
+    let cases = [
+        (Err(status(503)), false),
+        (Ok(()), false),
+        (Err(BackendError::NotFound(BlobId([0; 32]))), true),
+    ];
+    for (end, vanish) in cases {
+        let what = format!("{end:?}");
+        let backend = Arc::new(Cut {
+            inner: FileBackend::new(&t.blobs),
+            first: u64::from(frame0),
+            end: Mutex::new(Some(end)),
+            vanish,
+            ranges: Mutex::new(Vec::new()),
+        });
+        let cfg = FetchConfig {
+            retry_base: Duration::from_millis(1),
+            read_timeout: Duration::from_secs(20),
+            ..FetchConfig::default()
+        };
+        let fs = RafsFs::new(Image::open(&t.bootstrap).unwrap(), backend.clone(), cfg).unwrap();
+        let f = fs.lookup(0, b"f").unwrap().ino;
+        // The frame the response completed is served either way.
+        assert_eq!(
+            fs.read(f, 0, 100).unwrap(),
+            noise(4096, 100)[..100],
+            "{what}"
+        );
+        let last = fs.read(f, 7 * 4096, 4096);
+        let ranges = backend.ranges.lock().unwrap().clone();
+        if vanish {
+            // The rest failed (not left pending): a later read asks again.
+            assert!(last.is_err(), "{what}");
+            assert_eq!(ranges.len(), 2, "{what}: {ranges:?}");
+        } else {
+            // The rest, and only the rest, was asked for again.
+            assert_eq!(last.unwrap(), noise(4096, 107), "{what}");
+            assert_eq!(ranges.len(), 2, "{what}: {ranges:?}");
+            assert_eq!(ranges[1].0, frame1, "{what}: {ranges:?}");
+            assert_eq!(
+                ranges[1].0 + ranges[1].1,
+                ranges[0].0 + ranges[0].1,
+                "{what}"
+            );
+        }
+    }
+}

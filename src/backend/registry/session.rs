@@ -332,9 +332,9 @@ impl RegistryClient {
         &self,
         id: &BlobId,
         probe_url: &str,
-        op: impl Fn(&[(&str, &str)]) -> Result<T, BackendError>,
+        mut op: impl FnMut(&[(&str, &str)]) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
-        let call = |h: &Option<String>| {
+        let mut call = |h: &Option<String>| {
             let owned: Vec<(&str, String)> =
                 h.iter().map(|v| ("Authorization", v.clone())).collect();
             let borrowed: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
