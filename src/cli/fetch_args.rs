@@ -60,7 +60,8 @@ pub struct ReadArgs {
     /// and after a small file's miss the small files stored after it; the
     /// start of the window of a read in stored order; the head of each
     /// library a program or library read cold needs, and at mount of the
-    /// dynamic loader and C library (0: all read-ahead off) [default: 1M].
+    /// dynamic loader, C library, C.UTF-8 locale and time zone (0: all
+    /// read-ahead off) [default: 1M].
     #[arg(long, value_name = "SIZE")]
     pub readahead: Option<String>,
     /// Once a file's reads miss at two places apart (a mapped executable

@@ -17,8 +17,10 @@
 //! cache and is off with `--readahead 0` or `--widen 0`.
 //!
 //! Whatever the image, every dynamically linked program starts by mapping
-//! the same few files (the loader, the C library, the loader's cache):
-//! they are speculated at mount ([`STARTUP`]), before any program asks.
+//! the same few files (the loader, the C library, the loader's cache), and
+//! most go on to read the same few more (the C.UTF-8 locale, the gconv
+//! module cache, the time zone): they are speculated at mount
+//! ([`STARTUP`]), before any program asks.
 //!
 //! Costs: each object is inspected once per mount (at most [`MAX_SEEN`]
 //! objects; then inspection stops), with three small reads of bytes the
@@ -49,27 +51,52 @@ pub const LIB_DIRS: [&[u8]; 8] = [
 
 /// What every dynamically linked program built for this machine maps
 /// first, whatever it is: the dynamic loader its `PT_INTERP` names
-/// (glibc's or musl's), the C library, and the loader's cache. Speculated
-/// at mount ([`RafsFs::speculate_startup`]); names are found as
-/// libraries are ([`find_library`]), a name with a slash as a path.
+/// (glibc's or musl's), the C library, and the loader's cache; then what
+/// glibc reads at the start of most programs: the C.UTF-8 locale (read by
+/// `setlocale(LC_ALL, "")` under `LANG=C.UTF-8`, the default of many
+/// images, and by every Python, which turns the C locale into it; a
+/// directory of small files, about 0.4 MB on Debian), the gconv module
+/// cache (read with it) and `/etc/localtime` (read by `localtime`).
+/// Speculated at mount ([`RafsFs::speculate_startup`]); names are found as
+/// libraries are ([`find_library`]), a name starting with a slash as a
+/// path, and a directory by its regular files ([`DIR_FILES`] at most).
 #[cfg(target_arch = "x86_64")]
-pub const STARTUP: [&[u8]; 4] = [
+pub const STARTUP: [&[u8]; 8] = [
     b"ld-linux-x86-64.so.2",
     b"ld-musl-x86_64.so.1",
     b"libc.so.6",
     b"/etc/ld.so.cache",
+    b"/usr/lib/locale/C.utf8",
+    b"/usr/lib/locale/C.UTF-8",
+    b"gconv/gconv-modules.cache",
+    b"/etc/localtime",
 ];
 /// See the x86-64 list.
 #[cfg(target_arch = "aarch64")]
-pub const STARTUP: [&[u8]; 4] = [
+pub const STARTUP: [&[u8]; 8] = [
     b"ld-linux-aarch64.so.1",
     b"ld-musl-aarch64.so.1",
     b"libc.so.6",
     b"/etc/ld.so.cache",
+    b"/usr/lib/locale/C.utf8",
+    b"/usr/lib/locale/C.UTF-8",
+    b"gconv/gconv-modules.cache",
+    b"/etc/localtime",
 ];
 /// See the x86-64 list.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub const STARTUP: [&[u8]; 2] = [b"libc.so.6", b"/etc/ld.so.cache"];
+pub const STARTUP: [&[u8]; 6] = [
+    b"libc.so.6",
+    b"/etc/ld.so.cache",
+    b"/usr/lib/locale/C.utf8",
+    b"/usr/lib/locale/C.UTF-8",
+    b"gconv/gconv-modules.cache",
+    b"/etc/localtime",
+];
+
+/// Regular files of a [`STARTUP`] directory speculated at most (its own
+/// and one level of subdirectories'; a locale has about 15).
+pub const DIR_FILES: usize = 32;
 
 /// Levels of libraries below an object that are inspected.
 pub const MAX_DEPTH: u32 = 4;
@@ -115,13 +142,11 @@ impl RafsFs {
         Ok(())
     }
 
-    /// Speculates `STARTUP`: the loader, C library and loader cache
-    /// every dynamically linked program of the image maps before its own
-    /// libraries, so that the first program started finds them cached or
-    /// on their way instead of taking their round trips after its own
-    /// header's. Each is fetched as a library named by a program would be
-    /// (`speculate_head`). Nothing unless the worker runs (see
-    /// [`RafsFs::start_elf_deps`]). Returns the stored bytes planned.
+    /// Speculates [`STARTUP`]: the loader, C library and loader cache
+    /// every dynamically linked program maps first, and the locale and
+    /// time zone files most read next, before any program runs. Nothing
+    /// without speculation (as [`RafsFs::start_elf_deps`]). Returns the
+    /// stored bytes planned.
     pub fn speculate_startup(&self) -> u64 {
         if self.elf_deps.tx.get().is_none() {
             return 0;
@@ -131,10 +156,10 @@ impl RafsFs {
         };
         let planned = STARTUP
             .iter()
-            .filter_map(|name| find_library(&b, name))
+            .flat_map(|name| startup_files(&b, name))
             .map(|ino| self.speculate_head(&b, ino))
             .sum();
-        tracing::debug!(planned, "elf deps: loader and C library speculated");
+        tracing::debug!(planned, "elf deps: start-up files speculated");
         planned
     }
 
@@ -218,6 +243,47 @@ pub(super) fn find_library(b: &Bootstrap<'_>, name: &[u8]) -> Option<u32> {
         path.extend_from_slice(name);
         resolve(b, &path).filter(|&i| is_reg(b, i))
     })
+}
+
+/// The regular files a [`STARTUP`] name stands for: a library (a name
+/// without a leading slash, looked up in [`LIB_DIRS`]), a file, or the
+/// regular files of a directory and of its subdirectories (not deeper;
+/// [`DIR_FILES`] at most, in name order).
+fn startup_files(b: &Bootstrap<'_>, name: &[u8]) -> Vec<u32> {
+    let found = if name.starts_with(b"/") {
+        resolve(b, name)
+    } else {
+        LIB_DIRS.iter().find_map(|dir| {
+            let mut path = dir.to_vec();
+            path.push(b'/');
+            path.extend_from_slice(name);
+            resolve(b, &path)
+        })
+    };
+    let Some(ino) = found else {
+        return Vec::new();
+    };
+    if is_reg(b, ino) {
+        return vec![ino];
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![(ino, 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = b.dir_entries(dir) else {
+            continue;
+        };
+        for e in entries {
+            let Ok(inode) = b.inode(e.ino.get()) else {
+                continue;
+            };
+            if inode.is_reg() && files.len() < DIR_FILES {
+                files.push(e.ino.get());
+            } else if inode.is_dir() && depth == 0 {
+                dirs.push((e.ino.get(), 1));
+            }
+        }
+    }
+    files
 }
 
 fn is_reg(b: &Bootstrap<'_>, ino: u32) -> bool {
@@ -341,49 +407,69 @@ mod tests {
     }
 
     /// `/usr/lib` (a library directory on every machine) holding this
-    /// machine's glibc loader and C library, `/etc/ld.so.cache`, and an
-    /// unrelated library; each apart in the blob.
-    fn startup_tree() -> (TestImage, Vec<u32>, u32) {
+    /// machine's glibc loader and C library, `/etc/ld.so.cache`, the
+    /// C.utf8 locale (a file, and one in a subdirectory), the gconv cache,
+    /// `/etc/localtime` (a symlink into `/usr/share/zoneinfo`), and files
+    /// nobody names (an unrelated library, a file two levels below the
+    /// locale, another time zone); each apart in the blob. No musl loader,
+    /// no `C.UTF-8` locale.
+    fn startup_tree() -> (TestImage, Vec<u32>, Vec<u32>) {
         let mut b = Builder::new();
+        let mut seed = 10;
+        let mut file = |b: &mut Builder, dir: u32, name: &str, mode: u32| {
+            seed += 2;
+            let ino = b.file(dir, name, mode, object(&[], seed));
+            b.file(
+                0,
+                format!("pad{seed}"),
+                0o644,
+                vec![Part::Data(noise(64 << 10, seed + 1))],
+            );
+            ino
+        };
         let usr = b.dir(0, "usr", 0o755);
         let lib = b.dir(usr, "lib", 0o755);
         let etc = b.dir(0, "etc", 0o755);
         let mut wanted = Vec::new();
-        for (i, name) in STARTUP.iter().enumerate() {
-            let seed = 10 + 2 * i as u64;
-            if name.starts_with(b"ld-musl") {
-                continue;
+        for name in STARTUP.iter().filter_map(|n| std::str::from_utf8(n).ok()) {
+            if !name.contains('/') && !name.starts_with("ld-musl") {
+                wanted.push(file(&mut b, lib, name, 0o755));
             }
-            let ino = match name.strip_prefix(b"/etc/") {
-                Some(file) => b.file(etc, file, 0o644, object(&[], seed)),
-                None => b.file(lib, name, 0o755, object(&[], seed)),
-            };
-            wanted.push(ino);
-            b.file(
-                0,
-                format!("pad{i}"),
-                0o644,
-                vec![Part::Data(noise(64 << 10, seed + 1))],
-            );
         }
-        let other = b.file(lib, "libother.so.1", 0o644, object(&[], 99));
-        (b.finish(), wanted, other)
+        wanted.push(file(&mut b, etc, "ld.so.cache", 0o644));
+        let locale = b.dir(lib, "locale", 0o755);
+        let c_utf8 = b.dir(locale, "C.utf8", 0o755);
+        wanted.push(file(&mut b, c_utf8, "LC_CTYPE", 0o644));
+        let messages = b.dir(c_utf8, "LC_MESSAGES", 0o755);
+        wanted.push(file(&mut b, messages, "SYS_LC_MESSAGES", 0o644));
+        let deeper = b.dir(messages, "deeper", 0o755);
+        let mut others = vec![file(&mut b, deeper, "too-deep", 0o644)];
+        let gconv = b.dir(lib, "gconv", 0o755);
+        wanted.push(file(&mut b, gconv, "gconv-modules.cache", 0o644));
+        let share = b.dir(usr, "share", 0o755);
+        let zoneinfo = b.dir(share, "zoneinfo", 0o755);
+        wanted.push(file(&mut b, zoneinfo, "UTC", 0o644));
+        others.push(file(&mut b, zoneinfo, "Europe-Paris", 0o644));
+        b.symlink(etc, "localtime", b"/usr/share/zoneinfo/UTC");
+        others.push(file(&mut b, lib, "libother.so.1", 0o644));
+        (b.finish(), wanted, others)
     }
 
     #[test]
-    fn the_loader_and_c_library_are_fetched_at_mount_before_any_read() {
-        let (t, wanted, other) = startup_tree();
-        assert_eq!(wanted.len(), STARTUP.len() - 1, "all but musl's loader");
+    fn the_loader_c_library_and_locale_are_fetched_at_mount_before_any_read() {
+        let (t, wanted, others) = startup_tree();
         let cache = tempfile::tempdir().unwrap();
         let fs = mounted(&t, on_disk(cache.path()));
         assert!(fs.speculate_startup() > 0);
         wait_until(
-            "loader, libc and ld.so.cache cached",
+            "loader, libc, ld.so.cache, locale, gconv cache and time zone cached",
             Duration::from_secs(20),
             || wanted.iter().all(|&ino| cached(&fs, ino)),
         );
         assert!(fs.fetcher.flush(Duration::from_secs(20)));
-        assert!(!cached(&fs, other), "a library nobody named");
+        for ino in others {
+            assert!(!cached(&fs, ino), "inode {ino}: a file nobody named");
+        }
         assert_eq!(fs.metrics.ops(crate::fs::Op::Read), 0, "nothing read them");
         // Off with read-ahead, as the rest of this module.
         let cache = tempfile::tempdir().unwrap();
@@ -394,6 +480,36 @@ mod tests {
         let fs = mounted(&t, off);
         assert_eq!(fs.speculate_startup(), 0);
         assert!(wanted.iter().all(|&ino| !cached(&fs, ino)));
+    }
+
+    #[test]
+    fn a_startup_directory_gives_at_most_its_first_files() {
+        let mut b = Builder::new();
+        let usr = b.dir(0, "usr", 0o755);
+        let lib = b.dir(usr, "lib", 0o755);
+        let locale = b.dir(lib, "locale", 0o755);
+        let c_utf8 = b.dir(locale, "C.utf8", 0o755);
+        let files: Vec<u32> = (0..DIR_FILES + 5)
+            .map(|i| {
+                b.file(
+                    c_utf8,
+                    format!("LC_{i:03}"),
+                    0o644,
+                    vec![Part::Data(vec![1])],
+                )
+            })
+            .collect();
+        let t = b.finish();
+        let image = Image::open(&t.bootstrap).unwrap();
+        let b = image.bootstrap().unwrap();
+        assert_eq!(
+            startup_files(&b, b"/usr/lib/locale/C.utf8"),
+            files[..DIR_FILES]
+        );
+        assert!(startup_files(&b, b"/usr/lib/locale/C.UTF-8").is_empty());
+        // A relative name is looked up in the library directories.
+        assert_eq!(startup_files(&b, b"locale/C.utf8/LC_000"), [files[0]]);
+        assert!(startup_files(&b, b"C.utf8/LC_000").is_empty());
     }
 
     #[test]
