@@ -25,6 +25,12 @@
 //! - [`cli`]: argument parsing and dispatch.
 //!
 //! The on-disk format itself is the `rafs-format` crate.
+//!
+//! The module docs are the design notes of the internals, read with
+//! `cargo doc --document-private-items` (which `.ci/run` builds with
+//! warnings as errors): they link private items on purpose.
+
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod api;
 pub mod backend;

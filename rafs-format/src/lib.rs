@@ -6,7 +6,7 @@
 //! designed to be mmapped and used in place: fixed-size tables indexed by
 //! number, directory entries sorted for binary search, no pointers.
 //!
-//! This crate knows bytes, not files: [`encode`] turns an [`ImageSpec`] into
+//! This crate knows bytes, not files: [`encode()`] turns an [`ImageSpec`] into
 //! bytes; [`Bootstrap`] validates bytes and hands out zero-copy views. It has
 //! no I/O dependencies and is the target of the fuzzers. `docs/FORMAT.md` is
 //! the normative specification; [`layout`] transcribes it.

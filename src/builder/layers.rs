@@ -2,7 +2,7 @@
 //! more, with `--blob-size-limit`) per layer.
 //!
 //! Each layer is read by [`super::source_tar::read_layer`] through its own
-//! [`pipeline`] run, so a layer's blobs depend only on the layer's bytes
+//! [`super::pipeline`] run, so a layer's blobs depend only on the layer's bytes
 //! and the build options (including `--chunk-dict`): images that share a
 //! layer share its blobs. Chunks are deduplicated within a layer and
 //! against `--chunk-dict`, not against lower layers of the same image

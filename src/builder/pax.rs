@@ -6,7 +6,7 @@
 //! values, and exposes no raw bytes, so [`Recorder`] keeps the bytes of the
 //! stream between two entries' data (extension headers only: it is paused
 //! while file data is read, so memory stays bounded) and
-//! [`Recorder::pax_before`] finds the `x` header preceding an entry in them.
+//! [`RecorderHandle::pax_before`] finds the `x` header preceding an entry in them.
 
 use std::cell::RefCell;
 use std::io::{self, Read};

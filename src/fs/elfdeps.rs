@@ -142,7 +142,7 @@ impl RafsFs {
         Ok(())
     }
 
-    /// Speculates [`STARTUP`]: the loader, C library and loader cache
+    /// Speculates `STARTUP`: the loader, C library and loader cache
     /// every dynamically linked program maps first, and the locale and
     /// time zone files most read next, before any program runs. Nothing
     /// without speculation (as [`RafsFs::start_elf_deps`]). Returns the

@@ -11,7 +11,7 @@
 //!   allowed), renamed into place; a stale socket is replaced, a live one
 //!   or a non-socket refused.
 //! - **Lock.** The cache directory is taken with
-//!   [`ManagerLock`](super::lockfile::ManagerLock) before anything is
+//!   [`super::lockfile::ManagerLock`] before anything is
 //!   served, and held until the daemon is dropped.
 //! - **Run.** The front end (`rafs blobmgr`) first calls
 //!   [`Daemon::prepare`] (activation socket, lock, bind), before any other

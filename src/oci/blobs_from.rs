@@ -6,7 +6,7 @@
 //! A source is either a `rafs create` output directory (`DIR/blobs/<hex>`,
 //! or `DIR/<hex>`) or a rafs image in a registry. Every blob of the new
 //! bootstrap is located before anything is written to the destination
-//! ([`locate`]): a blob found nowhere is an error naming it. A registry
+//! ([`Sources::locate`]): a blob found nowhere is an error naming it. A registry
 //! source's blobs are those its verified manifest lists.
 
 use super::manifest::Content;
