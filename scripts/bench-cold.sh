@@ -631,6 +631,16 @@ report() {
     vs_stream=$(py "f'{$stream_ns / max($t, 1):.1f}x'")
     echo "| $s | $(secs "$t") | $(human "$b") | $mm | $xn | $vs_pull | $vs_stream | $hh |"
   done
+  # Every run's time, so that the spread behind each median shows.
+  local line="each run (s):" x
+  for s in "${rows[@]}"; do
+    line+=" $s"
+    # shellcheck disable=SC2086 # the accumulated lists split on spaces
+    for x in ${times[$s]}; do line+=" $(secs "$x")"; done
+    line+=";"
+  done
+  echo
+  echo "${line%;}"
   report_targets "$pull_ns"
 }
 
