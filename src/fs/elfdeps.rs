@@ -59,7 +59,8 @@ pub const LIB_DIRS: [&[u8]; 8] = [
 /// cache (read with it) and `/etc/localtime` (read by `localtime`).
 /// Speculated at mount ([`RafsFs::speculate_startup`]); names are found as
 /// libraries are ([`find_library`]), a name starting with a slash as a
-/// path, and a directory by its regular files ([`DIR_FILES`] at most).
+/// path, and a directory by its regular files ([`DIR_FILES`] at most,
+/// in name order, while they are stored in at most `--readahead` bytes).
 #[cfg(target_arch = "x86_64")]
 pub const STARTUP: [&[u8]; 8] = [
     b"ld-linux-x86-64.so.2",
@@ -154,11 +155,21 @@ impl RafsFs {
         let Ok(b) = self.image.bootstrap() else {
             return 0;
         };
-        let planned = STARTUP
-            .iter()
-            .flat_map(|name| startup_files(&b, name))
-            .map(|ino| self.speculate_head(&b, ino))
-            .sum();
+        let budget = self.fetcher.config().readahead;
+        let mut planned = 0;
+        for name in STARTUP {
+            // One plan per name: a directory's files share their batch
+            // frames, and get `--readahead` stored bytes between them.
+            let mut plan = Plan::default();
+            for ino in startup_files(&b, name) {
+                if plan.bytes >= budget {
+                    break;
+                }
+                self.plan_head(&b, ino, &mut plan);
+            }
+            self.fetcher.speculate(&plan);
+            planned += plan.bytes;
+        }
         tracing::debug!(planned, "elf deps: start-up files speculated");
         planned
     }
@@ -200,25 +211,31 @@ impl RafsFs {
         }
     }
 
-    /// Speculates `ino`'s head: the whole file if it is a small one
-    /// ([`RafsFs::plan_small_file`], as on a first miss at its start),
-    /// else its first `--readahead` bytes. Returns the stored bytes
-    /// planned.
+    /// Speculates `ino`'s head ([`RafsFs::plan_head`]). Returns the
+    /// stored bytes planned.
     fn speculate_head(&self, b: &Bootstrap<'_>, ino: u32) -> u64 {
+        let mut plan = Plan::default();
+        self.plan_head(b, ino, &mut plan);
+        self.fetcher.speculate(&plan);
+        plan.bytes
+    }
+
+    /// Adds `ino`'s head to `plan`: the whole file if it is a small one
+    /// ([`RafsFs::plan_small_file`], as on a first miss at its start),
+    /// else its first `--readahead` bytes.
+    fn plan_head(&self, b: &Bootstrap<'_>, ino: u32, plan: &mut Plan) {
         let Ok(run) = b.file_chunks(ino) else {
-            return 0;
+            return;
         };
-        let plan = self.plan_small_file(run).unwrap_or_else(|| {
+        let head = if self.plan_small_file(run).is_some() {
+            run
+        } else {
             // The chunks of the first `--readahead` bytes (the run is in
             // file order).
             let budget = self.fetcher.config().readahead;
-            let head = &run[..run.partition_point(|c| c.file_offset.get() < budget)];
-            let mut plan = Plan::default();
-            self.fetcher.plan_chunks(head, None, &mut plan);
-            plan
-        });
-        self.fetcher.speculate(&plan);
-        plan.bytes
+            &run[..run.partition_point(|c| c.file_offset.get() < budget)]
+        };
+        self.fetcher.plan_chunks(head, None, plan);
     }
 }
 
@@ -510,6 +527,38 @@ mod tests {
         // A relative name is looked up in the library directories.
         assert_eq!(startup_files(&b, b"locale/C.utf8/LC_000"), [files[0]]);
         assert!(startup_files(&b, b"C.utf8/LC_000").is_empty());
+    }
+
+    #[test]
+    fn a_startup_directory_gets_readahead_stored_bytes_at_most() {
+        let mut b = Builder::new();
+        let usr = b.dir(0, "usr", 0o755);
+        let lib = b.dir(usr, "lib", 0o755);
+        let locale = b.dir(lib, "locale", 0o755);
+        let c_utf8 = b.dir(locale, "C.utf8", 0o755);
+        // 12 incompressible files of 160 KiB, each its own chunk (above
+        // the batch threshold) stored raw.
+        const SIZE: u64 = 160 << 10;
+        let files: Vec<u32> = (0..12)
+            .map(|i| {
+                let data = vec![Part::Data(noise(SIZE as usize, 100 + i))];
+                b.file(c_utf8, format!("LC_{i:02}"), 0o644, data)
+            })
+            .collect();
+        let t = b.finish();
+        let cache = tempfile::tempdir().unwrap();
+        let fs = mounted(&t, on_disk(cache.path()));
+        // Files are added while the plan is under 1 MiB: 6 make 960 KiB,
+        // the 7th goes past it, the 8th is not planned.
+        assert_eq!(fs.fetcher.config().readahead, 1 << 20);
+        assert_eq!(fs.speculate_startup(), 7 * SIZE);
+        wait_until("the first 7 files cached", Duration::from_secs(20), || {
+            files[..7].iter().all(|&ino| cached(&fs, ino))
+        });
+        assert!(fs.fetcher.flush(Duration::from_secs(20)));
+        for (i, &ino) in files.iter().enumerate().skip(7) {
+            assert!(!cached(&fs, ino), "file {i} is past the budget");
+        }
     }
 
     #[test]
