@@ -20,7 +20,7 @@
 //! the same few files (the loader, the C library, the loader's cache), and
 //! most go on to read the same few more (the C.UTF-8 locale, the gconv
 //! module cache, the time zone): they are speculated at mount
-//! ([`STARTUP`]), before any program asks.
+//! ([`LOADERS`], [`STARTUP`]), before any program asks.
 //!
 //! Costs: each object is inspected once per mount (at most [`MAX_SEEN`]
 //! objects; then inspection stops), with three small reads of bytes the
@@ -51,41 +51,17 @@ pub const LIB_DIRS: [&[u8]; 8] = [
 
 /// What every dynamically linked program built for this machine maps
 /// first, whatever it is: the dynamic loader its `PT_INTERP` names
-/// (glibc's or musl's), the C library, and the loader's cache; then what
-/// glibc reads at the start of most programs: the C.UTF-8 locale (read by
-/// `setlocale(LC_ALL, "")` under `LANG=C.UTF-8`, the default of many
-/// images, and by every Python, which turns the C locale into it; a
-/// directory of small files, about 0.4 MB on Debian), the gconv module
-/// cache (read with it) and `/etc/localtime` (read by `localtime`).
-/// Speculated at mount ([`RafsFs::speculate_startup`]); names are found as
-/// libraries are ([`find_library`]), a name starting with a slash as a
-/// path, and a directory by its regular files ([`DIR_FILES`] at most,
-/// in name order, while they are stored in at most `--readahead` bytes).
-#[cfg(target_arch = "x86_64")]
-pub const STARTUP: [&[u8]; 8] = [
-    b"ld-linux-x86-64.so.2",
-    b"ld-musl-x86_64.so.1",
-    b"libc.so.6",
-    b"/etc/ld.so.cache",
-    b"/usr/lib/locale/C.utf8",
-    b"/usr/lib/locale/C.UTF-8",
-    b"gconv/gconv-modules.cache",
-    b"/etc/localtime",
-];
-/// See the x86-64 list.
-#[cfg(target_arch = "aarch64")]
-pub const STARTUP: [&[u8]; 8] = [
-    b"ld-linux-aarch64.so.1",
-    b"ld-musl-aarch64.so.1",
-    b"libc.so.6",
-    b"/etc/ld.so.cache",
-    b"/usr/lib/locale/C.utf8",
-    b"/usr/lib/locale/C.UTF-8",
-    b"gconv/gconv-modules.cache",
-    b"/etc/localtime",
-];
-/// See the x86-64 list.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+/// (glibc's or musl's, [`LOADERS`]), the C library, and the loader's
+/// cache; then what glibc reads at the start of most programs: the
+/// C.UTF-8 locale (read by `setlocale(LC_ALL, "")` under `LANG=C.UTF-8`,
+/// the default of many images, and by every Python, which turns the C
+/// locale into it; a directory of small files, about 0.4 MB on Debian),
+/// the gconv module cache (read with it) and `/etc/localtime` (read by
+/// `localtime`). Speculated at mount ([`RafsFs::speculate_startup`]);
+/// names are found as libraries are ([`find_library`]), a name starting
+/// with a slash as a path, and a directory by its regular files
+/// ([`DIR_FILES`] at most, in name order, while they are stored in at most
+/// `--readahead` bytes).
 pub const STARTUP: [&[u8]; 6] = [
     b"libc.so.6",
     b"/etc/ld.so.cache",
@@ -94,6 +70,17 @@ pub const STARTUP: [&[u8]; 6] = [
     b"gconv/gconv-modules.cache",
     b"/etc/localtime",
 ];
+
+/// The dynamic loaders of this machine's programs, glibc's and musl's,
+/// speculated at mount before [`STARTUP`].
+#[cfg(target_arch = "x86_64")]
+pub const LOADERS: [&[u8]; 2] = [b"ld-linux-x86-64.so.2", b"ld-musl-x86_64.so.1"];
+/// See the x86-64 list.
+#[cfg(target_arch = "aarch64")]
+pub const LOADERS: [&[u8]; 2] = [b"ld-linux-aarch64.so.1", b"ld-musl-aarch64.so.1"];
+/// See the x86-64 list.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const LOADERS: [&[u8]; 0] = [];
 
 /// Regular files of a [`STARTUP`] directory speculated at most (its own
 /// and one level of subdirectories'; a locale has about 15).
@@ -143,9 +130,10 @@ impl RafsFs {
         Ok(())
     }
 
-    /// Speculates `STARTUP`: the loader, C library and loader cache
-    /// every dynamically linked program maps first, and the locale and
-    /// time zone files most read next, before any program runs. Nothing
+    /// Speculates `LOADERS` and `STARTUP`: the loader, C library and
+    /// loader cache every dynamically linked program maps first, and the
+    /// locale and time zone files most read next, before any program runs.
+    /// Nothing
     /// without speculation (as [`RafsFs::start_elf_deps`]). Returns the
     /// stored bytes planned.
     pub fn speculate_startup(&self) -> u64 {
@@ -157,7 +145,7 @@ impl RafsFs {
         };
         let budget = self.fetcher.config().readahead;
         let mut planned = 0;
-        for name in STARTUP {
+        for name in LOADERS.iter().chain(&STARTUP) {
             // One plan per name: a directory's files share their batch
             // frames, and get `--readahead` stored bytes between them.
             let mut plan = Plan::default();
@@ -448,7 +436,8 @@ mod tests {
         let lib = b.dir(usr, "lib", 0o755);
         let etc = b.dir(0, "etc", 0o755);
         let mut wanted = Vec::new();
-        for name in STARTUP.iter().filter_map(|n| std::str::from_utf8(n).ok()) {
+        let names = LOADERS.iter().chain(&STARTUP);
+        for name in names.filter_map(|n| std::str::from_utf8(n).ok()) {
             if !name.contains('/') && !name.starts_with("ld-musl") {
                 wanted.push(file(&mut b, lib, name, 0o755));
             }
@@ -499,24 +488,29 @@ mod tests {
         assert!(wanted.iter().all(|&ino| !cached(&fs, ino)));
     }
 
-    #[test]
-    fn a_startup_directory_gives_at_most_its_first_files() {
+    /// `/usr/lib/locale/C.utf8` holding `n` files `LC_000`... of `data(i)`.
+    fn locale_dir(n: usize, data: impl Fn(u64) -> Vec<u8>) -> (TestImage, Vec<u32>) {
         let mut b = Builder::new();
         let usr = b.dir(0, "usr", 0o755);
         let lib = b.dir(usr, "lib", 0o755);
         let locale = b.dir(lib, "locale", 0o755);
         let c_utf8 = b.dir(locale, "C.utf8", 0o755);
-        let files: Vec<u32> = (0..DIR_FILES + 5)
+        let files = (0..n as u64)
             .map(|i| {
                 b.file(
                     c_utf8,
                     format!("LC_{i:03}"),
                     0o644,
-                    vec![Part::Data(vec![1])],
+                    vec![Part::Data(data(i))],
                 )
             })
             .collect();
-        let t = b.finish();
+        (b.finish(), files)
+    }
+
+    #[test]
+    fn a_startup_directory_gives_at_most_its_first_files() {
+        let (t, files) = locale_dir(DIR_FILES + 5, |_| vec![1]);
         let image = Image::open(&t.bootstrap).unwrap();
         let b = image.bootstrap().unwrap();
         assert_eq!(
@@ -531,21 +525,10 @@ mod tests {
 
     #[test]
     fn a_startup_directory_gets_readahead_stored_bytes_at_most() {
-        let mut b = Builder::new();
-        let usr = b.dir(0, "usr", 0o755);
-        let lib = b.dir(usr, "lib", 0o755);
-        let locale = b.dir(lib, "locale", 0o755);
-        let c_utf8 = b.dir(locale, "C.utf8", 0o755);
         // 12 incompressible files of 160 KiB, each its own chunk (above
         // the batch threshold) stored raw.
         const SIZE: u64 = 160 << 10;
-        let files: Vec<u32> = (0..12)
-            .map(|i| {
-                let data = vec![Part::Data(noise(SIZE as usize, 100 + i))];
-                b.file(c_utf8, format!("LC_{i:02}"), 0o644, data)
-            })
-            .collect();
-        let t = b.finish();
+        let (t, files) = locale_dir(12, |i| noise(SIZE as usize, 100 + i));
         let cache = tempfile::tempdir().unwrap();
         let fs = mounted(&t, on_disk(cache.path()));
         // Files are added while the plan is under 1 MiB: 6 make 960 KiB,
