@@ -133,9 +133,8 @@ impl RafsFs {
     /// Speculates `LOADERS` and `STARTUP`: the loader, C library and
     /// loader cache every dynamically linked program maps first, and the
     /// locale and time zone files most read next, before any program runs.
-    /// Nothing
-    /// without speculation (as [`RafsFs::start_elf_deps`]). Returns the
-    /// stored bytes planned.
+    /// Nothing without speculation (as [`RafsFs::start_elf_deps`]).
+    /// Returns the stored bytes planned.
     pub fn speculate_startup(&self) -> u64 {
         if self.elf_deps.tx.get().is_none() {
             return 0;
