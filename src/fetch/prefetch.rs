@@ -16,6 +16,7 @@ use rafs_format::layout::ChunkInfo;
 use rafs_format::Bootstrap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 /// Frames at most per window: launched together, then waited for.
@@ -354,8 +355,33 @@ impl Fetcher {
         }
     }
 
+    /// Waits (up to `timeout`) until no frame is being fetched or queued
+    /// (speculation included) and every fetched frame is written to the
+    /// disk cache ([`Fetcher::flush`]); false on timeout. A frame is held
+    /// for the committer before its flight ends, so none slips between the
+    /// two checks, but for an on-demand frame a full backlog turned away
+    /// (written later by its worker, see `Late`).
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            let flying = !self
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty();
+            if !flying {
+                return self.flush(end.saturating_duration_since(Instant::now()));
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits (up to `timeout`) until every fetched frame is written to the
-    /// disk cache; false on timeout.
+    /// disk cache; false on timeout. Frames still being fetched are not
+    /// waited for ([`Fetcher::settle`] does).
     pub fn flush(&self, timeout: Duration) -> bool {
         let Some(store) = &self.store else {
             return true;

@@ -405,7 +405,7 @@ mod tests {
         wait_until("libA and libB cached", Duration::from_secs(20), || {
             cached(&fs, t.lib_a) && cached(&fs, t.lib_b)
         });
-        assert!(fs.fetcher.flush(Duration::from_secs(20)));
+        assert!(fs.fetcher.settle(Duration::from_secs(20)));
         assert!(!cached(&fs, t.lib_c), "a library nobody needs");
         assert!(fs.fetcher.metrics().speculative_bytes.get() > 0);
     }
@@ -471,7 +471,7 @@ mod tests {
             Duration::from_secs(20),
             || wanted.iter().all(|&ino| cached(&fs, ino)),
         );
-        assert!(fs.fetcher.flush(Duration::from_secs(20)));
+        assert!(fs.fetcher.settle(Duration::from_secs(20)));
         for ino in others {
             assert!(!cached(&fs, ino), "inode {ino}: a file nobody named");
         }
@@ -537,7 +537,7 @@ mod tests {
         wait_until("the first 7 files cached", Duration::from_secs(20), || {
             files[..7].iter().all(|&ino| cached(&fs, ino))
         });
-        assert!(fs.fetcher.flush(Duration::from_secs(20)));
+        assert!(fs.fetcher.settle(Duration::from_secs(20)));
         for (i, &ino) in files.iter().enumerate().skip(7) {
             assert!(!cached(&fs, ino), "file {i} is past the budget");
         }
