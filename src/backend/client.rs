@@ -20,7 +20,7 @@
 //! What a range GET checks:
 //! - `206 Partial Content` with a `Content-Range: bytes a-b/size` that
 //!   matches the request exactly, and a body of exactly `len` bytes (read
-//!   with a limit one past `len`, so a lying server cannot make us buffer
+//!   one byte past `len` at most, so a lying server cannot make us take
 //!   more);
 //! - `200 OK` is accepted only when the server sent the whole blob and it is
 //!   exactly the range asked for (offset 0, `len` = size); any other 200 is
@@ -33,10 +33,11 @@
 //!   `404` is `NotFound`; `401`/`403` are `Auth`; everything else is
 //!   `Status` (transient if 5xx or 429).
 //!
-//! [`HttpClient::get_range_to`] makes the same checks, but hands a `206`
-//! body over in pieces as it arrives, once the status and `Content-Range`
-//! have passed: a body that ends early or runs past `len` is an error
-//! after the bytes before it went out (each a byte of the range asked).
+//! [`HttpClient::get_range_to`] makes these checks and hands a `206` body
+//! over in pieces as it arrives, once the status and `Content-Range` have
+//! passed: a body that ends early or runs past `len` is an error after the
+//! bytes before it went out (each a byte of the range asked).
+//! [`HttpClient::get_range`] collects those pieces.
 //!
 //! Redirects (301, 302, 303, 307, 308) are followed here, not by reqwest, so
 //! each hop passes [`redirect_target`]: at most 5 of them, never from HTTPS
@@ -162,12 +163,7 @@ impl HttpClient {
         limit: u64,
     ) -> Result<Raw, BackendError> {
         let resp = self.send(blob, url, headers)?;
-        let cap = if resp.status().is_success() {
-            limit
-        } else {
-            ERROR_BODY_LIMIT
-        };
-        read_raw(blob, url, resp, cap)
+        read_answer(blob, url, resp, limit)
     }
 
     /// One `method` request (HEAD, POST, PUT, ...) of `url` with `body`,
@@ -253,8 +249,7 @@ impl HttpClient {
     }
 
     /// Range GET of `len` bytes at `offset` (see the module docs for every
-    /// check). `len == 0` is answered by a size query through `size_of`,
-    /// since HTTP has no empty range.
+    /// check): [`HttpClient::get_range_to`]'s pieces, collected.
     pub fn get_range(
         &self,
         blob: &BlobId,
@@ -263,37 +258,19 @@ impl HttpClient {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, BackendError> {
-        let end = offset.checked_add(len).ok_or(BackendError::OutOfRange {
-            blob: *blob,
-            offset,
-            len,
-            size: 0,
-        })?;
-        if len == 0 {
-            let size = self.size_of(blob, url, headers)?;
-            if offset > size {
-                return Err(BackendError::OutOfRange {
-                    blob: *blob,
-                    offset,
-                    len,
-                    size,
-                });
-            }
-            return Ok(Vec::new());
-        }
-        let range = format!("bytes={offset}-{}", end - 1);
-        let mut all: Vec<(&str, &str)> = headers.to_vec();
-        all.push(("Range", &range));
-        let raw = self.get(blob, url, &all, len + 1)?;
-        whole_answer(blob, url, raw, offset, len)
+        super::collect_range(len, |sink| {
+            self.get_range_to(blob, url, headers, offset, len, sink)
+        })
     }
 
-    /// [`HttpClient::get_range`], handing the body of a `206` answer to
-    /// `sink` as it arrives, after the status and `Content-Range` have
-    /// passed; every other answer is read and checked whole first (see
+    /// Range GET of `len` bytes at `offset`, handing the body of a `206`
+    /// answer to `sink` as it arrives, after the status and `Content-Range`
+    /// have passed; every other answer is read and checked whole first (see
     /// [`Backend::read_range_to`](super::Backend::read_range_to)). A body
     /// that ends early is `ShortBody` after its bytes went to `sink`; one
-    /// longer than `len` is `ShortBody` once `len` bytes went.
+    /// longer than `len` is `ShortBody` once `len` bytes went. `len == 0`
+    /// is answered by a size query through `size_of`, since HTTP has no
+    /// empty range.
     pub fn get_range_to(
         &self,
         blob: &BlobId,
@@ -303,22 +280,28 @@ impl HttpClient {
         len: u64,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
-        let Some(end) = offset.checked_add(len).filter(|_| len > 0) else {
-            let bytes = self.get_range(blob, url, headers, offset, len)?;
-            sink(&bytes);
-            return Ok(());
+        let out_of_range = |size| BackendError::OutOfRange {
+            blob: *blob,
+            offset,
+            len,
+            size,
         };
+        let end = offset.checked_add(len).ok_or(out_of_range(0))?;
+        if len == 0 {
+            let size = self.size_of(blob, url, headers)?;
+            return if offset > size {
+                Err(out_of_range(size))
+            } else {
+                Ok(())
+            };
+        }
         let range = format!("bytes={offset}-{}", end - 1);
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         all.push(("Range", &range));
         let resp = self.send(blob, url, &all)?;
         if resp.status() != StatusCode::PARTIAL_CONTENT {
-            let cap = match resp.status().is_success() {
-                true => len + 1,
-                false => ERROR_BODY_LIMIT,
-            };
-            let raw = read_raw(blob, url, resp, cap)?;
-            let bytes = whole_answer(blob, url, raw, offset, len)?;
+            let raw = read_answer(blob, url, resp, len + 1)?;
+            let bytes = unranged_answer(blob, url, raw, offset, len)?;
             sink(&bytes);
             return Ok(());
         }
@@ -374,14 +357,15 @@ impl HttpClient {
 /// What every network backend checks before a range request: a range past
 /// a known size is `OutOfRange` without asking the server, and a
 /// zero-length read is answered by the size alone (HTTP has no empty
-/// range). `Some` is the answer; `None` means "send the request".
+/// range). `Some` is the answer (no bytes, or the error); `None` means
+/// "send the request".
 pub fn answer_locally(
     id: &BlobId,
     offset: u64,
     len: u64,
     known: Option<u64>,
     size: impl FnOnce() -> Result<u64, BackendError>,
-) -> Option<Result<Vec<u8>, BackendError>> {
+) -> Option<Result<(), BackendError>> {
     let bounds = |size: u64| match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(BackendError::OutOfRange {
@@ -395,9 +379,19 @@ pub fn answer_locally(
         return Some(Err(e));
     }
     if len == 0 {
-        return Some(size().and_then(bounds).map(|()| Vec::new()));
+        return Some(size().and_then(bounds));
     }
     None
+}
+
+/// An answer read whole: a 2xx body up to `limit` bytes, an error body up
+/// to [`ERROR_BODY_LIMIT`] (enough for its message).
+fn read_answer(blob: &BlobId, url: &str, resp: Response, limit: u64) -> Result<Raw, BackendError> {
+    let cap = match resp.status().is_success() {
+        true => limit,
+        false => ERROR_BODY_LIMIT,
+    };
+    read_raw(blob, url, resp, cap)
 }
 
 fn read_raw(blob: &BlobId, url: &str, resp: Response, cap: u64) -> Result<Raw, BackendError> {
@@ -434,9 +428,10 @@ fn read_raw(blob: &BlobId, url: &str, resp: Response, cap: u64) -> Result<Raw, B
     })
 }
 
-/// A range GET's answer read whole: its bytes, or what is wrong with it
-/// (see the module docs).
-fn whole_answer(
+/// A range GET's answer other than `206`, read whole: its bytes (a `200`
+/// that is exactly the range), or what is wrong with it (see the module
+/// docs).
+fn unranged_answer(
     blob: &BlobId,
     url: &str,
     raw: Raw,
@@ -445,7 +440,6 @@ fn whole_answer(
 ) -> Result<Vec<u8>, BackendError> {
     let end = offset + len;
     match raw.status.as_u16() {
-        206 => check_partial(blob, raw, offset, len),
         200 => {
             // A server that ignores Range: acceptable only if the whole
             // body is exactly what was asked. A complete body (at most
@@ -555,19 +549,6 @@ fn check_content_range(
             got: 0,
         }),
     }
-}
-
-fn check_partial(blob: &BlobId, raw: Raw, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-    check_content_range(blob, &raw.headers, offset, len)?;
-    if raw.body.len() as u64 != len {
-        return Err(BackendError::ShortBody {
-            blob: *blob,
-            offset,
-            expected: len,
-            got: raw.body.len() as u64,
-        });
-    }
-    Ok(raw.body)
 }
 
 /// Parses `Content-Range: bytes first-last/size` or `bytes */size`;
@@ -791,7 +772,10 @@ mod tests {
             ));
         }
         let ten = || Ok(10);
-        assert_eq!(answer_locally(&id, 10, 0, None, ten).unwrap().unwrap(), b"");
+        assert!(matches!(
+            answer_locally(&id, 10, 0, None, ten),
+            Some(Ok(()))
+        ));
         assert!(matches!(
             answer_locally(&id, 11, 0, None, ten),
             Some(Err(BackendError::OutOfRange { .. }))
