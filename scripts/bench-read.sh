@@ -28,7 +28,13 @@
 #   rand   fio: 8192 random 4 KiB reads of large.bin (fixed seed)
 #   par8   find MNT -type f | xargs -P8 cat   (8 parallel readers)
 #
-# hyperfine runs each RAFS_BENCH_REPS times. Rows: tree x workload x mode.
+# Each workload runs RAFS_BENCH_REPS times per system and mode. Cold runs
+# interleave: round r runs every system once (a hyperfine run each, the
+# fresh mount in --prepare), starting r systems further along the list, so
+# drift of a shared machine over the minutes of a run lands on every
+# system alike; the per-run times are printed below the table. Warm runs
+# (hyperfine, one warm-up) then use the mount each system's last cold run
+# left. Rows: tree x workload x mode.
 # Columns: each system's median seconds with its ratio to native, then
 # rafs/erofs and (with nydusd) rafs/nydusd. Below the table, per tree: the
 # peak RSS (VmHWM) of the rafs daemon and of nydusd over all their mounts,
@@ -209,20 +215,30 @@ json_median() { # JSON -> seconds
   grep -o '"median": *[0-9.e+-]*' "$1" | head -1 | awk -F: '{ printf "%.3f", $2 }'
 }
 
-# measure SYS TREE WORKLOAD MODE: prints the median seconds.
-measure() {
-  local sys=$1 tree=$2 w=$3 mode=$4 cmd json=$BENCH_WORK/h.json
-  cmd=$(workload "$w" "$(mnt_of "$sys")")
-  [ "$sys" = native ] && cmd=$(workload "$w" "$cache/$tree-bench")
-  if [ "$mode" = cold ]; then
-    hyperfine --shell=bash --runs "$reps" --export-json "$json" \
-      --prepare "$self __ctl cold $sys $tree $w" "$cmd" >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
-  else
-    hyperfine --shell=bash --runs "$reps" --warmup 1 --export-json "$json" \
-      "$cmd" >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
-  fi
+# cold_once SYS TREE WORKLOAD: one cold run (fresh mount, page cache
+# dropped): prints its seconds.
+cold_once() {
+  local sys=$1 tree=$2 w=$3 json=$BENCH_WORK/h.json
+  hyperfine --shell=bash --runs 1 --export-json "$json" \
+    --prepare "$self __ctl cold $sys $tree $w" "$(workload_on "$sys" "$tree" "$w")" \
+    >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
   json_median "$json"
 }
+
+# warm SYS TREE WORKLOAD: the median seconds of $reps runs after one
+# warm-up, on the mount the last cold run left.
+warm() {
+  local json=$BENCH_WORK/h.json
+  hyperfine --shell=bash --runs "$reps" --warmup 1 --export-json "$json" \
+    "$(workload_on "$1" "$2" "$3")" >/dev/null 2>>"$BENCH_WORK/hyperfine.err"
+  json_median "$json"
+}
+
+workload_on() { # SYS TREE WORKLOAD -> the command on that system's tree
+  if [ "$1" = native ]; then workload "$3" "$cache/$2-bench"; else workload "$3" "$(mnt_of "$1")"; fi
+}
+
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
 
@@ -243,17 +259,35 @@ for tree in $trees; do
   build_images "$tree" "$src"
   : >"$BENCH_WORK/rafs.hwm"
   : >"$BENCH_WORK/nydusd.hwm"
-  for sys in $systems; do
+  read -ra sys_list <<<"$systems"
+  for sys in "${sys_list[@]}"; do
     do_mount "$sys" "$tree"
     echo mount >"$BENCH_WORK/$sys.serving"
-    for w in $workloads; do
-      for mode in cold warm; do
-        result[$tree,$sys,$w,$mode]=$(measure "$sys" "$tree" "$w" "$mode")
-        echo "$tree $sys $w $mode ${result[$tree,$sys,$w,$mode]}" >&2
+  done
+  for w in $workloads; do
+    # Cold: rounds of one run per system, each round starting one system
+    # further on, so a machine getting slower or faster mid-run moves every
+    # system's median alike instead of the ratio between them.
+    declare -A runs=()
+    for ((r = 0; r < reps; r++)); do
+      for ((i = 0; i < ${#sys_list[@]}; i++)); do
+        sys=${sys_list[(i + r) % ${#sys_list[@]}]}
+        runs[$sys]+=" $(cold_once "$sys" "$tree" "$w")"
       done
     done
-    do_umount "$sys"
+    for sys in "${sys_list[@]}"; do
+      result[$tree,$sys,$w,cold]=$(median <<<"${runs[$sys]}")
+      result[$tree,$sys,$w,runs]=${runs[$sys]# }
+      echo "$tree $sys $w cold ${result[$tree,$sys,$w,cold]} (each:${runs[$sys]})" >&2
+    done
+    unset runs
+    # Warm: each system on the mount its last cold run left.
+    for sys in "${sys_list[@]}"; do
+      result[$tree,$sys,$w,warm]=$(warm "$sys" "$tree" "$w")
+      echo "$tree $sys $w warm ${result[$tree,$sys,$w,warm]}" >&2
+    done
   done
+  for sys in "${sys_list[@]}"; do do_umount "$sys"; done
   for d in rafs nydusd; do
     result[$tree,hwm,$d]=$(awk '{ print $2 }' "$BENCH_WORK/$d.hwm" | sort -n | tail -1)
     for w in $workloads; do
@@ -293,6 +327,15 @@ for tree in $trees; do
       done
       echo "$row"
     done
+  done
+done
+echo
+echo "Each cold run (s), in run order; the systems took turns, one run each per round:"
+for tree in $trees; do
+  for w in $workloads; do
+    line="- $tree $w:"
+    for sys in $systems; do line+=" $sys ${result[$tree,$sys,$w,runs]:-};"; done
+    echo "${line%;}"
   done
 done
 echo
