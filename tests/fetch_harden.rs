@@ -839,3 +839,59 @@ fn a_prefetch_decodes_no_frame_the_stuck_cache_disk_has_no_room_for() {
         );
     });
 }
+
+#[test]
+fn an_on_demand_read_joining_a_prefetch_stuck_on_the_disk_gets_its_frame() {
+    // A prefetch worker whose request is in (its stored bytes in memory)
+    // waits in `pace_decode` for room in a stuck disk's backlog, with the
+    // rest of its job's frames marked BG_RUNNING. An on-demand read of one
+    // of those frames joins that flight: it must not wait for the disk
+    // (reads of fetched data never do), let alone fail at its deadline.
+    let work = common::tempdir();
+    let text = |i| {
+        let lines = (0..).map(|n| format!("file {i} line {n}\n"));
+        lines.take(60_000).collect::<String>().into_bytes()[..1 << 20].to_vec()
+    };
+    let (src, bootstrap) = image_of(work.path(), "text", "64K", text);
+    let blobs = bootstrap.parent().unwrap().join("blobs");
+    let stall = rafs::cache::io::testing::Stall::new(rafs::cache::io::real());
+    let cfg = FetchConfig {
+        commit_backlog: 1 << 20,
+        prefetch_threads: 1,
+        read_timeout: Duration::from_secs(10),
+        ..cached(&work.path().join("cache"))
+    };
+    let fs = fs_on(&bootstrap, &blobs, cfg, stall.clone());
+    stall.block();
+    let stop = AtomicBool::new(false);
+    let (took, got) = std::thread::scope(|s| {
+        let _unstall = Unstall(&stall);
+        let run = s.spawn(|| {
+            let plan = fs.fetcher().plan_all();
+            fs.fetcher().prefetch(&plan, &stop, &mut |_| {})
+        });
+        let m = fs.fetcher().metrics();
+        common::wait_until(
+            "the prefetch stuck decoding",
+            Duration::from_secs(20),
+            || m.prefetch_waiting.get() >= 1 && m.prefetch_chunks.get() * (64 << 10) == 512 << 10,
+        );
+        // f02's first frame lies in the stuck job (the first window holds
+        // f00..f03, one request), past the 8 frames decoded so far.
+        let t0 = Instant::now();
+        let attr = fs.lookup(0, b"f02").unwrap();
+        let got = fs.read(attr.ino, 0, 4096);
+        let took = t0.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        stall.release();
+        run.join().unwrap();
+        (took, got)
+    });
+    let want = std::fs::read(src.join("f02")).unwrap();
+    let got = got.unwrap_or_else(|e| panic!("read failed after {took:?}: {e}"));
+    assert!(got == want[..4096], "wrong bytes");
+    assert!(
+        took < Duration::from_secs(5),
+        "waited {took:?} for the stuck disk"
+    );
+}

@@ -20,7 +20,7 @@ use super::index::FrameInfo;
 use super::memory::Frame;
 use super::metrics::ChunkCounters;
 use super::pace::backoff;
-use super::{Fetcher, Via};
+use super::{Fetcher, Flight, Via};
 use crate::backend::{BackendError, BlobId};
 use crate::cache::blobfile::SpanLock;
 use crate::chunk::{decode_frame, FetchError};
@@ -66,6 +66,10 @@ struct Receiving<'f> {
     pos: u64,
     /// The stored bytes of frame `next` so far, when they came in pieces.
     buf: Vec<u8>,
+    /// For a background job, the flight of each of its frames (in the
+    /// order of `frames`): an on-demand read that joins one of them ends
+    /// the job's waits for the disk, so that it reaches that frame at once.
+    watch: Vec<Option<Arc<Flight>>>,
     done: Received,
 }
 
@@ -303,6 +307,7 @@ impl Fetcher {
             background,
             lock: None,
             room: None,
+            watch: &[],
         };
         self.publish_ok(blob, fi, frame, false, via);
         true
@@ -330,11 +335,16 @@ impl Fetcher {
         self.metrics.backend_requests.inc();
         self.metrics.inflight.inc();
         let t0 = Instant::now();
+        let watch = match job.background {
+            true => self.flights_of(job.blob, frames.iter().map(|(_, f)| f.coff)),
+            false => Vec::new(),
+        };
         let mut rx = Receiving {
             frames: &frames,
             next: 0,
             pos: 0,
             buf: Vec::new(),
+            watch,
             done: Received::default(),
         };
         let mut sink = |piece: &[u8]| self.receive(job, &mut rx, piece, locks);
@@ -415,7 +425,8 @@ impl Fetcher {
             (piece, rx.pos) = (rest, rx.pos + take as u64);
             if rx.buf.is_empty() && take == clen {
                 // The whole frame in this piece: decoded from it, no copy.
-                self.received(job, fi, bytes, locks, &mut rx.done);
+                let watch = rx.watch.get(rx.next..).unwrap_or_default();
+                self.received(job, fi, bytes, locks, watch, &mut rx.done);
             } else {
                 if rx.buf.capacity() == 0 {
                     rx.buf = crate::util::pool::take(clen);
@@ -424,23 +435,27 @@ impl Fetcher {
                 if rx.buf.len() < clen {
                     continue;
                 }
-                self.received(job, fi, &rx.buf, locks, &mut rx.done);
+                let watch = rx.watch.get(rx.next..).unwrap_or_default();
+                self.received(job, fi, &rx.buf, locks, watch, &mut rx.done);
                 rx.buf.clear();
             }
             rx.next += 1;
         }
     }
 
-    /// Decodes, verifies and publishes frame `fi` from its `stored` bytes.
+    /// Decodes, verifies and publishes frame `fi` from its `stored` bytes;
+    /// `watch`: the flights of this frame and the job's later ones, if it
+    /// is a background job (see [`Receiving::watch`]).
     fn received(
         &self,
         job: &Job,
         fi: usize,
         stored: &[u8],
         locks: &mut HashMap<usize, SpanLock>,
+        watch: &[Option<Arc<Flight>>],
         done: &mut Received,
     ) {
-        let room = self.pace_decode(job, fi, locks);
+        let room = self.pace_decode(job, fi, locks, watch);
         match self.check_frame(job.blob, fi, stored) {
             Ok((frame, None)) => {
                 if job.background {
@@ -452,6 +467,7 @@ impl Fetcher {
                     background: job.background,
                     lock: locks.remove(&fi),
                     room,
+                    watch,
                 };
                 done.late
                     .extend(self.publish_ok(job.blob, fi, frame, true, via));
@@ -479,11 +495,16 @@ impl Fetcher {
     /// half the backlog ([`Late`](super::Late)): reads then outpace the
     /// disk, and each further frame would pin its memory until the disk
     /// caught up. It never waits on a committer that shows no progress.
+    /// Once an on-demand read has joined this frame or a later one of its
+    /// job (`watch`), a background frame is paced as an on-demand one, so
+    /// that the reader gets its frame without waiting for the disk (the
+    /// join ends a wait already begun: `Store::wake`).
     fn pace_decode(
         &self,
         job: &Job,
         fi: usize,
         locks: &HashMap<usize, SpanLock>,
+        watch: &[Option<Arc<Flight>>],
     ) -> Option<super::store::Room<'_>> {
         let (true, Some(store), Some(f)) = (
             locks.contains_key(&fi),
@@ -493,19 +514,26 @@ impl Fetcher {
             return None;
         };
         let bytes = u64::from(f.ulen);
-        if !job.background {
-            let stall = self.commit_stall();
-            let behind = self.metrics.commit_late_bytes.get() >= self.cfg.commit_backlog / 2;
-            let wait = if behind { stall } else { Duration::ZERO };
-            return store.reserve(bytes, self.cfg.commit_backlog, wait, Some(stall));
+        if job.background {
+            let joined = || watch.iter().flatten().any(|f| f.joined());
+            if !joined() {
+                let limit = self.cfg.commit_backlog / 2;
+                self.metrics.prefetch_waiting.inc();
+                // Out of time: decoded anyway; `publish_ok` then waits for
+                // the whole backlog, and gives up the frame's caching after.
+                let wait = self.cfg.read_timeout;
+                let room = store.reserve_unless(bytes, limit, wait, None, &joined);
+                self.metrics.prefetch_waiting.dec();
+                if room.is_some() || !joined() {
+                    return room;
+                }
+            }
+            // An on-demand read waits for this frame: paced as its own.
         }
-        let limit = self.cfg.commit_backlog / 2;
-        self.metrics.prefetch_waiting.inc();
-        // Out of time: decoded anyway; `publish_ok` then waits for the
-        // whole backlog, and gives up the frame's caching after that.
-        let room = store.reserve(bytes, limit, self.cfg.read_timeout, None);
-        self.metrics.prefetch_waiting.dec();
-        room
+        let stall = self.commit_stall();
+        let behind = self.metrics.commit_late_bytes.get() >= self.cfg.commit_backlog / 2;
+        let wait = if behind { stall } else { Duration::ZERO };
+        store.reserve(bytes, self.cfg.commit_backlog, wait, Some(stall))
     }
 
     /// Decodes a frame and verifies every member; the frame comes back with
@@ -563,6 +591,7 @@ impl Fetcher {
                         background: job.background,
                         lock: None,
                         room: None,
+                        watch: &[],
                     };
                     self.publish_ok(blob, fi, frame, false, via);
                 }

@@ -151,6 +151,10 @@ struct Via<'a> {
     lock: Option<crate::cache::blobfile::SpanLock>,
     /// The backlog room the frame was decoded in, if reserved.
     room: Option<store::Room<'a>>,
+    /// For a background job: the flights of this frame and the job's later
+    /// ones. Once an on-demand read joined one, no wait for the disk
+    /// holds the job up.
+    watch: &'a [Option<Arc<Flight>>],
 }
 
 /// Which lane owns a flight. On-demand reads never wait on the
@@ -164,6 +168,11 @@ const FG: u8 = 0;
 const BG_QUEUED: u8 = 1;
 /// Being fetched by a background worker (its request is under way).
 const BG_RUNNING: u8 = 2;
+/// [`BG_RUNNING`], and an on-demand read waits for it: from then on the
+/// worker treats it as on-demand (it no longer waits for the disk before
+/// its readers have it), and with a blob manager it is also asked for on
+/// demand, as the manager's prefetch lane may queue or throttle it.
+const BG_JOINED: u8 = 3;
 
 /// What [`Fetcher::launch_flights`] did.
 struct Launched {
@@ -189,6 +198,12 @@ impl Flight {
             lane: lane.into(),
             ..Flight::default()
         }
+    }
+
+    /// Whether an on-demand read joined it while a background worker
+    /// fetched it ([`BG_JOINED`]).
+    fn joined(&self) -> bool {
+        self.lane.load(std::sync::atomic::Ordering::Acquire) == BG_JOINED
     }
 
     /// Moves the flight from lane state `from` to `to`; false if it was
@@ -525,6 +540,12 @@ impl Fetcher {
     }
 
     /// The flight of frame `key`, if it is being fetched.
+    /// The flight of each frame of `blob` stored at `coffs`, if it has one.
+    fn flights_of(&self, blob: u32, coffs: impl Iterator<Item = u64>) -> Vec<Option<Arc<Flight>>> {
+        let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        coffs.map(|c| flights.get(&(blob, c)).cloned()).collect()
+    }
+
     fn flight(&self, key: &Key) -> Option<Arc<Flight>> {
         self.flights
             .lock()
@@ -602,6 +623,7 @@ impl Fetcher {
         frames.dedup();
         let mut new = Vec::with_capacity(frames.len());
         let mut out = HashMap::with_capacity(frames.len());
+        let mut joined = false;
         {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             for (blob, fi) in frames {
@@ -615,6 +637,13 @@ impl Fetcher {
                     if !background && flight.take(BG_QUEUED, FG) {
                         self.metrics.prefetch_promoted.inc();
                         new.push((blob, fi));
+                    } else if !background && flight.take(BG_RUNNING, BG_JOINED) {
+                        joined = true;
+                        if self.remote.is_some() {
+                            // The manager fetches a frame once, whichever
+                            // lane asks; the first answer settles it.
+                            new.push((blob, fi));
+                        }
                     }
                     out.insert((blob, fi), flight.clone());
                     continue;
@@ -636,6 +665,10 @@ impl Fetcher {
                 out.insert((blob, fi), flight);
                 new.push((blob, fi));
             }
+        }
+        if let (true, Some(store)) = (joined, &self.store) {
+            // A worker waiting for room for a joined frame stops waiting.
+            store.wake();
         }
         let lane = if background {
             &self.bg_jobs
@@ -701,7 +734,8 @@ impl Fetcher {
     ///
     /// The committer may be behind by `commit_backlog` bytes. Past that,
     /// the background lane waits for room (up to a read timeout: prefetch
-    /// is for the disk, and the disk's pace is its back-pressure). An
+    /// is for the disk, and the disk's pace is its back-pressure), unless
+    /// an on-demand read has joined the frame ([`BG_JOINED`]). An
     /// on-demand frame never makes its reader wait: its readers are woken
     /// and the frame comes back as [`Late`], for [`Fetcher::commit_late`]
     /// once the job's other frames are out.
@@ -717,7 +751,8 @@ impl Fetcher {
         // Only under its span lock may a frame be written: nobody else then
         // writes the same bytes, and the cache never writes over ready ones.
         let to_disk = commit && how.lock.is_some() && self.disk(blob).is_some();
-        if !(how.background && to_disk) {
+        let joined = || how.watch.iter().flatten().any(|f| f.joined());
+        if !(how.background && to_disk) || joined() {
             self.memory.put(key, frame.clone());
         }
         if how.background {
@@ -734,17 +769,15 @@ impl Fetcher {
         };
         // Readable from `pending` before the flight ends, so a reader that
         // finds no flight finds the frame.
-        let wait = match how.background {
+        let wait = match how.background && !joined() {
             true => self.cfg.read_timeout,
             false => Duration::ZERO,
         };
-        let held = match how.room {
-            Some(room) => store.hold_reserved(key, frame.clone(), wait, room),
-            None => store.try_hold(key, frame.clone(), wait),
-        };
+        let held = store.hold_unless(key, frame.clone(), wait, how.room, &joined);
         if !held {
+            let background = how.background && !joined();
             self.finish(key, Ok(frame.clone()));
-            if how.background {
+            if background {
                 self.metrics.commits_skipped.inc();
                 return None; // the claim (`how.lock`) is dropped: nothing written
             }

@@ -382,3 +382,60 @@ fn a_blob_the_manager_refuses_is_served_without_the_cache() {
     assert!(backend.requests.load(Ordering::SeqCst) > 0);
     assert_eq!(fake.fetches.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn an_on_demand_read_of_a_speculated_frame_is_not_held_by_the_managers_prefetch_lane() {
+    use crate::manager::daemon::{Daemon, DaemonOptions};
+    use crate::manager::engine::Engine;
+    let w = World::new();
+    // A real manager whose prefetch lane is throttled to 1 byte/s: what it
+    // queues there waits for ever, unless an on-demand request promotes it.
+    let mcache = w.tmp.path().join("mcache");
+    std::fs::create_dir(&mcache).unwrap();
+    let mcfg = FetchConfig {
+        cache_dir: Some(mcache.clone()),
+        prefetch_bandwidth: Some(1),
+        ..FetchConfig::default()
+    };
+    let engine = Engine::new(mcfg, Arc::new(FileBackend::new(&w.blobs))).unwrap();
+    let opts = DaemonOptions {
+        socket: Some(w.socket()),
+        cache_dir: mcache,
+        ..DaemonOptions::default()
+    };
+    let mut reg = prometheus_client::registry::Registry::default();
+    let daemon = Daemon::start(engine, &opts, &mut reg).unwrap();
+    let (fs, _backend) = w.fs(Fallback::Fetch, long(), Duration::from_secs(10));
+    let ino = fs.lookup(0, b"f1").unwrap().ino;
+    // f1 speculated (as --widen or the ELF rule would): a background job,
+    // sent to the manager's prefetch lane.
+    let mut plan = super::prefetch::Plan::default();
+    {
+        let b = fs.image().bootstrap().unwrap();
+        fs.fetcher().plan_file(&b, ino, None, &mut plan);
+    }
+    assert!(fs.fetcher().speculate(&plan) > 0);
+    let (blob, fi) = plan.frames[0];
+    let f = fs.fetcher();
+    let key = (blob, f.index.blobs[blob as usize].frames[fi].coff);
+    let running = || {
+        f.flight(&key)
+            .is_some_and(|fl| fl.lane.load(Ordering::Acquire) == super::BG_RUNNING)
+    };
+    crate::testimage::wait_until(
+        "the job sent to the prefetch lane",
+        Duration::from_secs(20),
+        running,
+    );
+    let t0 = Instant::now();
+    let got = fs.read(ino, 0, 4096);
+    let took = t0.elapsed();
+    drop(fs);
+    daemon.shutdown();
+    let got = got.unwrap_or_else(|e| panic!("read failed after {took:?}: {e}"));
+    assert_eq!(got, noise(SIZE, 101)[..4096]);
+    assert!(
+        took < Duration::from_secs(5),
+        "waited {took:?} behind the prefetch lane"
+    );
+}

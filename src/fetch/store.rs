@@ -298,7 +298,28 @@ impl Store {
     /// backlog has room for it (or is empty), waiting up to `wait` for
     /// room. The backlog bounds the memory a slow disk can pin.
     pub fn try_hold(&self, key: Key, frame: Arc<Frame>, wait: std::time::Duration) -> bool {
-        self.hold_while(key, frame, wait, None, 0)
+        self.hold_while(key, frame, wait, None, 0, &|| false)
+    }
+
+    /// [`Store::try_hold`] (or [`Store::hold_reserved`] with `room`) that
+    /// stops waiting as soon as `give_up()` is true: it is checked
+    /// whenever the backlog changes and on [`Store::wake`].
+    pub fn hold_unless(
+        &self,
+        key: Key,
+        frame: Arc<Frame>,
+        wait: std::time::Duration,
+        room: Option<Room<'_>>,
+        give_up: &dyn Fn() -> bool,
+    ) -> bool {
+        let credit = room.map_or(0, |mut r| std::mem::take(&mut r.bytes));
+        self.hold_while(key, frame, wait, None, credit, give_up)
+    }
+
+    /// Wakes every wait for room, to check its `give_up` again.
+    pub fn wake(&self) {
+        let _pending = self.lock_pending();
+        self.room.notify_all();
     }
 
     /// [`Store::try_hold`] for a frame decoded in `room`: its reservation
@@ -311,7 +332,7 @@ impl Store {
         mut room: Room<'_>,
     ) -> bool {
         let credit = std::mem::take(&mut room.bytes);
-        self.hold_while(key, frame, wait, None, credit)
+        self.hold_while(key, frame, wait, None, credit, &|| false)
     }
 
     /// [`Store::try_hold`] that also gives up once the committer has shown
@@ -324,7 +345,7 @@ impl Store {
         wait: std::time::Duration,
         stall: std::time::Duration,
     ) -> bool {
-        self.hold_while(key, frame, wait, Some(stall), 0)
+        self.hold_while(key, frame, wait, Some(stall), 0, &|| false)
     }
 
     fn hold_while(
@@ -334,9 +355,11 @@ impl Store {
         wait: std::time::Duration,
         stall: Option<std::time::Duration>,
         credit: u64,
+        give_up: &dyn Fn() -> bool,
     ) -> bool {
         let len = frame.data().len() as u64;
-        let Some(mut p) = self.wait_for_room(len, self.backlog, wait, stall, credit) else {
+        let room = self.wait_for_room(len, self.backlog, wait, stall, credit, give_up);
+        let Some(mut p) = room else {
             return false;
         };
         if p.frames.is_empty() {
@@ -358,7 +381,8 @@ impl Store {
     /// a disk that is behind slows the prefetch instead of piling fetched
     /// frames up in memory. False if the wait ran out.
     pub fn wait_room(&self, bytes: u64, limit: u64, wait: std::time::Duration) -> bool {
-        self.wait_for_room(bytes, limit, wait, None, 0).is_some()
+        self.wait_for_room(bytes, limit, wait, None, 0, &|| false)
+            .is_some()
     }
 
     /// [`Store::wait_room`] that also reserves the room it found: `None`
@@ -371,14 +395,30 @@ impl Store {
         wait: std::time::Duration,
         stall: Option<std::time::Duration>,
     ) -> Option<Room<'_>> {
-        let mut p = self.wait_for_room(bytes, limit, wait, stall, 0)?;
+        self.reserve_unless(bytes, limit, wait, stall, &|| false)
+    }
+
+    /// [`Store::reserve`] that stops waiting (`None`) as soon as
+    /// `give_up()` is true: it is checked whenever the backlog changes and
+    /// on [`Store::wake`].
+    pub fn reserve_unless(
+        &self,
+        bytes: u64,
+        limit: u64,
+        wait: std::time::Duration,
+        stall: Option<std::time::Duration>,
+        give_up: &dyn Fn() -> bool,
+    ) -> Option<Room<'_>> {
+        let mut p = self.wait_for_room(bytes, limit, wait, stall, 0, give_up)?;
         p.reserved += bytes;
         Some(Room { store: self, bytes })
     }
 
     /// The backlog, locked, once `bytes` more fit under `limit` (or it is
     /// empty), after giving back `credit` reserved bytes; `None` after
-    /// `wait`, or once the committer has shown no progress for `stall`.
+    /// `wait`, once the committer has shown no progress for `stall`, or
+    /// once `give_up()` is true (checked under the lock, so a
+    /// [`Store::wake`] after its condition changed is never missed).
     fn wait_for_room(
         &self,
         bytes: u64,
@@ -386,6 +426,7 @@ impl Store {
         wait: std::time::Duration,
         stall: Option<std::time::Duration>,
         credit: u64,
+        give_up: &dyn Fn() -> bool,
     ) -> Option<std::sync::MutexGuard<'_, Pending>> {
         let until = std::time::Instant::now() + wait;
         let mut p = self.lock_pending();
@@ -397,6 +438,9 @@ impl Store {
             (p.frames.is_empty() && p.reserved == 0) || p.bytes + p.reserved + bytes <= limit
         };
         while !fits(&p) {
+            if give_up() {
+                return None;
+            }
             let mut left = until.checked_duration_since(std::time::Instant::now())?;
             if let Some(stall) = stall {
                 let idle = self
