@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg};
@@ -42,6 +42,9 @@ pub struct CacheFile {
     /// ([`CacheFile::from_fd`]): writes, syncs, punches and span locks are
     /// refused with [`CacheError::ReadOnly`].
     read_only: bool,
+    /// A second open file description of the same file, for
+    /// [`CacheFile::try_lock_span_apart`] (opened on first use).
+    apart: OnceLock<Arc<File>>,
 }
 
 /// `DIR/<blob hex>.data`. The hex comes from a [`BlobId`], never from a string.
@@ -109,6 +112,7 @@ impl CacheFile {
             path,
             storage,
             read_only: false,
+            apart: OnceLock::new(),
         };
         Ok((cache, state))
     }
@@ -131,6 +135,7 @@ impl CacheFile {
             path,
             storage: io::real(),
             read_only: true,
+            apart: OnceLock::new(),
         })
     }
 
@@ -252,12 +257,50 @@ impl CacheFile {
     pub fn try_lock_span(&self, start: u64, len: u64) -> Result<Option<SpanLock>, CacheError> {
         self.writable()?;
         self.check(start, len)?;
+        self.lock_through(&self.file, start, len)
+    }
+
+    /// [`CacheFile::try_lock_span`] through a second open file description
+    /// of the file: `None` also while a thread of this process holds part
+    /// of the span (locks through one description never conflict with each
+    /// other, and releasing one releases the span for all its holders). An
+    /// eviction takes it, so it never punches a frame that some fetch of
+    /// this or another process has claimed and may be writing.
+    pub fn try_lock_span_apart(
+        &self,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<SpanLock>, CacheError> {
+        self.writable()?;
+        self.check(start, len)?;
+        let apart = match self.apart.get() {
+            Some(f) => f,
+            None => {
+                // The open file itself (its path may name another by now).
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.file);
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(format!("/proc/self/fd/{fd}"))
+                    .map_err(|e| io_err(&self.path, e))?;
+                self.apart.get_or_init(|| Arc::new(f))
+            }
+        };
+        self.lock_through(apart, start, len)
+    }
+
+    fn lock_through(
+        &self,
+        file: &Arc<File>,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<SpanLock>, CacheError> {
         let fl = flock_of(libc::F_WRLCK, start, len);
         loop {
-            match fcntl(&*self.file, FcntlArg::F_OFD_SETLK(&fl)) {
+            match fcntl(&**file, FcntlArg::F_OFD_SETLK(&fl)) {
                 Ok(_) => {
                     return Ok(Some(SpanLock {
-                        file: self.file.clone(),
+                        file: file.clone(),
                         start,
                         len,
                     }))

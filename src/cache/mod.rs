@@ -206,6 +206,10 @@ pub struct Fill<'a> {
     pub cover_end: u64,
 }
 
+/// Tries of [`BlobCache::open_with`] whose files were replaced before its
+/// lock was held (each a reset by a concurrent opener or a `gc`).
+const OPEN_TRIES: usize = 8;
+
 impl BlobCache {
     /// Opens (or creates) the cache of `params.blob` in `dir`.
     ///
@@ -221,6 +225,41 @@ impl BlobCache {
     /// [`BlobCache::open`] with every durable operation going through
     /// `storage` (tests: [`io::testing`]).
     pub fn open_with(
+        dir: &Path,
+        params: MapParams,
+        storage: Arc<dyn io::Storage>,
+    ) -> Result<(BlobCache, Opened), CacheError> {
+        // Between opening the files and taking the shared lock, another
+        // opener may reset the map (a new file renamed over ours) and `gc`
+        // may remove both: two processes would then keep separate bits and
+        // generations over one data file, and serve each other's evicted
+        // (punched) frames as zeros. Once the lock is held nobody resets or
+        // removes them, so the files opened must be those under the names.
+        for _ in 0..OPEN_TRIES {
+            let (cache, opened) = Self::open_once(dir, params, storage.clone())?;
+            if cache.is_current(dir) {
+                return Ok((cache, opened));
+            }
+        }
+        Err(io_err(dir, std::io::ErrorKind::WouldBlock.into()))
+    }
+
+    /// Whether the open map and data file are the files at their paths in
+    /// `dir` (same device and inode).
+    fn is_current(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let same =
+            |f: &std::fs::File, p: PathBuf| match (f.metadata(), std::fs::symlink_metadata(p)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+        let blob = &self.map.params().blob;
+        same(self.map.file(), bitmap::map_path(dir, blob))
+            && same(self.data.file(), blobfile::data_path(dir, blob))
+    }
+
+    /// One try of [`BlobCache::open_with`].
+    fn open_once(
         dir: &Path,
         params: MapParams,
         storage: Arc<dyn io::Storage>,

@@ -668,7 +668,18 @@ impl Store {
             return;
         };
         let cover = f.cover(cache.data().size());
-        let ranges = cache.ranges_touching(cover.start, cover.end - cover.start);
+        let len_cover = cover.end - cover.start;
+        // A frame some fetch (here or in another process) has claimed may
+        // be written at any moment until its bits are set: punched after
+        // that write, it would leave set bits over a hole, read as zeros.
+        // So only a frame nobody claims is evicted, and its span is held
+        // through the punch (a fetch claiming it then waits, and finds it
+        // gone). A claimed one stays; it is accounted again when committed.
+        let span = cache.data().try_lock_span_apart(cover.start, len_cover);
+        let Ok(Some(_span)) = span else {
+            return;
+        };
+        let ranges = cache.ranges_touching(cover.start, len_cover);
         match cache.punch(ranges) {
             Ok(()) => {
                 self.metrics.evictions.inc();

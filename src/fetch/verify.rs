@@ -176,7 +176,7 @@ impl Fetcher {
         }
         self.metrics.cache_verified.inc();
         if let Some(v) = self.verified.get(blob as usize).and_then(|v| v.get(fi)) {
-            v.store(g0 + 1, Ordering::Release);
+            v.store(g0.wrapping_add(1), Ordering::Release);
         }
         Some(frame)
     }

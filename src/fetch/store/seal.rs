@@ -140,7 +140,7 @@ impl Store {
         for s in seals {
             for &(key, fi, cover, _) in &s.frames {
                 if let Some(v) = memo.and_then(|m| m.get(fi)) {
-                    v.store(s.staged.generation + 1, Ordering::Release);
+                    v.store(s.staged.generation.wrapping_add(1), Ordering::Release);
                 }
                 if let Some(memory) = &self.memory {
                     memory.remove(&key);
