@@ -221,6 +221,35 @@ pub(crate) fn wait_until(what: &str, timeout: std::time::Duration, mut cond: imp
     }
 }
 
+/// The peak-RSS growth memory tests allow: far above what linear code
+/// needs for their inputs (a few MiB) and far below what the unbounded or
+/// quadratic code they guard against took (380 MiB and more), so neither
+/// allocator noise nor a loaded machine moves a result across it.
+pub(crate) const RSS_BOUND: u64 = 128 << 20;
+
+/// Runs `f`; returns its result and how far the peak resident set of this
+/// process rose above the resident set when `f` started, in bytes.
+///
+/// The peak (`VmHWM`) is reset first through `/proc/self/clear_refs`, so an
+/// earlier, higher peak (building a fixture) cannot hide `f`'s; if the
+/// kernel refuses, growth is measured from the old peak and can only read
+/// low. The figure is process-wide: meaningful under nextest, which runs
+/// each test in a process of its own.
+pub(crate) fn peak_rss_growth<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let field = |name: &str| -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    };
+    let base = match std::fs::write("/proc/self/clear_refs", "5") {
+        Ok(()) => field("VmRSS:"),
+        Err(_) => field("VmHWM:"),
+    };
+    let out = f();
+    (out, field("VmHWM:").saturating_sub(base))
+}
+
 /// Inode numbers of [`sample`].
 pub(crate) mod ino {
     pub const ETC: u32 = 1;

@@ -4,8 +4,9 @@
 //! value may contain newlines and NULs (GNU tar stores binary xattr values
 //! this way). The `tar` crate splits records on newlines and rejects such
 //! values, and exposes no raw bytes, so [`Recorder`] keeps the bytes of the
-//! stream between two entries' data (extension headers only: it is paused
-//! while file data is read, so memory stays bounded) and
+//! stream between two entries' data (the headers only: it is paused while
+//! the builder reads file data, and the data of an entry the builder does
+//! not read, which the `tar` crate skips through it, passes unrecorded) and
 //! [`RecorderHandle::pax_before`] finds the `x` header preceding an entry in them.
 
 use std::cell::RefCell;
@@ -35,7 +36,7 @@ pub fn parse_records(mut data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
 #[derive(Debug, Default)]
 struct State {
     recording: bool,
-    /// Stream offset of `buf[0]`.
+    /// Stream offset of `buf[0]`: bytes before it pass unrecorded.
     start: u64,
     /// Stream offset of the next byte read.
     pos: u64,
@@ -68,9 +69,11 @@ impl<R: Read> Read for Recorder<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(out)?;
         let mut s = self.state.borrow_mut();
+        let at = s.pos;
         s.pos += n as u64;
         if s.recording {
-            s.buf.extend_from_slice(&out[..n]);
+            let skip = usize::try_from(s.start.saturating_sub(at)).map_or(n, |k| k.min(n));
+            s.buf.extend_from_slice(&out[skip..n]);
         }
         Ok(n)
     }
@@ -86,11 +89,16 @@ impl RecorderHandle {
         self.0.borrow_mut().recording = false;
     }
 
-    /// Drops what was recorded and records again from the current offset.
-    pub fn restart(&self) {
+    /// Drops what was recorded and records again from stream offset
+    /// `next_header`, the first header after the entry just read (or from
+    /// the current offset, if that is further). The bytes before it are the
+    /// rest of the entry's data, which the builder did not read (a
+    /// directory's, say: a header may claim any size); the `tar` crate
+    /// skips them through this recorder, and they are not kept.
+    pub fn restart_at(&self, next_header: u64) {
         let mut s = self.0.borrow_mut();
         s.buf.clear();
-        s.start = s.pos;
+        s.start = next_header.max(s.pos);
         s.recording = true;
     }
 

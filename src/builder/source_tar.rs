@@ -29,6 +29,12 @@
 //! `LIBARCHIVE.xattr.<name>` (name %-encoded, value base64, as libarchive's
 //! tar(5) specifies). GNU sparse entries are expanded by the `tar` crate,
 //! which reads holes as zeros; all-zero chunks become holes again.
+//!
+//! Memory does not follow the sizes headers claim: file data streams into
+//! the pipeline, the data of every other entry (a directory's, a link's, a
+//! global PAX header's: the builder reads none of it) streams past unkept
+//! while the `tar` crate skips it, and only the headers between two
+//! entries' data are kept ([`super::pax::Recorder`]).
 
 use super::chunker::ChunkerConfig;
 use super::error::{BuildError, Result};
@@ -466,6 +472,11 @@ fn add_entry<R: Read>(
     emit: &mut Emitter<'_>,
     raw_pax: Option<&[u8]>,
 ) -> Result<()> {
+    if entry.header().entry_type() == EntryType::XGlobalHeader {
+        // Its records are ignored, so not read either: the `tar` crate
+        // would read them whole, and a header may claim any size.
+        return Ok(());
+    }
     let pre_display = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     let records = pax_records(entry, raw_pax, &pre_display)?;
     let pax = parse_pax(records, &pre_display)?;
@@ -483,7 +494,6 @@ fn add_entry<R: Read>(
         EntryType::Block => S_IFBLK,
         EntryType::Fifo => S_IFIFO,
         EntryType::Link => 0,
-        EntryType::XGlobalHeader => return Ok(()),
         other => {
             return Err(corrupt(
                 &display,
@@ -595,8 +605,10 @@ fn read_entries(
         } else {
             entry.size()
         };
-        next_header = entry.raw_file_position() + stored.div_ceil(512) * 512;
-        recorder.restart();
+        next_header = entry
+            .raw_file_position()
+            .saturating_add(stored.div_ceil(512).saturating_mul(512));
+        recorder.restart_at(next_header);
     }
     Ok(tree)
 }

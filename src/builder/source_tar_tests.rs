@@ -4,6 +4,7 @@
 use super::*;
 use crate::builder::build;
 use crate::builder::tests::{noise, opts, Built};
+use crate::testimage::{peak_rss_growth, RSS_BOUND};
 use std::fs;
 use std::io::Write;
 
@@ -322,4 +323,69 @@ fn pax_xattr_value_with_newlines_and_nul() {
     assert_eq!(built.inode("f").mtime_nsec.get(), 500_000_000);
     assert_eq!(built.read("g"), b"more");
     assert_eq!(built.inode("g").xattr_count.get(), 0);
+}
+
+/// A zstd layer: `head`, `n` bytes `fill`, then `tail`. Such a run
+/// compresses so well that 512 MiB of it take 16 KiB.
+fn zstd_layer(head: &[u8], fill: u8, n: u64, tail: &[u8]) -> Vec<u8> {
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.write_all(head).unwrap();
+    let run = vec![fill; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(run.len() as u64);
+        enc.write_all(&run[..k as usize]).unwrap();
+        left -= k;
+    }
+    enc.write_all(tail).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A zstd layer: an extension header of type `etype` whose data is one
+/// valid PAX record (`comment`) of 512 MiB, then a file `f`.
+fn huge_pax_layer(etype: EntryType) -> Vec<u8> {
+    const CLAIMED: u64 = 512 << 20;
+    let head = [
+        header("pax", etype, CLAIMED, 0o644).as_bytes(),
+        &b"536870912 comment="[..],
+    ]
+    .concat();
+    let tail = [&b"\n"[..], &Tar::new().file("f", b"after").bytes()].concat();
+    zstd_layer(&head, b'x', CLAIMED - 19, &tail)
+}
+
+#[test]
+fn skipped_entry_data_is_not_buffered() {
+    // A directory claiming 512 MiB of data, which the tar crate skips (the
+    // builder reads no directory data), then a file.
+    const CLAIMED: u64 = 512 << 20;
+    let dir = header("d/", EntryType::Directory, CLAIMED, 0o755);
+    let tail = Tar::new().file("f", b"after").bytes();
+    let layer = zstd_layer(dir.as_bytes(), 0, CLAIMED, &tail);
+    let c = Case::new();
+    let (built, grew) = peak_rss_growth(|| c.build(&layer));
+    assert!(
+        grew < RSS_BOUND,
+        "building a {} KiB layer grew the peak RSS by {} MiB",
+        layer.len() >> 10,
+        grew >> 20
+    );
+    assert_eq!(built.inode("d").mode.get(), S_IFDIR | 0o755);
+    assert_eq!(built.read("f"), b"after");
+}
+
+#[test]
+fn global_pax_header_data_is_skipped_not_buffered() {
+    // A global PAX header (`g`, whose records the builder ignores) of
+    // 512 MiB, then a file.
+    let layer = huge_pax_layer(EntryType::XGlobalHeader);
+    let c = Case::new();
+    let (built, grew) = peak_rss_growth(|| c.build(&layer));
+    assert!(
+        grew < RSS_BOUND,
+        "building a {} KiB layer grew the peak RSS by {} MiB",
+        layer.len() >> 10,
+        grew >> 20
+    );
+    assert_eq!(built.read("f"), b"after");
 }
