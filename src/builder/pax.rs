@@ -8,6 +8,12 @@
 //! the builder reads file data, and the data of an entry the builder does
 //! not read, which the `tar` crate skips through it, passes unrecorded) and
 //! [`RecorderHandle::pax_before`] finds the `x` header preceding an entry in them.
+//!
+//! The recorder also bounds those headers: the `tar` crate reads a PAX `x`
+//! header or a GNU long name (`L`, `K`) whole, whatever size it claims, and
+//! an entry may carry any number of GNU sparse map blocks. Past
+//! [`MAX_HEADER_BYTES`] between two entries' data, reads fail with
+//! `InvalidData`, which the builder reports as a corrupt archive.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -33,9 +39,29 @@ pub fn parse_records(mut data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     Some(out)
 }
 
+/// The most bytes of headers kept between two entries' data: an entry's
+/// header with its extension headers (PAX `x`, GNU long names, GNU sparse
+/// maps). Real ones take a few KiB; xattr values, the largest PAX records,
+/// are at most 64 KiB each.
+pub const MAX_HEADER_BYTES: usize = 16 << 20;
+
+fn too_many_header_bytes() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the headers of one entry (with its PAX, GNU long name or sparse map \
+             extensions) exceed {} MiB",
+            MAX_HEADER_BYTES >> 20
+        ),
+    )
+}
+
 #[derive(Debug, Default)]
 struct State {
     recording: bool,
+    /// Recording went past [`MAX_HEADER_BYTES`]: every read fails, so no
+    /// reader can go on with a header cut short.
+    over: bool,
     /// Stream offset of `buf[0]`: bytes before it pass unrecorded.
     start: u64,
     /// Stream offset of the next byte read.
@@ -43,7 +69,8 @@ struct State {
     buf: Vec<u8>,
 }
 
-/// A reader that records what it passes through while recording is on.
+/// A reader that records what it passes through while recording is on, at
+/// most [`MAX_HEADER_BYTES`] at a time.
 pub struct Recorder<R> {
     inner: R,
     state: Rc<RefCell<State>>,
@@ -67,13 +94,21 @@ impl<R: Read> Recorder<R> {
 
 impl<R: Read> Read for Recorder<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.state.borrow().over {
+            return Err(too_many_header_bytes());
+        }
         let n = self.inner.read(out)?;
         let mut s = self.state.borrow_mut();
         let at = s.pos;
         s.pos += n as u64;
         if s.recording {
             let skip = usize::try_from(s.start.saturating_sub(at)).map_or(n, |k| k.min(n));
-            s.buf.extend_from_slice(&out[skip..n]);
+            let kept = &out[skip..n];
+            if s.buf.len() + kept.len() > MAX_HEADER_BYTES {
+                s.over = true;
+                return Err(too_many_header_bytes());
+            }
+            s.buf.extend_from_slice(kept);
         }
         Ok(n)
     }

@@ -34,7 +34,13 @@
 //! the pipeline, the data of every other entry (a directory's, a link's, a
 //! global PAX header's: the builder reads none of it) streams past unkept
 //! while the `tar` crate skips it, and only the headers between two
-//! entries' data are kept ([`super::pax::Recorder`]).
+//! entries' data are kept ([`super::pax::Recorder`]), at most 16 MiB of
+//! them ([`super::pax::MAX_HEADER_BYTES`]): past that (a PAX or GNU
+//! long-name extension header claiming more, say) the archive is refused
+//! as corrupt. Besides the tree (a node per entry) and the pipeline's
+//! window of chunks, reading a layer thus holds a few copies of at most
+//! 16 MiB of headers (the recorder's, the `tar` crate's, the parsed
+//! records), whatever sizes the headers claim.
 
 use super::chunker::ChunkerConfig;
 use super::error::{BuildError, Result};

@@ -375,6 +375,36 @@ fn skipped_entry_data_is_not_buffered() {
 }
 
 #[test]
+fn oversized_extension_headers_are_a_corrupt_archive() {
+    // A PAX `x` header of 512 MiB (the tar crate reads it whole): refused
+    // past the cap, having buffered about the cap at most.
+    let c = Case::new();
+    let layer = c.write("layer", &huge_pax_layer(EntryType::XHeader));
+    let (built, grew) = peak_rss_growth(|| build(&opts(&layer, &c.out())));
+    assert!(
+        grew < RSS_BOUND,
+        "a {} KiB layer grew the peak RSS by {} MiB",
+        fs::metadata(&layer).unwrap().len() >> 10,
+        grew >> 20
+    );
+    let err = built.unwrap_err();
+    assert!(!c.out().exists(), "failed build left OUTDIR behind");
+    let capped = |err: &BuildError| {
+        matches!(err, BuildError::CorruptArchive { .. }) && err.to_string().contains("16 MiB")
+    };
+    assert!(capped(&err), "{err}");
+    // A GNU long name (`L`) over the cap, likewise.
+    let mut long = tar::Header::new_gnu();
+    long.set_entry_type(EntryType::GNULongName);
+    long.set_size(32 << 20);
+    long.set_cksum();
+    let tail = Tar::new().file("f", b"after").bytes();
+    let layer = zstd_layer(long.as_bytes(), b'a', 32 << 20, &tail);
+    let err = Case::new().fail(&layer);
+    assert!(capped(&err), "{err}");
+}
+
+#[test]
 fn global_pax_header_data_is_skipped_not_buffered() {
     // A global PAX header (`g`, whose records the builder ignores) of
     // 512 MiB, then a file.
