@@ -22,12 +22,12 @@
 use crate::backend::file::FileBackend;
 use crate::backend::BackendError;
 use crate::chunk::{fetch_chunk, FetchError};
-use crate::image::walk::{all_paths, escape};
+use crate::image::walk::{escape, paths_of, Paths};
 use crate::image::{Image, ImageError};
 use rafs_format::layout::ChunkInfo;
 use rafs_format::{Bootstrap, FormatError};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -302,8 +302,8 @@ fn verify_chunk(backend: &FileBackend, b: &Bootstrap<'_>, c: &ChunkInfo) -> Resu
 fn users_by<K: Ord + Copy>(
     b: &Bootstrap<'_>,
     select: impl Fn(usize, &ChunkInfo) -> Option<K>,
-) -> Result<std::collections::BTreeMap<K, BTreeSet<u32>>, FormatError> {
-    let mut users = std::collections::BTreeMap::<K, BTreeSet<u32>>::new();
+) -> Result<BTreeMap<K, BTreeSet<u32>>, FormatError> {
+    let mut users = BTreeMap::<K, BTreeSet<u32>>::new();
     for ino in 0..b.inode_count() {
         let inode = b.inode(ino)?;
         if !inode.is_reg() {
@@ -319,18 +319,45 @@ fn users_by<K: Ord + Copy>(
     Ok(users)
 }
 
-fn users(paths: &[Vec<Vec<u8>>], inodes: Option<&BTreeSet<u32>>, max: usize) -> Users {
-    let all: Vec<String> = inodes
+/// How many paths of each user inode [`users`] may list: every path of a
+/// failed chunk's users; of an unusable blob's, the first [`MAX_BLOB_USERS`]
+/// in inode order, the others only counted. Every inode has a path (the
+/// bootstrap is validated), so a blob's `i`-th user lists at most
+/// `MAX_BLOB_USERS - i`.
+fn paths_wanted(
+    blob_users: &BTreeMap<u32, BTreeSet<u32>>,
+    chunk_users: &BTreeMap<usize, BTreeSet<u32>>,
+) -> HashMap<u32, usize> {
+    let mut keep = HashMap::new();
+    for inodes in blob_users.values() {
+        for (i, &ino) in inodes.iter().enumerate() {
+            let k = keep.entry(ino).or_insert(0);
+            *k = MAX_BLOB_USERS.saturating_sub(i).max(*k);
+        }
+    }
+    for &ino in chunk_users.values().flatten() {
+        keep.insert(ino, usize::MAX);
+    }
+    keep
+}
+
+/// The paths of `inodes` in inode order (each inode's in walk order), the
+/// first `max` listed and the rest counted.
+fn users(paths: &HashMap<u32, Paths>, inodes: Option<&BTreeSet<u32>>, max: usize) -> Users {
+    let mut out = Users {
+        paths: Vec::new(),
+        more: 0,
+    };
+    for p in inodes
         .into_iter()
         .flatten()
-        .flat_map(|&ino| paths.get(ino as usize).into_iter().flatten())
-        .map(|p| escape(p))
-        .collect();
-    let more = all.len().saturating_sub(max);
-    Users {
-        paths: all.into_iter().take(max).collect(),
-        more,
+        .filter_map(|ino| paths.get(ino))
+    {
+        let listed = p.kept.len().min(max - out.paths.len());
+        out.paths.extend(p.kept[..listed].iter().map(|p| escape(p)));
+        out.more += p.count - listed;
     }
+    out
 }
 
 /// Verifies every blob and distinct chunk of `b` against the blobs in `dir`.
@@ -398,7 +425,6 @@ fn problems(
     states: &[BlobState],
     failed: &HashMap<ChunkKey, (usize, String)>,
 ) -> Result<Vec<Problem>, FormatError> {
-    let paths = all_paths(b)?;
     let blob_users = users_by(b, |_, c| {
         let unusable = matches!(
             states.get(c.blob_index.get() as usize),
@@ -409,6 +435,7 @@ fn problems(
     let chunk_users = users_by(b, |_, c| {
         (!c.is_hole()).then(|| failed.get(&key(c)).map(|(rep, _)| *rep))?
     })?;
+    let paths = paths_of(b, &paths_wanted(&blob_users, &chunk_users))?;
     let mut out = Vec::new();
     for (i, state) in states.iter().enumerate() {
         let blob = b
@@ -478,7 +505,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testimage::{self, hello_data, TestImage};
+    use crate::testimage::{self, hello_data, peak_rss_growth, Part, TestImage, RSS_BOUND};
 
     fn run_check(img: &TestImage) -> Report {
         let image = Image::open(&img.bootstrap).unwrap();
@@ -555,6 +582,63 @@ mod tests {
             blobs: Some(img.blobs.clone()),
         };
         assert!(matches!(check(&args), Err(CheckError::Failed(1))));
+    }
+
+    #[test]
+    fn missing_blob_lists_five_paths_in_inode_order_and_counts_the_rest() {
+        let mut bl = testimage::Builder::new();
+        let file = |bl: &mut testimage::Builder, name: &str, seed| {
+            bl.file(
+                0,
+                name,
+                0o644,
+                vec![Part::Data(testimage::noise(100, seed))],
+            )
+        };
+        let x = file(&mut bl, "x", 1);
+        file(&mut bl, "y", 2);
+        let z = file(&mut bl, "z1", 3);
+        file(&mut bl, "w", 4);
+        bl.link(0, "x2", x);
+        bl.link(0, "x3", x);
+        bl.link(0, "z2", z);
+        let img = bl.finish();
+        std::fs::remove_file(blob_path(&img)).unwrap();
+        let r = run_check(&img);
+        let want = Users {
+            paths: ["/x", "/x2", "/x3", "/y", "/z1"].map(String::from).to_vec(),
+            more: 2,
+        };
+        assert!(
+            matches!(&r.problems[..], [Problem::BlobMissing { users, .. }] if *users == want),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn missing_blob_in_a_deep_image_keeps_memory_linear() {
+        // Every path of every inode would be 400 MB of a 1.5 MiB bootstrap.
+        let (img, path) = testimage::deep(20_000);
+        std::fs::remove_file(blob_path(&img)).unwrap();
+        let image = Image::open(&img.bootstrap).unwrap();
+        let b = image.bootstrap().unwrap();
+        let (r, grew) = peak_rss_growth(|| check_data(&b, &img.blobs).unwrap());
+        assert!(
+            grew < RSS_BOUND,
+            "checking a {} KiB bootstrap grew the peak RSS by {} MiB",
+            b.bytes().len() >> 10,
+            grew >> 20
+        );
+        let want = Users {
+            paths: vec![escape(&path), "/g".to_owned()],
+            more: 0,
+        };
+        assert!(
+            matches!(&r.problems[..], [Problem::BlobMissing { users, .. }] if *users == want),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]

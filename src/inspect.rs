@@ -18,13 +18,13 @@
 //! two identical files (sharing one chunk run in the table) count twice:
 //! that is what makes `dedup_ratio` meaningful. See [`Summary`].
 
-use crate::image::walk::{all_paths, dev_split, escape, walk};
+use crate::image::walk::{dev_split, escape, paths_of, walk};
 use crate::image::{Image, ImageError};
 use crate::util::human_bytes;
 use rafs_format::layout::*;
 use rafs_format::{Bootstrap, FormatError};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -259,11 +259,12 @@ fn prefetch_paths(b: &Bootstrap<'_>) -> Result<Vec<String>, FormatError> {
     if b.prefetch().is_empty() {
         return Ok(Vec::new());
     }
-    let paths = all_paths(b)?;
+    let first = b.prefetch().iter().map(|p| (p.ino.get(), 1)).collect();
+    let paths = paths_of(b, &first)?;
     Ok(b.prefetch()
         .iter()
         .map(
-            |p| match paths.get(p.ino.get() as usize).and_then(|v| v.first()) {
+            |p| match paths.get(&p.ino.get()).and_then(|v| v.kept.first()) {
                 Some(path) => escape(path),
                 None => format!("(inode {})", p.ino.get()),
             },
@@ -586,9 +587,9 @@ pub fn file_detail(b: &Bootstrap<'_>, query: &[u8]) -> Result<FileDetail, Inspec
     let ino = b
         .resolve(&path)?
         .ok_or_else(|| InspectError::NoSuchPath(escape(&path)))?;
-    let paths = all_paths(b)?
-        .get(ino as usize)
-        .map(|p| p.iter().map(|p| escape(p)).collect())
+    let paths = paths_of(b, &HashMap::from([(ino, usize::MAX)]))?
+        .remove(&ino)
+        .map(|p| p.kept.iter().map(|p| escape(p)).collect())
         .unwrap_or_default();
     Ok(FileDetail {
         entry: entry_info(b, &path, ino)?,
@@ -691,7 +692,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testimage::{self, ino};
+    use crate::testimage::{self, ino, peak_rss_growth, RSS_BOUND};
 
     fn open(img: &testimage::TestImage) -> Image {
         Image::open(&img.bootstrap).unwrap()
@@ -884,5 +885,39 @@ mod tests {
         assert_eq!(xattr_repr(b"text"), "text");
         assert_eq!(xattr_repr(b"0x12"), "0x30783132");
         assert_eq!(xattr_repr(b"a\0"), "0x6100");
+    }
+
+    /// Nesting of [`testimage::deep`] for the memory tests: its bootstrap
+    /// is about 1.5 MiB, every path of every inode 400 MB.
+    const DEEP: usize = 20_000;
+
+    #[test]
+    fn summary_of_a_deep_image_keeps_memory_linear() {
+        let (img, path) = testimage::deep(DEEP);
+        let image = open(&img);
+        let b = image.bootstrap().unwrap();
+        let (s, grew) = peak_rss_growth(|| summarize(&b).unwrap());
+        assert!(
+            grew < RSS_BOUND,
+            "summarising a {} KiB bootstrap grew the peak RSS by {} MiB",
+            s.bootstrap_size >> 10,
+            grew >> 20
+        );
+        assert_eq!(s.prefetch, [escape(&path)]);
+    }
+
+    #[test]
+    fn file_detail_in_a_deep_image_keeps_memory_linear() {
+        let (img, path) = testimage::deep(DEEP);
+        let image = open(&img);
+        let b = image.bootstrap().unwrap();
+        let (d, grew) = peak_rss_growth(|| file_detail(&b, b"/g").unwrap());
+        assert!(
+            grew < RSS_BOUND,
+            "--file in a {} KiB bootstrap grew the peak RSS by {} MiB",
+            b.bytes().len() >> 10,
+            grew >> 20
+        );
+        assert_eq!(d.paths, [escape(&path), "/g".to_owned()]);
     }
 }
