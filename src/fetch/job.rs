@@ -20,7 +20,7 @@ use super::index::FrameInfo;
 use super::memory::Frame;
 use super::metrics::ChunkCounters;
 use super::pace::backoff;
-use super::{Fetcher, Flight, Via};
+use super::{joined, Fetcher, Via};
 use crate::backend::{BackendError, BlobId};
 use crate::cache::blobfile::SpanLock;
 use crate::chunk::{decode_frame, FetchError};
@@ -66,10 +66,11 @@ struct Receiving<'f> {
     pos: u64,
     /// The stored bytes of frame `next` so far, when they came in pieces.
     buf: Vec<u8>,
-    /// For a background job, the flight of each of its frames (in the
-    /// order of `frames`): an on-demand read that joins one of them ends
-    /// the job's waits for the disk, so that it reaches that frame at once.
-    watch: Vec<Option<Arc<Flight>>>,
+    /// For a background job, the lane state of each of its frames' flights
+    /// (in the order of `frames`; not the flights, which would keep their
+    /// decoded frames alive): an on-demand read that joins one of them
+    /// ends the job's waits for the disk, so it reaches that frame at once.
+    watch: Vec<Option<super::Lane>>,
     done: Received,
 }
 
@@ -336,7 +337,7 @@ impl Fetcher {
         self.metrics.inflight.inc();
         let t0 = Instant::now();
         let watch = match job.background {
-            true => self.flights_of(job.blob, frames.iter().map(|(_, f)| f.coff)),
+            true => self.lanes_of(job.blob, frames.iter().map(|(_, f)| f.coff)),
             false => Vec::new(),
         };
         let mut rx = Receiving {
@@ -444,15 +445,15 @@ impl Fetcher {
     }
 
     /// Decodes, verifies and publishes frame `fi` from its `stored` bytes;
-    /// `watch`: the flights of this frame and the job's later ones, if it
-    /// is a background job (see [`Receiving::watch`]).
+    /// `watch`: the lane states of this frame's flight and the job's later
+    /// ones, if it is a background job (see [`Receiving::watch`]).
     fn received(
         &self,
         job: &Job,
         fi: usize,
         stored: &[u8],
         locks: &mut HashMap<usize, SpanLock>,
-        watch: &[Option<Arc<Flight>>],
+        watch: &[Option<super::Lane>],
         done: &mut Received,
     ) {
         let room = self.pace_decode(job, fi, locks, watch);
@@ -504,7 +505,7 @@ impl Fetcher {
         job: &Job,
         fi: usize,
         locks: &HashMap<usize, SpanLock>,
-        watch: &[Option<Arc<Flight>>],
+        watch: &[Option<super::Lane>],
     ) -> Option<super::store::Room<'_>> {
         let (true, Some(store), Some(f)) = (
             locks.contains_key(&fi),
@@ -515,7 +516,7 @@ impl Fetcher {
         };
         let bytes = u64::from(f.ulen);
         if job.background {
-            let joined = || watch.iter().flatten().any(|f| f.joined());
+            let joined = || watch.iter().flatten().any(|l| joined(l));
             if !joined() {
                 let limit = self.cfg.commit_backlog / 2;
                 self.metrics.prefetch_waiting.inc();

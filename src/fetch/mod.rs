@@ -151,10 +151,10 @@ struct Via<'a> {
     lock: Option<crate::cache::blobfile::SpanLock>,
     /// The backlog room the frame was decoded in, if reserved.
     room: Option<store::Room<'a>>,
-    /// For a background job: the flights of this frame and the job's later
-    /// ones. Once an on-demand read joined one, no wait for the disk
-    /// holds the job up.
-    watch: &'a [Option<Arc<Flight>>],
+    /// For a background job: the lane states of this frame's flight and
+    /// the job's later ones. Once an on-demand read joined one, no wait
+    /// for the disk holds the job up.
+    watch: &'a [Option<Lane>],
 }
 
 /// Which lane owns a flight. On-demand reads never wait on the
@@ -183,27 +183,32 @@ struct Launched {
     started: u64,
 }
 
+/// A flight's lane state ([`Flight::lane`]).
+type Lane = Arc<std::sync::atomic::AtomicU8>;
+
 /// One frame being fetched; readers wait on it.
 #[derive(Default)]
 struct Flight {
     done: Mutex<Option<FlightResult>>,
     cv: Condvar,
-    /// [`FG`], [`BG_QUEUED`] or [`BG_RUNNING`].
-    lane: std::sync::atomic::AtomicU8,
+    /// [`FG`], [`BG_QUEUED`], [`BG_RUNNING`] or [`BG_JOINED`]; shared
+    /// with the background job fetching it, which watches for a join
+    /// without holding the flight (and so its result: a decoded frame).
+    lane: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// Whether a flight's `lane` says an on-demand read joined it while a
+/// background worker fetched it ([`BG_JOINED`]).
+fn joined(lane: &std::sync::atomic::AtomicU8) -> bool {
+    lane.load(std::sync::atomic::Ordering::Acquire) == BG_JOINED
 }
 
 impl Flight {
     fn new(lane: u8) -> Flight {
         Flight {
-            lane: lane.into(),
+            lane: Arc::new(lane.into()),
             ..Flight::default()
         }
-    }
-
-    /// Whether an on-demand read joined it while a background worker
-    /// fetched it ([`BG_JOINED`]).
-    fn joined(&self) -> bool {
-        self.lane.load(std::sync::atomic::Ordering::Acquire) == BG_JOINED
     }
 
     /// Moves the flight from lane state `from` to `to`; false if it was
@@ -540,10 +545,13 @@ impl Fetcher {
     }
 
     /// The flight of frame `key`, if it is being fetched.
-    /// The flight of each frame of `blob` stored at `coffs`, if it has one.
-    fn flights_of(&self, blob: u32, coffs: impl Iterator<Item = u64>) -> Vec<Option<Arc<Flight>>> {
+    /// The lane state of the flight of each frame of `blob` stored at
+    /// `coffs`, if it has one (see [`Flight::lane`]).
+    fn lanes_of(&self, blob: u32, coffs: impl Iterator<Item = u64>) -> Vec<Option<Lane>> {
         let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        coffs.map(|c| flights.get(&(blob, c)).cloned()).collect()
+        coffs
+            .map(|c| flights.get(&(blob, c)).map(|f| f.lane.clone()))
+            .collect()
     }
 
     fn flight(&self, key: &Key) -> Option<Arc<Flight>> {
@@ -751,7 +759,7 @@ impl Fetcher {
         // Only under its span lock may a frame be written: nobody else then
         // writes the same bytes, and the cache never writes over ready ones.
         let to_disk = commit && how.lock.is_some() && self.disk(blob).is_some();
-        let joined = || how.watch.iter().flatten().any(|f| f.joined());
+        let joined = || how.watch.iter().flatten().any(|l| joined(l));
         if !(how.background && to_disk) || joined() {
             self.memory.put(key, frame.clone());
         }
