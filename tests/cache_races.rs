@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 const SIZE: usize = 64 << 10;
 
+/// The longest a gate holds a storage call its test has not released.
+const HOLD: Duration = Duration::from_secs(60);
+
 /// Real storage, except that the `block_at`-th hole punch (1-based) blocks
 /// until released; counts data writes.
 #[derive(Debug, Default)]
@@ -71,8 +74,11 @@ impl Storage for PunchGate {
             let mut s = self.state.lock().unwrap();
             s.0 = true;
             self.cv.notify_all();
-            while !s.1 {
-                s = self.cv.wait(s).unwrap();
+            // Bounded: a test that fails before releasing must not leave
+            // the sealer (or an opener) blocked for ever.
+            let until = Instant::now() + HOLD;
+            while !s.1 && Instant::now() < until {
+                s = self.cv.wait_timeout(s, HOLD).unwrap().0;
             }
         }
         rafs::cache::io::Real.punch_hole(f, p, o, l)
@@ -204,8 +210,11 @@ impl Storage for DirSyncGate {
         if !s.0 {
             s.0 = true;
             self.cv.notify_all();
-            while !s.1 {
-                s = self.cv.wait(s).unwrap();
+            // Bounded: a test that fails before releasing must not leave
+            // the sealer (or an opener) blocked for ever.
+            let until = Instant::now() + HOLD;
+            while !s.1 && Instant::now() < until {
+                s = self.cv.wait_timeout(s, HOLD).unwrap().0;
             }
         }
         drop(s);
