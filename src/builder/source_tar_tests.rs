@@ -354,6 +354,17 @@ fn huge_pax_layer(etype: EntryType) -> Vec<u8> {
     zstd_layer(&head, b'x', CLAIMED - 19, &tail)
 }
 
+/// Fails unless building a layer of `layer_len` bytes grew the peak RSS
+/// by less than [`RSS_BOUND`].
+fn assert_bounded(grew: u64, layer_len: u64) {
+    assert!(
+        grew < RSS_BOUND,
+        "building a {} KiB layer grew the peak RSS by {} MiB",
+        layer_len >> 10,
+        grew >> 20
+    );
+}
+
 #[test]
 fn skipped_entry_data_is_not_buffered() {
     // A directory claiming 512 MiB of data, which the tar crate skips (the
@@ -364,12 +375,7 @@ fn skipped_entry_data_is_not_buffered() {
     let layer = zstd_layer(dir.as_bytes(), 0, CLAIMED, &tail);
     let c = Case::new();
     let (built, grew) = peak_rss_growth(|| c.build(&layer));
-    assert!(
-        grew < RSS_BOUND,
-        "building a {} KiB layer grew the peak RSS by {} MiB",
-        layer.len() >> 10,
-        grew >> 20
-    );
+    assert_bounded(grew, layer.len() as u64);
     assert_eq!(built.inode("d").mode.get(), S_IFDIR | 0o755);
     assert_eq!(built.read("f"), b"after");
 }
@@ -381,12 +387,7 @@ fn oversized_extension_headers_are_a_corrupt_archive() {
     let c = Case::new();
     let layer = c.write("layer", &huge_pax_layer(EntryType::XHeader));
     let (built, grew) = peak_rss_growth(|| build(&opts(&layer, &c.out())));
-    assert!(
-        grew < RSS_BOUND,
-        "a {} KiB layer grew the peak RSS by {} MiB",
-        fs::metadata(&layer).unwrap().len() >> 10,
-        grew >> 20
-    );
+    assert_bounded(grew, fs::metadata(&layer).unwrap().len());
     let err = built.unwrap_err();
     assert!(!c.out().exists(), "failed build left OUTDIR behind");
     let capped = |err: &BuildError| {
@@ -411,11 +412,6 @@ fn global_pax_header_data_is_skipped_not_buffered() {
     let layer = huge_pax_layer(EntryType::XGlobalHeader);
     let c = Case::new();
     let (built, grew) = peak_rss_growth(|| c.build(&layer));
-    assert!(
-        grew < RSS_BOUND,
-        "building a {} KiB layer grew the peak RSS by {} MiB",
-        layer.len() >> 10,
-        grew >> 20
-    );
+    assert_bounded(grew, layer.len() as u64);
     assert_eq!(built.read("f"), b"after");
 }
