@@ -194,7 +194,7 @@ struct Flight {
     /// [`FG`], [`BG_QUEUED`], [`BG_RUNNING`] or [`BG_JOINED`]; shared
     /// with the background job fetching it, which watches for a join
     /// without holding the flight (and so its result: a decoded frame).
-    lane: Arc<std::sync::atomic::AtomicU8>,
+    lane: Lane,
 }
 
 /// Whether a flight's `lane` says an on-demand read joined it while a
