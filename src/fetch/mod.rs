@@ -544,7 +544,6 @@ impl Fetcher {
         out
     }
 
-    /// The flight of frame `key`, if it is being fetched.
     /// The lane state of the flight of each frame of `blob` stored at
     /// `coffs`, if it has one (see [`Flight::lane`]).
     fn lanes_of(&self, blob: u32, coffs: impl Iterator<Item = u64>) -> Vec<Option<Lane>> {
@@ -554,6 +553,8 @@ impl Fetcher {
             .collect()
     }
 
+    /// The flight of frame `key`, if it is being fetched.
+    #[cfg(test)]
     fn flight(&self, key: &Key) -> Option<Arc<Flight>> {
         self.flights
             .lock()
@@ -575,10 +576,14 @@ impl Fetcher {
             return Err(self.chunk_error(key, ChunkError::Decompress("no such frame".into())));
         };
         loop {
-            // `launch` starts a flight, or promotes a queued background one,
-            // unless the frame is in memory already.
-            self.launch(vec![(key.0, fi)], deadline, false);
-            match self.flight(&key) {
+            // Starts a flight, or promotes a queued background one (or
+            // joins a running one), unless the frame is in memory already.
+            // The flight comes from the same look-up under the flights
+            // lock: a background flight queued just after could otherwise
+            // be waited on unpromoted, behind the prefetch lane.
+            let mut launched =
+                self.launch_flights(vec![(key.0, fi)], deadline, false, self.cfg.max_request);
+            match launched.flights.remove(&(key.0, fi)) {
                 Some(f) => return self.wait_flight(&f, deadline),
                 None => {
                     if let Some(f) = self.in_memory(&key) {
@@ -587,9 +592,9 @@ impl Fetcher {
                     if let Some(f) = self.load_verified(key.0, fi) {
                         return Ok(f);
                     }
-                    // Finished between `launch` and `flight` and already
-                    // gone from memory (a prefetched frame committed to the
-                    // disk): go round again, the next launch refetches.
+                    // In memory or staged at the launch and gone since
+                    // (evicted, or committed to the disk and not loadable):
+                    // go round again, the next launch refetches.
                     if Instant::now() >= deadline {
                         self.metrics.read_timeouts.inc();
                         return Err(FetchError::Timeout(self.cfg.read_timeout));
@@ -612,14 +617,10 @@ impl Fetcher {
     }
 
     /// Starts fetching `frames` that nobody fetches yet, coalesced into
-    /// range requests, in the on-demand or the background lane.
-    pub(crate) fn launch(&self, frames: Vec<(u32, usize)>, deadline: Instant, background: bool) {
-        self.launch_flights(frames, deadline, background, self.cfg.max_request);
-    }
-
-    /// [`Fetcher::launch`] in requests of at most `max_request` stored
-    /// bytes, returning the flight of every frame that has one now (new,
-    /// joined or promoted); frames without one were in memory already.
+    /// range requests of at most `max_request` stored bytes, in the
+    /// on-demand or the background lane, returning the flight of every
+    /// frame that has one now (new, joined or promoted); frames without one
+    /// were in memory already.
     fn launch_flights(
         &self,
         mut frames: Vec<(u32, usize)>,
@@ -876,10 +877,29 @@ impl Fetcher {
     pub fn cancel_prefetch(&self) {
         let err = Arc::new(FetchError::Cancelled);
         while let Ok(job) = self.bg_queue.try_recv() {
-            for fi in self.take_background(job.blob, &job.frames) {
-                self.publish_err(job.blob, fi, err.clone());
+            for flight in self.drop_queued(job.blob, &job.frames) {
+                flight.set(Err(err.clone()));
             }
         }
+    }
+
+    /// Removes the flights of a dropped background job's frames that are
+    /// still queued (not promoted) from the flights map, in one hold of its
+    /// lock: an on-demand read can then neither join one of them before
+    /// its `Cancelled` result nor find it after (it starts its own).
+    fn drop_queued(&self, blob: u32, frames: &[usize]) -> Vec<Arc<Flight>> {
+        let bf = &self.index.blobs[blob as usize];
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        frames
+            .iter()
+            .filter_map(|&fi| {
+                let key = (blob, bf.frames.get(fi)?.coff);
+                let queued = flights
+                    .get(&key)
+                    .is_some_and(|f| f.take(BG_QUEUED, BG_RUNNING));
+                queued.then(|| flights.remove(&key)).flatten()
+            })
+            .collect()
     }
 
     /// The frames of a background job this lane still owns, now marked
