@@ -2,7 +2,8 @@
 //! forced through the storage seam (no timing): an eviction must never
 //! punch a frame that a fetch may be writing (set bits over a hole read as
 //! zeros), two processes opening one cache at once must end up on one map,
-//! and a hostile generation counter in the map must not panic a hit.
+//! a hostile generation counter in the map must not panic a hit, and a
+//! frame an eviction leaves on the disk stays counted in the quota.
 
 mod common;
 
@@ -326,4 +327,83 @@ fn a_map_generation_of_u64_max_does_not_panic_a_hit() {
     let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_file(&fs, "f00")));
     assert!(got.is_ok(), "a hostile generation value panicked the read");
     assert_eq!(got.unwrap(), want);
+}
+
+/// Bytes the data files under `dir` hold on the disk (sparse files:
+/// allocated blocks).
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .map(|p| std::fs::metadata(p).unwrap().blocks() * 512)
+        .sum()
+}
+
+// An eviction leaves a frame some fetch has claimed on the disk; that
+// frame must stay counted in the quota. Before, it left the count when
+// picked, and only a commit of it counted it again: a claimer that finds
+// the frame ready commits nothing, so the disk kept it uncounted (the
+// quota could be exceeded by every such frame until the next mount).
+#[test]
+fn a_frame_an_eviction_leaves_on_the_disk_stays_counted_in_the_quota() {
+    let work = common::tempdir();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(src.join(format!("f{i:02}")), random_bytes(91 + i, SIZE)).unwrap();
+    }
+    let out = work.path().join("image");
+    let bootstrap = common::create(&src, &out, &["--chunk-size", "64K", "--batch-size", "0"]);
+    let cache = work.path().join("cache");
+    let cfg = FetchConfig {
+        cache_dir: Some(cache.clone()),
+        // 2 frames fit; a third evicts down to 15/16 of 130K: both older frames.
+        cache_limit: Some(130 << 10),
+        readahead: 0,
+        widen: 0,
+        ..FetchConfig::default()
+    };
+    let fs = RafsFs::new(
+        Image::open(&bootstrap).unwrap(),
+        Arc::new(FileBackend::new(out.join("blobs"))),
+        cfg,
+    )
+    .unwrap();
+    let settle = || assert!(fs.fetcher().settle(Duration::from_secs(30)));
+    for name in ["f00", "f01"] {
+        read_file(&fs, name);
+        settle();
+    }
+    // "Another process" holds the claim on f00, the oldest frame (stored
+    // first: the data file's first 64 KiB).
+    let data = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "data"))
+        .unwrap();
+    let blob = BlobId::from_hex(data.file_stem().unwrap().to_str().unwrap()).unwrap();
+    let size = std::fs::metadata(&data).unwrap().len();
+    let (other, _) = rafs::cache::CacheFile::open(&cache, &blob, size).unwrap();
+    let claim = other
+        .try_lock_span(0, SIZE as u64)
+        .unwrap()
+        .expect("f00 unclaimed");
+    // Reading f02 evicts f01 and leaves f00, which is claimed.
+    read_file(&fs, "f02");
+    settle();
+    let m = fs.fetcher().metrics();
+    assert_eq!(m.evictions.get(), 1, "only f01 is evicted");
+    assert_eq!(
+        disk_bytes(&cache),
+        2 * SIZE as u64,
+        "f00 and f02 on the disk"
+    );
+    assert_eq!(
+        m.cache_usage.get(),
+        disk_bytes(&cache),
+        "the quota counts what the disk holds"
+    );
+    drop(claim);
 }

@@ -620,9 +620,29 @@ impl Store {
             self.metrics.cache_usage.set(q.usage);
             victims
         };
-        for (blob, fi, len) in victims {
-            self.evict(blob, fi, len);
+        let kept: Vec<_> = victims
+            .into_iter()
+            .filter(|&(blob, fi, len)| !self.evict(blob, fi, len))
+            .collect();
+        if !kept.is_empty() {
+            self.recount(kept);
         }
+    }
+
+    /// Counts again in the quota the victims an eviction left on the disk
+    /// (claimed by a fetch, or the punch failed), as just used: otherwise
+    /// a frame its claimer finds ready (and so never commits) would stay
+    /// on the disk uncounted until the next mount.
+    fn recount(&self, kept: Vec<(u32, usize, u64)>) {
+        let mut q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
+        for (blob, fi, len) in kept {
+            let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+            // Committed again meanwhile: already counted (the stamp is set).
+            if self.stamps[blob as usize][fi].swap(now, Ordering::Relaxed) == 0 {
+                q.usage += len;
+            }
+        }
+        self.metrics.cache_usage.set(q.usage);
     }
 
     /// The least recently used frames to evict for usage to drop to
@@ -660,12 +680,14 @@ impl Store {
         Some(cover.end - cover.start)
     }
 
-    fn evict(&self, blob: u32, frame: usize, len: u64) {
+    /// Punches frame `frame` of `blob` out of the disk cache; false if it
+    /// is left there (claimed, or the punch failed).
+    fn evict(&self, blob: u32, frame: usize, len: u64) -> bool {
         let Some(Some(cache)) = self.caches.get(blob as usize) else {
-            return;
+            return true;
         };
         let Some(f) = self.index.blobs[blob as usize].frames.get(frame) else {
-            return;
+            return true;
         };
         let cover = f.cover(cache.data().size());
         let len_cover = cover.end - cover.start;
@@ -674,18 +696,22 @@ impl Store {
         // that write, it would leave set bits over a hole, read as zeros.
         // So only a frame nobody claims is evicted, and its span is held
         // through the punch (a fetch claiming it then waits, and finds it
-        // gone). A claimed one stays; it is accounted again when committed.
+        // gone). A claimed one stays, counted again ([`Store::recount`]).
         let span = cache.data().try_lock_span_apart(cover.start, len_cover);
         let Ok(Some(_span)) = span else {
-            return;
+            return false;
         };
         let ranges = cache.ranges_touching(cover.start, len_cover);
         match cache.punch(ranges) {
             Ok(()) => {
                 self.metrics.evictions.inc();
                 self.metrics.evicted_bytes.inc_by(len);
+                true
             }
-            Err(e) => tracing::warn!(blob, "eviction failed: {e}"),
+            Err(e) => {
+                tracing::warn!(blob, "eviction failed: {e}");
+                false
+            }
         }
     }
 }
