@@ -591,12 +591,14 @@ fn read_entries(
     let (stream, recorder) = super::pax::Recorder::new(stream);
     let mut archive = tar::Archive::new(stream);
     let entries = archive.entries().map_err(|e| corrupt(name, e))?;
-    // Offset of the first header after the previous entry's data.
-    let mut next_header = 0u64;
+    // Offset of the first header after the previous entry's data, if known.
+    let mut next_header = Some(0u64);
     for entry in entries {
         let mut entry = entry.map_err(|e| corrupt(name, e))?;
-        let raw_pax = recorder.pax_before(next_header, entry.raw_header_position());
+        let raw_pax =
+            next_header.and_then(|from| recorder.pax_before(from, entry.raw_header_position()));
         recorder.pause();
+        let (data_len, exact) = stored_data(&mut entry);
         add_entry(
             &mut tree,
             marks,
@@ -605,18 +607,50 @@ fn read_entries(
             emit,
             raw_pax.as_deref(),
         )?;
-        let header = entry.header();
-        let stored = if header.entry_type().is_gnu_sparse() {
-            header.entry_size().unwrap_or(0)
-        } else {
-            entry.size()
-        };
-        next_header = entry
+        let end = entry
             .raw_file_position()
-            .saturating_add(stored.div_ceil(512).saturating_mul(512));
-        recorder.restart_at(next_header);
+            .saturating_add(data_len.div_ceil(512).saturating_mul(512));
+        // Recording restarts at `end` in any case, so the headers before
+        // the next entry stay under the recorder's cap.
+        recorder.restart_at(end);
+        next_header = exact.then_some(end);
     }
     Ok(tree)
+}
+
+/// How many bytes of `entry`'s data follow its position in the stream
+/// (`raw_file_position`), as the `tar` crate steps over them, and whether
+/// the next header starts right after them.
+///
+/// For most entries that is `entry.size()` (the PAX `size` record, else the
+/// header's). A GNU sparse entry's size is its expanded size: its stored
+/// data is the PAX `size` record's, else the header's. When its sparse map
+/// goes on in extension headers, they come between the position and the
+/// data, and the `tar` crate does not say how many there were: then the
+/// next header's offset is unknown (false), and the next entry's PAX
+/// records come from the `tar` crate's parser, never from bytes at a
+/// guessed offset, which a crafted sparse file's data could fake.
+fn stored_data<R: Read>(entry: &mut tar::Entry<'_, R>) -> (u64, bool) {
+    let header = entry.header();
+    if !header.entry_type().is_gnu_sparse() {
+        return (entry.size(), true);
+    }
+    let extended = header.as_gnu().is_some_and(|g| g.is_extended());
+    let header_size = header.entry_size().unwrap_or(0);
+    (pax_size(entry).unwrap_or(header_size), !extended)
+}
+
+/// The PAX `size` record as the `tar` crate reads it: the first `size`
+/// key, none if a record before it is malformed or its value is not a
+/// number.
+fn pax_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> Option<u64> {
+    for ext in entry.pax_extensions().ok()?? {
+        let ext = ext.ok()?;
+        if ext.key() == Ok("size") {
+            return ext.value().ok()?.parse().ok();
+        }
+    }
+    None
 }
 
 #[cfg(test)]

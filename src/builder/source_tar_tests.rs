@@ -344,8 +344,14 @@ fn zstd_layer(head: &[u8], fill: u8, n: u64, tail: &[u8]) -> Vec<u8> {
 /// A zstd layer: an extension header of type `etype` whose data is one
 /// valid PAX record (`comment`) of 512 MiB, then a file `f`.
 fn huge_pax_layer(etype: EntryType) -> Vec<u8> {
+    huge_pax_layer_after(&[], etype)
+}
+
+/// [`huge_pax_layer`] after the archive bytes `before`.
+fn huge_pax_layer_after(before: &[u8], etype: EntryType) -> Vec<u8> {
     const CLAIMED: u64 = 512 << 20;
     let head = [
+        before,
         header("pax", etype, CLAIMED, 0o644).as_bytes(),
         &b"536870912 comment="[..],
     ]
@@ -414,4 +420,108 @@ fn global_pax_header_data_is_skipped_not_buffered() {
     let (built, grew) = peak_rss_growth(|| c.build(&layer));
     assert_bounded(grew, layer.len() as u64);
     assert_eq!(built.read("f"), b"after");
+}
+
+/// A GNU sparse entry `s` whose header claims `claimed` bytes of data,
+/// with four 512-byte segments stored (2 KiB of 'a'), after a PAX header
+/// whose `size` record says 2048 (the stored bytes, which the `tar` crate
+/// goes by).
+fn gnu_sparse_with_pax_size(claimed: u64) -> Vec<u8> {
+    let mut pax = Tar::new();
+    pax.pax(&[("size", b"2048")]);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_path("s").unwrap();
+    h.set_size(claimed);
+    h.set_mode(0o644);
+    h.set_mtime(1_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let gnu = h.as_gnu_mut().unwrap();
+    for (i, seg) in gnu.sparse.iter_mut().enumerate() {
+        seg.set_offset(i as u64 * 1024);
+        seg.set_length(512);
+    }
+    gnu.set_real_size(3 * 1024 + 512);
+    h.set_cksum();
+    [pax.0.get_ref().as_slice(), h.as_bytes(), &[b'a'; 2048]].concat()
+}
+
+// A GNU sparse entry's data is as long as its PAX `size` record says when
+// it has one (the `tar` crate steps over that much); the builder went by
+// the header's size field, so a header claiming 1 GiB moved the recording
+// of the next headers 1 GiB on, past a 512 MiB PAX header that the `tar`
+// crate then read whole, outside the 16 MiB cap (+2.3 GiB, and the build
+// succeeded).
+#[test]
+fn a_sparse_entry_cannot_move_the_next_headers_out_of_the_cap() {
+    let layer = huge_pax_layer_after(&gnu_sparse_with_pax_size(1 << 30), EntryType::XHeader);
+    let c = Case::new();
+    let path = c.write("layer", &layer);
+    let (built, grew) = peak_rss_growth(|| build(&opts(&path, &c.out())));
+    assert_bounded(grew, fs::metadata(&path).unwrap().len());
+    let err = built.unwrap_err();
+    assert!(
+        matches!(err, BuildError::CorruptArchive { .. }) && err.to_string().contains("16 MiB"),
+        "{err}"
+    );
+    // The same entry without the huge header after it builds: its size is
+    // its segments' extent, its data the stored 2 KiB.
+    let ok = [
+        gnu_sparse_with_pax_size(1 << 30),
+        Tar::new().file("f", b"after").bytes(),
+    ]
+    .concat();
+    let c = Case::new();
+    let built = c.build(&ok);
+    let s = built.read("s");
+    assert_eq!(s.len(), 3 * 1024 + 512);
+    assert!(s.chunks(1024).all(|k| k[..512] == [b'a'; 512]));
+    assert_eq!(built.read("f"), b"after");
+}
+
+// A sparse map going on in an extension header: the data starts after it,
+// so the next header's offset is not known from the entry; the next
+// entry's PAX records then come from the `tar` crate's parser.
+#[test]
+fn a_sparse_map_in_extension_headers_and_the_next_pax_path() {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_path("s").unwrap();
+    h.set_size(5 * 512);
+    h.set_mode(0o644);
+    h.set_mtime(1_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let gnu = h.as_gnu_mut().unwrap();
+    for (i, seg) in gnu.sparse.iter_mut().enumerate() {
+        seg.set_offset(i as u64 * 1024);
+        seg.set_length(512);
+    }
+    gnu.set_real_size(4 * 1024 + 512);
+    gnu.set_is_extended(true);
+    h.set_cksum();
+    let mut ext = tar::GnuExtSparseHeader::new();
+    ext.sparse[0].set_offset(4 * 1024);
+    ext.sparse[0].set_length(512);
+    let mut next = Tar::new();
+    next.pax(&[("path", b"long/name")]).file("short", b"after");
+    let layer = [
+        &h.as_bytes()[..],
+        ext.as_bytes(),
+        &[b'a'; 4 * 512],
+        &[b'b'; 512],
+        &next.bytes(),
+    ]
+    .concat();
+    let c = Case::new();
+    let built = c.build(&layer);
+    let s = built.read("s");
+    assert_eq!(s.len(), 4 * 1024 + 512);
+    assert_eq!(
+        &s[4096..],
+        &[b'b'; 512][..],
+        "the segment of the extension header"
+    );
+    assert_eq!(built.read("long/name"), b"after");
 }
