@@ -67,7 +67,10 @@
 #
 # Targets (issue 12), printed met / NOT met per command: cold <= 1.5x floor;
 # cold >= 12x faster than pull; cold fetched <= 1.2x needed; listmount >= 20x
-# faster than pull.
+# faster than pull. Printed before them: the bounds no fetch in whole frames
+# can beat (the frames' bytes at the link rate against pull, and against
+# needed), to tell a target out of reach of the image's frames from one the
+# fetcher misses.
 #
 # TLS (RAFS_BENCH_TLS=1): `openssl req -x509` makes a cert (SAN 127.0.0.1)
 # in the bench dir; curl gets --cacert; rafs gets --backend
@@ -661,6 +664,15 @@ report_targets() {
       "cold/floor $(py "f'{$cold / $floor:.2f}'"); fetched/needed $(py "f'{$fetched / max($needed, 1):.2f}'")"
   fi
   echo "pull/cold $(py "f'{$pull_ns / $cold:.1f}'")$([ "$lm" = - ] || echo "; pull/listmount $(py "f'{$pull_ns / $lm:.1f}'")")"
+  if [ "$in_frames" != - ] && [ "$needed" != - ]; then
+    # What no fetch in whole frames can beat, with any list or prediction:
+    # moving those frames over the link (the command's CPU may overlap).
+    local least
+    least=$(py "int($in_frames * 8 / ($rate_mbit * 1e6) * 1e9)")
+    echo "bounds of any fetch in whole frames: $(human "$in_frames") take $(secs "$least") s at ${rate_mbit} Mbit/s," \
+      "so pull/(cold or listmount) <= $(py "f'{$pull_ns / max($least, 1):.1f}'")" \
+      "and fetched/needed >= $(py "f'{$in_frames / max($needed, 1):.2f}'")"
+  fi
   echo
   verdict() { py "'met' if $1 else 'NOT met'"; }
   if [ "$needed" != - ]; then
