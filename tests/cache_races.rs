@@ -329,18 +329,6 @@ fn a_map_generation_of_u64_max_does_not_panic_a_hit() {
     assert_eq!(got.unwrap(), want);
 }
 
-/// Bytes the data files under `dir` hold on the disk (sparse files:
-/// allocated blocks).
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "data"))
-        .map(|p| std::fs::metadata(p).unwrap().blocks() * 512)
-        .sum()
-}
-
 // An eviction leaves a frame some fetch has claimed on the disk; that
 // frame must stay counted in the quota. Before, it left the count when
 // picked, and only a commit of it counted it again: a claimer that finds
@@ -390,20 +378,31 @@ fn a_frame_an_eviction_leaves_on_the_disk_stays_counted_in_the_quota() {
         .try_lock_span(0, SIZE as u64)
         .unwrap()
         .expect("f00 unclaimed");
-    // Reading f02 evicts f01 and leaves f00, which is claimed.
+    // Reading f02 evicts f01 and leaves f00, which is claimed. The
+    // committer evicts after it has sealed f02 (after `settle` may
+    // return): poll until the quota and the disk agree.
     read_file(&fs, "f02");
     settle();
     let m = fs.fetcher().metrics();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (evicted, quota) = (m.evictions.get(), m.cache_usage.get());
+        let disk = common::cache_allocated(&cache);
+        if evicted >= 1 && quota == disk {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the quota does not count what the disk holds: {evicted} evicted, \
+             quota {quota} B, disk {disk} B"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(m.evictions.get(), 1, "only f01 is evicted");
     assert_eq!(
-        disk_bytes(&cache),
+        common::cache_allocated(&cache),
         2 * SIZE as u64,
         "f00 and f02 on the disk"
-    );
-    assert_eq!(
-        m.cache_usage.get(),
-        disk_bytes(&cache),
-        "the quota counts what the disk holds"
     );
     drop(claim);
 }

@@ -21,7 +21,6 @@ use common::mount::{force_unmount, signal, Mounted};
 use common::nginx::Nginx;
 use common::reads::{regular_files, Rng};
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -122,16 +121,6 @@ fn random_tree(root: &Path, n: u64, size: usize) {
     }
 }
 
-/// Bytes allocated by the cache's data files.
-fn allocated(cache: &Path) -> u64 {
-    std::fs::read_dir(cache)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "data"))
-        .map(|p| std::fs::metadata(p).unwrap().blocks() * 512)
-        .sum()
-}
-
 #[test]
 fn cache_size_limit_holds_while_reads_stay_correct() {
     const LIMIT: u64 = 4 << 20;
@@ -163,7 +152,7 @@ fn cache_size_limit_holds_while_reads_stay_correct() {
     common::wait_until(
         &format!("the cache to shrink to {LIMIT} bytes"),
         Duration::from_secs(10),
-        || allocated(&cache) <= LIMIT,
+        || common::cache_allocated(&cache) <= LIMIT,
     );
     assert!(common::metric(&sock, "rafs_cache_usage_bytes") <= LIMIT as f64);
     assert!(common::metric(&sock, "rafs_cache_evictions_total") > 0.0);

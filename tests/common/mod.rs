@@ -358,3 +358,15 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
 
 // After `args!`, which it uses.
 pub mod umoci;
+
+/// Bytes the disk cache under `dir` holds: the blocks allocated to its
+/// data files (sparse: a hole takes none).
+pub fn cache_allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .map(|p| std::fs::metadata(p).unwrap().blocks() * 512)
+        .sum()
+}
