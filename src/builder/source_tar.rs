@@ -628,8 +628,8 @@ fn read_entries(
 /// goes on in extension headers, they come between the position and the
 /// data, and the `tar` crate does not say how many there were: then the
 /// next header's offset is unknown (false), and the next entry's PAX
-/// records come from the `tar` crate's parser, never from bytes at a
-/// guessed offset, which a crafted sparse file's data could fake.
+/// records come from the `tar` crate's parser, not from a walk of the
+/// recorded headers starting at a guessed offset.
 fn stored_data<R: Read>(entry: &mut tar::Entry<'_, R>) -> (u64, bool) {
     let header = entry.header();
     if !header.entry_type().is_gnu_sparse() {

@@ -636,9 +636,12 @@ impl Store {
     fn recount(&self, kept: Vec<(u32, usize, u64)>) {
         let mut q = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
         for (blob, fi, len) in kept {
+            let Some(stamp) = self.stamps.get(blob as usize).and_then(|v| v.get(fi)) else {
+                continue;
+            };
             let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
             // Committed again meanwhile: already counted (the stamp is set).
-            if self.stamps[blob as usize][fi].swap(now, Ordering::Relaxed) == 0 {
+            if stamp.swap(now, Ordering::Relaxed) == 0 {
                 q.usage += len;
             }
         }
