@@ -352,3 +352,108 @@ fn a_multi_platform_layout_resolves_to_the_platform() {
     assert_eq!(from_registry["source_digest"], other_digest.as_str());
     assert_eq!(from_registry["digest"], theirs["digest"], "same image");
 }
+
+/// An index entry's platform variant is matched as docker and containerd
+/// match it: `linux/amd64` is the baseline, not `amd64/v3` listed first;
+/// `arm64/v8` is plain `arm64`; `linux/arm` is `arm/v7`, ahead of `v6`
+/// listed first, with `v6` the fallback when there is no `v7`.
+#[test]
+fn index_platform_variants_are_matched_as_containerd_does() {
+    let work = common::tempdir();
+    let ls = layers();
+    let layout = work.path().join("layout");
+    let (full, _, _) = write_layout(&layout, "x", &ls);
+    let other = work.path().join("other");
+    let (bottom, _, _) = write_layout(&other, "x", &ls[..1]);
+    for e in std::fs::read_dir(other.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), layout.join("blobs/sha256").join(e.file_name())).unwrap();
+    }
+    // The two manifests' descriptors, before index.json is rewritten.
+    let desc = |dir: &Path| {
+        let i: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let mut e = i["manifests"][0].clone();
+        e.as_object_mut().unwrap().remove("annotations");
+        e
+    };
+    let (bottom_desc, full_desc) = (desc(&other), desc(&layout));
+    let entry = |d: &Value, platform: Value| {
+        let mut e = d.clone();
+        e["platform"] = platform;
+        e
+    };
+    let p = |arch: &str, variant: Option<&str>| {
+        let mut v = serde_json::json!({"os": "linux", "architecture": arch});
+        if let Some(variant) = variant {
+            v["variant"] = variant.into();
+        }
+        v
+    };
+    let cases = [
+        // (index entries: bottom-layer image, full image), --platform, expected
+        (
+            p("amd64", Some("v3")),
+            p("amd64", None),
+            "linux/amd64",
+            &full,
+        ),
+        (
+            p("amd64", Some("v3")),
+            p("amd64", Some("v1")),
+            "linux/amd64",
+            &full,
+        ),
+        (
+            p("arm", Some("v6")),
+            p("arm", Some("v7")),
+            "linux/arm",
+            &full,
+        ),
+        (
+            p("arm", Some("v6")),
+            p("s390x", None),
+            "linux/arm/v7",
+            &bottom,
+        ),
+        (
+            p("arm64", None),
+            p("s390x", None),
+            "linux/arm64/v8",
+            &bottom,
+        ),
+        (
+            p("s390x", None),
+            p("arm64", Some("v8")),
+            "linux/arm64",
+            &full,
+        ),
+    ];
+    for (i, (a, b, platform, want)) in cases.into_iter().enumerate() {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [entry(&bottom_desc, a.clone()), entry(&full_desc, b.clone())],
+        });
+        std::fs::write(
+            layout.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        let run = common::rafs(args![
+            "convert",
+            format!("oci:{}", layout.display()),
+            format!("oci:{}:c{i}", work.path().join("out").display()),
+            "--platform",
+            platform,
+            "--json",
+            "--no-progress"
+        ]);
+        assert!(run.status.success(), "{platform} of [{a}, {b}]: {run}");
+        assert_eq!(
+            json(&run)["source_digest"],
+            want.as_str(),
+            "{platform} of [{a}, {b}]"
+        );
+    }
+}

@@ -124,14 +124,52 @@ pub fn host_platform() -> String {
     format!("linux/{arch}")
 }
 
-/// Whether `p` (an index entry's `platform`) is `want` (`os/arch[/variant]`).
-fn platform_matches(p: &Value, want: &str) -> bool {
+/// How well index entry platform `p` fits `want` (`os/arch[/variant]`):
+/// `Some(0)` for the very platform, `Some(n)` for the n-th older variant
+/// a CPU of `want` also runs, `None` if it cannot run there. Variants are
+/// compared as containerd normalizes and orders them (`platforms.Only`),
+/// so that an index listing `amd64/v3` before plain `amd64` does not give
+/// a baseline `linux/amd64` the v3 image, and `arm64/v8` is `arm64`.
+fn platform_rank(p: &Value, want: &str) -> Option<usize> {
     let mut w = want.split('/');
     let get = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
-    let (os, arch, variant) = (w.next(), w.next(), w.next());
-    os == Some(get("os"))
-        && arch == Some(get("architecture"))
-        && variant.is_none_or(|v| v == get("variant"))
+    let (os, arch, variant) = (w.next()?, w.next()?, w.next().unwrap_or(""));
+    if os != get("os") || arch != get("architecture") {
+        return None;
+    }
+    let have = normal_variant(arch, get("variant"));
+    runnable_variants(arch, normal_variant(arch, variant))
+        .iter()
+        .position(|v| *v == have)
+}
+
+/// `variant` of `arch` as containerd normalizes it: amd64's `v1` and
+/// arm64's `v8` are the plain architecture, a plain `arm` is `arm/v7`.
+fn normal_variant<'a>(arch: &str, variant: &'a str) -> &'a str {
+    match (arch, variant) {
+        ("amd64", "v1") | ("arm64", "v8") => "",
+        ("arm", "") => "v7",
+        (_, v) => v,
+    }
+}
+
+/// The (normalized) variants of `arch` a CPU of `variant` runs, best
+/// first: itself, then the older amd64 levels down to the baseline, or
+/// the older arm versions down to `v5`.
+fn runnable_variants(arch: &str, variant: &str) -> Vec<String> {
+    let mut out = vec![variant.to_owned()];
+    let level = variant
+        .strip_prefix('v')
+        .and_then(|n| n.parse::<u32>().ok());
+    match (arch, level) {
+        ("amd64", Some(n)) => {
+            out.extend((2..n.min(5)).rev().map(|k| format!("v{k}")));
+            out.push(String::new());
+        }
+        ("arm", Some(n)) => out.extend((5..n.min(8)).rev().map(|k| format!("v{k}"))),
+        _ => {}
+    }
+    out
 }
 
 impl Source {
@@ -265,12 +303,12 @@ impl Source {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            // The best fit; the first listed among equals.
             let hit = entries
                 .iter()
-                .find(|e| {
-                    e.get("platform")
-                        .is_some_and(|p| platform_matches(p, platform))
-                })
+                .filter_map(|e| Some((platform_rank(e.get("platform")?, platform)?, e)))
+                .min_by_key(|(rank, _)| *rank)
+                .map(|(_, e)| e)
                 .ok_or_else(|| {
                     OciError::invalid(
                         format!("index {digest}"),
@@ -550,10 +588,17 @@ mod tests {
     #[test]
     fn platforms() {
         let p = serde_json::json!({"os": "linux", "architecture": "arm", "variant": "v7"});
-        assert!(platform_matches(&p, "linux/arm"));
-        assert!(platform_matches(&p, "linux/arm/v7"));
-        assert!(!platform_matches(&p, "linux/arm/v6"));
-        assert!(!platform_matches(&p, "linux/amd64"));
+        assert_eq!(platform_rank(&p, "linux/arm"), Some(0));
+        assert_eq!(platform_rank(&p, "linux/arm/v7"), Some(0));
+        assert_eq!(platform_rank(&p, "linux/arm/v8"), Some(1));
+        assert_eq!(platform_rank(&p, "linux/arm/v6"), None);
+        assert_eq!(platform_rank(&p, "linux/amd64"), None);
+        let v3 = serde_json::json!({"os": "linux", "architecture": "amd64", "variant": "v3"});
+        assert_eq!(platform_rank(&v3, "linux/amd64"), None);
+        assert_eq!(platform_rank(&v3, "linux/amd64/v4"), Some(1));
+        let plain = serde_json::json!({"os": "linux", "architecture": "amd64"});
+        assert_eq!(platform_rank(&plain, "linux/amd64/v3"), Some(2));
+        assert_eq!(platform_rank(&plain, "linux"), None);
     }
 
     fn verdict_of(data: &[u8], want: Content, read_all: bool) -> Result<(), OciError> {
