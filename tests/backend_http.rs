@@ -307,3 +307,74 @@ fn a_range_body_is_handed_over_as_it_arrives_and_checked_to_its_end() {
         assert!(got == want[..got.len()], "wrong bytes streamed");
     }
 }
+
+/// A server that answers one request with a `202` declaring `len` body
+/// bytes and then drips them, one every `every`, each well within the
+/// client's timeout, so only a deadline on the whole answer stops it.
+fn dripping_server(
+    len: usize,
+    every: std::time::Duration,
+) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/v2/r/blobs/uploads/",
+        listener.local_addr().unwrap()
+    );
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 2 {
+            line.clear();
+        }
+        let head = format!("HTTP/1.1 202 Accepted\r\nContent-Length: {len}\r\n\r\n");
+        conn.write_all(head.as_bytes()).unwrap();
+        for _ in 0..len {
+            std::thread::sleep(every);
+            // The client gave up: stop.
+            if conn.write_all(b"x").and_then(|()| conn.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    (url, server)
+}
+
+/// The push protocol's requests (`HttpClient::request`: HEAD, POST, PUT)
+/// end within `--request-timeout` even when the registry drips its answer's
+/// body a byte at a time, each byte well within the timeout.
+#[test]
+fn a_dripping_answer_to_a_push_request_ends_within_the_request_timeout() {
+    use rafs::backend::client::{HttpClient, SendData};
+    use std::time::{Duration, Instant};
+    let timeout = Duration::from_secs(1);
+    // 60 bytes, one per 100 ms: 6 s in all.
+    let (url, server) = dripping_server(60, Duration::from_millis(100));
+    let client = HttpClient::new(&BackendOptions {
+        request_timeout: timeout,
+        ..BackendOptions::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let r = client.request(
+        &BlobId([3; 32]),
+        "POST",
+        &url,
+        &[],
+        SendData::Empty,
+        64 << 10,
+    );
+    let took = started.elapsed();
+    server.join().unwrap();
+    match r {
+        Err(e @ BackendError::Transport { .. }) => {
+            assert!(took < timeout * 3, "{e} after {took:?}")
+        }
+        Err(e) => panic!("not a transport error: {e} after {took:?}"),
+        Ok(raw) => panic!(
+            "HTTP {} after {took:?}: no deadline on the body",
+            raw.status
+        ),
+    }
+}

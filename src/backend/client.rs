@@ -181,7 +181,14 @@ impl HttpClient {
     ) -> Result<Raw, BackendError> {
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|e| BackendError::Config(format!("{url}: {e}")))?;
-        let mut req = self.client_for(url)?.request(method, url);
+        // A deadline on the request as a whole, its answer's body
+        // included: the client's own timeout bounds each read of the body
+        // alone, so a registry dripping its answer could hold us for
+        // hours.
+        let mut req = self
+            .client_for(url)?
+            .request(method, url)
+            .timeout(self.timeout);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
