@@ -378,3 +378,35 @@ fn a_dripping_answer_to_a_push_request_ends_within_the_request_timeout() {
         ),
     }
 }
+
+/// A body that stalls past `--request-timeout` is a timeout (the
+/// `rafs_backend_errors_total{kind="timeout"}` label), not a plain
+/// transport error: for a range read streamed to its sink and for an
+/// answer read whole.
+#[test]
+fn a_body_stalled_past_the_request_timeout_is_a_timeout() {
+    use rafs::backend::client::HttpClient;
+    use std::time::Duration;
+    let id = BlobId([9; 32]);
+    let opts = BackendOptions {
+        request_timeout: Duration::from_secs(1),
+        ..BackendOptions::default()
+    };
+    let (url, open_gate, server) = held_back_server(1000, 100, 900);
+    let b = open(&format!("{url}{{blob}}"), &opts);
+    let streamed = b.read_range_to(&id, 0, 1000, &mut |_| {});
+    open_gate.send(()).unwrap();
+    server.join().unwrap();
+    let (url, open_gate, server) = held_back_server(1000, 100, 900);
+    let whole = HttpClient::new(&opts).unwrap().get(&id, &url, &[], 1 << 20);
+    open_gate.send(()).unwrap();
+    server.join().unwrap();
+    for (what, e) in [("streamed", streamed.err()), ("whole", whole.err())] {
+        let e = e.unwrap_or_else(|| panic!("{what}: no error"));
+        assert!(
+            matches!(e, BackendError::Transport { timeout: true, .. }),
+            "{what}: {e:?}"
+        );
+        assert_eq!(e.kind(), "timeout", "{what}");
+    }
+}

@@ -411,7 +411,7 @@ fn read_raw(blob: &BlobId, url: &str, resp: Response, cap: u64) -> Result<Raw, B
         return Err(BackendError::Transport {
             blob: *blob,
             detail: format!("{}: reading the body: {}", without_query(url), chain(&e)),
-            timeout: e.kind() == std::io::ErrorKind::TimedOut,
+            timeout: body_timed_out(&e),
         });
     }
     if body.len() as u64 > cap {
@@ -522,7 +522,7 @@ fn stream_body(
                 break Err(BackendError::Transport {
                     blob: *blob,
                     detail: format!("{}: reading the body: {}", without_query(url), chain(&e)),
-                    timeout: e.kind() == std::io::ErrorKind::TimedOut,
+                    timeout: body_timed_out(&e),
                 })
             }
         }
@@ -694,6 +694,17 @@ fn has_scheme(s: &str) -> bool {
 /// `url` without its query and fragment (they may hold signatures).
 fn without_query(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// Whether a body read failed on the request's deadline. reqwest reports
+/// it as an `io::Error` of kind `Other` around a timed-out
+/// `reqwest::Error`, so the kind alone does not tell (and the error would
+/// be counted as a plain transport failure, not a timeout).
+fn body_timed_out(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
 }
 
 fn timed_out(blob: &BlobId, url: &str) -> BackendError {
