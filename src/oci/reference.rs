@@ -1,6 +1,9 @@
 //! Image references: `host[:port]/repo[:tag][@sha256:<hex>]`, with or
 //! without a `docker://` prefix. The host is always explicit (no Docker Hub
-//! default); a reference with neither tag nor digest means `:latest`.
+//! default); a reference with neither tag nor digest means `:latest`. On
+//! Docker Hub (`docker.io`, `index.docker.io`) a one-component repository
+//! is an official image, `library/<name>`, as docker and containerd read
+//! it.
 
 use std::fmt;
 use thiserror::Error;
@@ -54,9 +57,14 @@ impl Reference {
             (None, None) => Some("latest".to_owned()),
             (t, _) => t.map(str::to_owned),
         };
+        let hub = ["docker.io", "index.docker.io"];
+        let repo = match hub.iter().any(|h| h.eq_ignore_ascii_case(host)) && !repo.contains('/') {
+            true => format!("library/{repo}"),
+            false => repo.to_owned(),
+        };
         Ok(Reference {
             host: host.to_owned(),
-            repo: repo.to_owned(),
+            repo,
             tag,
             digest,
         })
@@ -164,6 +172,15 @@ mod tests {
             (None, Some(d.as_str()))
         );
         assert_eq!(r.manifest_key(), d);
+        for (hub, repo) in [
+            ("docker.io/alpine:3", "library/alpine"),
+            ("docker://INDEX.docker.io/alpine", "library/alpine"),
+            ("docker.io/bitnami/redis", "bitnami/redis"),
+            ("registry-1.docker.io/alpine", "alpine"),
+            ("reg.example/alpine", "alpine"),
+        ] {
+            assert_eq!(Reference::parse(hub).unwrap().repo, repo, "{hub}");
+        }
         let r = Reference::parse(&format!("h/a:t@{d}")).unwrap();
         assert_eq!(r.tag.as_deref(), Some("t"));
         assert_eq!(r.manifest_key(), d);

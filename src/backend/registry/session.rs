@@ -95,6 +95,19 @@ fn trusted_realms(
     Ok(out)
 }
 
+/// Where the registry API of `host` is: Docker Hub's names for itself
+/// (`docker.io`, `index.docker.io`, as references spell it) serve no
+/// registry API; docker and containerd talk to `registry-1.docker.io`.
+fn api_host(host: &str) -> &str {
+    match ["docker.io", "index.docker.io"]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+    {
+        true => "registry-1.docker.io",
+        false => host,
+    }
+}
+
 impl RegistryClient {
     /// Sets up a client of `repo` on `host` (`host[:port]`) and looks up
     /// its credentials; no request is made here.
@@ -108,7 +121,7 @@ impl RegistryClient {
         let scheme = if tls { "https" } else { "http" };
         Ok(RegistryClient {
             client: HttpClient::new(opts)?,
-            origin_url: format!("{scheme}://{host}"),
+            origin_url: format!("{scheme}://{}", api_host(host)),
             repo: repo.to_owned(),
             creds,
             trusted_realms: trusted_realms(tls, host, opts)?,
@@ -385,6 +398,14 @@ mod tests {
         );
         let c = RegistryClient::open(false, "h", "r", &opts()).unwrap();
         assert!(c.blob_url(&id).starts_with("http://h/v2/r/blobs/sha256:"));
+        for hub in ["docker.io", "Index.Docker.IO", "registry-1.docker.io"] {
+            let c = RegistryClient::open(true, hub, "library/alpine", &opts()).unwrap();
+            assert_eq!(
+                c.url("manifests/3"),
+                "https://registry-1.docker.io/v2/library/alpine/manifests/3",
+                "{hub}"
+            );
+        }
     }
 
     #[test]
