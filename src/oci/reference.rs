@@ -106,6 +106,21 @@ fn check_host(host: &str) -> Result<(), &'static str> {
     if !name_ok {
         return Err("bad registry host");
     }
+    // docker reads a first component that has no `.`, no port, no upper
+    // case and is not `localhost` as a Docker Hub namespace
+    // (`library/alpine` is `docker.io/library/alpine`): taking it for a
+    // host would send the request, and any credentials given by flag, to
+    // whatever that name resolves to.
+    let domain = port.is_some()
+        || name.contains('.')
+        || name == "localhost"
+        || name.bytes().any(|b| b.is_ascii_uppercase());
+    if !domain {
+        return Err(
+            "the first component is not a registry host; docker would read it as a \
+             Docker Hub repository: write docker.io/... for Docker Hub",
+        );
+    }
     if let Some(p) = port {
         if p.parse::<u16>().map_or(true, |p| p == 0) {
             return Err("bad registry port");
@@ -181,7 +196,7 @@ mod tests {
         ] {
             assert_eq!(Reference::parse(hub).unwrap().repo, repo, "{hub}");
         }
-        let r = Reference::parse(&format!("h/a:t@{d}")).unwrap();
+        let r = Reference::parse(&format!("h.example/a:t@{d}")).unwrap();
         assert_eq!(r.tag.as_deref(), Some("t"));
         assert_eq!(r.manifest_key(), d);
     }
@@ -193,21 +208,29 @@ mod tests {
             "repo",
             "docker://",
             "/repo",
-            "host/",
-            "host//repo",
-            "host/Repo",
-            "host/repo:",
-            "host/repo:bad/tag",
-            "host/repo@sha256:abc",
-            "host/repo@md5:00",
-            &format!("host/repo@sha256:{}", "AB".repeat(32)),
+            "host.example/",
+            "host.example//repo",
+            "host.example/Repo",
+            "host.example/repo:",
+            "host.example/repo:bad/tag",
+            "host.example/repo@sha256:abc",
+            "host.example/repo@md5:00",
+            &format!("host.example/repo@sha256:{}", "AB".repeat(32)),
             "host:0/repo",
             "host:x/repo",
             "ho st/repo",
-            "host/-repo",
+            "host.example/-repo",
             "oci:dir",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?}");
+        }
+        // What docker reads as Docker Hub repositories names no host.
+        for hub in ["library/alpine", "docker://myorg/app:1", "registry/app"] {
+            let e = Reference::parse(hub).unwrap_err();
+            assert!(e.why.contains("not a registry host"), "{hub}: {e}");
+        }
+        for host in ["localhost/app", "reg:5000/app", "reg.lan/app"] {
+            Reference::parse(host).unwrap();
         }
     }
 }
