@@ -149,6 +149,21 @@ impl Conn {
     /// Encodes and sends `p` with `fds` attached. The number of `fds` must
     /// be what `p`'s kind carries.
     pub fn send(&self, p: &Packet, fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+        self.send_flags(p, fds, MsgFlags::MSG_NOSIGNAL)
+    }
+
+    /// [`Conn::send`] that never blocks: a full send queue is an error at
+    /// once ([`TransportError::is_timeout`] holds for it).
+    pub fn try_send(&self, p: &Packet, fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+        self.send_flags(p, fds, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn send_flags(
+        &self,
+        p: &Packet,
+        fds: &[BorrowedFd<'_>],
+        flags: MsgFlags,
+    ) -> Result<(), TransportError> {
         let expected = p.message.fds_expected();
         if fds.len() != expected {
             return Err(TransportError::Fds {
@@ -163,13 +178,7 @@ impl Conn {
         let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
         let iov = [IoSlice::new(&bytes)];
         loop {
-            match socket::sendmsg::<()>(
-                self.fd.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
+            match socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, flags, None) {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(_) => return Err(TransportError::Truncated),
                 Err(nix::errno::Errno::EINTR) => continue,

@@ -4,7 +4,9 @@
 //! Replies go out on the connection thread, except FetchDone, which the
 //! service's `done` callback sends from whatever thread settles the
 //! Fetch (the socket is safe to share; it holds only a weak reference, so
-//! a late callback on a dropped connection sends nothing). Every send is
+//! a late callback on a dropped connection sends nothing). That thread is
+//! the engine's: the callback never blocks, and a reply that finds the
+//! client's queue full is sent by the spill thread instead. Every send is
 //! bounded by the send timeout: a client that does not read its replies
 //! is shut down and counted.
 
@@ -364,7 +366,7 @@ impl<S: BlobService> Session<'_, S> {
         }
         let done = fetch_done(
             Arc::downgrade(&self.conn),
-            self.shared.metrics.clone(),
+            self.shared.spill.clone(),
             self.outstanding.clone(),
             id,
             frames.len(),
@@ -374,10 +376,21 @@ impl<S: BlobService> Session<'_, S> {
     }
 }
 
+/// A reply an engine thread could not send at once: the connection it is
+/// for (weak: a closed connection is not kept open for it) and the packet.
+pub(super) type Spilled = (Weak<Conn>, Packet);
+
 /// The callback that answers one Fetch, from any thread.
+///
+/// It runs on an engine thread (a fetch worker finishing a flight that
+/// other clients wait on too, or the deadline timer), so it never blocks:
+/// the reply is sent without waiting, and if the client's queue is full it
+/// goes to the spill thread, which waits for room up to the send timeout
+/// (then drops the client). A client that does not read its replies thus
+/// delays no other client's answer.
 fn fetch_done(
     conn: Weak<Conn>,
-    metrics: Arc<ServerMetrics>,
+    spill: crossbeam_channel::Sender<Spilled>,
     outstanding: Arc<AtomicUsize>,
     request_id: u64,
     frames: usize,
@@ -385,7 +398,7 @@ fn fetch_done(
     Box::new(move |status| {
         outstanding.fetch_sub(1, Ordering::AcqRel);
         // The connection is gone: its in-flight Fetches are not answered.
-        let Some(conn) = conn.upgrade() else { return };
+        let Some(c) = conn.upgrade() else { return };
         let p = if status.len() == frames {
             Packet {
                 request_id,
@@ -398,8 +411,29 @@ fn fetch_done(
             );
             error(request_id, ErrorCode::Internal, "wrong number of statuses")
         };
-        let _ = send_on(&conn, &metrics, &p, &[]);
+        match c.try_send(&p, &[]) {
+            Ok(()) | Err(TransportError::Closed) => {}
+            Err(e) if e.is_timeout() => {
+                // The spill thread lives as long as a sender does.
+                let _ = spill.send((conn, p));
+            }
+            Err(e) => {
+                tracing::debug!("blob manager: send: {e}");
+                c.shutdown();
+            }
+        }
     })
+}
+
+/// The spill thread's body: sends each spilled reply with the send
+/// timeout (a client still not reading is dropped and counted); ends when
+/// the server and every pending callback are gone.
+pub(super) fn spill_loop(rx: crossbeam_channel::Receiver<Spilled>, metrics: &ServerMetrics) {
+    for (conn, p) in rx {
+        if let Some(c) = conn.upgrade() {
+            let _ = send_on(&c, metrics, &p, &[]);
+        }
+    }
 }
 
 /// Incompat bits this server needs that the client did not offer.

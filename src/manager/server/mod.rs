@@ -108,6 +108,9 @@ struct Shared {
     /// Signalled when a connection ends.
     ended: Condvar,
     next_id: AtomicU64,
+    /// Replies an engine thread could not send at once (see
+    /// [`conn::spill_loop`]).
+    spill: crossbeam_channel::Sender<conn::Spilled>,
 }
 
 impl Shared {
@@ -187,6 +190,12 @@ impl Server {
     ) -> std::io::Result<Server> {
         set_nonblocking(listener.as_fd())?;
         let (wake, wake_rx) = UnixStream::pair()?;
+        let (spill, spilled) = crossbeam_channel::unbounded();
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name("rafs-blobmgr-spill".into())
+            .stack_size(CONN_STACK)
+            .spawn(move || conn::spill_loop(spilled, &m))?;
         let shared = Arc::new(Shared {
             cfg,
             metrics,
@@ -195,6 +204,7 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             ended: Condvar::new(),
             next_id: AtomicU64::new(0),
+            spill,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()

@@ -570,6 +570,7 @@ fn allowed_uids_are_admitted() {
         live: Mutex::new(HashMap::new()),
         ended: Condvar::new(),
         next_id: AtomicU64::new(0),
+        spill: crossbeam_channel::unbounded().0,
     };
     assert!(shared.peer_allowed(0));
     assert!(shared.peer_allowed(1000));
@@ -611,4 +612,61 @@ fn shutdown_ends_connections_and_closes_their_handles() {
     s.server.shutdown();
     assert_eq!(fake.closes.load(Ordering::SeqCst), 1);
     assert_closed(&c);
+}
+
+#[test]
+fn answers_to_a_client_that_never_reads_do_not_block_the_answering_thread() {
+    // The send timeout is long: answering must not wait for it.
+    let s = setup(ServerConfig {
+        send_timeout: Duration::from_secs(120),
+        max_outstanding_per_conn: 100_000,
+        ..ServerConfig::default()
+    });
+    s.fake.hold.store(true, Ordering::SeqCst);
+    let open = |c: &Conn, id: u8| {
+        c.send(&pkt(1, open_msg(id)), &[]).unwrap();
+        let (p, _) = c.recv().unwrap();
+        let Message::BlobOpened { handle, .. } = p.message else {
+            panic!("{p:?}")
+        };
+        handle
+    };
+    // A client that asks a lot and never reads its answers.
+    let deaf = client(&s.path);
+    let h = open(&deaf, 1);
+    let n = 3000;
+    for id in 0..n {
+        deaf.send(&pkt(10 + id, fetch_msg(h)), &[]).unwrap();
+    }
+    wait_for("deaf fetches held", || {
+        s.fake.held.lock().unwrap().len() == n as usize
+    });
+    let good = client(&s.path);
+    let g = open(&good, 2);
+    good.send(&pkt(7, fetch_msg(g)), &[]).unwrap();
+    wait_for("good fetch held", || {
+        s.fake.held.lock().unwrap().len() == n as usize + 1
+    });
+    // One engine thread settles them all, the deaf client's first (as a
+    // flight's waiters are answered in turn).
+    let held = std::mem::take(&mut *s.fake.held.lock().unwrap());
+    let answering = std::thread::spawn(move || {
+        for (n, done) in held {
+            done(vec![FrameStatus::Ready; n]);
+        }
+    });
+    let (p, _) = good
+        .recv()
+        .expect("the good client's answer waited behind the deaf client");
+    assert_eq!(
+        p,
+        pkt(
+            7,
+            Message::FetchDone {
+                status: vec![FrameStatus::Ready]
+            }
+        )
+    );
+    wait_for("the answering thread returns", || answering.is_finished());
+    drop(deaf);
 }
