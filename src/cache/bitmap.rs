@@ -724,6 +724,31 @@ impl RangeBitmap {
             .sum()
     }
 
+    /// The maximal runs of ready ranges, in order. A word at a time: an
+    /// all-clear or all-set word of 64 ranges costs one load.
+    pub fn ready_runs(&self) -> Vec<Range<u64>> {
+        let n = self.params.range_count();
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        let mut push = |r: Range<u64>| match runs.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => runs.push(r),
+        };
+        for (i, w) in self.words().iter().enumerate() {
+            let (mut bits, base) = (w.load(Ordering::Relaxed), i as u64 * 64);
+            while bits != 0 {
+                let start = u64::from(bits.trailing_zeros());
+                let len = u64::from((bits >> start).trailing_ones());
+                let end = (base + start + len).min(n);
+                if base + start < end {
+                    push(base + start..end);
+                }
+                // The bits below `start` are clear: clear the run too.
+                bits &= u64::MAX.checked_shl((start + len) as u32).unwrap_or(0);
+            }
+        }
+        runs
+    }
+
     /// Writes the bits back to the file (`msync(MS_SYNC)`) and waits.
     pub fn flush(&self) -> Result<(), CacheError> {
         let map = self.writable()?;

@@ -386,3 +386,21 @@ fn span_locks_exclude_other_openers_until_dropped() {
         Err(CacheError::OutOfBounds { .. })
     ));
 }
+
+#[test]
+fn ready_runs_are_the_maximal_runs_across_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = params(200 * u64::from(G));
+    let (m, _) = RangeBitmap::open(dir.path(), p).unwrap();
+    assert!(m.ready_runs().is_empty());
+    let set = [0..1, 3..5, 60..70, 127..128, 128..192, 199..200];
+    for r in set.iter().cloned().flatten() {
+        m.mark_ready(r).unwrap();
+    }
+    assert_eq!(m.ready_runs(), vec![0..1, 3..5, 60..70, 127..192, 199..200]);
+    // Every bit of the map: one run, the last word's tail excluded.
+    for r in 0..200 {
+        m.mark_ready(r).unwrap();
+    }
+    assert_eq!(m.ready_runs(), vec![0..200]);
+}

@@ -90,7 +90,7 @@ impl Engine {
             return Err("already open".into());
         }
         let (cache, _) = BlobCache::open(&self.dir, params).map_err(|e| e.to_string())?;
-        self.insert(&mut blobs, params, cache);
+        self.insert(&mut blobs, params, cache, false);
         Ok(ready)
     }
 }

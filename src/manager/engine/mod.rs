@@ -173,26 +173,32 @@ impl Engine {
                 )),
             };
         }
-        let (cache, _) = BlobCache::open(&self.dir, params).map_err(|e| match e {
+        let (cache, how) = BlobCache::open(&self.dir, params).map_err(|e| match e {
             CacheError::LayoutConflict { .. } => {
                 Refused::new(ErrorCode::LayoutConflict, e.to_string())
             }
             CacheError::TooLarge { .. } => Refused::new(ErrorCode::TooLarge, e.to_string()),
             e => Refused::new(ErrorCode::Io, e.to_string()),
         })?;
-        let blob = self.insert(&mut blobs, params, cache);
+        // A map just created (or reset) has no ready range to account:
+        // do not scan it (a client chooses blob_size, and the scan would
+        // hold the blob table for one step per range).
+        let fresh = !matches!(how, crate::cache::Opened::Reused);
+        let blob = self.insert(&mut blobs, params, cache, fresh);
         drop(blobs);
         self.quota.evict(&self.open_blobs());
         Ok(blob)
     }
 
     /// Holds `cache` (opened with `params`) as an open blob, its ready
-    /// runs accounted as the oldest entries of the LRU.
+    /// runs accounted as the oldest entries of the LRU (unless `fresh`:
+    /// its map is all clear).
     fn insert(
         &self,
         blobs: &mut HashMap<BlobId, Arc<Blob>>,
         params: MapParams,
         cache: BlobCache,
+        fresh: bool,
     ) -> Arc<Blob> {
         let blob = Arc::new(Blob {
             id: params.blob,
@@ -204,7 +210,9 @@ impl Engine {
             io: Default::default(),
             clients: Default::default(),
         });
-        self.quota.add_runs(&blob);
+        if !fresh {
+            self.quota.add_runs(&blob);
+        }
         blobs.insert(params.blob, blob.clone());
         self.metrics.blobs_open.set(blobs.len() as i64);
         blob

@@ -90,21 +90,11 @@ impl Quota {
 
     /// Accounts the ready runs of a blob just opened (oldest first).
     pub(crate) fn add_runs(&self, blob: &Blob) {
-        let map = blob.cache.bitmap();
-        let n = map.range_count();
+        let runs = blob.cache.bitmap().ready_runs();
         let mut t = blob.table();
-        let mut start = None;
-        for r in 0..=n {
-            let ready = r < n && map.is_ready(r).unwrap_or(false);
-            match (ready, start) {
-                (true, None) => start = Some(r),
-                (false, Some(s)) => {
-                    t.runs.insert(s, (r, OLD));
-                    self.add(blob.range_bytes(&(s..r)));
-                    start = None;
-                }
-                _ => {}
-            }
+        for r in runs {
+            self.add(blob.range_bytes(&r));
+            t.runs.insert(r.start, (r.end, OLD));
         }
     }
 
