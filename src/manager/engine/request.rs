@@ -116,11 +116,34 @@ impl Ord for Entry {
     }
 }
 
+/// Entries the heap may hold before its first compaction.
+const COMPACT_MIN: usize = 1024;
+
 #[derive(Default)]
 struct Heap {
     heap: BinaryHeap<Reverse<Entry>>,
     seq: u64,
     stop: bool,
+    /// Compact when the heap grows past this (twice the entries left by
+    /// the last compaction, at least [`COMPACT_MIN`]).
+    compact_at: usize,
+}
+
+impl Heap {
+    /// Drops the entries of requests answered already (most are: a Fetch
+    /// is usually answered long before its deadline, which a client may
+    /// set to 10 minutes). Without this every Fetch would keep an entry,
+    /// and its request's allocation, until its deadline: a client sending
+    /// Fetches as fast as it can would grow the heap without bound.
+    /// Amortized O(1) per [`Timer::add`].
+    fn compact(&mut self) {
+        if self.heap.len() < self.compact_at.max(COMPACT_MIN) {
+            return;
+        }
+        self.heap
+            .retain(|Reverse(Entry(_, _, req))| req.upgrade().is_some_and(|r| !r.answered()));
+        self.compact_at = 2 * self.heap.len();
+    }
 }
 
 /// The deadline timer.
@@ -146,9 +169,20 @@ impl Timer {
         let mut h = self.heap.lock().unwrap_or_else(PoisonError::into_inner);
         h.seq += 1;
         let seq = h.seq;
+        h.compact();
         h.heap
             .push(Reverse(Entry(req.deadline, seq, Arc::downgrade(req))));
         self.cv.notify_one();
+    }
+
+    /// Entries waiting for their deadline (tests).
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
+        self.heap
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .heap
+            .len()
     }
 
     pub(crate) fn stop(&self) {

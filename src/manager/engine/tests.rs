@@ -627,3 +627,20 @@ fn opening_a_huge_new_blob_scans_none_of_its_ranges() {
     assert_eq!(s.engine.status().usage, 0);
     assert_eq!(opened.blob.size, size);
 }
+
+#[test]
+fn answered_requests_leave_the_deadline_timer() {
+    let timer = Timer::start().unwrap();
+    let metrics = Arc::new(EngineMetrics::default());
+    // A client may send Fetches with the longest deadline, answered at
+    // once (Invalid frames), as fast as it likes.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for _ in 0..100_000 {
+        let req = Request::new(1, deadline, Box::new(|_| {}), metrics.clone());
+        timer.add(&req);
+        req.settle(0, FrameStatus::Invalid);
+    }
+    let pending = timer.pending();
+    timer.stop();
+    assert!(pending < 10_000, "{pending} answered requests still held");
+}
