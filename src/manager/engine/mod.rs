@@ -285,12 +285,26 @@ impl BlobService for Engine {
         self.launch(blob, lane, wants, &req, true);
     }
 
+    /// The ranges are clipped to the blob, sorted and merged first: each
+    /// touch walks the frames its range overlaps under the blob's table
+    /// lock, so 4000 overlapping ranges (one packet) must not cost 4000
+    /// passes over the blob's frames.
     fn used(&self, blob: &Blob, ranges: &[UsedRange]) {
-        for r in ranges {
-            let end = r.start.saturating_add(r.len).min(blob.size);
-            if r.start < end {
-                self.quota.touch(blob, r.start, end);
+        let mut spans: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|r| (r.start, r.start.saturating_add(r.len).min(blob.size)))
+            .filter(|(start, end)| start < end)
+            .collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+        for (start, end) in spans {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
             }
+        }
+        for (start, end) in merged {
+            self.quota.touch(blob, start, end);
         }
     }
 

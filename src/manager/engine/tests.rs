@@ -644,3 +644,44 @@ fn answered_requests_leave_the_deadline_timer() {
     timer.stop();
     assert!(pending < 10_000, "{pending} answered requests still held");
 }
+
+#[test]
+fn a_used_report_costs_at_most_one_pass_over_the_blobs_frames() {
+    // A blob of 100 000 known frames and a Used of 4000 ranges each
+    // covering all of it (the most one packet holds): each range walked
+    // every frame under the blob's table lock, 4 x 10^8 steps a packet
+    // (seconds here); merged first, the ranges cost one pass.
+    let n = 100_000u64;
+    let s = setup(1, |_| {});
+    let size = n * u64::from(ULEN);
+    let req = OpenRequest {
+        blob_id: [0xcd; 32],
+        ..open_req(size, [9; 16])
+    };
+    let blob = s.engine.open(&req).unwrap().blob;
+    for i in 0..n {
+        let f = FetchFrame {
+            coff: i * u64::from(ULEN),
+            clen: ULEN,
+            ustart: i * u64::from(ULEN),
+            ulen: ULEN,
+            flags: 0,
+            members: vec![Member {
+                offset: 0,
+                size: ULEN,
+                digest: [0; 32],
+            }],
+        };
+        blob.note_frame(&f).unwrap();
+    }
+    let all = UsedRange {
+        start: 0,
+        len: size,
+    };
+    let t0 = Instant::now();
+    for _ in 0..4 {
+        s.engine.used(&blob, &vec![all; 4000]);
+    }
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(3), "4 Used took {took:?}");
+}
