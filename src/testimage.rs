@@ -368,3 +368,21 @@ pub(crate) fn sample() -> TestImage {
     b.prefetch = vec![hello, suid];
     b.finish()
 }
+
+/// CPU time the calling thread has used (user and system). Work done on
+/// the thread costs the same however loaded the machine is, where its wall
+/// time stretches: bound a cost with this, not with `Instant`.
+pub(crate) fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the pointer, which
+    // is valid for that write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    std::time::Duration::new(
+        ts.tv_sec.unsigned_abs(),
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
