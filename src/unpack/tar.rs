@@ -70,22 +70,55 @@ pub(super) fn write_tar<W: Write>(
     out: W,
 ) -> Result<(Stats, W), UnpackError> {
     let mut w = TarWriter {
-        tb: tar::Builder::new(out),
+        tb: tar::Builder::new(Output {
+            inner: out,
+            failed: false,
+        }),
         b,
         backend,
         first: HashMap::new(),
         stats: Stats::default(),
     };
-    walk(b, |v| w.entry(v))?;
+    if let Err(e) = walk(b, |v| w.entry(v)) {
+        w.tb.get_mut().failed = true;
+        return Err(e);
+    }
     let out = w.tb.into_inner().map_err(|source| UnpackError::Tar {
         path: "(end of archive)".into(),
         source,
     })?;
-    Ok((w.stats, out))
+    Ok((w.stats, out.inner))
+}
+
+/// The archive's sink, which refuses every write once the unpack has failed.
+///
+/// The `tar` crate's `Builder` finishes the archive (two zero blocks) when
+/// dropped, even after an error. An entry cut short by a chunk that failed
+/// verification was thus followed by 1 KiB of zeros, which readers took as
+/// the rest of its data and a clean end of archive: `rafs unpack --tar - |
+/// tar -x` extracted a zero-filled file and succeeded. Refusing those
+/// writes leaves the archive cut off inside the entry whose chunk failed,
+/// which GNU tar and the `tar` crate reject.
+struct Output<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::other("unpack failed: archive left incomplete"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 struct TarWriter<'a, 'b, W: Write> {
-    tb: tar::Builder<W>,
+    tb: tar::Builder<Output<W>>,
     b: &'a Bootstrap<'b>,
     backend: &'a dyn Backend,
     /// Tar name of the first entry of every hardlinked inode.

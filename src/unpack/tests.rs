@@ -313,3 +313,56 @@ fn odd_names_times_and_ids_survive_dir_and_tar() {
     assert!(ok);
     assert_eq!(snapshot(&reference), snapshot(&extracted));
 }
+
+/// Every entry of the tar at `path` with its data, as the `tar` crate reads
+/// them.
+fn read_tar(path: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut reader = ::tar::Archive::new(fs::File::open(path)?);
+    let mut out = Vec::new();
+    for e in reader.entries()? {
+        let mut e = e?;
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data)?;
+        out.push((e.path()?.into_owned(), data));
+    }
+    Ok(out)
+}
+
+/// A chunk failing verification must leave a tar that readers reject, not
+/// one that ends cleanly after a zero-filled file: `rafs unpack --tar - |
+/// tar -x` must not extract zeros in place of the corrupt data.
+#[test]
+fn tar_of_corrupt_chunk_is_not_a_complete_archive() {
+    let mut b = Builder::new();
+    b.file(0, "f", 0o644, vec![Part::Data(noise(600, 9))]);
+    let img = b.finish();
+    let blob = img.blobs.join(img.blob_id.as_ref().unwrap());
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&blob, bytes).unwrap();
+    let archive = img.dir.path().join("out.tar");
+    let err = unpack_tar(&img, &archive).unwrap_err();
+    assert!(matches!(err, UnpackError::Chunk { index: 0, .. }), "{err}");
+    let read = read_tar(&archive).map(|entries| {
+        let show = |(p, d): (PathBuf, Vec<u8>)| {
+            let zeros = d.iter().all(|&b| b == 0);
+            format!("{} ({} bytes, all zero: {zeros})", p.display(), d.len())
+        };
+        entries.into_iter().map(show).collect::<Vec<_>>()
+    });
+    assert!(
+        read.is_err(),
+        "the tar crate read a complete archive: {read:?}"
+    );
+    let extracted = img.dir.path().join("x");
+    fs::create_dir(&extracted).unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&extracted)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "GNU tar extracted the partial archive");
+}
