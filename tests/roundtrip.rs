@@ -225,3 +225,30 @@ fn tar_xattr_value_with_newline() {
     let tar = tarball(work.path(), &src, None);
     round_trip(&tar, &src, &[], &exclude_sockets);
 }
+
+/// An xattr name may hold `=`, which ends a pax key: `rafs unpack --tar`
+/// must write it so that `rafs create` reads the same name and value back
+/// (it wrote `SCHILY.xattr.user.a=b=c`, read back as `user.a` = `b=c`).
+#[test]
+fn unpack_tar_xattr_name_with_equals_round_trips() {
+    let work = common::tempdir();
+    let src = work.path().join("src");
+    let f = src.join("f");
+    common::tree::write(&f, b"data");
+    common::tree::setxattr(&f, "user.a=b", b"c=d");
+    common::tree::setxattr(&f, "user.100%3D", b"pct");
+    common::tree::set_times(&src);
+    let out = work.path().join("out");
+    let bootstrap = create(&src, &out, &[]);
+    let tar = work.path().join("unpacked.tar");
+    rafs(args![
+        "unpack",
+        &bootstrap,
+        "--blobs",
+        out.join("blobs"),
+        &tar,
+        "--tar"
+    ])
+    .ok();
+    round_trip(&tar, &src, &[], &exclude_sockets);
+}

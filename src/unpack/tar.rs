@@ -3,7 +3,8 @@
 //! Each entry is a ustar header, preceded by a pax extended header (`x`)
 //! carrying what ustar cannot: `mtime=SEC.NSEC` (always, nine digits of
 //! nanoseconds), `SCHILY.xattr.NAME` per xattr (the GNU tar / star
-//! convention, values as raw bytes), and when needed `path` / `linkpath`
+//! convention, values as raw bytes; `LIBARCHIVE.xattr.NAME` for a name
+//! holding `=`, see [`xattr_record`]), and when needed `path` / `linkpath`
 //! (over 100 bytes, or 255 with the prefix split), `uid` / `gid` (over
 //! 2097151) and `size` (8 GiB and over). Names are written as raw bytes,
 //! never re-encoded. Ownership is numeric only (no user/group names).
@@ -159,6 +160,32 @@ fn encode_records(records: &Records) -> Vec<u8> {
     data
 }
 
+/// The pax record of one xattr: `SCHILY.xattr.NAME` with the raw value; or,
+/// when the name holds a `=`, libarchive's `LIBARCHIVE.xattr.NAME` with the
+/// name %-encoded and the value in base64.
+///
+/// A pax key ends at its first `=`, so `SCHILY.xattr.user.a=b` with value
+/// `c` reads back, in `rafs create`, GNU tar and the `tar` crate alike, as
+/// xattr `user.a` with value `b=c`. The libarchive form is what `rafs
+/// create` and bsdtar read back exactly; GNU tar ignores it with a warning
+/// rather than restoring a wrong xattr.
+fn xattr_record(name: &[u8], value: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use base64::Engine as _;
+    if !name.contains(&b'=') {
+        return ([b"SCHILY.xattr.", name].concat(), value.to_vec());
+    }
+    let mut key = b"LIBARCHIVE.xattr.".to_vec();
+    for &c in name {
+        if c <= b' ' || c > b'~' || c == b'%' || c == b'=' {
+            key.extend_from_slice(format!("%{c:02X}").as_bytes());
+        } else {
+            key.push(c);
+        }
+    }
+    let value = base64::engine::general_purpose::STANDARD.encode(value);
+    (key, value.into_bytes())
+}
+
 /// Sets a ustar name field from raw bytes, or falls back to a pax record
 /// (`key`) with a truncated name in the field.
 fn set_name(h: &mut Header, pax: &mut Records, name: &[u8], link: bool) {
@@ -263,9 +290,7 @@ impl<W: Write> TarWriter<'_, '_, W> {
                 h.set_device_minor(minor).map_err(tar_err)?;
             }
             for x in b.xattrs(v.ino)? {
-                let mut key = b"SCHILY.xattr.".to_vec();
-                key.extend_from_slice(b.xattr_name(x)?);
-                pax.push((key, b.xattr_value(x)?.to_vec()));
+                pax.push(xattr_record(b.xattr_name(x)?, b.xattr_value(x)?));
             }
         }
         self.set_meta(&mut h, &mut pax, inode, size);
