@@ -30,7 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use tar::{EntryType, Header};
 
-/// Largest value of a 7-digit octal ustar uid/gid field.
+/// Largest value of a 7-digit octal ustar uid, gid or device number field.
 const USTAR_MAX_ID: u32 = 0o7777777;
 /// Largest value of the 11-digit octal ustar size field.
 const USTAR_MAX_SIZE: u64 = 0o77777777777;
@@ -186,6 +186,26 @@ fn xattr_record(name: &[u8], value: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (key, value.into_bytes())
 }
 
+/// Sets the device number fields from a Linux `rdev`.
+///
+/// The fields hold seven octal digits and the `tar` crate's setters keep
+/// only the low ones of a larger number, so a major or minor over
+/// [`USTAR_MAX_ID`] (possible only with `rdev` bits above 32) is refused
+/// rather than written as another device.
+fn set_device(h: &mut Header, rdev: u64) -> io::Result<()> {
+    let (major, minor) = dev_split(rdev);
+    if major > USTAR_MAX_ID || minor > USTAR_MAX_ID {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "device {major}:{minor} does not fit a tar header (at most {USTAR_MAX_ID} each)"
+            ),
+        ));
+    }
+    h.set_device_major(major)?;
+    h.set_device_minor(minor)
+}
+
 /// Sets a ustar name field from raw bytes, or falls back to a pax record
 /// (`key`) with a truncated name in the field.
 fn set_name(h: &mut Header, pax: &mut Records, name: &[u8], link: bool) {
@@ -281,13 +301,10 @@ impl<W: Write> TarWriter<'_, '_, W> {
             };
             h.set_entry_type(kind);
             if inode.is_device() {
-                let (major, minor) = dev_split(inode.rdev.get());
-                let tar_err = |source| UnpackError::Tar {
+                set_device(&mut h, inode.rdev.get()).map_err(|source| UnpackError::Tar {
                     path: escape(v.path),
                     source,
-                };
-                h.set_device_major(major).map_err(tar_err)?;
-                h.set_device_minor(minor).map_err(tar_err)?;
+                })?;
             }
             for x in b.xattrs(v.ino)? {
                 pax.push(xattr_record(b.xattr_name(x)?, b.xattr_value(x)?));

@@ -366,3 +366,32 @@ fn tar_of_corrupt_chunk_is_not_a_complete_archive() {
         .unwrap();
     assert!(!status.success(), "GNU tar extracted the partial archive");
 }
+
+/// A device number a ustar header cannot hold (major or minor over
+/// 2097151, which needs `rdev` bits above 32) fails the tar instead of
+/// being cut to its low octal digits: the `tar` crate's setters truncate
+/// silently, and readers then create another device.
+#[test]
+fn tar_refuses_device_numbers_ustar_cannot_hold() {
+    use rafs_format::layout::S_IFCHR;
+    let mut b = Builder::new();
+    // glibc makedev(1, 1 << 21): minor bits 8.. live in rdev bits 20.. .
+    let rdev = (1u64 << 8) | ((1u64 << 21) << 12);
+    b.special(0, "chr", S_IFCHR | 0o600, rdev);
+    let img = b.finish();
+    let archive = img.dir.path().join("out.tar");
+    let r = unpack_tar(&img, &archive);
+    let read_back = || {
+        let mut a = ::tar::Archive::new(fs::File::open(&archive).unwrap());
+        let mut entries = a.entries().unwrap();
+        entries.next(); // ./
+        let e = entries.next().unwrap().unwrap();
+        let h = e.header();
+        (h.device_major().unwrap(), h.device_minor().unwrap())
+    };
+    assert!(
+        matches!(r, Err(UnpackError::Tar { .. })),
+        "{r:?}: the archive holds device {:?}, the image 1:2097152",
+        r.as_ref().ok().map(|_| read_back())
+    );
+}
