@@ -79,9 +79,15 @@ pub(super) fn write_tar<W: Write>(
         backend,
         first: HashMap::new(),
         stats: Stats::default(),
+        open: false,
     };
     if let Err(e) = walk(b, |v| w.entry(v)) {
-        w.tb.get_mut().failed = true;
+        let sink = w.tb.get_mut();
+        if !w.open {
+            // Best effort: the unpack has failed whatever this returns.
+            let _ = sink.inner.write_all(&[0xff; 512]);
+        }
+        sink.failed = true;
         return Err(e);
     }
     let out = w.tb.into_inner().map_err(|source| UnpackError::Tar {
@@ -99,7 +105,10 @@ pub(super) fn write_tar<W: Write>(
 /// the rest of its data and a clean end of archive: `rafs unpack --tar - |
 /// tar -x` extracted a zero-filled file and succeeded. Refusing those
 /// writes leaves the archive cut off inside the entry whose chunk failed,
-/// which GNU tar and the `tar` crate reject.
+/// which GNU tar and the `tar` crate reject. A failure between two entries
+/// (a device number no header can hold, say) would leave an archive that
+/// ends cleanly at an entry boundary, so [`write_tar`] then writes one
+/// block that is no valid header (all `0xff`) before refusing the rest.
 struct Output<W> {
     inner: W,
     failed: bool,
@@ -125,6 +134,9 @@ struct TarWriter<'a, 'b, W: Write> {
     /// Tar name of the first entry of every hardlinked inode.
     first: HashMap<u32, Vec<u8>>,
     stats: Stats,
+    /// An entry is partly written: the archive does not end at an entry
+    /// boundary (see [`Output`]).
+    open: bool,
 }
 
 /// Pax extended header records, key and value as raw bytes.
@@ -345,6 +357,7 @@ impl<W: Write> TarWriter<'_, '_, W> {
             path: escape(v.path),
             source,
         };
+        self.open = true;
         if !pax.is_empty() {
             let data = encode_records(pax);
             let mut ph = Header::new_ustar();
@@ -368,6 +381,7 @@ impl<W: Write> TarWriter<'_, '_, W> {
         } else {
             self.tb.append(h, io::empty()).map_err(tar_err)?;
         }
+        self.open = false;
         Ok(())
     }
 }

@@ -395,3 +395,34 @@ fn tar_refuses_device_numbers_ustar_cannot_hold() {
         r.as_ref().ok().map(|_| read_back())
     );
 }
+
+/// A failure between two entries (here a device number no header can hold,
+/// after a complete file) must not leave an archive that ends cleanly at an
+/// entry boundary: readers would take it for the whole image.
+#[test]
+fn tar_failing_between_entries_is_not_a_complete_archive() {
+    use rafs_format::layout::S_IFCHR;
+    let mut b = Builder::new();
+    b.file(0, "a", 0o644, vec![Part::Data(b"complete".to_vec())]);
+    b.special(0, "b", S_IFCHR | 0o600, (1u64 << 8) | ((1u64 << 21) << 12));
+    let img = b.finish();
+    let archive = img.dir.path().join("out.tar");
+    let err = unpack_tar(&img, &archive).unwrap_err();
+    assert!(matches!(err, UnpackError::Tar { .. }), "{err}");
+    let read = read_tar(&archive).map(|e| e.into_iter().map(|(p, _)| p).collect::<Vec<_>>());
+    assert!(
+        read.is_err(),
+        "the tar crate read a complete archive: {read:?}"
+    );
+    let extracted = img.dir.path().join("x");
+    fs::create_dir(&extracted).unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&extracted)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "GNU tar extracted the partial archive");
+}
