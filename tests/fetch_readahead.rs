@@ -378,11 +378,14 @@ fn a_stream_window_counts_decompressed_bytes_too() {
     }
     // Frames decompress to twice their stored size: a window of at most
     // 1 MiB decompressed is about 512 KiB stored, plus the missed frame.
+    // And requests were coalesced: some carried several frames. (How many
+    // requests there were is not asserted: the first misses' speculation
+    // goes to the background lane, and a read that overtakes it takes its
+    // frames over one by one, as often as the machine's load decides.)
     let frame = frames.iter().map(|f| u64::from(f.1)).max().unwrap();
     let largest = backend.largest.load(Ordering::SeqCst);
     assert!(
-        largest <= (1 << 20) / 2 + 2 * frame,
+        largest <= (1 << 20) / 2 + 2 * frame && largest > frame,
         "a request of {largest} stored bytes (frames of {frame})"
     );
-    assert!(backend.requests.load(Ordering::SeqCst) < frames.len() as u64 / 2);
 }
