@@ -140,6 +140,13 @@ fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     crate::testimage::wait_until(what, Duration::from_secs(20), cond);
 }
 
+/// The `n` lowest descriptor numbers not open in this process.
+fn lowest_free_fds(n: usize) -> Vec<i32> {
+    // SAFETY: F_GETFD only reads the flags of descriptor `fd`, if open.
+    let open = |fd: i32| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    (0..).filter(|&fd| !open(fd)).take(n).collect()
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -453,14 +460,18 @@ fn accept_failures_are_counted_and_backed_off() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mgr.sock");
     let listener = transport::listen_at(&path, 128).unwrap();
-    // Queued before the server runs: connects complete in the backlog.
-    let queued: Vec<Conn> = (0..8).map(|_| Conn::connect(&path).unwrap()).collect();
     let fake = Arc::new(Fake::default());
     let server = Server::start(listener, fake, ServerConfig::default()).unwrap();
     let (soft, hard) = nofile();
-    // Limit to what is open now, so the next accept fails with EMFILE
-    // (the server may have accepted a few queued connections already).
-    set_nofile(open_fds() as u64, hard);
+    // One descriptor left below the limit, taken by a client's socket:
+    // the server's accept of that connection then fails with EMFILE until
+    // the limit is raised. (Nothing is pending before the connect, so the
+    // server cannot take the last descriptor first.) The limit bounds the
+    // descriptor numbers, and the open ones need not be contiguous: it goes
+    // right above the lowest free number, at the next free one.
+    let free = lowest_free_fds(2);
+    set_nofile(free[1] as u64, hard);
+    let queued = [Conn::connect(&path).unwrap()];
     let m = server.metrics().clone();
     wait_for("an accept error", || m.accept_errors.get() >= 1);
     // Backed off, not spinning: each failure waits 50 ms before the next
