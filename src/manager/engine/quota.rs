@@ -165,7 +165,11 @@ impl Quota {
     /// usage is over the limit, down to 15/16 of it. One thread evicts at
     /// a time; the others return at once, and the evicting thread looks
     /// again after each pass (and after letting go of the lock), so usage
-    /// another thread added meanwhile is never left over the limit.
+    /// another thread added meanwhile is never left over the limit. It
+    /// stops when a pass evicts nothing: usage that others added during a
+    /// pass can outgrow what the pass evicted, which is no sign that
+    /// nothing is left (taken for one, it left usage over the limit with
+    /// nobody to look again once the fills stopped).
     pub(crate) fn evict(&self, blobs: &[Arc<Blob>]) {
         let Some(limit) = self.limit else { return };
         loop {
@@ -175,17 +179,17 @@ impl Quota {
             let Ok(one) = self.evicting.try_lock() else {
                 return; // the evicting thread looks again when done
             };
-            let before = self.usage();
-            self.evict_pass(blobs, limit - limit / 16);
+            let evicted = self.evict_pass(blobs, limit - limit / 16);
             drop(one);
-            if self.usage() >= before {
+            if evicted == 0 {
                 return; // nothing left to evict
             }
         }
     }
 
-    /// One pass: the least recently used first, down to `target`.
-    fn evict_pass(&self, blobs: &[Arc<Blob>], target: u64) {
+    /// One pass: the least recently used first, down to `target`; the
+    /// bytes it evicted.
+    fn evict_pass(&self, blobs: &[Arc<Blob>], target: u64) -> u64 {
         let mut cands: Vec<(u64, usize, What)> = Vec::new();
         for (i, b) in blobs.iter().enumerate() {
             let t = b.table();
@@ -199,15 +203,19 @@ impl Quota {
             }
         }
         cands.sort_unstable_by_key(|c| c.0);
+        let mut evicted = 0;
         for (stamp, i, what) in cands {
             if self.usage() <= target {
                 break;
             }
-            self.evict_one(&blobs[i], stamp, what);
+            evicted += self.evict_one(&blobs[i], stamp, what);
         }
+        evicted
     }
 
-    fn evict_one(&self, blob: &Blob, stamp: u64, what: What) {
+    /// Evicts one frame or run, unless used since it was picked; the bytes
+    /// it took out of the usage.
+    fn evict_one(&self, blob: &Blob, stamp: u64, what: What) -> u64 {
         let _io = blob.io.write().unwrap_or_else(PoisonError::into_inner);
         let ranges = {
             let mut t = blob.table();
@@ -217,11 +225,11 @@ impl Quota {
                         k.stamp = 0;
                         blob.ranges(&(u..k.cover_end))
                     }
-                    _ => return, // used since
+                    _ => return 0, // used since
                 },
                 What::Run(s) => match t.runs.remove(&s) {
                     Some((e, _)) => s..e,
-                    None => return,
+                    None => return 0,
                 },
             }
         };
@@ -232,5 +240,6 @@ impl Quota {
         self.sub(bytes);
         self.metrics.evictions.inc();
         self.metrics.evicted_bytes.inc_by(bytes);
+        bytes
     }
 }
