@@ -136,15 +136,7 @@ fn unpack_tar_file_extracts_exactly_with_gnu_tar() {
     let out = w.path().join("out");
     let bootstrap = create(&src, &out, &[]);
     let tar = w.path().join("unpacked.tar");
-    rafs(args![
-        "unpack",
-        &bootstrap,
-        "--blobs",
-        out.join("blobs"),
-        &tar,
-        "--tar"
-    ])
-    .ok();
+    unpack_to_tar(&bootstrap, &out, &tar);
     let dest = w.path().join("dest");
     gnu_tar_extract(&tar, &dest);
     assert_same_tree(&src, &dest, &exclude_sockets);
@@ -241,14 +233,19 @@ fn unpack_tar_xattr_name_with_equals_round_trips() {
     let out = work.path().join("out");
     let bootstrap = create(&src, &out, &[]);
     let tar = work.path().join("unpacked.tar");
+    unpack_to_tar(&bootstrap, &out, &tar);
+    round_trip(&tar, &src, &[], &exclude_sockets);
+}
+
+/// `rafs unpack BOOTSTRAP --blobs OUT/blobs TAR --tar`.
+fn unpack_to_tar(bootstrap: &Path, out: &Path, tar: &Path) {
     rafs(args![
         "unpack",
-        &bootstrap,
+        bootstrap,
         "--blobs",
         out.join("blobs"),
-        &tar,
+        tar,
         "--tar"
     ])
     .ok();
-    round_trip(&tar, &src, &[], &exclude_sockets);
 }
