@@ -310,17 +310,23 @@ fn a_range_body_is_handed_over_as_it_arrives_and_checked_to_its_end() {
 
 /// A server that answers one request with a `202` declaring `len` body
 /// bytes and then drips them, one every `every`, each well within the
-/// client's timeout, so only a deadline on the whole answer stops it.
+/// client's timeout, so only a deadline on the whole answer stops it. It
+/// stops dripping once the test drops (or sends on) the returned sender.
 fn dripping_server(
     len: usize,
     every: std::time::Duration,
-) -> (String, std::thread::JoinHandle<()>) {
+) -> (
+    String,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/v2/r/blobs/uploads/",
         listener.local_addr().unwrap()
     );
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -331,14 +337,18 @@ fn dripping_server(
         let head = format!("HTTP/1.1 202 Accepted\r\nContent-Length: {len}\r\n\r\n");
         conn.write_all(head.as_bytes()).unwrap();
         for _ in 0..len {
-            std::thread::sleep(every);
+            // The pace of the drip; the test is done with the answer: stop.
+            let told = stopped.recv_timeout(every);
+            if !matches!(told, Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
+                break;
+            }
             // The client gave up: stop.
             if conn.write_all(b"x").and_then(|()| conn.flush()).is_err() {
                 break;
             }
         }
     });
-    (url, server)
+    (url, stop, server)
 }
 
 /// The push protocol's requests (`HttpClient::request`: HEAD, POST, PUT)
@@ -350,7 +360,7 @@ fn a_dripping_answer_to_a_push_request_ends_within_the_request_timeout() {
     use std::time::{Duration, Instant};
     let timeout = Duration::from_secs(1);
     // 60 bytes, one per 100 ms: 6 s in all.
-    let (url, server) = dripping_server(60, Duration::from_millis(100));
+    let (url, stop, server) = dripping_server(60, Duration::from_millis(100));
     let client = HttpClient::new(&BackendOptions {
         request_timeout: timeout,
         ..BackendOptions::default()
@@ -366,6 +376,7 @@ fn a_dripping_answer_to_a_push_request_ends_within_the_request_timeout() {
         64 << 10,
     );
     let took = started.elapsed();
+    drop(stop);
     server.join().unwrap();
     match r {
         Err(e @ BackendError::Transport { .. }) => {

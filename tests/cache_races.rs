@@ -384,20 +384,11 @@ fn a_frame_an_eviction_leaves_on_the_disk_stays_counted_in_the_quota() {
     read_file(&fs, "f02");
     settle();
     let m = fs.fetcher().metrics();
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (evicted, quota) = (m.evictions.get(), m.cache_usage.get());
-        let disk = common::cache_allocated(&cache);
-        if evicted >= 1 && quota == disk {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the quota does not count what the disk holds: {evicted} evicted, \
-             quota {quota} B, disk {disk} B"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until(
+        "the quota to count what the disk holds",
+        Duration::from_secs(20),
+        || m.evictions.get() >= 1 && m.cache_usage.get() == common::cache_allocated(&cache),
+    );
     assert_eq!(m.evictions.get(), 1, "only f01 is evicted");
     assert_eq!(
         common::cache_allocated(&cache),
