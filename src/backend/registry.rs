@@ -16,6 +16,24 @@
 pub mod auth;
 pub mod session;
 
+/// Docker Hub's registry API host.
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// The names references and docker configs give Docker Hub, which serve no
+/// registry API themselves.
+pub const DOCKER_HUB_NAMES: [&str; 2] = ["docker.io", "index.docker.io"];
+
+/// Whether `host` is one of [`DOCKER_HUB_NAMES`] (in any case).
+pub fn is_docker_hub_name(host: &str) -> bool {
+    DOCKER_HUB_NAMES
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+}
+
+/// Whether `host` is Docker Hub: its API host or one of its names.
+pub fn is_docker_hub(host: &str) -> bool {
+    is_docker_hub_name(host) || DOCKER_HUB_API.eq_ignore_ascii_case(host)
+}
+
 use self::auth::Clock;
 use self::session::RegistryClient;
 use super::client::answer_locally;

@@ -5,6 +5,7 @@
 //! is an official image, `library/<name>`, as docker and containerd read
 //! it.
 
+use crate::backend::registry::is_docker_hub_name;
 use std::fmt;
 use thiserror::Error;
 
@@ -57,10 +58,10 @@ impl Reference {
             (None, None) => Some("latest".to_owned()),
             (t, _) => t.map(str::to_owned),
         };
-        let hub = ["docker.io", "index.docker.io"];
-        let repo = match hub.iter().any(|h| h.eq_ignore_ascii_case(host)) && !repo.contains('/') {
-            true => format!("library/{repo}"),
-            false => repo.to_owned(),
+        let repo = if is_docker_hub_name(host) && !repo.contains('/') {
+            format!("library/{repo}")
+        } else {
+            repo.to_owned()
         };
         Ok(Reference {
             host: host.to_owned(),

@@ -379,8 +379,8 @@ pub(crate) fn auths_key_matches(key: &str, host: &str) -> bool {
     if bare.eq_ignore_ascii_case(host) {
         return true;
     }
-    let hub = ["index.docker.io", "registry-1.docker.io", "docker.io"];
-    hub.contains(&bare) && hub.iter().any(|h| h.eq_ignore_ascii_case(host))
+    let exact = bare == super::DOCKER_HUB_API || super::DOCKER_HUB_NAMES.contains(&bare);
+    exact && super::is_docker_hub(host)
 }
 
 /// The credentials for `host` in a docker `config.json`, or `None` if it

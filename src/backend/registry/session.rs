@@ -32,8 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// The largest token response read.
 const TOKEN_BODY_LIMIT: u64 = 64 << 10;
 
-/// Docker Hub's registry hosts and the token server they use.
-const DOCKER_HUB: [&str; 3] = ["registry-1.docker.io", "docker.io", "index.docker.io"];
+/// The token server Docker Hub uses.
 const DOCKER_HUB_AUTH: &str = "https://auth.docker.io:443";
 
 /// What the registry asked for, and the token if it wants one.
@@ -89,7 +88,7 @@ fn trusted_realms(
         })?);
     }
     let bare = host.split(':').next().unwrap_or(host);
-    if tls && DOCKER_HUB.iter().any(|h| h.eq_ignore_ascii_case(bare)) {
+    if tls && super::is_docker_hub(bare) {
         out.push(DOCKER_HUB_AUTH.to_owned());
     }
     Ok(out)
@@ -99,12 +98,10 @@ fn trusted_realms(
 /// (`docker.io`, `index.docker.io`, as references spell it) serve no
 /// registry API; docker and containerd talk to `registry-1.docker.io`.
 fn api_host(host: &str) -> &str {
-    match ["docker.io", "index.docker.io"]
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(host))
-    {
-        true => "registry-1.docker.io",
-        false => host,
+    if super::is_docker_hub_name(host) {
+        super::DOCKER_HUB_API
+    } else {
+        host
     }
 }
 

@@ -21,25 +21,6 @@ pub(super) struct Buffer {
     ranges: Mutex<HashMap<ClientBlobId, Vec<UsedRange>>>,
 }
 
-/// Sorts and merges adjacent or overlapping ranges.
-pub(super) fn merge(v: &mut Vec<UsedRange>) {
-    v.sort_unstable_by_key(|r| r.start);
-    let mut out: Vec<UsedRange> = Vec::with_capacity(v.len());
-    for r in v.drain(..) {
-        match out.last_mut() {
-            Some(l) if r.start <= l.start.saturating_add(l.len) => {
-                let end = l
-                    .start
-                    .saturating_add(l.len)
-                    .max(r.start.saturating_add(r.len));
-                l.len = end - l.start;
-            }
-            _ => out.push(r),
-        }
-    }
-    *v = out;
-}
-
 impl Buffer {
     /// Buffers `ranges` (empty ones are ignored); true if a blob's buffer
     /// is full and should be sent now.
@@ -50,7 +31,7 @@ impl Buffer {
         if v.len() < MAX_USED_RANGES {
             return false;
         }
-        merge(v);
+        UsedRange::merge(v);
         v.len() >= MAX_USED_RANGES
     }
 
@@ -102,7 +83,7 @@ impl Inner {
             .collect();
         drop(st);
         for (handle, mut v) in handles {
-            merge(&mut v);
+            UsedRange::merge(&mut v);
             for part in v.chunks(MAX_USED_RANGES) {
                 let p = Packet {
                     request_id: 0,

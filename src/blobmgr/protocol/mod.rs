@@ -394,6 +394,29 @@ pub struct UsedRange {
     pub len: u64,
 }
 
+impl UsedRange {
+    /// Sorts `v` and merges adjacent or overlapping ranges: the client
+    /// before it sends a report, the manager before it walks one (a packet
+    /// of overlapping ranges then costs one pass).
+    pub fn merge(v: &mut Vec<UsedRange>) {
+        v.sort_unstable_by_key(|r| r.start);
+        let mut out: Vec<UsedRange> = Vec::with_capacity(v.len());
+        for r in v.drain(..) {
+            match out.last_mut() {
+                Some(l) if r.start <= l.start.saturating_add(l.len) => {
+                    let end = l
+                        .start
+                        .saturating_add(l.len)
+                        .max(r.start.saturating_add(r.len));
+                    l.len = end - l.start;
+                }
+                _ => out.push(r),
+            }
+        }
+        *v = out;
+    }
+}
+
 /// A decoded message body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {

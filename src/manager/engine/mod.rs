@@ -290,21 +290,19 @@ impl BlobService for Engine {
     /// lock, so 4000 overlapping ranges (one packet) must not cost 4000
     /// passes over the blob's frames.
     fn used(&self, blob: &Blob, ranges: &[UsedRange]) {
-        let mut spans: Vec<(u64, u64)> = ranges
+        let mut clipped: Vec<UsedRange> = ranges
             .iter()
-            .map(|r| (r.start, r.start.saturating_add(r.len).min(blob.size)))
-            .filter(|(start, end)| start < end)
+            .filter_map(|r| {
+                let end = r.start.saturating_add(r.len).min(blob.size);
+                (r.start < end).then(|| UsedRange {
+                    start: r.start,
+                    len: end - r.start,
+                })
+            })
             .collect();
-        spans.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
-        for (start, end) in spans {
-            match merged.last_mut() {
-                Some(last) if start <= last.1 => last.1 = last.1.max(end),
-                _ => merged.push((start, end)),
-            }
-        }
-        for (start, end) in merged {
-            self.quota.touch(blob, start, end);
+        UsedRange::merge(&mut clipped);
+        for r in clipped {
+            self.quota.touch(blob, r.start, r.start + r.len);
         }
     }
 

@@ -97,8 +97,7 @@ pub enum HelperError {
 pub fn docker_config_helper(json: &[u8], host: &str) -> Result<Option<(String, String)>, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| format!("not valid JSON: {e}"))?;
-    let hub = ["index.docker.io", "registry-1.docker.io", "docker.io"];
-    let server = if hub.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+    let server = if crate::backend::registry::is_docker_hub(host) {
         "https://index.docker.io/v1/".to_owned()
     } else {
         host.to_owned()
